@@ -1,0 +1,284 @@
+"""Catalog loading and validation: products.csv, scenes.csv and pairs.csv in one directory.
+
+A catalog directory holds
+- ``products.csv``: ``product_id,name,type,...,image``, one row per product image;
+- ``scenes.csv`` (optional): ``scene,image[,room_type]``, lifestyle / room photos;
+- ``pairs.csv`` (optional): ``product_id,scene[,x1,y1,x2,y2]``, product appears in scene,
+  with its box in pixels (x right, y down, x2/y2 exclusive) when known.
+
+Image paths are relative to the directory. Anything malformed raises ``CatalogError`` naming
+the file, the CSV line and what to fix, before any training starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+PRODUCT_COLUMNS = ("product_id", "name", "type", "image")
+PRODUCT_REQUIRED = ("product_id", "type", "image")  # a name may be empty
+SCENE_COLUMNS = ("scene", "image")
+PAIR_COLUMNS = ("product_id", "scene")
+BOX_COLUMNS = ("x1", "y1", "x2", "y2")
+
+
+class CatalogError(ValueError):
+    """A catalog file is missing or malformed; the message names the file, row and fix."""
+
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class ProductImage:
+    """One row of products.csv: an (iconic) image of a product."""
+
+    product_id: str
+    name: str
+    type: str
+    image: Path
+    row: int
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One row of scenes.csv: a lifestyle / room photo of ``size`` = (width, height) pixels."""
+
+    scene: str
+    image: Path
+    room_type: str
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One row of pairs.csv: product appears in scene, inside ``box`` when known."""
+
+    product_id: str
+    scene: str
+    box: Box | None
+    row: int
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A validated catalog. ``fingerprint`` is a sha256 over the CSVs and every image's bytes."""
+
+    root: Path
+    products: tuple[ProductImage, ...]
+    scenes: tuple[Scene, ...]
+    pairs: tuple[Pair, ...]
+    fingerprint: str
+    _types: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def product_type(self, product_id: str) -> str:
+        """The category of a product."""
+        return self._types[product_id]
+
+    @property
+    def product_ids(self) -> list[str]:
+        """Unique product ids in first-seen order."""
+        return list(self._types)
+
+    @property
+    def types(self) -> dict[str, str]:
+        """product_id -> type."""
+        return dict(self._types)
+
+    def images_of(self, product_id: str) -> list[ProductImage]:
+        """All product images of one product."""
+        return [p for p in self.products if p.product_id == product_id]
+
+    def scene(self, name: str) -> Scene:
+        """The scene of that name."""
+        for s in self.scenes:
+            if s.scene == name:
+                return s
+        raise KeyError(name)
+
+
+def _read_csv(path: Path, required: Iterable[str], fix: str) -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV as (line number, row); header is line 1."""
+    if not path.is_file():
+        raise CatalogError(f"{path}: file not found. {fix}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path}: not UTF-8 text ({exc}). Save it as UTF-8 CSV.") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise CatalogError(
+            f"{path}, line 1: missing column(s) {', '.join(missing)}; header is {header}. "
+            f"Add the column(s): required are {', '.join(required)}."
+        )
+    rows = []
+    for row in reader:
+        line = reader.line_num
+        if None in row:
+            raise CatalogError(f"{path}, line {line}: more fields than the header has columns. Quote fields that contain commas.")
+        rows.append((line, {k: (v or "").strip() for k, v in row.items()}))
+    return rows
+
+
+def _require(path: Path, line: int, row: dict[str, str], columns: Iterable[str]) -> None:
+    for c in columns:
+        if not row.get(c):
+            raise CatalogError(f"{path}, line {line}: empty {c!r}. Every row needs a {c}.")
+
+
+def _resolve_image(root: Path, csv_path: Path, line: int, rel: str) -> Path:
+    image = (root / rel).resolve()
+    if not image.is_file():
+        raise CatalogError(
+            f"{csv_path}, line {line}: image {rel!r} not found at {image}. "
+            "Image paths are relative to the catalog directory; fix the path or add the file."
+        )
+    return image
+
+
+def _check_image(path: Path) -> tuple[str, tuple[int, int] | str]:
+    """Hash an image file and decode it cheaply; returns (sha256, (w, h)) or (sha256, error)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            size = im.size
+            im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return digest, f"{type(exc).__name__}: {exc}"
+    return digest, size
+
+
+def load_catalog(root: str | Path, *, workers: int = 8) -> Catalog:
+    """Load and validate a catalog directory.
+
+    Every image is hashed and decoded (at reduced resolution) so that a missing or unreadable
+    file fails here, not in the middle of training.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise CatalogError(f"{root}: catalog directory not found. Pass the directory that holds products.csv.")
+    products_csv = root / "products.csv"
+    rows = _read_csv(products_csv, PRODUCT_COLUMNS, "A catalog needs products.csv with columns product_id,name,type,image.")
+    if not rows:
+        raise CatalogError(f"{products_csv}: no products. Add at least one row.")
+    products: list[ProductImage] = []
+    types: dict[str, str] = {}
+    type_line: dict[str, int] = {}
+    for line, row in rows:
+        _require(products_csv, line, row, PRODUCT_REQUIRED)
+        pid, ptype = row["product_id"], row["type"]
+        if pid in types and types[pid] != ptype:
+            raise CatalogError(
+                f"{products_csv}, line {line}: product {pid!r} has type {ptype!r} but line "
+                f"{type_line[pid]} gives it type {types[pid]!r}. A product has one type; fix one of the rows."
+            )
+        types.setdefault(pid, ptype)
+        type_line.setdefault(pid, line)
+        image = _resolve_image(root, products_csv, line, row["image"])
+        products.append(ProductImage(pid, row["name"] or pid, ptype, image, line))
+
+    scenes: list[Scene] = []
+    scene_rows: list[tuple[int, dict[str, str], Path]] = []
+    scenes_csv = root / "scenes.csv"
+    if scenes_csv.exists():
+        seen: dict[str, int] = {}
+        for line, row in _read_csv(scenes_csv, SCENE_COLUMNS, ""):
+            _require(scenes_csv, line, row, SCENE_COLUMNS)
+            if row["scene"] in seen:
+                raise CatalogError(
+                    f"{scenes_csv}, line {line}: scene {row['scene']!r} already defined on line "
+                    f"{seen[row['scene']]}. Scene names must be unique."
+                )
+            seen[row["scene"]] = line
+            scene_rows.append((line, row, _resolve_image(root, scenes_csv, line, row["image"])))
+
+    # Hash and decode every image once, in parallel (PIL releases the GIL while decoding).
+    checks: list[tuple[Path, Path, int]] = [(p.image, products_csv, p.row) for p in products]
+    checks += [(img, scenes_csv, line) for line, _, img in scene_rows]
+    unique = sorted({c[0] for c in checks})
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = dict(zip(unique, pool.map(_check_image, unique)))
+    for image, csv_path, line in checks:
+        _, info = results[image]
+        if isinstance(info, str):
+            raise CatalogError(
+                f"{csv_path}, line {line}: image {image} cannot be decoded ({info}). "
+                "Replace it with a valid JPEG/PNG or remove the row."
+            )
+    for line, row, image in scene_rows:
+        size = results[image][1]
+        assert not isinstance(size, str)
+        scenes.append(Scene(row["scene"], image, row.get("room_type", ""), size))
+
+    pairs: list[Pair] = []
+    pairs_csv = root / "pairs.csv"
+    if pairs_csv.exists():
+        if not scenes:
+            raise CatalogError(f"{pairs_csv}: pairs need scenes, but scenes.csv is missing or empty. Add scenes.csv.")
+        scene_by_name = {s.scene: s for s in scenes}
+        pair_rows = _read_csv(pairs_csv, PAIR_COLUMNS, "")
+        with open(pairs_csv, encoding="utf-8-sig") as fh:
+            header = next(csv.reader(fh), [])
+        present = [c for c in BOX_COLUMNS if c in header]
+        if present and len(present) != 4:
+            raise CatalogError(
+                f"{pairs_csv}, line 1: box columns must be all of x1,y1,x2,y2 or none; found {present}."
+            )
+        for line, row in pair_rows:
+            _require(pairs_csv, line, row, PAIR_COLUMNS)
+            pid, sname = row["product_id"], row["scene"]
+            if pid not in types:
+                raise CatalogError(f"{pairs_csv}, line {line}: unknown product_id {pid!r}. Add it to products.csv or drop the row.")
+            if sname not in scene_by_name:
+                raise CatalogError(f"{pairs_csv}, line {line}: unknown scene {sname!r}. Add it to scenes.csv or drop the row.")
+            box = _parse_box(pairs_csv, line, row, scene_by_name[sname]) if present else None
+            pairs.append(Pair(pid, sname, box, line))
+
+    h = hashlib.sha256()
+    for name in ("products.csv", "scenes.csv", "pairs.csv"):
+        path = root / name
+        if path.exists():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    for image in unique:
+        h.update(str(image.relative_to(root) if image.is_relative_to(root) else image).encode())
+        h.update(results[image][0].encode())
+    catalog = Catalog(root, tuple(products), tuple(scenes), tuple(pairs), h.hexdigest()[:16], types)
+    logger.info(
+        "catalog %s: %d product images (%d products, %d types), %d scenes, %d pairs (%d with boxes)",
+        root, len(products), len(types), len(set(types.values())), len(scenes), len(pairs),
+        sum(p.box is not None for p in pairs),
+    )
+    return catalog
+
+
+def _parse_box(path: Path, line: int, row: dict[str, str], scene: Scene) -> Box | None:
+    values = [row.get(c, "") for c in BOX_COLUMNS]
+    if not any(values):
+        return None
+    if not all(values):
+        raise CatalogError(f"{path}, line {line}: box is partly empty {values}. Give all of x1,y1,x2,y2 or none.")
+    try:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in values)
+    except ValueError:
+        raise CatalogError(f"{path}, line {line}: box {values} is not numeric. Use pixel coordinates.") from None
+    w, h = scene.size
+    if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+        raise CatalogError(
+            f"{path}, line {line}: box ({x1},{y1},{x2},{y2}) is outside scene {scene.scene!r} of size "
+            f"{w}x{h} or empty. Boxes are pixels with 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height."
+        )
+    return (x1, y1, x2, y2)

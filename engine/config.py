@@ -1,0 +1,132 @@
+"""Frozen, validated configuration dataclasses shared by training, serving and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+BACKBONES = ("mobilenet_v2", "xception", "inception_resnet_v2")
+LOSSES = ("hinge", "batch_hard", "semi_hard")
+DISTRIBUTE = ("auto", "none", "mirrored")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How the embedder is built.
+
+    backbone: one of ``BACKBONES``; the pooled ImageNet CNN.
+    weights: ``"imagenet"`` (Keras download, or a local mirror, see ``engine.weights``),
+        ``"none"`` (random init) or a path to a ``.weights.h5``/``.h5`` file for the backbone.
+    image_size: side of the square RGB input, pixels.
+    alpha: width multiplier, used by ``mobilenet_v2`` only.
+    embedding_dim: D, size of the output embedding.
+    low_level_branch: add the shallow conv branch on a downsampled copy of the input.
+    l2_normalize: L2-normalise the embedding (unit vectors).
+    train_backbone: ``"all"``, ``"none"`` or a positive number N as a string: the last N
+        backbone layers are trainable.
+    """
+
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"
+    image_size: int = 128
+    alpha: float = 0.35
+    embedding_dim: int = 256
+    low_level_branch: bool = True
+    l2_normalize: bool = True
+    train_backbone: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if not 32 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be in [32, 1024] pixels, got {self.image_size}")
+        if self.backbone == "xception" and self.image_size < 71:
+            raise ValueError("xception needs image_size >= 71")
+        if self.backbone == "inception_resnet_v2" and self.image_size < 75:
+            raise ValueError("inception_resnet_v2 needs image_size >= 75")
+        if self.embedding_dim < 2:
+            raise ValueError(f"embedding_dim must be >= 2, got {self.embedding_dim}")
+        if self.alpha not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
+            raise ValueError(f"alpha must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4, got {self.alpha}")
+        self.trainable_backbone_layers()  # validates train_backbone
+
+    def trainable_backbone_layers(self) -> int | None:
+        """Number of trailing backbone layers to train: None = all, 0 = none."""
+        value = str(self.train_backbone).strip().lower()
+        if value == "all":
+            return None
+        if value == "none":
+            return 0
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(
+                f"train_backbone must be 'all', 'none' or a positive integer, got {self.train_backbone!r}"
+            ) from None
+        if n <= 0:
+            raise ValueError(f"train_backbone as a number must be positive, got {n}")
+        return n
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a training run samples triplets and optimises.
+
+    loss: ``hinge`` (per-triplet margin hinge), ``batch_hard`` or ``semi_hard`` (in-batch mining).
+    in_class_negatives / out_class_negatives: negatives sampled per positive pair each epoch,
+        from the positive's category / from other categories.
+    crop_padding: padding added around a query box on each side, as a fraction of the box's
+        longer side (Bell & Bala: 16 px per 256 = 0.0625).
+    val_fraction: share of scenes held out for validation (split by scene).
+    max_triplets_per_epoch: cap on the triplets of one epoch (0 = no cap), sampled with the seed.
+    """
+
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    margin: float = 1.0
+    loss: str = "hinge"
+    in_class_negatives: int = 10
+    out_class_negatives: int = 2
+    crop_padding: float = 0.0625
+    val_fraction: float = 0.2
+    max_triplets_per_epoch: int = 0
+    augment: bool = True
+    seed: int = 1234
+    mixed_precision: bool = False
+    distribute: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.margin <= 0:
+            raise ValueError(f"margin must be > 0, got {self.margin}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.in_class_negatives < 0 or self.out_class_negatives < 0:
+            raise ValueError("negative counts must be >= 0")
+        if self.in_class_negatives + self.out_class_negatives == 0:
+            raise ValueError("at least one negative per positive is needed")
+        if not 0 <= self.crop_padding <= 1:
+            raise ValueError(f"crop_padding must be in [0, 1], got {self.crop_padding}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.max_triplets_per_epoch < 0:
+            raise ValueError("max_triplets_per_epoch must be >= 0")
+        if self.distribute not in DISTRIBUTE:
+            raise ValueError(f"distribute must be one of {DISTRIBUTE}, got {self.distribute!r}")
+
+
+def flatten(prefix: str, config: Any) -> dict[str, Any]:
+    """Flatten a config dataclass into ``{prefix.field: value}`` for logging as params."""
+    return {f"{prefix}.{k}": v for k, v in asdict(config).items()}
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from a dict, ignoring unknown keys (forward compatibility)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

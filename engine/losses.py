@@ -1,0 +1,106 @@
+"""Triplet losses in pure ``keras.ops``: the margin hinge loss and the two in-batch mining losses.
+
+The in-batch losses reproduce ``tensorflow_addons.losses.triplet_semihard_loss`` and
+``triplet_hard_loss`` (Euclidean ``"L2"`` distance), which cannot be used any more: the package is
+end-of-life and does not import under Keras 3. One deliberate difference: a batch without any
+positive pair gives 0 here instead of TFA's 0/0 = NaN.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+_EPS = 1e-12
+
+
+def triplet_distances(q, p, n):
+    """Euclidean d(q, p) and d(q, n) per row. ``q, p, n``: float (B, D) → two float (B,)."""
+    d_pos = ops.sqrt(ops.maximum(ops.sum(ops.square(q - p), axis=-1), _EPS))
+    d_neg = ops.sqrt(ops.maximum(ops.sum(ops.square(q - n), axis=-1), _EPS))
+    return d_pos, d_neg
+
+
+def triplet_hinge_loss(q, p, n, margin: float = 1.0):
+    """``mean(max(0, margin + d(q, p) - d(q, n)))`` over the B triplets; inputs float (B, D)."""
+    d_pos, d_neg = triplet_distances(q, p, n)
+    return ops.mean(ops.maximum(margin + d_pos - d_neg, 0.0))
+
+
+def pairwise_distances(embeddings, squared: bool = False):
+    """Pairwise Euclidean distances, float (N, D) → float (N, N), exact zeros on the diagonal.
+
+    Same numerics as TFA's ``pairwise_distance``: clipped at 0, gradient-safe sqrt.
+    """
+    e = ops.cast(embeddings, "float32")
+    sq = ops.sum(ops.square(e), axis=1)
+    d2 = ops.expand_dims(sq, 1) + ops.expand_dims(sq, 0) - 2.0 * ops.matmul(e, ops.transpose(e))
+    d2 = ops.maximum(d2, 0.0)
+    zero = ops.cast(d2 <= 0.0, "float32")
+    d = d2 if squared else ops.sqrt(d2 + zero * 1e-16)
+    d = d * (1.0 - zero)
+    n = ops.shape(e)[0]
+    return d * (1.0 - ops.eye(n, dtype="float32"))
+
+
+def _masked_maximum(data, mask):
+    """Row-wise max of ``data`` over ``mask``; the row minimum where the mask is empty."""
+    axis_min = ops.min(data, axis=1, keepdims=True)
+    return ops.max((data - axis_min) * mask, axis=1, keepdims=True) + axis_min
+
+
+def _masked_minimum(data, mask):
+    """Row-wise min of ``data`` over ``mask``; the row maximum where the mask is empty."""
+    axis_max = ops.max(data, axis=1, keepdims=True)
+    return ops.min((data - axis_max) * mask, axis=1, keepdims=True) + axis_max
+
+
+def _adjacency(labels):
+    labels = ops.reshape(labels, (-1, 1))
+    return ops.cast(ops.equal(labels, ops.transpose(labels)), "float32")
+
+
+def batch_hard_triplet_loss(labels, embeddings, margin: float = 1.0, soft: bool = False):
+    """Batch-hard triplet loss (Hermans et al. 2017; TFA ``triplet_hard_loss``).
+
+    For each anchor: hardest positive (largest distance, same label, not itself) against hardest
+    negative (smallest distance, other label); mean over anchors of ``max(hp - hn + margin, 0)``
+    (``softplus(hp - hn)`` when ``soft``). ``labels``: int (N,), ``embeddings``: float (N, D).
+    """
+    pdist = pairwise_distances(embeddings)
+    adjacency = _adjacency(labels)
+    n = ops.shape(pdist)[0]
+    mask_pos = adjacency - ops.eye(n, dtype="float32")
+    hardest_pos = _masked_maximum(pdist, mask_pos)
+    hardest_neg = _masked_minimum(pdist, 1.0 - adjacency)
+    if soft:
+        loss = ops.log1p(ops.exp(hardest_pos - hardest_neg))
+    else:
+        loss = ops.maximum(hardest_pos - hardest_neg + margin, 0.0)
+    return ops.mean(loss)
+
+
+def semi_hard_triplet_loss(labels, embeddings, margin: float = 1.0):
+    """Semi-hard triplet loss (Schroff et al. 2015, FaceNet; TFA ``triplet_semihard_loss``).
+
+    For every anchor-positive pair (a, p): the negative n with the smallest d(a, n) still greater
+    than d(a, p); if none exists, the negative farthest from a. Loss = sum over pairs of
+    ``max(margin + d(a, p) - d(a, n), 0)`` / number of pairs.
+    ``labels``: int (N,), ``embeddings``: float (N, D).
+    """
+    pdist = pairwise_distances(embeddings)
+    adjacency = _adjacency(labels)
+    not_adj = 1.0 - adjacency
+    n = ops.shape(pdist)[0]
+    # [a, p, k]: k is a negative of a that is farther from a than p is.
+    farther = ops.cast(ops.expand_dims(pdist, 1) > ops.expand_dims(pdist, 2), "float32")
+    mask = farther * ops.expand_dims(not_adj, 1)
+    has_semi_hard = ops.sum(mask, axis=2) > 0.0
+    d_k = ops.broadcast_to(ops.expand_dims(pdist, 1), (n, n, n))
+    axis_max = ops.max(d_k, axis=2, keepdims=True)
+    outside = ops.squeeze(ops.min((d_k - axis_max) * mask, axis=2, keepdims=True) + axis_max, 2)
+    inside = ops.broadcast_to(_masked_maximum(pdist, not_adj), (n, n))
+    negatives = ops.where(has_semi_hard, outside, inside)
+    mask_pos = adjacency - ops.eye(n, dtype="float32")
+    loss_mat = (margin + pdist - negatives) * mask_pos
+    num_pos = ops.sum(mask_pos)
+    return ops.sum(ops.maximum(loss_mat, 0.0)) / ops.maximum(num_pos, 1.0)

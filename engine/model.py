@@ -1,0 +1,171 @@
+"""The embedding model: ImageNet backbone in parallel with a shallow low-level conv branch.
+
+``build_embedder(cfg)`` returns a ``keras.Model`` mapping ``float32 (B, S, S, 3)`` RGB in
+[0, 255] to ``float32 (B, D)`` embeddings (unit length when ``cfg.l2_normalize``). This model is
+what serving loads (saved as ``.keras``); ``TripletModel`` wraps it only for training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import keras
+from keras import layers, ops
+
+from engine.config import ModelConfig
+from engine.losses import batch_hard_triplet_loss, semi_hard_triplet_loss, triplet_distances
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR_ENV = "SHOWROOM_WEIGHTS_DIR"
+
+
+class WeightsError(ValueError):
+    """Backbone weights that cannot be found or do not fit the backbone."""
+
+
+def local_weights_name(cfg: ModelConfig) -> str:
+    """File name of the backbone's ImageNet no-top weights in a local mirror folder."""
+    if cfg.backbone == "mobilenet_v2":
+        return f"mobilenet_v2_{cfg.alpha:g}_224_imagenet_no_top.weights.h5"
+    return f"{cfg.backbone}_imagenet_no_top.weights.h5"
+
+
+def resolve_weights(cfg: ModelConfig) -> str | Path | None:
+    """What to initialise the backbone with: ``"imagenet"`` (Keras download), a file, or None.
+
+    ``imagenet`` first looks for ``local_weights_name(cfg)`` in ``$SHOWROOM_WEIGHTS_DIR`` (an
+    offline mirror, e.g. ``../shared/weights``); if the folder or file is absent Keras downloads
+    the weights into its cache (``~/.keras/models``).
+    """
+    w = cfg.weights.strip()
+    if w.lower() == "none":
+        return None
+    if w.lower() == "imagenet":
+        mirror = os.environ.get(WEIGHTS_DIR_ENV)
+        if mirror:
+            path = Path(mirror) / local_weights_name(cfg)
+            if path.is_file():
+                logger.info("ImageNet weights for %s from local mirror %s", cfg.backbone, path)
+                return path
+            logger.info("no %s in %s=%s; Keras will download ImageNet weights", path.name, WEIGHTS_DIR_ENV, mirror)
+        return "imagenet"
+    path = Path(w).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} not found; pass 'imagenet', 'none' or an existing .weights.h5 path")
+    return path
+
+
+def _backbone(cfg: ModelConfig, weights: str | Path | None) -> keras.Model:
+    shape = (cfg.image_size, cfg.image_size, 3)
+    keras_weights = "imagenet" if weights == "imagenet" else None
+    if cfg.backbone == "mobilenet_v2":
+        net = keras.applications.MobileNetV2(input_shape=shape, alpha=cfg.alpha, include_top=False, weights=keras_weights)
+    elif cfg.backbone == "xception":
+        net = keras.applications.Xception(input_shape=shape, include_top=False, weights=keras_weights)
+    else:
+        net = keras.applications.InceptionResNetV2(input_shape=shape, include_top=False, weights=keras_weights)
+    if isinstance(weights, Path):
+        try:
+            net.load_weights(weights)
+        except (ValueError, OSError, KeyError) as exc:
+            raise WeightsError(
+                f"weights file {weights} does not fit backbone {cfg.backbone}"
+                f"{f' alpha={cfg.alpha:g}' if cfg.backbone == 'mobilenet_v2' else ''}: {exc}"
+            ) from None
+        logger.info("loaded backbone weights from %s", weights)
+    net.name = "backbone"
+    return net
+
+
+def _apply_freeze(backbone: keras.Model, cfg: ModelConfig) -> None:
+    n = cfg.trainable_backbone_layers()
+    backbone.trainable = n != 0
+    if n:
+        for layer in backbone.layers[:-n]:
+            layer.trainable = False
+
+
+def build_embedder(cfg: ModelConfig) -> keras.Model:
+    """Build the embedder. Input ``float32 (B, S, S, 3)`` RGB 0..255 → output ``float32 (B, D)``.
+
+    The backbone always runs with BatchNorm in inference mode (``training=False``), the usual
+    choice when fine-tuning ImageNet CNNs with small batches.
+    """
+    weights = resolve_weights(cfg)
+    inp = keras.Input((cfg.image_size, cfg.image_size, 3), name="image", dtype="float32")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inp)  # all three backbones use [-1, 1]
+    backbone = _backbone(cfg, weights)
+    _apply_freeze(backbone, cfg)
+    deep = layers.GlobalAveragePooling2D(name="deep_pool")(backbone(x, training=False))
+    features = deep
+    if cfg.low_level_branch:
+        # Wang et al. 2014: a shallow net on a subsampled copy captures colour and texture that
+        # the deep, invariant features discard.
+        low = layers.AveragePooling2D(pool_size=2, name="low_subsample")(x)
+        low = layers.Conv2D(48, 5, strides=2, padding="same", activation="relu", name="low_conv1")(low)
+        low = layers.MaxPooling2D(3, strides=2, padding="same", name="low_pool1")(low)
+        low = layers.Conv2D(96, 3, padding="same", activation="relu", name="low_conv2")(low)
+        low = layers.MaxPooling2D(3, strides=2, padding="same", name="low_pool2")(low)
+        low = layers.GlobalAveragePooling2D(name="low_gap")(low)
+        features = layers.Concatenate(name="concat")([deep, low])
+    out = layers.Dense(cfg.embedding_dim, name="projection", dtype="float32")(features)
+    if cfg.l2_normalize:
+        out = layers.UnitNormalization(name="l2_normalize", dtype="float32")(out)
+    model = keras.Model(inp, out, name=f"showroom_{cfg.backbone}")
+    logger.info(
+        "embedder %s: %d params (%d trainable), input %d px, D=%d, low-level branch %s",
+        model.name, model.count_params(), sum(int(ops.size(w)) for w in model.trainable_weights),
+        cfg.image_size, cfg.embedding_dim, "on" if cfg.low_level_branch else "off",
+    )
+    return model
+
+
+def backbone_features_model(embedder: keras.Model) -> keras.Model:
+    """The embedder's pooled backbone features (no projection): the ImageNet baseline."""
+    return keras.Model(embedder.input, embedder.get_layer("deep_pool").output, name="pooled_backbone")
+
+
+class TripletModel(keras.Model):
+    """Training-only wrapper: embeds query, positive and negative with one shared embedder.
+
+    Inputs: dict with ``query``, ``positive``, ``negative`` (``float32 (B, S, S, 3)``) and
+    ``label_p``, ``label_n`` (``int32 (B,)`` product labels, used by the in-batch losses).
+    Output of ``call``: ``float32 (3, B, D)``.
+    """
+
+    def __init__(self, embedder: keras.Model, *, margin: float = 1.0, loss: str = "hinge", **kwargs):
+        super().__init__(**kwargs)
+        self.embedder = embedder
+        self.margin = float(margin)
+        self.loss_name = loss
+        self.absolute_accuracy = keras.metrics.Mean(name="absolute_accuracy")
+        self.zero_loss_share = keras.metrics.Mean(name="zero_loss_share")
+        self.mean_d_pos = keras.metrics.Mean(name="mean_d_pos")
+        self.mean_d_neg = keras.metrics.Mean(name="mean_d_neg")
+
+    def call(self, inputs, training=False):
+        q = self.embedder(inputs["query"], training=training)
+        p = self.embedder(inputs["positive"], training=training)
+        n = self.embedder(inputs["negative"], training=training)
+        return ops.stack([q, p, n])
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The one loss computation shared by ``train_step`` and ``test_step``."""
+        q, p, n = y_pred[0], y_pred[1], y_pred[2]
+        d_pos, d_neg = triplet_distances(q, p, n)
+        hinge = ops.maximum(self.margin + d_pos - d_neg, 0.0)
+        if self.loss_name == "hinge":
+            loss = ops.mean(hinge)
+        else:
+            emb = ops.concatenate([q, p, n], axis=0)
+            labels = ops.concatenate([x["label_p"], x["label_p"], x["label_n"]], axis=0)
+            fn = batch_hard_triplet_loss if self.loss_name == "batch_hard" else semi_hard_triplet_loss
+            loss = fn(labels, emb, margin=self.margin)
+        self.absolute_accuracy.update_state(ops.cast(d_pos < d_neg, "float32"))
+        self.zero_loss_share.update_state(ops.cast(hinge <= 0.0, "float32"))
+        self.mean_d_pos.update_state(d_pos)
+        self.mean_d_neg.update_state(d_neg)
+        return loss

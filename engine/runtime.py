@@ -1,0 +1,58 @@
+"""Process-wide runtime hygiene shared by every CLI and the tests: state folder, env vars, import guard.
+
+Call ``configure_runtime()`` once at the start of a ``main`` (the tests' conftest does the same)
+before TensorFlow, Ultralytics, albumentations or MLflow are imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def state_dir() -> Path:
+    """Where generated data, checkpoints and caches live: ``$SHOWROOM_HOME`` or ``<project>/.showroom``."""
+    return Path(os.environ.get("SHOWROOM_HOME", PROJECT_ROOT / ".showroom")).resolve()
+
+
+def configure_runtime(*, offline: bool = False) -> Path:
+    """Set the environment defaults the stack needs; returns the state folder.
+
+    - ``YOLO_CONFIG_DIR`` inside the state folder (Ultralytics writes settings there, not in ~).
+    - ``NO_ALBUMENTATIONS_UPDATE=1`` and ``MLFLOW_DISABLE_TELEMETRY=true``: no phoning home.
+    - ``offline=True`` (tests) also sets ``YOLO_OFFLINE=1``.
+    - ``TF_CPP_MIN_LOG_LEVEL=1`` hides TensorFlow's info banners.
+    - Blocks ``triton`` from loading: it is only used by GPU ``torch.compile`` (which Showroom
+      never calls) and loading it after TensorFlow segfaults the process. The install commands
+      also uninstall it; this guard covers machines where it is present anyway.
+    Values already set in the environment win.
+    """
+    home = state_dir()
+    (home / "ultralytics").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(home / "ultralytics"))
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if offline:
+        os.environ["YOLO_OFFLINE"] = "1"
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` raise ImportError
+    return home
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure root logging once for a CLI."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow.store", "PIL", "matplotlib", "h5py", "urllib3", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,95 @@
+"""Retrieval metrics as pure numpy functions: ranks, recall@k, distance_accuracy per category.
+
+Ties are counted pessimistically: an item at the same distance as the true one ranks ahead of it,
+so a collapsed model (all distances equal) scores chance or worse, never perfect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def euclidean_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances between rows: float (N, D) x float (M, D) → float64 (N, M)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+def true_ranks(dist: np.ndarray, true_col: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's true column: ``dist`` float (N, M), ``true_col`` int (N,) → int (N,).
+
+    rank = number of columns whose distance is <= the true column's (ties rank ahead).
+    """
+    dist = np.asarray(dist, np.float64)
+    true_col = np.asarray(true_col, np.int64)
+    if dist.ndim != 2 or true_col.shape != (dist.shape[0],):
+        raise ValueError(f"dist must be (N, M) and true_col (N,), got {dist.shape} and {true_col.shape}")
+    if dist.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    if true_col.min() < 0 or true_col.max() >= dist.shape[1]:
+        raise ValueError("true_col holds a column outside the distance matrix")
+    own = dist[np.arange(len(dist)), true_col]
+    return (dist <= own[:, None]).sum(1).astype(np.int64)
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Share of ranks <= k; NaN for an empty set (no queries means no evidence, not 0)."""
+    ranks = np.asarray(ranks)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if ranks.size == 0:
+        return float("nan")
+    return float((ranks <= k).mean())
+
+
+@dataclass(frozen=True)
+class DistanceAccuracy:
+    """``distance_accuracy`` (top-1) and ``distance_accuracy_top_3``, macro-averaged over categories."""
+
+    top1: float
+    top3: float
+    per_category: dict[str, tuple[float, float, int, int]]  # type -> (top1, top3, n_queries, n_products)
+
+
+def distance_accuracy(
+    query_emb: np.ndarray,
+    query_product: Sequence[str],
+    product_emb: np.ndarray,
+    product_ids: Sequence[str],
+    product_types: Sequence[str],
+) -> DistanceAccuracy:
+    """Per category: distance matrix of its queries x the distinct products those queries show.
+
+    ``query_emb``: float (N, D) with ``query_product[i]`` its true product id.
+    ``product_emb``: float (M, D), one row per product, with ids and types.
+    A category counts when it has at least 2 products among its queries (one product is trivial).
+    Returns the shares of rows whose own product is nearest (top1) / within the nearest 3 (top3),
+    averaged over categories; NaN when no category counts.
+    """
+    index = {pid: i for i, pid in enumerate(product_ids)}
+    missing = [p for p in query_product if p not in index]
+    if missing:
+        raise ValueError(f"query products without an embedding: {sorted(set(missing))[:5]}")
+    qtypes = np.array([product_types[index[p]] for p in query_product])
+    qprod = np.asarray(query_product)
+    per: dict[str, tuple[float, float, int, int]] = {}
+    for t in sorted(set(qtypes.tolist())):
+        rows = np.flatnonzero(qtypes == t)
+        prods = sorted(set(qprod[rows].tolist()))
+        if len(prods) < 2:
+            continue
+        cols = np.array([index[p] for p in prods])
+        dist = euclidean_distances(query_emb[rows], product_emb[cols])
+        col_of = {p: j for j, p in enumerate(prods)}
+        ranks = true_ranks(dist, np.array([col_of[p] for p in qprod[rows]]))
+        per[t] = (recall_at_k(ranks, 1), recall_at_k(ranks, 3), len(rows), len(prods))
+    if not per:
+        return DistanceAccuracy(float("nan"), float("nan"), {})
+    return DistanceAccuracy(
+        float(np.mean([v[0] for v in per.values()])), float(np.mean([v[1] for v in per.values()])), per
+    )

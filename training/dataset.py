@@ -1,0 +1,164 @@
+"""From a validated catalog to a training set: scene split, image bank, triplet samplers, probes.
+
+Train and validation are split by scene (no scene in both). Every positive pair becomes a query:
+the padded crop of its box, or the whole scene when the pair has no box.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.catalog import Catalog, CatalogError
+from engine.config import TrainConfig
+from evaluation.metrics import distance_accuracy, euclidean_distances
+from training.data import ImageSpec, build_bank
+from training.triplets import TripletSampler
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Scene names of each side of the split."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+
+
+def split_scenes(catalog: Catalog, val_fraction: float, seed: int) -> Split:
+    """Seeded split of the scenes that have pairs; at least one scene on each side."""
+    scenes = sorted({p.scene for p in catalog.pairs})
+    if len(scenes) < 2:
+        raise CatalogError(
+            f"{catalog.root / 'pairs.csv'}: training needs pairs in at least 2 scenes (one for validation), "
+            f"found {len(scenes)}. Add pairs.csv rows."
+        )
+    order = np.random.default_rng(seed).permutation(len(scenes))
+    n_val = min(len(scenes) - 1, max(1, round(val_fraction * len(scenes))))
+    val = sorted(scenes[i] for i in order[:n_val])
+    train = sorted(scenes[i] for i in order[n_val:])
+    return Split(tuple(train), tuple(val))
+
+
+@dataclass
+class TrainingSet:
+    """Everything the fit loop needs, built once per run.
+
+    bank: uint8 (N, S, S, 3): product images first (``product_bank``), then train queries, then
+    validation queries.
+    """
+
+    bank: np.ndarray
+    product_ids: list[str]  # sorted; label of a product = its index here
+    product_types: list[str]
+    types: dict[str, str]  # product id -> type
+    product_bank: dict[str, list[int]]
+    train_queries: list[tuple[int, str]]  # (bank index, product id)
+    val_queries: list[tuple[int, str]]
+    train_sampler: TripletSampler
+    val_sampler: TripletSampler
+    split: Split
+    whole_scene_queries: int
+
+    def first_image(self, product_id: str) -> int:
+        return self.product_bank[product_id][0]
+
+
+def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int) -> TrainingSet:
+    """Split, decode the bank and make the samplers for one run."""
+    if not catalog.pairs:
+        raise CatalogError(
+            f"{catalog.root}: no pairs.csv rows. Training needs (product_id, scene) pairs: "
+            "the scene photo is the query, the product image the positive."
+        )
+    split = split_scenes(catalog, cfg.val_fraction, cfg.seed)
+    scenes = {s.scene: s for s in catalog.scenes}
+    specs: list[ImageSpec] = []
+    product_bank: dict[str, list[int]] = {}
+    for p in catalog.products:
+        product_bank.setdefault(p.product_id, []).append(len(specs))
+        specs.append(ImageSpec(p.image))
+    val_names = set(split.val)
+    train_q: list[tuple[int, str]] = []
+    val_q: list[tuple[int, str]] = []
+    seen: dict[tuple, int] = {}
+    whole = 0
+    for pair in catalog.pairs:
+        key = (pair.scene, pair.box)
+        if key not in seen:
+            seen[key] = len(specs)
+            specs.append(ImageSpec(scenes[pair.scene].image, pair.box, is_query=True))
+        whole += pair.box is None
+        (val_q if pair.scene in val_names else train_q).append((seen[key], pair.product_id))
+    if whole:
+        logger.warning("%d of %d pairs have no box: their query is the whole scene image", whole, len(catalog.pairs))
+    bank = build_bank(specs, image_size, cfg.crop_padding)
+    types = catalog.types
+
+    def sampler(queries: list[tuple[int, str]], max_triplets: int) -> TripletSampler:
+        return TripletSampler(
+            [p for _, p in queries], product_bank, types,
+            in_class=cfg.in_class_negatives, out_class=cfg.out_class_negatives, max_triplets=max_triplets,
+            query_index=[i for i, _ in queries],
+        )
+
+    ids = sorted(product_bank)
+    ts = TrainingSet(
+        bank=bank,
+        product_ids=ids,
+        product_types=[types[p] for p in ids],
+        types=types,
+        product_bank=product_bank,
+        train_queries=train_q,
+        val_queries=val_q,
+        train_sampler=sampler(train_q, cfg.max_triplets_per_epoch),
+        val_sampler=sampler(val_q, 0),
+        split=split,
+        whole_scene_queries=whole,
+    )
+    logger.info(
+        "split by scene: %d train scenes (%d queries), %d validation scenes (%d queries); %d products",
+        len(split.train), len(train_q), len(split.val), len(val_q), len(ids),
+    )
+    return ts
+
+
+def metric_key(text: str) -> str:
+    """A string made safe for an MLflow metric name."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text).strip().replace(" ", "_")
+
+
+def probe_metrics(
+    embed, ts: TrainingSet, queries: list[tuple[int, str]], prefix: str, *, max_queries: int = 400, seed: int = 0
+) -> dict[str, float]:
+    """distance_accuracy(_top_3) per category and macro, plus collapse watch, on up to ``max_queries``.
+
+    ``embed``: callable uint8 (N, S, S, 3) → float32 (N, D). Products are embedded from their first image.
+    """
+    rng = np.random.default_rng(seed)
+    if len(queries) > max_queries:
+        queries = [queries[i] for i in sorted(rng.choice(len(queries), max_queries, replace=False))]
+    if not queries:
+        return {}
+    q_types = {ts.types[p] for _, p in queries}
+    prods = [p for p, t in zip(ts.product_ids, ts.product_types) if t in q_types]
+    q_unique = sorted({i for i, _ in queries})
+    q_emb_u = embed(ts.bank[q_unique])
+    row = {b: r for r, b in enumerate(q_unique)}
+    q_emb = q_emb_u[[row[i] for i, _ in queries]]
+    p_emb = embed(ts.bank[[ts.first_image(p) for p in prods]])
+    acc = distance_accuracy(q_emb, [p for _, p in queries], p_emb, prods, [ts.types[p] for p in prods])
+    out = {f"{prefix}distance_accuracy": acc.top1, f"{prefix}distance_accuracy_top_3": acc.top3}
+    for t, (top1, top3, _, _) in acc.per_category.items():
+        out[f"{prefix}distance_accuracy/{metric_key(t)}"] = top1
+    # Collapse watch: the typical distance between unrelated embeddings shrinks to 0 on collapse.
+    if len(p_emb) >= 2:
+        d = euclidean_distances(p_emb, p_emb)
+        iu = np.triu_indices(len(p_emb), 1)
+        out[f"{prefix}mean_product_distance"] = float(d[iu].mean())
+    out[f"{prefix}embedding_std"] = float(np.concatenate([q_emb, p_emb]).std(0).mean())
+    return out

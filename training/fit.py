@@ -1,0 +1,268 @@
+"""``python -m training.fit``: train the triplet embedder on a catalog, tracked in MLflow.
+
+Without ``--catalog`` it trains on the built-in procedural demo catalog (generated once).
+One MLflow run per call: params (whole config, seed, git commit, catalog fingerprint), metrics
+per epoch (step 0 = before training), artifacts (embedder ``.keras``, config, split, a sheet of
+sample triplets). A checkpoint is written after every epoch; ``--resume RUN_ID`` (or ``last``)
+continues a killed run where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from engine.catalog import CatalogError
+from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, TrainConfig, flatten, from_dict
+from engine.runtime import configure_runtime, setup_logging
+
+logger = logging.getLogger("training.fit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    m, t = ModelConfig(), TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m training.fit",
+        description="Train the Showroom triplet embedder on a catalog (default: the built-in demo catalog) and log the run to MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--catalog", type=Path, default=None, help="catalog directory (products.csv, scenes.csv, pairs.csv); omit to use the generated demo catalog")
+    g.add_argument("--demo-seed", type=int, default=7, help="seed of the generated demo catalog (only without --catalog)")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="ImageNet CNN: mobilenet_v2 for CPU; xception or inception_resnet_v2 on a GPU")
+    g.add_argument("--weights", default=m.weights, help="backbone init: 'imagenet' (Keras download, or $SHOWROOM_WEIGHTS_DIR mirror), 'none', or a .weights.h5 path")
+    g.add_argument("--image-size", type=int, default=m.image_size, help="square input side in pixels (299 suits the big backbones on a GPU)")
+    g.add_argument("--alpha", type=float, default=m.alpha, help="MobileNetV2 width multiplier")
+    g.add_argument("--embedding-dim", type=int, default=m.embedding_dim, help="D, the embedding size")
+    g.add_argument("--no-low-level-branch", action="store_true", help="ablation: drop the shallow conv branch on the downsampled image")
+    g.add_argument("--no-l2-normalize", action="store_true", help="do not L2-normalise embeddings")
+    g.add_argument("--train-backbone", default=m.train_backbone, help="which backbone layers train: 'all', 'none', or N (the last N layers)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=t.epochs, help="epochs over freshly sampled triplets")
+    g.add_argument("--batch-size", type=int, default=t.batch_size, help="triplets per step (global batch under tf.distribute)")
+    g.add_argument("--learning-rate", type=float, default=t.learning_rate, help="Adam learning rate")
+    g.add_argument("--margin", type=float, default=t.margin, help="triplet margin m")
+    g.add_argument("--loss", choices=LOSSES, default=t.loss, help="hinge: mean(max(0, m + d(q,p) - d(q,n))); batch_hard / semi_hard: in-batch mining (TFA semantics)")
+    g.add_argument("--in-class-negatives", type=int, default=t.in_class_negatives, help="negatives per positive from the same category, resampled each epoch")
+    g.add_argument("--out-class-negatives", type=int, default=t.out_class_negatives, help="negatives per positive from other categories, resampled each epoch")
+    g.add_argument("--crop-padding", type=float, default=t.crop_padding, help="padding around a query box, as a fraction of its longer side")
+    g.add_argument("--val-fraction", type=float, default=t.val_fraction, help="share of scenes held out for validation")
+    g.add_argument("--max-triplets-per-epoch", type=int, default=t.max_triplets_per_epoch, help="cap on triplets per epoch (0 = all)")
+    g.add_argument("--no-augment", action="store_true", help="turn off augmentation")
+    g.add_argument("--seed", type=int, default=t.seed, help="seed for the split, sampling, augmentation and initialisation")
+    g.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    g.add_argument("--distribute", choices=DISTRIBUTE, default=t.distribute, help="tf.distribute: 'auto' mirrors over all GPUs when there are several")
+    g = p.add_argument_group("run")
+    g.add_argument("--run-name", default=None, help="MLflow run name")
+    g.add_argument("--experiment", default="showroom", help="MLflow experiment")
+    g.add_argument("--resume", default=None, metavar="RUN_ID", help="continue a killed run from its last checkpoint ('last' = most recent); other flags are taken from the run")
+    g.add_argument("--out", type=Path, default=None, help="also copy the final embedder .keras here")
+    g.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    model = ModelConfig(
+        backbone=args.backbone, weights=args.weights, image_size=args.image_size, alpha=args.alpha,
+        embedding_dim=args.embedding_dim, low_level_branch=not args.no_low_level_branch,
+        l2_normalize=not args.no_l2_normalize, train_backbone=args.train_backbone,
+    )
+    train = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, margin=args.margin,
+        loss=args.loss, in_class_negatives=args.in_class_negatives, out_class_negatives=args.out_class_negatives,
+        crop_padding=args.crop_padding, val_fraction=args.val_fraction, max_triplets_per_epoch=args.max_triplets_per_epoch,
+        augment=not args.no_augment, seed=args.seed, mixed_precision=args.mixed_precision, distribute=args.distribute,
+    )
+    return model, train
+
+
+def _strategy(kind: str):
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy()
+        logger.info("MirroredStrategy over %d replicas", strategy.num_replicas_in_sync)
+        return strategy
+    return tf.distribute.get_strategy()
+
+
+def _latest_run(home: Path) -> str:
+    roots = sorted((home / "checkpoints").glob("*/LATEST"), key=lambda p: p.stat().st_mtime)
+    if not roots:
+        raise CatalogError(f"--resume last: no checkpoints under {home / 'checkpoints'}")
+    return roots[-1].parent.name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    home = configure_runtime()
+    try:
+        return _run(args, home)
+    except (CatalogError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+def _run(args: argparse.Namespace, home: Path) -> int:
+    import keras
+    import numpy as np
+
+    from engine.catalog import load_catalog
+    from engine.embed import embed_images
+    from engine.model import TripletModel, build_embedder
+    from training import checkpoint as ckpt
+    from training.data import triplet_dataset, triplet_sheet
+    from training.dataset import build_training_set, probe_metrics
+    from training.demo_catalog import DemoSpec, ensure_demo_catalog
+    from training.tracking import git_commit, mlflow_run
+
+    resume_state = None
+    if args.resume:
+        run_id = _latest_run(home) if args.resume == "last" else args.resume
+        folder = ckpt.latest_checkpoint(ckpt.checkpoint_root(home, run_id))
+        resume_state = ckpt.read_state(folder)
+        mcfg = from_dict(ModelConfig, resume_state["model"])
+        tcfg = from_dict(TrainConfig, resume_state["train"])
+        catalog_dir = Path(resume_state["catalog"])
+        logger.info("resuming run %s after epoch %d of %d", run_id, resume_state["epochs_done"], tcfg.epochs)
+    else:
+        mcfg, tcfg = configs_from_args(args)
+        catalog_dir = args.catalog or ensure_demo_catalog(home, DemoSpec(seed=args.demo_seed))
+
+    catalog = load_catalog(catalog_dir)
+    if resume_state and catalog.fingerprint != resume_state["catalog_fingerprint"]:
+        raise CatalogError(
+            f"{catalog_dir} changed since run {resume_state['run_id']} started (fingerprint {catalog.fingerprint} "
+            f"vs {resume_state['catalog_fingerprint']}); start a new run instead of --resume"
+        )
+    ts = build_training_set(catalog, tcfg, mcfg.image_size)
+
+    keras.utils.set_random_seed(tcfg.seed)
+    if tcfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = _strategy(tcfg.distribute)
+    val_trip = ts.val_sampler.sample(tcfg.seed + 10_000)  # fixed validation triplets
+    val_ds = triplet_dataset(ts.bank, val_trip, batch_size=tcfg.batch_size, augment=False, seed=tcfg.seed)
+
+    run_kwargs = {"run_id": resume_state["run_id"]} if resume_state else {"run_name": args.run_name, "experiment": args.experiment}
+    with mlflow_run(**run_kwargs) as tracker:
+        with strategy.scope():
+            build_cfg = replace(mcfg, weights="none") if resume_state else mcfg
+            embedder = build_embedder(build_cfg)
+            model = TripletModel(embedder, margin=tcfg.margin, loss=tcfg.loss)
+            model.compile(optimizer=keras.optimizers.Adam(tcfg.learning_rate))
+        root = ckpt.checkpoint_root(home, tracker.run_id)
+        state = {
+            "run_id": tracker.run_id, "model": asdict(mcfg), "train": asdict(tcfg),
+            "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
+        }
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            return embed_images(embedder, images, batch_size=64)
+
+        def probes(step: int) -> dict[str, float]:
+            out = probe_metrics(embed, ts, ts.val_queries, "val_", seed=tcfg.seed)
+            out.update(probe_metrics(embed, ts, ts.train_queries, "train_", seed=tcfg.seed))
+            return out
+
+        if resume_state:
+            restore_folder = ckpt.latest_checkpoint(root)
+            ckpt.restore_checkpoint(restore_folder, embedder, model.optimizer)
+            start = resume_state["epochs_done"]
+        else:
+            start = 0
+            tracker.log_params(
+                {**flatten("model", mcfg), **flatten("train", tcfg), "seed": tcfg.seed, "git_commit": git_commit(),
+                 "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
+                 "n_products": len(ts.product_ids), "n_train_queries": len(ts.train_queries),
+                 "n_val_queries": len(ts.val_queries), "n_val_triplets": len(val_trip),
+                 "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices()}
+            )
+            tracker.set_tags({"showroom.kind": "fit", "showroom.catalog": catalog.root.name})
+            logger.info("epoch 0 (before training): evaluating")
+            metrics = {f"val_{k}": v for k, v in model.evaluate(val_ds, verbose=0, return_dict=True).items()}
+            metrics.update(probes(0))
+            tracker.log_metrics(metrics, step=0)
+            _log_epoch(0, metrics)
+
+        first_trip = None
+        for epoch in range(start, tcfg.epochs):
+            trip = ts.train_sampler.sample(tcfg.seed + epoch)
+            first_trip = first_trip or trip
+            ds = triplet_dataset(ts.bank, trip, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + epoch)
+            t0 = time.perf_counter()
+            hist = model.fit(ds, validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1, verbose=2 if not sys.stdout.isatty() else "auto")
+            seconds = time.perf_counter() - t0
+            metrics = {k: v[-1] for k, v in hist.history.items()}
+            metrics.update(probes(epoch + 1))
+            metrics.update({"epoch_seconds": seconds, "triplets_per_second": len(trip) / seconds, "n_triplets": len(trip),
+                            "in_class_share": float(trip.in_class.mean()) if len(trip) else 0.0})
+            tracker.log_metrics(metrics, step=epoch + 1)
+            _log_epoch(epoch + 1, metrics)
+            ckpt.save_checkpoint(root, epoch + 1, embedder, model.optimizer, state)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "model").mkdir()
+            model_path = tmp / "model" / "embedder.keras"
+            embedder.save(model_path)
+            tracker.log_artifact(model_path, "model")
+            (tmp / "config.json").write_text(json.dumps(state, indent=2))
+            (tmp / "split.json").write_text(json.dumps(asdict(ts.split), indent=2))
+            tracker.log_artifact(tmp / "config.json")
+            tracker.log_artifact(tmp / "split.json")
+            if first_trip is None:
+                first_trip = ts.train_sampler.sample(tcfg.seed)
+            sheet = triplet_sheet(ts.bank, first_trip, ts.product_ids, seed=tcfg.seed)
+            import cv2
+
+            cv2.imwrite(str(tmp / "triplets_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+            tracker.log_artifact(tmp / "triplets_sheet.png")
+            local = home / "models" / tracker.run_id
+            local.mkdir(parents=True, exist_ok=True)
+            embedder.save(local / "embedder.keras")
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                embedder.save(args.out)
+        final = _final_summary(tracker.run_id)
+    print(final)
+    print(f"embedder: {local / 'embedder.keras'}  (MLflow artifact model/embedder.keras of run {tracker.run_id})")
+    return 0
+
+
+def _devices() -> str:
+    import tensorflow as tf
+
+    return ",".join(d.device_type for d in tf.config.list_logical_devices())
+
+
+def _log_epoch(step: int, m: dict[str, float]) -> None:
+    keys = ("loss", "val_loss", "absolute_accuracy", "val_absolute_accuracy", "val_distance_accuracy",
+            "val_distance_accuracy_top_3", "train_distance_accuracy", "val_zero_loss_share", "val_mean_product_distance")
+    logger.info("epoch %d: %s", step, ", ".join(f"{k}={m[k]:.4f}" for k in keys if k in m))
+
+
+def _final_summary(run_id: str) -> str:
+    from training.tracking import run_metrics
+
+    hist = run_metrics(run_id)
+    lines = [f"run {run_id}"]
+    for key in ("val_distance_accuracy", "val_distance_accuracy_top_3", "val_absolute_accuracy", "val_loss"):
+        if key in hist and hist[key]:
+            first, last = hist[key][0], hist[key][-1]
+            lines.append(f"  {key}: epoch {first[0]} = {first[1]:.4f} -> epoch {last[0]} = {last[1]:.4f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Triplet sampling: (query crop of product i, iconic image of i, iconic image of another product).
+
+Pure numpy. Images are referred to by their index in an image bank; products by id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Triplets:
+    """T triplets as parallel int arrays (bank indices and product labels)."""
+
+    query: np.ndarray  # int64 (T,) query bank index
+    positive: np.ndarray  # int64 (T,) product bank index of the query's product
+    negative: np.ndarray  # int64 (T,) product bank index of another product
+    label_p: np.ndarray  # int32 (T,) label of the positive product
+    label_n: np.ndarray  # int32 (T,) label of the negative product
+    in_class: np.ndarray  # bool (T,) the negative shares the positive's category
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def subset(self, idx: np.ndarray) -> Triplets:
+        return Triplets(*(getattr(self, f)[idx] for f in ("query", "positive", "negative", "label_p", "label_n", "in_class")))
+
+
+class TripletSampler:
+    """Samples, per positive pair, in-class and out-of-class negative products, with a seed.
+
+    query_products: product id of each query.
+    query_index: bank index of each query (default: query i at index i).
+    product_images: product id → bank indices of its iconic images.
+    product_types: product id → category.
+    A negative is never the positive product. When a category has fewer other products than
+    ``in_class``, all of them are used; same for ``out_class``.
+    """
+
+    def __init__(
+        self,
+        query_products: Sequence[str],
+        product_images: Mapping[str, Sequence[int]],
+        product_types: Mapping[str, str],
+        *,
+        in_class: int = 10,
+        out_class: int = 2,
+        max_triplets: int = 0,
+        query_index: Sequence[int] | None = None,
+    ) -> None:
+        missing = sorted({p for p in query_products if p not in product_images})
+        if missing:
+            raise ValueError(f"queries show products without images: {missing[:5]}")
+        self.query_products = list(query_products)
+        self.products = sorted(product_images)
+        self.label = {p: i for i, p in enumerate(self.products)}
+        self.product_images = {p: np.asarray(v, np.int64) for p, v in product_images.items()}
+        self.types = dict(product_types)
+        self.in_class, self.out_class = in_class, out_class
+        self.max_triplets = max_triplets
+        self.query_index = np.arange(len(self.query_products)) if query_index is None else np.asarray(query_index, np.int64)
+        if len(self.query_index) != len(self.query_products):
+            raise ValueError("query_index and query_products differ in length")
+        by_type: dict[str, list[str]] = {}
+        for p in self.products:
+            by_type.setdefault(self.types[p], []).append(p)
+        self.by_type = {t: np.array(v) for t, v in by_type.items()}
+        self.all_products = np.array(self.products)
+
+    def negatives_for(self, product: str, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+        """In-class and out-of-class negative product ids for one positive product."""
+        same = self.by_type[self.types[product]]
+        same = same[same != product]
+        other = self.all_products[np.array([self.types[p] != self.types[product] for p in self.all_products])]
+        k_in, k_out = min(self.in_class, len(same)), min(self.out_class, len(other))
+        return (
+            rng.choice(same, size=k_in, replace=False).tolist() if k_in else [],
+            rng.choice(other, size=k_out, replace=False).tolist() if k_out else [],
+        )
+
+    def sample(self, seed: int) -> Triplets:
+        """All triplets of one epoch, shuffled, capped at ``max_triplets`` (0 = no cap)."""
+        rng = np.random.default_rng(seed)
+        cols: dict[str, list] = {k: [] for k in ("query", "positive", "negative", "label_p", "label_n", "in_class")}
+        for qi, product in enumerate(self.query_products):
+            in_neg, out_neg = self.negatives_for(product, rng)
+            for neg, same in [(n, True) for n in in_neg] + [(n, False) for n in out_neg]:
+                cols["query"].append(self.query_index[qi])
+                cols["positive"].append(rng.choice(self.product_images[product]))
+                cols["negative"].append(rng.choice(self.product_images[neg]))
+                cols["label_p"].append(self.label[product])
+                cols["label_n"].append(self.label[neg])
+                cols["in_class"].append(same)
+        trip = Triplets(
+            np.array(cols["query"], np.int64), np.array(cols["positive"], np.int64), np.array(cols["negative"], np.int64),
+            np.array(cols["label_p"], np.int32), np.array(cols["label_n"], np.int32), np.array(cols["in_class"], bool),
+        )
+        order = rng.permutation(len(trip))
+        if self.max_triplets and len(order) > self.max_triplets:
+            order = order[: self.max_triplets]
+        return trip.subset(order)
