@@ -81,7 +81,7 @@ class TrainConfig:
     max_triplets_per_epoch: cap on the triplets of one epoch (0 = no cap), sampled with the seed.
     """
 
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 32
     learning_rate: float = 1e-4
     margin: float = 1.0

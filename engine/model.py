@@ -61,12 +61,20 @@ def resolve_weights(cfg: ModelConfig) -> str | Path | None:
 def _backbone(cfg: ModelConfig, weights: str | Path | None) -> keras.Model:
     shape = (cfg.image_size, cfg.image_size, 3)
     keras_weights = "imagenet" if weights == "imagenet" else None
-    if cfg.backbone == "mobilenet_v2":
-        net = keras.applications.MobileNetV2(input_shape=shape, alpha=cfg.alpha, include_top=False, weights=keras_weights)
-    elif cfg.backbone == "xception":
-        net = keras.applications.Xception(input_shape=shape, include_top=False, weights=keras_weights)
-    else:
-        net = keras.applications.InceptionResNetV2(input_shape=shape, include_top=False, weights=keras_weights)
+    try:
+        if cfg.backbone == "mobilenet_v2":
+            net = keras.applications.MobileNetV2(input_shape=shape, alpha=cfg.alpha, include_top=False, weights=keras_weights)
+        elif cfg.backbone == "xception":
+            net = keras.applications.Xception(input_shape=shape, include_top=False, weights=keras_weights)
+        else:
+            net = keras.applications.InceptionResNetV2(input_shape=shape, include_top=False, weights=keras_weights)
+    except Exception as exc:  # Keras raises a bare Exception when the download fails
+        if keras_weights != "imagenet":
+            raise
+        raise WeightsError(
+            f"could not get the ImageNet weights of {cfg.backbone} from Keras ({exc}). Without network access, "
+            f"pass --weights PATH, or put {local_weights_name(cfg)} in a folder named by ${WEIGHTS_DIR_ENV}."
+        ) from exc
     if isinstance(weights, Path):
         try:
             net.load_weights(weights)

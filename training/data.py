@@ -8,7 +8,9 @@ parallel), batches and prefetches, so the model never waits for JPEG decoding.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,34 +90,58 @@ def iconic_augmenter(size: int, seed: int) -> A.Compose:
 
 
 def triplet_dataset(
-    bank: np.ndarray, triplets: Triplets, *, batch_size: int, augment: bool, seed: int
+    bank: np.ndarray, epochs: Sequence[Triplets], *, batch_size: int, augment: bool, seed: int
 ) -> tf.data.Dataset:
-    """Batches of ``{"query", "positive", "negative": float32 (B, S, S, 3), "label_p", "label_n": int32 (B,)}``."""
-    size = bank.shape[1]
-    q_aug, i_aug = query_augmenter(size, seed), iconic_augmenter(size, seed + 1)
+    """Batches of ``{"query", "positive", "negative": float32 (B, S, S, 3), "label_p", "label_n": int32 (B,)}``.
 
-    def load(q: np.int64, p: np.int64, n: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        qi, pi, ni = bank[int(q)], bank[int(p)], bank[int(n)]
+    ``epochs`` holds one ``Triplets`` per epoch, all of the same length T; the stream is their
+    concatenation, batched within each epoch (no batch straddles two epochs), so
+    ``fit(steps_per_epoch=ceil(T / batch_size))`` sees each epoch's fresh triplets in turn.
+    Gathering and augmentation run as one numpy call per batch, several batches in parallel.
+    """
+    if not epochs:
+        raise ValueError("no epochs of triplets")
+    if len({len(t) for t in epochs}) != 1:
+        raise ValueError("every epoch must have the same number of triplets")
+    size = bank.shape[1]
+    local = threading.local()  # albumentations pipelines are not shared between tf.data threads
+    counter = itertools.count()
+
+    def load(q: np.ndarray, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        qs, ps, ns = bank[q], bank[p], bank[n]  # fancy indexing copies
         if augment:
-            qi, pi, ni = q_aug(image=qi)["image"], i_aug(image=pi)["image"], i_aug(image=ni)["image"]
-        return qi, pi, ni
+            if not hasattr(local, "q_aug"):
+                k = next(counter)
+                local.q_aug, local.i_aug = query_augmenter(size, seed + 2 * k), iconic_augmenter(size, seed + 2 * k + 1)
+            q_aug, i_aug = local.q_aug, local.i_aug
+            for i in range(len(q)):
+                qs[i] = q_aug(image=qs[i])["image"]
+                ps[i] = i_aug(image=ps[i])["image"]
+                ns[i] = i_aug(image=ns[i])["image"]
+        return qs, ps, ns
 
     def to_inputs(q, p, n, lp, ln):
-        qi, pi, ni = tf.numpy_function(load, [q, p, n], [tf.uint8] * 3, stateful=False)
-        shape = (size, size, 3)
+        qs, ps, ns = tf.numpy_function(load, [q, p, n], [tf.uint8] * 3, stateful=False)
+        shape = (None, size, size, 3)
         return {
-            "query": tf.cast(tf.ensure_shape(qi, shape), tf.float32),
-            "positive": tf.cast(tf.ensure_shape(pi, shape), tf.float32),
-            "negative": tf.cast(tf.ensure_shape(ni, shape), tf.float32),
+            "query": tf.cast(tf.ensure_shape(qs, shape), tf.float32),
+            "positive": tf.cast(tf.ensure_shape(ps, shape), tf.float32),
+            "negative": tf.cast(tf.ensure_shape(ns, shape), tf.float32),
             "label_p": lp,
             "label_n": ln,
         }
 
-    ds = tf.data.Dataset.from_tensor_slices(
-        (triplets.query, triplets.positive, triplets.negative, triplets.label_p, triplets.label_n)
-    )
-    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not augment)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    cols = [np.stack([getattr(t, f) for t in epochs]) for f in ("query", "positive", "negative", "label_p", "label_n")]
+    ds = tf.data.Dataset.from_tensor_slices(tuple(cols))  # one element per epoch
+    ds = ds.flat_map(lambda *c: tf.data.Dataset.from_tensor_slices(c).batch(batch_size))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(len(epochs) * steps_per_epoch(epochs[0], batch_size)))
+    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(triplets: Triplets, batch_size: int) -> int:
+    """Batches in one epoch of ``triplet_dataset``."""
+    return -(-len(triplets) // batch_size)
 
 
 def triplet_sheet(bank: np.ndarray, triplets: Triplets, names: Sequence[str], rows: int = 8, seed: int = 0) -> np.ndarray:

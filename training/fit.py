@@ -14,7 +14,6 @@ import json
 import logging
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -121,7 +120,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from engine.embed import embed_images
     from engine.model import TripletModel, build_embedder
     from training import checkpoint as ckpt
-    from training.data import triplet_dataset, triplet_sheet
+    from training.callbacks import EpochEnd, log_epoch
+    from training.data import steps_per_epoch, triplet_dataset, triplet_sheet
     from training.dataset import build_training_set, probe_metrics
     from training.demo_catalog import DemoSpec, ensure_demo_catalog
     from training.tracking import git_commit, mlflow_run
@@ -152,7 +152,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = _strategy(tcfg.distribute)
     val_trip = ts.val_sampler.sample(tcfg.seed + 10_000)  # fixed validation triplets
-    val_ds = triplet_dataset(ts.bank, val_trip, batch_size=tcfg.batch_size, augment=False, seed=tcfg.seed)
+    val_ds = triplet_dataset(ts.bank, [val_trip], batch_size=tcfg.batch_size, augment=False, seed=tcfg.seed)
 
     run_kwargs = {"run_id": resume_state["run_id"]} if resume_state else {"run_name": args.run_name, "experiment": args.experiment}
     with mlflow_run(**run_kwargs) as tracker:
@@ -193,23 +193,18 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             metrics = {f"val_{k}": v for k, v in model.evaluate(val_ds, verbose=0, return_dict=True).items()}
             metrics.update(probes(0))
             tracker.log_metrics(metrics, step=0)
-            _log_epoch(0, metrics)
+            log_epoch(0, metrics)
 
-        first_trip = None
-        for epoch in range(start, tcfg.epochs):
-            trip = ts.train_sampler.sample(tcfg.seed + epoch)
-            first_trip = first_trip or trip
-            ds = triplet_dataset(ts.bank, trip, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + epoch)
-            t0 = time.perf_counter()
-            hist = model.fit(ds, validation_data=val_ds, initial_epoch=epoch, epochs=epoch + 1, verbose=2 if not sys.stdout.isatty() else "auto")
-            seconds = time.perf_counter() - t0
-            metrics = {k: v[-1] for k, v in hist.history.items()}
-            metrics.update(probes(epoch + 1))
-            metrics.update({"epoch_seconds": seconds, "triplets_per_second": len(trip) / seconds, "n_triplets": len(trip),
-                            "in_class_share": float(trip.in_class.mean()) if len(trip) else 0.0})
-            tracker.log_metrics(metrics, step=epoch + 1)
-            _log_epoch(epoch + 1, metrics)
-            ckpt.save_checkpoint(root, epoch + 1, embedder, model.optimizer, state)
+        epochs = [ts.train_sampler.sample(tcfg.seed + e) for e in range(start, tcfg.epochs)]
+        if epochs:
+            ds = triplet_dataset(ts.bank, epochs, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + start)
+            hook = EpochEnd(tracker, probes, lambda e: ckpt.save_checkpoint(root, e, embedder, model.optimizer, state), len(epochs[0]))
+            model.fit(
+                ds, validation_data=val_ds, initial_epoch=start, epochs=tcfg.epochs, shuffle=False,
+                steps_per_epoch=steps_per_epoch(epochs[0], tcfg.batch_size), callbacks=[hook],
+                verbose="auto" if sys.stdout.isatty() else 2,
+            )
+        sample = epochs[0] if epochs else ts.train_sampler.sample(tcfg.seed)
 
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -221,9 +216,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             (tmp / "split.json").write_text(json.dumps(asdict(ts.split), indent=2))
             tracker.log_artifact(tmp / "config.json")
             tracker.log_artifact(tmp / "split.json")
-            if first_trip is None:
-                first_trip = ts.train_sampler.sample(tcfg.seed)
-            sheet = triplet_sheet(ts.bank, first_trip, ts.product_ids, seed=tcfg.seed)
+            sheet = triplet_sheet(ts.bank, sample, ts.product_ids, seed=tcfg.seed)
             import cv2
 
             cv2.imwrite(str(tmp / "triplets_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
@@ -244,12 +237,6 @@ def _devices() -> str:
     import tensorflow as tf
 
     return ",".join(d.device_type for d in tf.config.list_logical_devices())
-
-
-def _log_epoch(step: int, m: dict[str, float]) -> None:
-    keys = ("loss", "val_loss", "absolute_accuracy", "val_absolute_accuracy", "val_distance_accuracy",
-            "val_distance_accuracy_top_3", "train_distance_accuracy", "val_zero_loss_share", "val_mean_product_distance")
-    logger.info("epoch %d: %s", step, ", ".join(f"{k}={m[k]:.4f}" for k in keys if k in m))
 
 
 def _final_summary(run_id: str) -> str:
