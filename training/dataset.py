@@ -9,13 +9,15 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from engine.catalog import Catalog, CatalogError
+from engine.catalog import Box, Catalog, CatalogError
 from engine.config import TrainConfig
 from evaluation.metrics import distance_accuracy, euclidean_distances
 from training.data import ImageSpec, build_bank
+from training.manifest import Manifest, ManifestError
 from training.triplets import TripletSampler
 
 logger = logging.getLogger(__name__)
@@ -27,21 +29,6 @@ class Split:
 
     train: tuple[str, ...]
     val: tuple[str, ...]
-
-
-def split_scenes(catalog: Catalog, val_fraction: float, seed: int) -> Split:
-    """Seeded split of the scenes that have pairs; at least one scene on each side."""
-    scenes = sorted({p.scene for p in catalog.pairs})
-    if len(scenes) < 2:
-        raise CatalogError(
-            f"{catalog.root / 'pairs.csv'}: training needs pairs in at least 2 scenes (one for validation), "
-            f"found {len(scenes)}. Add pairs.csv rows."
-        )
-    order = np.random.default_rng(seed).permutation(len(scenes))
-    n_val = min(len(scenes) - 1, max(1, round(val_fraction * len(scenes))))
-    val = sorted(scenes[i] for i in order[:n_val])
-    train = sorted(scenes[i] for i in order[n_val:])
-    return Split(tuple(train), tuple(val))
 
 
 @dataclass
@@ -68,15 +55,60 @@ class TrainingSet:
         return self.product_bank[product_id][0]
 
 
-def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int) -> TrainingSet:
-    """Split, decode the bank and make the samplers for one run."""
-    if not catalog.pairs:
-        raise CatalogError(
-            f"{catalog.root}: no pairs.csv rows. Training needs (product_id, scene) pairs: "
-            "the scene photo is the query, the product image the positive."
-        )
-    split = split_scenes(catalog, cfg.val_fraction, cfg.seed)
+@dataclass(frozen=True)
+class QueryItem:
+    """One positive pair as a query: ``box`` in ``image`` (None = whole image), from ``scene`` (None = a
+    product photo), with optional negative product ids to draw from (hard negatives)."""
+
+    product_id: str
+    scene: str | None
+    image: Path
+    box: Box | None
+    negatives: tuple[str, ...] = ()
+
+
+def queries_from_pairs(catalog: Catalog) -> list[QueryItem]:
+    """Every pairs.csv row as a query (its box, or the whole scene)."""
     scenes = {s.scene: s for s in catalog.scenes}
+    return [QueryItem(p.product_id, p.scene, scenes[p.scene].image, p.box) for p in catalog.pairs]
+
+
+def queries_from_manifest(manifest: Manifest, catalog: Catalog) -> list[QueryItem]:
+    """The mined positives of a manifest, checked against the catalog they were mined from."""
+    if manifest.catalog_fingerprint != catalog.fingerprint:
+        raise ManifestError(
+            f"the manifest was mined from catalog fingerprint {manifest.catalog_fingerprint}, but {catalog.root} is "
+            f"{catalog.fingerprint}; mine it again for this catalog"
+        )
+    types = catalog.types
+    unknown = sorted({p.product_id for p in manifest.positives if p.product_id not in types})
+    if unknown:
+        raise ManifestError(f"manifest positives name products missing from the catalog: {unknown[:5]}")
+    return [QueryItem(p.product_id, p.scene, manifest.image_path(p), p.box, p.negatives) for p in manifest.positives]
+
+
+def split_queries(queries: list[QueryItem], val_fraction: float, seed: int) -> Split:
+    """Seeded split of the queries' scenes; at least one scene on each side. Scene-less queries train."""
+    scenes = sorted({q.scene for q in queries if q.scene is not None})
+    if len(scenes) < 2:
+        raise CatalogError(
+            f"training needs queries from at least 2 scenes (one for validation), found {len(scenes)}. Add pairs.csv rows."
+        )
+    order = np.random.default_rng(seed).permutation(len(scenes))
+    n_val = min(len(scenes) - 1, max(1, round(val_fraction * len(scenes))))
+    return Split(tuple(sorted(scenes[i] for i in order[n_val:])), tuple(sorted(scenes[i] for i in order[:n_val])))
+
+
+def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int, queries: list[QueryItem] | None = None) -> TrainingSet:
+    """Split, decode the bank and make the samplers for one run (queries default to pairs.csv)."""
+    if queries is None:
+        if not catalog.pairs:
+            raise CatalogError(
+                f"{catalog.root}: no pairs.csv rows. Training needs (product_id, scene) pairs: "
+                "the scene photo is the query, the product image the positive."
+            )
+        queries = queries_from_pairs(catalog)
+    split = split_queries(queries, cfg.val_fraction, cfg.seed)
     specs: list[ImageSpec] = []
     product_bank: dict[str, list[int]] = {}
     for p in catalog.products:
@@ -85,25 +117,30 @@ def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int) -> T
     val_names = set(split.val)
     train_q: list[tuple[int, str]] = []
     val_q: list[tuple[int, str]] = []
+    train_neg: list[tuple[str, ...]] = []
     seen: dict[tuple, int] = {}
     whole = 0
-    for pair in catalog.pairs:
-        key = (pair.scene, pair.box)
+    for q in queries:
+        key = (q.image, q.box)
         if key not in seen:
             seen[key] = len(specs)
-            specs.append(ImageSpec(scenes[pair.scene].image, pair.box, is_query=True))
-        whole += pair.box is None
-        (val_q if pair.scene in val_names else train_q).append((seen[key], pair.product_id))
+            specs.append(ImageSpec(q.image, q.box, is_query=True))
+        whole += q.box is None and q.scene is not None
+        if q.scene in val_names:
+            val_q.append((seen[key], q.product_id))
+        else:
+            train_q.append((seen[key], q.product_id))
+            train_neg.append(q.negatives)
     if whole:
-        logger.warning("%d of %d pairs have no box: their query is the whole scene image", whole, len(catalog.pairs))
+        logger.warning("%d of %d queries have no box: their query is the whole scene image", whole, len(queries))
     bank = build_bank(specs, image_size, cfg.crop_padding)
     types = catalog.types
 
-    def sampler(queries: list[tuple[int, str]], max_triplets: int) -> TripletSampler:
+    def sampler(items: list[tuple[int, str]], max_triplets: int, candidates=None) -> TripletSampler:
         return TripletSampler(
-            [p for _, p in queries], product_bank, types,
+            [p for _, p in items], product_bank, types,
             in_class=cfg.in_class_negatives, out_class=cfg.out_class_negatives, max_triplets=max_triplets,
-            query_index=[i for i, _ in queries],
+            query_index=[i for i, _ in items], candidates=candidates,
         )
 
     ids = sorted(product_bank)
@@ -115,14 +152,14 @@ def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int) -> T
         product_bank=product_bank,
         train_queries=train_q,
         val_queries=val_q,
-        train_sampler=sampler(train_q, cfg.max_triplets_per_epoch),
-        val_sampler=sampler(val_q, 0),
+        train_sampler=sampler(train_q, cfg.max_triplets_per_epoch, train_neg if any(train_neg) else None),
+        val_sampler=sampler(val_q, 0),  # validation always uses random negatives, comparable across rounds
         split=split,
         whole_scene_queries=whole,
     )
     logger.info(
-        "split by scene: %d train scenes (%d queries), %d validation scenes (%d queries); %d products",
-        len(split.train), len(train_q), len(split.val), len(val_q), len(ids),
+        "split by scene: %d train scenes (%d queries), %d validation scenes (%d queries); %d products; %s negatives",
+        len(split.train), len(train_q), len(split.val), len(val_q), len(ids), "listed" if any(train_neg) else "random",
     )
     return ts
 

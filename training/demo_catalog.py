@@ -37,7 +37,7 @@ class DemoSpec:
     """Size and seed of the generated demo catalog."""
 
     products_per_category: int = 12
-    scenes: int = 160
+    scenes: int = 120
     scene_width: int = 320
     scene_height: int = 240
     iconic_size: int = 160

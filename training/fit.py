@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--catalog", type=Path, default=None, help="catalog directory (products.csv, scenes.csv, pairs.csv); omit to use the generated demo catalog")
     g.add_argument("--demo-seed", type=int, default=7, help="seed of the generated demo catalog (only without --catalog)")
+    g.add_argument("--triplets", type=Path, default=None, help="triplet manifest from training.mine_triplets / mine_hard_negatives (queries and their negatives); its catalog is used when --catalog is omitted")
+    g.add_argument("--init-from", default=None, metavar="RUN_OR_PATH", help="start from a trained embedder (.keras path or MLflow run id) instead of --weights; image size and D are taken from it")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="ImageNet CNN: mobilenet_v2 for CPU; xception or inception_resnet_v2 on a GPU")
     g.add_argument("--weights", default=m.weights, help="backbone init: 'imagenet' (Keras download, or $SHOWROOM_WEIGHTS_DIR mirror), 'none', or a .weights.h5 path")
@@ -117,12 +119,14 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     import numpy as np
 
     from engine.catalog import load_catalog
-    from engine.embed import embed_images
+    from engine.embed import ModelError, embed_images, input_size, load_embedder
     from engine.model import TripletModel, build_embedder
     from training import checkpoint as ckpt
     from training.callbacks import EpochEnd, log_epoch
     from training.data import steps_per_epoch, triplet_dataset, triplet_sheet
-    from training.dataset import build_training_set, probe_metrics
+    from training.dataset import build_training_set, probe_metrics, queries_from_manifest
+    from training.manifest import load_manifest
+    from training.model_ref import resolve_model
     from training.demo_catalog import DemoSpec, ensure_demo_catalog
     from training.tracking import git_commit, mlflow_run
 
@@ -134,10 +138,22 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         mcfg = from_dict(ModelConfig, resume_state["model"])
         tcfg = from_dict(TrainConfig, resume_state["train"])
         catalog_dir = Path(resume_state["catalog"])
+        triplets_path = Path(resume_state["triplets"]) if resume_state.get("triplets") else None
         logger.info("resuming run %s after epoch %d of %d", run_id, resume_state["epochs_done"], tcfg.epochs)
     else:
         mcfg, tcfg = configs_from_args(args)
-        catalog_dir = args.catalog or ensure_demo_catalog(home, DemoSpec(seed=args.demo_seed))
+        triplets_path = args.triplets
+        catalog_dir = args.catalog
+        if catalog_dir is None and triplets_path is not None:
+            catalog_dir = Path(load_manifest(triplets_path).catalog)
+        if catalog_dir is None:
+            catalog_dir = ensure_demo_catalog(home, DemoSpec(seed=args.demo_seed))
+
+    init_model = None
+    if args.init_from and not resume_state:
+        init_model = load_embedder(resolve_model(args.init_from))
+        mcfg = replace(mcfg, image_size=input_size(init_model), embedding_dim=int(init_model.output_shape[-1]), weights="none")
+        logger.info("initialising from %s (input %d px, D=%d)", args.init_from, mcfg.image_size, mcfg.embedding_dim)
 
     catalog = load_catalog(catalog_dir)
     if resume_state and catalog.fingerprint != resume_state["catalog_fingerprint"]:
@@ -145,7 +161,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             f"{catalog_dir} changed since run {resume_state['run_id']} started (fingerprint {catalog.fingerprint} "
             f"vs {resume_state['catalog_fingerprint']}); start a new run instead of --resume"
         )
-    ts = build_training_set(catalog, tcfg, mcfg.image_size)
+    queries = queries_from_manifest(load_manifest(triplets_path), catalog) if triplets_path else None
+    ts = build_training_set(catalog, tcfg, mcfg.image_size, queries)
 
     keras.utils.set_random_seed(tcfg.seed)
     if tcfg.mixed_precision:
@@ -161,10 +178,19 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             embedder = build_embedder(build_cfg)
             model = TripletModel(embedder, margin=tcfg.margin, loss=tcfg.loss)
             model.compile(optimizer=keras.optimizers.Adam(tcfg.learning_rate))
+            if init_model is not None:
+                try:
+                    embedder.set_weights(init_model.get_weights())
+                except ValueError as exc:
+                    raise ModelError(
+                        f"--init-from {args.init_from} has a different architecture ({exc}); pass the same --backbone, "
+                        "--alpha and --no-low-level-branch/--no-l2-normalize as the run that trained it"
+                    ) from None
         root = ckpt.checkpoint_root(home, tracker.run_id)
         state = {
             "run_id": tracker.run_id, "model": asdict(mcfg), "train": asdict(tcfg),
             "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
+            "triplets": str(triplets_path) if triplets_path else None,
         }
 
         def embed(images: np.ndarray) -> np.ndarray:
@@ -186,7 +212,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
                  "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
                  "n_products": len(ts.product_ids), "n_train_queries": len(ts.train_queries),
                  "n_val_queries": len(ts.val_queries), "n_val_triplets": len(val_trip),
-                 "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices()}
+                 "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices(),
+                 "triplets": str(triplets_path or ""), "init_from": args.init_from or ""}
             )
             tracker.set_tags({"showroom.kind": "fit", "showroom.catalog": catalog.root.name})
             logger.info("epoch 0 (before training): evaluating")

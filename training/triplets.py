@@ -39,6 +39,8 @@ class TripletSampler:
     query_index: bank index of each query (default: query i at index i).
     product_images: product id → bank indices of its iconic images.
     product_types: product id → category.
+    candidates: optional per-query negative product lists (e.g. mined hard negatives); a query with
+        a non-empty list draws ``in_class + out_class`` negatives from it instead of the category pools.
     A negative is never the positive product. When a category has fewer other products than
     ``in_class``, all of them are used; same for ``out_class``.
     """
@@ -53,6 +55,7 @@ class TripletSampler:
         out_class: int = 2,
         max_triplets: int = 0,
         query_index: Sequence[int] | None = None,
+        candidates: Sequence[Sequence[str]] | None = None,
     ) -> None:
         missing = sorted({p for p in query_products if p not in product_images})
         if missing:
@@ -67,17 +70,24 @@ class TripletSampler:
         self.query_index = np.arange(len(self.query_products)) if query_index is None else np.asarray(query_index, np.int64)
         if len(self.query_index) != len(self.query_products):
             raise ValueError("query_index and query_products differ in length")
+        self.candidates = [list(c) for c in candidates] if candidates is not None else [[] for _ in self.query_products]
+        if len(self.candidates) != len(self.query_products):
+            raise ValueError("candidates and query_products differ in length")
         by_type: dict[str, list[str]] = {}
         for p in self.products:
             by_type.setdefault(self.types[p], []).append(p)
         self.by_type = {t: np.array(v) for t, v in by_type.items()}
         self.all_products = np.array(self.products)
+        self._other: dict[str, np.ndarray] = {}
 
     def negatives_for(self, product: str, rng: np.random.Generator) -> tuple[list[str], list[str]]:
         """In-class and out-of-class negative product ids for one positive product."""
-        same = self.by_type[self.types[product]]
+        ptype = self.types[product]
+        same = self.by_type[ptype]
         same = same[same != product]
-        other = self.all_products[np.array([self.types[p] != self.types[product] for p in self.all_products])]
+        if ptype not in self._other:
+            self._other[ptype] = self.all_products[np.array([self.types[p] != ptype for p in self.all_products])]
+        other = self._other[ptype]
         k_in, k_out = min(self.in_class, len(same)), min(self.out_class, len(other))
         return (
             rng.choice(same, size=k_in, replace=False).tolist() if k_in else [],
@@ -89,8 +99,15 @@ class TripletSampler:
         rng = np.random.default_rng(seed)
         cols: dict[str, list] = {k: [] for k in ("query", "positive", "negative", "label_p", "label_n", "in_class")}
         for qi, product in enumerate(self.query_products):
-            in_neg, out_neg = self.negatives_for(product, rng)
-            for neg, same in [(n, True) for n in in_neg] + [(n, False) for n in out_neg]:
+            pool = [c for c in self.candidates[qi] if c != product and c in self.product_images]
+            if pool:
+                k = min(len(pool), self.in_class + self.out_class)
+                picked = rng.choice(np.array(pool), size=k, replace=False).tolist()
+                negs = [(n, self.types[n] == self.types[product]) for n in picked]
+            else:
+                in_neg, out_neg = self.negatives_for(product, rng)
+                negs = [(n, True) for n in in_neg] + [(n, False) for n in out_neg]
+            for neg, same in negs:
                 cols["query"].append(self.query_index[qi])
                 cols["positive"].append(rng.choice(self.product_images[product]))
                 cols["negative"].append(rng.choice(self.product_images[neg]))

@@ -9,15 +9,16 @@ import numpy as np
 from engine.catalog import load_catalog
 from engine.config import TrainConfig
 from training.data import triplet_dataset, triplet_sheet, steps_per_epoch
-from training.dataset import build_training_set, split_scenes
+from training.dataset import build_training_set, queries_from_pairs, split_queries
 
 
 def test_split_is_by_scene_and_seeded(tiny_catalog: Path):
     cat = load_catalog(tiny_catalog)
-    a = split_scenes(cat, 0.25, seed=1)
+    a = split_queries(queries_from_pairs(cat), 0.25, seed=1)
     assert set(a.train).isdisjoint(a.val) and len(a.val) == 4
     assert set(a.train) | set(a.val) == {p.scene for p in cat.pairs}
-    assert split_scenes(cat, 0.25, seed=1) == a and split_scenes(cat, 0.25, seed=2) != a
+    assert split_queries(queries_from_pairs(cat), 0.25, seed=1) == a
+    assert split_queries(queries_from_pairs(cat), 0.25, seed=2) != a
 
 
 def test_training_set_and_pipeline(tiny_catalog: Path):

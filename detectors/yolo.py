@@ -1,0 +1,99 @@
+"""Ultralytics YOLO behind the ``Detector`` protocol; the only module that imports ``ultralytics``/torch.
+
+Results are converted to ``Detection`` at once: no torch object leaves this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from detectors.base import Detection, DetectorError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = "yolo11n.pt"  # Ultralytics downloads it on first use (needs internet)
+SUFFIXES = (".pt", ".onnx", ".tflite")
+
+
+def _configure_ultralytics() -> None:
+    """No analytics sync and no MLflow autologging from Ultralytics (it would hijack our runs)."""
+    from ultralytics import settings
+
+    if settings.get("sync") or settings.get("mlflow"):
+        settings.update({"sync": False, "mlflow": False})
+
+
+class YoloDetector:
+    """YOLO detector from a ``.pt``, ``.onnx`` or ``.tflite`` file, or a bare Ultralytics model name.
+
+    A bare name such as ``yolo11n.pt`` (no folder) is downloaded by Ultralytics; a path must exist.
+    ``conf``: minimum confidence kept; ``imgsz``: inference size; ``iou``: NMS threshold.
+    """
+
+    def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, *, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640) -> None:
+        weights = str(weights)
+        path = Path(weights)
+        if path.suffix.lower() not in SUFFIXES:
+            raise DetectorError(f"detector weights {weights!r}: expected a {', '.join(SUFFIXES)} file")
+        is_bare_name = path.name == weights and not path.exists()
+        if not is_bare_name and not path.is_file():
+            raise DetectorError(f"detector weights {path} not found; pass an existing .pt/.onnx/.tflite file or a bare name like {DEFAULT_WEIGHTS} to download")
+        if not 0.0 <= conf <= 1.0:
+            raise DetectorError(f"conf must be in [0, 1], got {conf}")
+        self.weights, self.conf, self.iou, self.imgsz = weights, conf, iou, imgsz
+        self._model = None
+        self._names: tuple[str, ...] = ()
+        self._lock = threading.Lock()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else weights
+        self._fingerprint = f"yolo:{digest}:conf{conf}:iou{iou}:sz{imgsz}"
+
+    def _load(self):
+        if self._model is None:
+            _configure_ultralytics()
+            from ultralytics import YOLO
+
+            try:
+                model = YOLO(self.weights, task="detect")
+                names = model.names
+            except Exception as exc:  # Ultralytics raises many kinds for a bad file
+                raise DetectorError(f"cannot load detector weights {self.weights}: {type(exc).__name__}: {exc}") from None
+            if not names:
+                # Exported formats load their class names lazily; one tiny prediction fills them in.
+                model.predict(np.zeros((32, 32, 3), np.uint8), imgsz=self.imgsz, verbose=False, device="cpu")
+                names = model.names
+            self._names = tuple(names[i] for i in sorted(names))
+            self._model = model
+        return self._model
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        self._load()
+        return self._names
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Detections in ``uint8 (H, W, 3)`` RGB, highest confidence first; boxes clipped to the image."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+        model = self._load()
+        h, w = image.shape[:2]
+        with self._lock:  # Ultralytics predictors are not thread-safe
+            result = model.predict(image[..., ::-1], conf=self.conf, iou=self.iou, imgsz=self.imgsz, verbose=False, device="cpu")[0]
+        boxes = result.boxes
+        xyxy = boxes.xyxy.cpu().numpy() if len(boxes) else np.zeros((0, 4))
+        confs = boxes.conf.cpu().numpy() if len(boxes) else np.zeros(0)
+        classes = boxes.cls.cpu().numpy().astype(int) if len(boxes) else np.zeros(0, int)
+        out = []
+        for (x1, y1, x2, y2), c, k in zip(xyxy, confs, classes):
+            bx = (int(max(0, np.floor(x1))), int(max(0, np.floor(y1))), int(min(w, np.ceil(x2))), int(min(h, np.ceil(y2))))
+            if bx[2] > bx[0] and bx[3] > bx[1]:
+                out.append(Detection(bx, str(result.names[int(k)]), float(c)))
+        return sorted(out, key=lambda d: -d.confidence)

@@ -1,0 +1,106 @@
+"""The versioned triplet manifest written by mining and read by ``training.fit --triplets``.
+
+A manifest is JSON::
+
+    {"format": "showroom.triplets", "version": 1, "catalog": ..., "catalog_fingerprint": ...,
+     "created": ..., "producer": {...}, "stats": {...},
+     "positives": [{"product_id", "type", "scene" (or null), "image" (relative to the catalog
+                    when inside it), "box" [x1, y1, x2, y2] or null, "source", "label",
+                    "confidence", "similarity", "negatives": [product ids],
+                    "negative_kinds": ["in_class" | "out_class" | "hard", ...]}, ...]}
+
+``source`` is ``catalog_box`` (pairs.csv had a box), ``detector`` (mined crop) or
+``product_lifestyle`` (a product image judged not iconic, used as an extra query).
+Files are written atomically (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT = "showroom.triplets"
+VERSION = 1
+
+
+class ManifestError(ValueError):
+    """A triplet manifest that cannot be read or does not fit the catalog."""
+
+
+@dataclass(frozen=True)
+class Positive:
+    """One query of a product: a box in a scene (or a whole image) and the negatives to pair it with."""
+
+    product_id: str
+    type: str
+    scene: str | None
+    image: str
+    box: tuple[int, int, int, int] | None
+    source: str
+    label: str = ""
+    confidence: float = 0.0
+    similarity: float = 0.0
+    negatives: tuple[str, ...] = ()
+    negative_kinds: tuple[str, ...] = ()
+
+
+@dataclass
+class Manifest:
+    catalog: str
+    catalog_fingerprint: str
+    positives: list[Positive]
+    producer: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def image_path(self, pos: Positive) -> Path:
+        p = Path(pos.image)
+        return p if p.is_absolute() else Path(self.catalog) / p
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` via a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_manifest(manifest: Manifest, path: Path) -> None:
+    data = {
+        "format": FORMAT, "version": VERSION, "catalog": manifest.catalog,
+        "catalog_fingerprint": manifest.catalog_fingerprint, "created": manifest.created,
+        "producer": manifest.producer, "stats": manifest.stats,
+        "positives": [asdict(p) for p in manifest.positives],
+    }
+    write_json_atomic(path, data)
+
+
+def load_manifest(path: Path) -> Manifest:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"triplet manifest {path} not found; write one with python -m training.mine_triplets") from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"triplet manifest {path} is not valid JSON ({exc}); mine it again") from None
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise ManifestError(f"{path} is not a {FORMAT} v{VERSION} manifest (format={data.get('format')!r}, version={data.get('version')!r})")
+    positives = []
+    for i, p in enumerate(data["positives"]):
+        try:
+            positives.append(Positive(**{**p, "box": tuple(p["box"]) if p.get("box") else None,
+                                        "negatives": tuple(p.get("negatives", ())), "negative_kinds": tuple(p.get("negative_kinds", ()))}))
+        except TypeError as exc:
+            raise ManifestError(f"{path}: positive {i} is malformed ({exc})") from None
+    return Manifest(data["catalog"], data["catalog_fingerprint"], positives, data.get("producer", {}), data.get("stats", {}), data.get("created", ""))

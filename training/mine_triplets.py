@@ -1,0 +1,184 @@
+"""``python -m training.mine_triplets``: mine a triplet manifest from raw catalog photos.
+
+White-background test on every image, YOLO detections of the mapped class in each scene (cached),
+the crop most similar to the product's iconic image, sampled negatives. Writes a versioned
+manifest atomically, prints per-category stats and logs them with a contact sheet to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from engine.config import BACKBONES
+from engine.runtime import configure_runtime, setup_logging
+
+logger = logging.getLogger("training.mine_triplets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.mining import MiningConfig
+
+    d = MiningConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m training.mine_triplets",
+        description="Mine (query crop, product, negatives) triplets from a catalog's scenes with a detector.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--catalog", type=Path, required=True, help="catalog directory (products.csv, scenes.csv, pairs.csv)")
+    p.add_argument("--out", type=Path, default=None, help="manifest path (default: <state>/mined/<catalog>-<fingerprint>.json)")
+    p.add_argument("--detector-weights", default="yolo11n.pt", help="YOLO .pt/.onnx/.tflite file, or a bare Ultralytics name to download")
+    p.add_argument("--category-map", type=Path, default=None, help="YAML map of catalog types to detector classes (default: detectors/category_map.yaml)")
+    p.add_argument("--model", default=None, help="embedder (.keras path or MLflow run id) that picks among several crops; default: pretrained backbone features")
+    p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2", help="backbone of the pretrained features when --model is not given")
+    p.add_argument("--weights", default="imagenet", help="weights of that backbone: 'imagenet', or a .weights.h5 path")
+    p.add_argument("--image-size", type=int, default=128, help="crop side for the similarity embedding and the contact sheet")
+    p.add_argument("--min-confidence", type=float, default=d.min_confidence, help="detector confidence a crop needs")
+    p.add_argument("--min-area", type=float, default=d.min_area, help="minimum crop area as a share of the scene")
+    p.add_argument("--crop-padding", type=float, default=d.crop_padding, help="padding around a crop, fraction of its longer side")
+    p.add_argument("--in-class-negatives", type=int, default=d.in_class_negatives, help="negatives per positive from its category")
+    p.add_argument("--out-class-negatives", type=int, default=d.out_class_negatives, help="negatives per positive from other categories")
+    p.add_argument("--white-level", type=int, default=d.iconic.white_level, help="white-background test: darkest channel level of a white pixel")
+    p.add_argument("--white-share", type=float, default=d.iconic.min_white_share, help="white-background test: share of white border pixels for 'iconic'")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for negative sampling and the contact sheet")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    home = configure_runtime()
+    from detectors.base import DetectorError
+    from engine.catalog import CatalogError
+    from engine.embed import ModelError
+    from engine.model import WeightsError
+    from training.manifest import ManifestError
+
+    try:
+        return _run(args, home)
+    except (CatalogError, DetectorError, ModelError, WeightsError, ManifestError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+def make_embed(args: argparse.Namespace):
+    """The embedding used to choose among several crops: a trained embedder or pretrained features."""
+    from engine.config import ModelConfig
+    from engine.embed import embed_images, load_embedder
+    from engine.model import backbone_features_model, build_embedder
+    from training.model_ref import resolve_model
+
+    if args.model:
+        model = load_embedder(resolve_model(args.model))
+    else:
+        model = backbone_features_model(build_embedder(ModelConfig(backbone=args.backbone, weights=args.weights, image_size=args.image_size)))
+    size = int(model.input_shape[1])
+
+    def embed(images):
+        import cv2
+        import numpy as np
+
+        if images.shape[1] != size:
+            images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+        return embed_images(model, images)
+
+    return embed
+
+
+def _run(args: argparse.Namespace, home: Path) -> int:
+    import cv2
+
+    from detectors.category_map import DEFAULT_MAP, load_category_map
+    from detectors.yolo import YoloDetector
+    from engine.catalog import load_catalog
+    from engine.iconic import IconicTest
+    from training.manifest import Manifest, save_manifest
+    from training.mining import DetectionCache, MiningConfig, contact_sheet, mine_positives, totals
+
+    cfg = MiningConfig(
+        min_confidence=args.min_confidence, min_area=args.min_area, crop_padding=args.crop_padding,
+        in_class_negatives=args.in_class_negatives, out_class_negatives=args.out_class_negatives, seed=args.seed,
+        iconic=IconicTest(white_level=args.white_level, min_white_share=args.white_share),
+    )
+    catalog = load_catalog(args.catalog)
+    cmap = load_category_map(args.category_map or DEFAULT_MAP)
+    detector = YoloDetector(args.detector_weights)
+    embed = make_embed(args)
+    t0 = time.perf_counter()
+    result = mine_positives(catalog, detector, cmap, cfg, embed=embed, image_size=args.image_size,
+                            cache=DetectionCache(detector, home / "cache" / "detections"))
+    seconds = time.perf_counter() - t0
+    out = args.out or home / "mined" / f"{catalog.root.name}-{catalog.fingerprint}.json"
+    tot = totals(result.stats)
+    manifest = Manifest(
+        catalog=str(catalog.root), catalog_fingerprint=catalog.fingerprint, positives=result.positives,
+        producer={"tool": "training.mine_triplets", "detector": detector.fingerprint, "category_map": cmap.source,
+                  "category_map_version": cmap.version, "model": args.model or f"{args.backbone}:{args.weights}",
+                  "config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__))},
+        stats={"per_type": result.stats, "totals": tot, "iconic": {k: v for k, v in result.iconic.items()}, "seconds": seconds},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    save_manifest(manifest, out)
+    table = _table(result.stats, tot)
+    ic = result.iconic
+    summary = (
+        f"white-background test: {ic['products_iconic']}/{ic['products']} product images iconic ({ic['products_iconic_share']:.2%}), "
+        f"{ic['scenes_lifestyle']}/{ic['scenes']} scenes lifestyle ({ic['scenes_lifestyle_share']:.2%})\n"
+        f"mined {len(result.positives)} positives ({tot['kept']} from {tot['pairs']} pairs, "
+        f"{sum(p.source == 'product_lifestyle' for p in result.positives)} lifestyle product images) in {seconds:.1f}s -> {out}"
+    )
+    if not args.no_mlflow:
+        from training.tracking import mlflow_run
+
+        with mlflow_run(run_name=f"mine-{catalog.root.name}") as tracker, tempfile.TemporaryDirectory() as tmp:
+            tracker.set_tags({"showroom.kind": "mine_triplets", "showroom.catalog": catalog.root.name})
+            tracker.log_params({"catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint, "detector": detector.fingerprint,
+                                "category_map_version": cmap.version, "min_confidence": cfg.min_confidence, "min_area": cfg.min_area,
+                                "crop_padding": cfg.crop_padding, "seed": cfg.seed, "model": manifest.producer["model"],
+                                "white_level": cfg.iconic.white_level, "white_share": cfg.iconic.min_white_share})
+            metrics = {f"total_{k}": v for k, v in tot.items()}
+            metrics.update({"positives": len(result.positives), "seconds": seconds,
+                            "products_iconic_share": ic["products_iconic_share"], "scenes_lifestyle_share": ic["scenes_lifestyle_share"]})
+            tracker.log_metrics(metrics, step=0)
+            tmp = Path(tmp)
+            cv2.imwrite(str(tmp / "contact_sheet.png"), cv2.cvtColor(contact_sheet(result.samples), cv2.COLOR_RGB2BGR))
+            (tmp / "stats.txt").write_text(table + "\n" + summary + "\n")
+            for name in ("contact_sheet.png", "stats.txt"):
+                tracker.log_artifact(tmp / name)
+            tracker.log_artifact(out, "manifest")
+            summary += f"\nMLflow run {tracker.run_id}: artifacts contact_sheet.png, stats.txt, manifest/{out.name}"
+    print(table)
+    print(summary)
+    if ic["products_judged_lifestyle"] or ic["scenes_judged_iconic"]:
+        print("misjudged by the white-background test:")
+        for f in ic["products_judged_lifestyle"]:
+            print(f"  product judged lifestyle: {f}")
+        for f in ic["scenes_judged_iconic"]:
+            print(f"  scene judged iconic: {f}")
+    return 0
+
+
+def _table(stats: dict[str, dict[str, int]], tot: dict[str, int]) -> str:
+    from training.mining import DROP_REASONS
+
+    cols = ("pairs", "reachable", "kept", *DROP_REASONS)
+    rows = [(t, c) for t, c in stats.items() if c.get("pairs")]
+    width = max([len(t) for t, _ in rows] + [8])
+    head = f"{'type':<{width}} " + " ".join(f"{c:>{max(len(c), 5)}}" for c in cols)
+    lines = [head, "-" * len(head)]
+    for t, c in sorted(rows, key=lambda r: (-r[1].get("reachable", 0), -r[1].get("pairs", 0), r[0])):
+        lines.append(f"{t:<{width}} " + " ".join(f"{c.get(k, 0):>{max(len(k), 5)}}" for k in cols))
+    lines.append(f"{'TOTAL':<{width}} " + " ".join(f"{tot.get(k, 0):>{max(len(k), 5)}}" for k in cols))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
