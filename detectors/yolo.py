@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -17,15 +18,29 @@ from detectors.base import Detection, DetectorError
 logger = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = "yolo11n.pt"  # Ultralytics downloads it on first use (needs internet)
+WEIGHTS_ENV = "SHOWROOM_DETECTOR_WEIGHTS"
+
+
+def default_weights() -> str:
+    """``$SHOWROOM_DETECTOR_WEIGHTS`` (e.g. an offline copy) or ``yolo11n.pt`` (downloaded by Ultralytics)."""
+    return os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
 SUFFIXES = (".pt", ".onnx", ".tflite")
 
 
 def _configure_ultralytics() -> None:
     """No analytics sync and no MLflow autologging from Ultralytics (it would hijack our runs)."""
+    import PIL.Image
     from ultralytics import settings
+    from ultralytics.utils import patches
 
     if settings.get("sync") or settings.get("mlflow"):
         settings.update({"sync": False, "mlflow": False})
+    # Ultralytics replaces PIL.Image.open process-wide with a version that pip-installs a HEIF plugin
+    # when Pillow cannot identify a file. We only pass decoded arrays to YOLO, so put Pillow's own
+    # back: a bad catalog image must fail with our message, never trigger an install.
+    original = getattr(patches, "_image_open", None)
+    if original is not None and PIL.Image.open is not original:
+        PIL.Image.open = original
 
 
 class YoloDetector:

@@ -157,7 +157,7 @@ def _check_image(path: Path) -> tuple[str, tuple[int, int] | str]:
             size = im.size
             im.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
             im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
         return digest, f"{type(exc).__name__}: {exc}"
     return digest, size
 

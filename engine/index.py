@@ -68,3 +68,76 @@ class BruteForceIndex:
             idx[s : s + len(q)] = np.take_along_axis(part, order, 1)
             dist[s : s + len(q)] = np.sqrt(np.maximum(np.take_along_axis(pd, order, 1), 0.0))
         return Neighbors(idx, dist)
+
+
+@dataclass(frozen=True)
+class ScannParams:
+    """ScaNN settings; 0 means derived from the number of items N (see ``ScannIndex.derive``).
+
+    brute_force_below: under this N, exact search is as fast and is used instead.
+    """
+
+    brute_force_below: int = 20_000
+    leaves: int = 0
+    leaves_to_search: int = 0
+    reorder: int = 0
+    dims_per_block: int = 2
+    anisotropic_threshold: float = 0.2
+    training_sample: int = 100_000
+
+
+class ScannIndex:
+    """ScaNN: tree partitioning + asymmetric hashing + exact reordering, squared-L2 scoring.
+
+    The only place ``scann`` is imported. Distances returned are Euclidean (the square root of
+    ScaNN's squared L2).
+    """
+
+    def __init__(self, vectors: np.ndarray, params: ScannParams = ScannParams(), *, max_k: int = 100) -> None:
+        import scann
+
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if vectors.ndim != 2 or len(vectors) < 2:
+            raise ValueError(f"vectors must be (N >= 2, D), got {vectors.shape}")
+        self._n, self._d = vectors.shape
+        self.params = self.derive(self._n, params)
+        p = self.params
+        builder = scann.scann_ops_pybind.builder(vectors, max(1, min(max_k, self._n)), "squared_l2")
+        builder = builder.tree(num_leaves=p.leaves, num_leaves_to_search=p.leaves_to_search,
+                               training_sample_size=min(p.training_sample, self._n))
+        builder = builder.score_ah(p.dims_per_block, anisotropic_quantization_threshold=p.anisotropic_threshold)
+        self._searcher = builder.reorder(p.reorder).build()
+
+    @staticmethod
+    def derive(n: int, params: ScannParams) -> ScannParams:
+        """Fill the automatic settings: leaves ≈ sqrt(N), search ~1/10 of them (at least 8), reorder 250."""
+        leaves = params.leaves or max(2, min(n // 20, int(round(np.sqrt(n)))))
+        to_search = params.leaves_to_search or min(leaves, max(8, leaves // 10))
+        reorder = params.reorder or 250
+        return ScannParams(params.brute_force_below, leaves, to_search, reorder, params.dims_per_block,
+                           params.anisotropic_threshold, params.training_sample)
+
+    @property
+    def size(self) -> int:
+        return self._n
+
+    @property
+    def dim(self) -> int:
+        return self._d
+
+    def search(self, queries: np.ndarray, k: int) -> Neighbors:
+        queries = np.ascontiguousarray(queries, np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self._d:
+            raise ValueError(f"queries must be (Q, {self._d}), got {queries.shape}")
+        k = min(k, self._n)
+        idx, d2 = self._searcher.search_batched(queries, final_num_neighbors=k,
+                                                pre_reorder_num_neighbors=max(k, self.params.reorder),
+                                                leaves_to_search=self.params.leaves_to_search)
+        return Neighbors(np.asarray(idx, np.int64), np.sqrt(np.maximum(np.asarray(d2, np.float32), 0.0)))
+
+
+def build_index(vectors: np.ndarray, params: ScannParams = ScannParams()) -> SearchIndex:
+    """Exact search for small catalogs (under ``params.brute_force_below``), ScaNN above."""
+    if len(vectors) < max(2, params.brute_force_below):
+        return BruteForceIndex(vectors)
+    return ScannIndex(vectors, params)

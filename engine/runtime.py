@@ -25,7 +25,8 @@ def configure_runtime(*, offline: bool = False) -> Path:
     """Set the environment defaults the stack needs; returns the state folder.
 
     - ``YOLO_CONFIG_DIR`` inside the state folder (Ultralytics writes settings there, not in ~).
-    - ``NO_ALBUMENTATIONS_UPDATE=1`` and ``MLFLOW_DISABLE_TELEMETRY=true``: no phoning home.
+    - ``NO_ALBUMENTATIONS_UPDATE=1`` and ``MLFLOW_DISABLE_TELEMETRY=true``: no phoning home;
+      ``YOLO_AUTOINSTALL=false``: Ultralytics never pip-installs packages at run time.
     - ``offline=True`` (tests) also sets ``YOLO_OFFLINE=1``.
     - ``TF_CPP_MIN_LOG_LEVEL=1`` hides TensorFlow's info banners.
     - Blocks ``triton`` from loading: it is only used by GPU ``torch.compile`` (which Showroom
@@ -37,6 +38,7 @@ def configure_runtime(*, offline: bool = False) -> Path:
     (home / "ultralytics").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("YOLO_CONFIG_DIR", str(home / "ultralytics"))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # Ultralytics must never pip-install at run time
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

@@ -12,6 +12,7 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="showroom-tests-"))
 os.environ["SHOWROOM_HOME"] = str(_SESSION_HOME / "state")
 os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_SESSION_HOME / 'mlflow.db'}"
 os.environ.pop("SHOWROOM_WEIGHTS_DIR", None)  # tests choose weights explicitly
+os.environ.pop("SHOWROOM_DETECTOR_WEIGHTS", None)
 
 from engine.runtime import PROJECT_ROOT, configure_runtime  # noqa: E402
 

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--catalog", type=Path, default=None, help="catalog directory (products.csv, scenes.csv, pairs.csv); omit to use the generated demo catalog")
     g.add_argument("--demo-seed", type=int, default=7, help="seed of the generated demo catalog (only without --catalog)")
     g.add_argument("--triplets", type=Path, default=None, help="triplet manifest from training.mine_triplets / mine_hard_negatives (queries and their negatives); its catalog is used when --catalog is omitted")
+    g.add_argument("--detector-weights", default=None, help="(default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt) when pairs have no boxes and no --triplets is given, mine them first with this YOLO .pt/.onnx/.tflite (a bare name downloads)")
+    g.add_argument("--whole-scene-queries", action="store_true", help="do not mine: pairs without a box use the whole scene as the query")
     g.add_argument("--init-from", default=None, metavar="RUN_OR_PATH", help="start from a trained embedder (.keras path or MLflow run id) instead of --weights; image size and D are taken from it")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="ImageNet CNN: mobilenet_v2 for CPU; xception or inception_resnet_v2 on a GPU")
@@ -156,6 +158,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         logger.info("initialising from %s (input %d px, D=%d)", args.init_from, mcfg.image_size, mcfg.embedding_dim)
 
     catalog = load_catalog(catalog_dir)
+    if not resume_state and triplets_path is None and not args.whole_scene_queries and any(p.box is None for p in catalog.pairs):
+        triplets_path = _auto_mine(args, mcfg, tcfg, catalog, home)
     if resume_state and catalog.fingerprint != resume_state["catalog_fingerprint"]:
         raise CatalogError(
             f"{catalog_dir} changed since run {resume_state['run_id']} started (fingerprint {catalog.fingerprint} "
@@ -243,6 +247,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             (tmp / "split.json").write_text(json.dumps(asdict(ts.split), indent=2))
             tracker.log_artifact(tmp / "config.json")
             tracker.log_artifact(tmp / "split.json")
+            if triplets_path:
+                tracker.log_artifact(triplets_path, "triplets")
             sheet = triplet_sheet(ts.bank, sample, ts.product_ids, seed=tcfg.seed)
             import cv2
 
@@ -258,6 +264,31 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     print(final)
     print(f"embedder: {local / 'embedder.keras'}  (MLflow artifact model/embedder.keras of run {tracker.run_id})")
     return 0
+
+
+def _auto_mine(args: argparse.Namespace, mcfg: ModelConfig, tcfg: TrainConfig, catalog, home: Path) -> Path:
+    """Mine the catalog's box-less pairs with the detector (once per catalog and settings); the manifest path."""
+    import hashlib
+
+    from detectors.yolo import default_weights
+    from training import mine_triplets
+
+    weights = args.detector_weights or default_weights()
+    key = hashlib.sha256(f"{catalog.fingerprint}|{weights}|{mcfg.backbone}|{mcfg.weights}|{mcfg.image_size}|{tcfg.seed}".encode()).hexdigest()[:12]
+    out = home / "mined" / f"{catalog.root.name}-auto-{key}.json"
+    if out.is_file():
+        logger.info("using the triplets mined earlier for this catalog: %s", out)
+        return out
+    logger.info("pairs have no boxes: mining them with %s first (--whole-scene-queries to skip)", weights)
+    rc = mine_triplets.main([
+        "--catalog", str(catalog.root), "--detector-weights", weights, "--backbone", mcfg.backbone,
+        "--weights", mcfg.weights, "--image-size", str(mcfg.image_size), "--out", str(out), "--seed", str(tcfg.seed),
+        "--in-class-negatives", str(tcfg.in_class_negatives), "--out-class-negatives", str(tcfg.out_class_negatives),
+        "--crop-padding", str(tcfg.crop_padding), "--no-mlflow",
+    ])
+    if rc != 0:
+        raise CatalogError(f"mining {catalog.root} failed (see above); pass --triplets FILE or --whole-scene-queries")
+    return out
 
 
 def _devices() -> str:

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--catalog", type=Path, required=True, help="catalog directory (products.csv, scenes.csv, pairs.csv)")
     p.add_argument("--out", type=Path, default=None, help="manifest path (default: <state>/mined/<catalog>-<fingerprint>.json)")
-    p.add_argument("--detector-weights", default="yolo11n.pt", help="YOLO .pt/.onnx/.tflite file, or a bare Ultralytics name to download")
+    p.add_argument("--detector-weights", default=None, help="(default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt) YOLO .pt/.onnx/.tflite file, or a bare Ultralytics name to download")
     p.add_argument("--category-map", type=Path, default=None, help="YAML map of catalog types to detector classes (default: detectors/category_map.yaml)")
     p.add_argument("--model", default=None, help="embedder (.keras path or MLflow run id) that picks among several crops; default: pretrained backbone features")
     p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2", help="backbone of the pretrained features when --model is not given")
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     import cv2
 
     from detectors.category_map import DEFAULT_MAP, load_category_map
-    from detectors.yolo import YoloDetector
+    from detectors.yolo import YoloDetector, default_weights
     from engine.catalog import load_catalog
     from engine.iconic import IconicTest
     from training.manifest import Manifest, save_manifest
@@ -110,7 +110,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     )
     catalog = load_catalog(args.catalog)
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
-    detector = YoloDetector(args.detector_weights)
+    detector = YoloDetector(args.detector_weights or default_weights())
     embed = make_embed(args)
     t0 = time.perf_counter()
     result = mine_positives(catalog, detector, cmap, cfg, embed=embed, image_size=args.image_size,

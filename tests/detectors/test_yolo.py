@@ -52,3 +52,14 @@ def test_real_ikea_scenes(shared_detector: YoloDetector, ikea_catalog: Path):
         assert [d.confidence for d in dets] == sorted((d.confidence for d in dets), reverse=True)
         found += any(d.label == "couch" and d.confidence >= 0.3 for d in dets)
     assert found >= 2
+
+
+def test_loading_ultralytics_leaves_pillow_alone(shared_detector: YoloDetector, tmp_path: Path):
+    """Ultralytics patches PIL.Image.open to pip-install a HEIF plugin on unknown files; we undo that."""
+    import PIL.Image
+
+    shared_detector.class_names  # loads Ultralytics
+    junk = tmp_path / "x.png"
+    junk.write_text("hello")
+    with pytest.raises(PIL.UnidentifiedImageError):
+        PIL.Image.open(junk)

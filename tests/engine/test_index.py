@@ -24,3 +24,33 @@ def test_k_larger_than_index_and_ties():
     assert nn.indices.tolist() == [[1, 2, 0]]  # k capped at N; ties broken by index
     with pytest.raises(ValueError):
         BruteForceIndex(db).search(np.zeros((1, 3), np.float32), 1)
+
+
+def clustered(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(50, d)).astype(np.float32)
+    db = centers[rng.integers(0, 50, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+    q = centers[rng.integers(0, 50, 100)] + 0.3 * rng.normal(size=(100, d)).astype(np.float32)
+    return db.astype(np.float32), q.astype(np.float32)
+
+
+def test_scann_recall_against_brute_force():
+    from engine.index import ScannIndex, ScannParams
+
+    db, q = clustered(6000, 32, 1)
+    exact = BruteForceIndex(db).search(q, 10)
+    approx = ScannIndex(db, ScannParams()).search(q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx.indices, exact.indices)])
+    assert recall >= 0.95
+    # Distances are Euclidean, like brute force, for the items both return.
+    np.testing.assert_allclose(approx.distances[:, 0], exact.distances[:, 0], rtol=1e-2, atol=1e-2)
+
+
+def test_build_index_uses_brute_force_for_small_catalogs():
+    from engine.index import ScannIndex, ScannParams, build_index
+
+    db, _ = clustered(300, 8, 2)
+    assert isinstance(build_index(db), BruteForceIndex)
+    assert isinstance(build_index(db, ScannParams(brute_force_below=100)), ScannIndex)
+    p = ScannIndex.derive(1_000_000, ScannParams())
+    assert p.leaves == 1000 and p.leaves_to_search == 100 and p.reorder == 250

@@ -102,3 +102,13 @@ def test_bad_detector_weights_is_a_clear_error(ikea_subset: Path, tmp_path: Path
                                "--out", str(tmp_path / "m.json"), "--no-mlflow"]) == 2
     assert "cannot load detector weights" in caplog.text
     assert not (tmp_path / "m.json").exists()
+
+
+def test_fit_mines_box_less_pairs_itself(ikea_subset: Path):
+    assert fit.main(["--catalog", str(ikea_subset), "--detector-weights", str(TFLITE), "--weights", "none", "--image-size", "48",
+                     "--embedding-dim", "16", "--batch-size", "8", "--epochs", "1", "--in-class-negatives", "2",
+                     "--out-class-negatives", "1", "--val-fraction", "0.3", "--run-name", "auto-mine"]) == 0
+    params = last_run().data.params
+    assert params["triplets"].endswith(".json") and "-auto-" in params["triplets"]
+    assert params["whole_scene_queries"] == "0"
+    assert int(params["n_train_queries"]) + int(params["n_val_queries"]) == len(load_manifest(Path(params["triplets"])).positives)
