@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -18,7 +19,9 @@ class Neighbors:
 
 
 class SearchIndex(Protocol):
-    """Euclidean k-NN over N vectors of dimension D."""
+    """Euclidean k-NN over N vectors of dimension D, saved to / loaded from a folder."""
+
+    kind: str
 
     @property
     def size(self) -> int: ...
@@ -28,6 +31,12 @@ class SearchIndex(Protocol):
 
     def search(self, queries: np.ndarray, k: int) -> Neighbors:
         """``queries``: float32 (Q, D) → the min(k, N) nearest items of each."""
+        ...
+
+    def save(self, folder: Path) -> None: ...
+
+    def describe(self) -> dict:
+        """Settings to store in the index manifest (passed back to ``load``)."""
         ...
 
 
@@ -41,6 +50,18 @@ class BruteForceIndex:
         self._v = vectors
         self._sq = (vectors.astype(np.float64) ** 2).sum(1)
         self._block = block
+
+    kind = "brute_force"
+
+    def save(self, folder: Path) -> None:
+        """Nothing beyond the vectors, which the caller stores."""
+
+    @classmethod
+    def load(cls, folder: Path, vectors: np.ndarray, params: dict) -> BruteForceIndex:
+        return cls(vectors)
+
+    def describe(self) -> dict:
+        return {}
 
     @property
     def size(self) -> int:
@@ -93,10 +114,17 @@ class ScannIndex:
     ScaNN's squared L2).
     """
 
-    def __init__(self, vectors: np.ndarray, params: ScannParams = ScannParams(), *, max_k: int = 100) -> None:
+    kind = "scann"
+
+    def __init__(self, vectors: np.ndarray, params: ScannParams = ScannParams(), *, max_k: int = 100, _searcher=None) -> None:
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if _searcher is not None:  # loaded from disk
+            self._n, self._d = vectors.shape
+            self.params = params
+            self._searcher = _searcher
+            return
         import scann
 
-        vectors = np.ascontiguousarray(vectors, np.float32)
         if vectors.ndim != 2 or len(vectors) < 2:
             raise ValueError(f"vectors must be (N >= 2, D), got {vectors.shape}")
         self._n, self._d = vectors.shape
@@ -107,6 +135,21 @@ class ScannIndex:
                                training_sample_size=min(p.training_sample, self._n))
         builder = builder.score_ah(p.dims_per_block, anisotropic_quantization_threshold=p.anisotropic_threshold)
         self._searcher = builder.reorder(p.reorder).build()
+
+    def save(self, folder: Path) -> None:
+        """ScaNN's own files into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self._searcher.serialize(str(folder), relative_path=True)
+
+    @classmethod
+    def load(cls, folder: Path, vectors: np.ndarray, params: dict) -> ScannIndex:
+        import scann
+
+        searcher = scann.scann_ops_pybind.load_searcher(str(folder))
+        return cls(vectors, ScannParams(**params), _searcher=searcher)
+
+    def describe(self) -> dict:
+        return asdict(self.params)
 
     @staticmethod
     def derive(n: int, params: ScannParams) -> ScannParams:
@@ -141,3 +184,12 @@ def build_index(vectors: np.ndarray, params: ScannParams = ScannParams()) -> Sea
     if len(vectors) < max(2, params.brute_force_below):
         return BruteForceIndex(vectors)
     return ScannIndex(vectors, params)
+
+
+def load_index(kind: str, folder: Path, vectors: np.ndarray, params: dict) -> SearchIndex:
+    """Load a saved index of ``kind`` (``brute_force`` or ``scann``)."""
+    if kind == BruteForceIndex.kind:
+        return BruteForceIndex.load(folder, vectors, params)
+    if kind == ScannIndex.kind:
+        return ScannIndex.load(folder, vectors, params)
+    raise ValueError(f"unknown index kind {kind!r}")

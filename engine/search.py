@@ -1,0 +1,88 @@
+"""detect → crop → embed → search: one query path shared by serving and evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from detectors.base import Detection, Detector
+from engine.catalog_index import CatalogIndex, Match
+from engine.embed import embed_images, input_size
+from engine.images import Box, check_box, query_crop
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """sha256 of a saved ``.keras`` model file: ties an index to the model that built it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage of one query."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, start: float) -> float:
+        now = time.perf_counter()
+        self.stages[stage] = round((now - start) * 1000.0, 2)
+        return now
+
+
+@dataclass
+class SearchEngine:
+    """The query side: an embedder, an optional detector, the products index and the scene-crops index."""
+
+    embedder: keras.Model
+    products: CatalogIndex
+    scenes: CatalogIndex | None = None
+    detector: Detector | None = None
+    crop_padding: float = 0.0625
+
+    @property
+    def size(self) -> int:
+        return input_size(self.embedder)
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Detections in ``uint8 (H, W, 3)``; empty without a detector."""
+        return self.detector.detect(image) if self.detector is not None else []
+
+    def embed_crop(self, image: np.ndarray, box: Box | None) -> np.ndarray:
+        """Embedding ``float32 (D,)`` of the padded square crop of ``box`` (whole image when None)."""
+        if box is not None:
+            h, w = image.shape[:2]
+            box = check_box(box, w, h)
+        return embed_images(self.embedder, query_crop(image, box, self.size, self.crop_padding)[None])[0]
+
+    def search(self, image: np.ndarray, box: Box | None, k: int = 10, types: set[str] | None = None,
+               timings: Timings | None = None) -> list[Match]:
+        """The k products nearest to the crop of ``box`` in ``image``, optionally only of ``types``."""
+        timings = timings if timings is not None else Timings()
+        t = time.perf_counter()
+        vec = self.embed_crop(image, box)
+        t = timings.add("embed", t)
+        matches = self.products.search(vec[None], k, types)[0]
+        timings.add("search", t)
+        return matches
+
+    def scenes_of(self, product_id: str, k: int = 10) -> list[Match]:
+        """"Where is it used?": scene crops nearest to the product's images, best crop per scene."""
+        if self.scenes is None or not len(self.scenes):
+            return []
+        rows = [i for i, it in enumerate(self.products.items) if it.product_id == product_id]
+        if not rows:
+            return []
+        hits = self.scenes.search(self.products.vectors[rows], min(len(self.scenes), 5 * k))
+        best: dict[str, Match] = {}
+        for m in (m for per in hits for m in per):
+            if m.item.scene not in best or m.distance < best[m.item.scene].distance:
+                best[m.item.scene] = m
+        return sorted(best.values(), key=lambda m: m.distance)[:k]

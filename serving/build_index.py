@@ -1,0 +1,77 @@
+"""``python -m serving.build_index``: embed a catalog with a trained model and save its search indexes.
+
+Writes ``OUT/products`` (catalog product images), ``OUT/scenes`` (detected crops of scenes.csv,
+for "where is it used?") and ``OUT/model.keras`` (the model they were built with), so ``OUT`` is
+all the app needs: ``SHOWROOM_INDEX=OUT flask --app serving run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.runtime import configure_runtime, setup_logging
+
+logger = logging.getLogger("serving.build_index")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving.build_index", description="Build the products and scene-crops indexes of a catalog.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="trained embedder: .keras path or MLflow run id")
+    p.add_argument("--catalog", type=Path, required=True, help="catalog directory")
+    p.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
+    p.add_argument("--detector-weights", default=None, help="YOLO weights for scene crops (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
+    p.add_argument("--no-detector", action="store_true", help="index whole scenes (and pairs.csv boxes) without a detector")
+    p.add_argument("--brute-force-below", type=int, default=20_000, help="exact search under this many items, ScaNN above")
+    p.add_argument("--leaves", type=int, default=0, help="ScaNN tree leaves (0 = about sqrt(N))")
+    p.add_argument("--leaves-to-search", type=int, default=0, help="ScaNN leaves searched per query (0 = leaves/10, at least 8)")
+    p.add_argument("--reorder", type=int, default=0, help="ScaNN exact re-ranking depth (0 = 250)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    configure_runtime()
+    try:
+        return _run(args)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.catalog import load_catalog
+    from engine.embed import load_embedder
+    from engine.index import ScannParams
+    from engine.search import model_fingerprint
+    from serving.indexing import build_catalog_indexes
+    from training.model_ref import resolve_model
+
+    t0 = time.perf_counter()
+    model_path = resolve_model(args.model)
+    model = load_embedder(model_path)
+    catalog = load_catalog(args.catalog)
+    detector = None
+    if not args.no_detector:
+        from detectors.yolo import YoloDetector, default_weights
+
+        detector = YoloDetector(args.detector_weights or default_weights())
+    params = ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves, leaves_to_search=args.leaves_to_search, reorder=args.reorder)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp_model = args.out / ".model.keras.tmp"
+    shutil.copyfile(model_path, tmp_model)
+    tmp_model.replace(args.out / "model.keras")
+    built = build_catalog_indexes(catalog, model, model_fingerprint(args.out / "model.keras"), args.out, detector, params)
+    print(", ".join(f"{k}: {len(v)} items ({v.index.kind})" for k, v in built.items()) + f" in {time.perf_counter() - t0:.1f}s -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

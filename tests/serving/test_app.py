@@ -1,0 +1,167 @@
+"""Every endpoint and error case through app.test_client()."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.catalog import load_catalog
+
+
+def jpeg(h: int = 120, w: int = 160, seed: int = 0) -> bytes:
+    img = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", img)[1].tobytes()
+
+
+def upload(client, url, data: bytes | None = None, **form):
+    payload = dict(form)
+    if data is not None:
+        payload["image"] = (io.BytesIO(data), "photo.jpg")
+    return client.post(url, data=payload, content_type="multipart/form-data")
+
+
+def test_healthz(client):
+    for url in ("/healthz", "/api/healthz"):
+        r = client.get(url)
+        assert r.status_code == 200
+        body = r.get_json()
+        assert body["status"] == "ok" and body["products"] == 18 and body["scene_crops"] > 0
+        assert len(body["model"]) == 12 and body["index_kind"] == "brute_force"
+
+
+def test_detect(client):
+    r = upload(client, "/api/detect", jpeg())
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["width"] == 160 and body["height"] == 120
+    assert body["detections"][0] == {"box": [40, 30, 120, 90], "label": "chair", "confidence": 0.9}
+    assert set(body["timings_ms"]) == {"decode", "detect"}
+
+
+def test_search_with_box_and_timings(client, tiny_catalog: Path):
+    scene = load_catalog(tiny_catalog).scenes[0]
+    r = upload(client, "/api/search", scene.image.read_bytes(), box="10,10,100,100", k="5")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["box"] == [10, 10, 100, 100] and len(body["results"]) == 5
+    d = [x["distance"] for x in body["results"]]
+    assert d == sorted(d)
+    first = body["results"][0]
+    assert first["image_url"].startswith("/images/products/") and first["product_url"] == f"/products/{first['product_id']}"
+    assert {"decode", "embed", "search", "total"} <= set(body["timings_ms"])
+
+
+def test_search_without_box_uses_the_most_confident_detection(client):
+    body = upload(client, "/api/search", jpeg()).get_json()
+    assert body["box"] == [40, 30, 120, 90] and body["detections"]
+    assert "detect" in body["timings_ms"]
+
+
+def test_type_filter(client):
+    body = upload(client, "/api/search", jpeg(), box="0,0,50,50", types="Chair|Lamp", k="20").get_json()
+    assert body["results"] and {r["type"] for r in body["results"]} <= {"Chair", "Lamp"}
+    assert len(body["results"]) == 6  # 3 chairs + 3 lamps in the tiny catalog
+    r = upload(client, "/api/search", jpeg(), types="Spaceship")
+    assert r.status_code == 400 and "unknown type" in r.get_json()["error"]
+
+
+@pytest.mark.parametrize("data,form,status,message", [
+    (None, {}, 400, "no file"),
+    (b"", {}, 400, "empty file"),
+    (b"hello, I am text", {}, 400, "not a readable image"),
+    (jpeg()[:40], {}, 400, "not a readable image"),
+    (jpeg(), {"box": "0,0,500,50"}, 400, "outside"),
+    (jpeg(), {"box": "1,2,3"}, 400, "four numbers"),
+    (jpeg(), {"k": "0"}, 400, "k must be between"),
+    (jpeg(), {"k": "many"}, 400, "whole number"),
+])
+def test_search_errors(client, data, form, status, message):
+    r = upload(client, "/api/search", data, **form)
+    assert r.status_code == status
+    assert message in r.get_json()["error"]
+
+
+def test_upload_too_large(client):
+    r = upload(client, "/api/search", jpeg(800, 800, seed=1) * 3)
+    assert r.status_code == 413 and "too large" in r.get_json()["error"]
+
+
+def test_products_and_scenes(client, tiny_catalog: Path):
+    pid = load_catalog(tiny_catalog).product_ids[0]
+    body = client.get(f"/api/products/{pid}").get_json()
+    assert body["product_id"] == pid and body["images"] == [f"/images/products/{pid}?n=0"]
+    img = client.get(body["images"][0])
+    assert img.status_code == 200 and img.mimetype == "image/png"
+    scenes = client.get(f"/api/products/{pid}/scenes?k=3").get_json()["scenes"]
+    assert 1 <= len(scenes) <= 3 and all(s["box"] for s in scenes)
+    assert len({s["scene"] for s in scenes}) == len(scenes)  # best crop per scene
+    assert client.get(scenes[0]["image_url"]).status_code == 200
+    for url in ("/api/products/nope", "/api/products/nope/scenes", "/products/nope", "/images/products/nope", "/images/scenes/nope"):
+        r = client.get(url)
+        assert r.status_code == 404 and "unknown" in r.get_json()["error"], url
+    assert client.get(f"/images/products/{pid}?n=7").status_code == 404
+
+
+def test_pages_render(client, tiny_catalog: Path):
+    page = client.get("/").get_data(as_text=True)
+    assert "Drop a photo" in page and '<option value="Chair">' in page
+    pid = load_catalog(tiny_catalog).product_ids[0]
+    assert "Where is it used?" in client.get(f"/products/{pid}").get_data(as_text=True)
+    assert client.get("/static/showroom.js").status_code == 200
+
+
+def test_reload_needs_the_token_and_swaps_without_failed_queries(app, client, index_folder: Path):
+    assert client.post("/api/reload").status_code == 403
+    assert client.post("/api/reload", headers={"X-Reload-Token": "wrong"}).status_code == 403
+    errors: list[int] = []
+    stop = threading.Event()
+
+    def hammer():
+        c = app.test_client()
+        while not stop.is_set():
+            r = upload(c, "/api/search", jpeg(), box="0,0,60,60", k="3")
+            if r.status_code != 200:
+                errors.append(r.status_code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            r = client.post("/api/reload", headers={"X-Reload-Token": "s3cret"})
+            assert r.status_code == 200 and r.get_json()["status"] == "reloaded"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
+def test_reload_refuses_a_damaged_index_and_keeps_serving(app, client, index_folder: Path, tmp_path: Path):
+    import shutil
+
+    broken = tmp_path / "idx"
+    shutil.copytree(index_folder, broken)
+    from serving.state import ServingState, load_from_folder
+
+    state = ServingState(load_from_folder(broken), lambda: load_from_folder(broken))
+    app.extensions["showroom"] = state
+    items = json.loads((broken / "products" / "items.json").read_text())
+    items[0]["name"] = "tampered"
+    (broken / "products" / "items.json").write_text(json.dumps(items))
+    r = client.post("/api/reload", headers={"X-Reload-Token": "s3cret"})
+    assert r.status_code == 409 and "checksum" in r.get_json()["error"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_reload_off_without_token(index_folder: Path):
+    from serving import create_app
+
+    c = create_app({"SHOWROOM_INDEX": str(index_folder), "TESTING": True}).test_client()
+    assert c.post("/api/reload").status_code == 404
