@@ -48,7 +48,7 @@ class BruteForceIndex:
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be (N, D), got {vectors.shape}")
         self._v = vectors
-        self._sq = (vectors.astype(np.float64) ** 2).sum(1)
+        self._sq = np.einsum("ij,ij->i", vectors, vectors)
         self._block = block
 
     kind = "brute_force"
@@ -81,8 +81,8 @@ class BruteForceIndex:
         idx = np.zeros((len(queries), k), np.int64)
         dist = np.zeros((len(queries), k), np.float32)
         for s in range(0, len(queries), self._block):
-            q = queries[s : s + self._block].astype(np.float64)
-            d2 = (q * q).sum(1)[:, None] + self._sq[None, :] - 2.0 * q @ self._v.T.astype(np.float64)
+            q = queries[s : s + self._block]
+            d2 = np.einsum("ij,ij->i", q, q)[:, None] + self._sq[None, :] - 2.0 * (q @ self._v.T)  # float32 BLAS
             part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < self.size else np.tile(np.arange(self.size), (len(q), 1))
             pd = np.take_along_axis(d2, part, 1)
             order = np.lexsort((part, pd), axis=1)  # by distance, ties by index: deterministic
