@@ -51,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     from engine.embed import load_embedder
     from engine.index import ScannParams
     from engine.search import model_fingerprint
-    from serving.indexing import build_catalog_indexes
+    from engine.indexing import build_catalog_indexes
     from training.model_ref import resolve_model
 
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from engine.catalog_index import CatalogIndex
 from engine.search import SearchEngine, model_fingerprint
-from serving.indexing import PRODUCTS, SCENES
+from engine.indexing import PRODUCTS, SCENES
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--experiment", default="showroom", help="MLflow experiment")
     g.add_argument("--resume", default=None, metavar="RUN_ID", help="continue a killed run from its last checkpoint ('last' = most recent); other flags are taken from the run")
     g.add_argument("--out", type=Path, default=None, help="also copy the final embedder .keras here")
+    g.add_argument("--no-index", action="store_true", help="do not build the search indexes (products, scene crops) at the end")
     g.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -257,6 +259,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             local = home / "models" / tracker.run_id
             local.mkdir(parents=True, exist_ok=True)
             embedder.save(local / "embedder.keras")
+            if not args.no_index:
+                index_dir = _build_indexes(args, embedder, local / "embedder.keras", catalog, local / "index")
+                tracker.log_artifact(index_dir, "index")
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 embedder.save(args.out)
@@ -264,6 +269,25 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     print(final)
     print(f"embedder: {local / 'embedder.keras'}  (MLflow artifact model/embedder.keras of run {tracker.run_id})")
     return 0
+
+
+def _build_indexes(args: argparse.Namespace, embedder, model_path: Path, catalog, out: Path) -> Path:
+    """The serving indexes of the catalog with the final model: ``out/{model.keras,products,scenes}``."""
+    import shutil
+
+    from engine.indexing import build_catalog_indexes
+    from engine.search import model_fingerprint
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, out / "model.keras")
+    detector = None
+    weights = getattr(args, "detector_weights", None) or os.environ.get("SHOWROOM_DETECTOR_WEIGHTS")
+    if weights and any(p.box is None for p in catalog.pairs):
+        from detectors.yolo import YoloDetector
+
+        detector = YoloDetector(weights)
+    build_catalog_indexes(catalog, embedder, model_fingerprint(out / "model.keras"), out, detector)
+    return out
 
 
 def _auto_mine(args: argparse.Namespace, mcfg: ModelConfig, tcfg: TrainConfig, catalog, home: Path) -> Path:

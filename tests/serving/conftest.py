@@ -11,7 +11,7 @@ from engine.catalog import load_catalog
 from engine.config import ModelConfig
 from engine.model import build_embedder
 from engine.search import model_fingerprint
-from serving.indexing import build_catalog_indexes
+from engine.indexing import build_catalog_indexes
 
 
 class BoxDetector:

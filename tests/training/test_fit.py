@@ -37,7 +37,16 @@ def test_fit_logs_run_metrics_and_artifacts(tiny_catalog: Path, tmp_path: Path, 
         assert key in hist, key
     assert any(k.startswith("val_distance_accuracy/") for k in hist)
     arts = {a.path for a in mlflow.MlflowClient(tracking_uri=tracking_uri()).list_artifacts(run.info.run_id)}
-    assert {"model", "config.json", "split.json", "triplets_sheet.png"} <= arts
+    assert {"model", "config.json", "split.json", "triplets_sheet.png", "index"} <= arts
+    from engine.catalog_index import CatalogIndex
+    from engine.runtime import state_dir
+    from engine.search import model_fingerprint
+
+    folder = state_dir() / "models" / run.info.run_id / "index"
+    products = CatalogIndex.load(folder / "products", model_fingerprint=model_fingerprint(folder / "model.keras"))
+    from engine.catalog import load_catalog
+
+    assert len(products) == 18 and len(CatalogIndex.load(folder / "scenes")) == len(load_catalog(tiny_catalog).pairs)
     assert out.is_file()
     assert run.info.run_id in capsys.readouterr().out
 
