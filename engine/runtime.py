@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,18 @@ def configure_runtime(*, offline: bool = False) -> Path:
     if "triton" not in sys.modules:
         sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` raise ImportError
     return home
+
+
+def run_cli(run: Callable[[Path], int], *, verbose: bool = False, logger_name: str = "showroom") -> int:
+    """Shared ``main`` body: logging, runtime, then ``run(state_dir)``; a user error (any
+    ``ValueError``: bad catalog, weights, manifest, model, index) is logged and exits with 2."""
+    setup_logging(verbose)
+    home = configure_runtime()
+    try:
+        return run(home)
+    except ValueError as exc:
+        logging.getLogger(logger_name).error("%s", exc)
+        return 2
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,18 +10,14 @@ import keras
 import numpy as np
 
 from detectors.base import Detection, Detector
-from engine.catalog_index import CatalogIndex, Match
+from engine.catalog_index import CatalogIndex, Match, file_sha256
 from engine.embed import embed_images, input_size
 from engine.images import Box, check_box, query_crop
 
 
 def model_fingerprint(path: str | Path) -> str:
     """sha256 of a saved ``.keras`` model file: ties an index to the model that built it."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(Path(path))
 
 
 @dataclass

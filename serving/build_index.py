@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.runtime import configure_runtime, setup_logging
+from engine.runtime import run_cli
 
 logger = logging.getLogger("serving.build_index")
 
@@ -37,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    configure_runtime()
-    try:
-        return _run(args)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
+    return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.catalog import CatalogError
 from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, TrainConfig, flatten, from_dict
-from engine.runtime import configure_runtime, setup_logging
+from engine.runtime import run_cli
 
 logger = logging.getLogger("training.fit")
 
@@ -109,13 +109,7 @@ def _latest_run(home: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    home = configure_runtime()
-    try:
-        return _run(args, home)
-    except (CatalogError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+    return run_cli(lambda home: _run(args, home), verbose=args.verbose, logger_name=logger.name)
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.runtime import configure_runtime, setup_logging
+from engine.runtime import run_cli
 
 logger = logging.getLogger("training.mine_hard_negatives")
 
@@ -52,17 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    configure_runtime()
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not 0 <= args.hard_ratio <= 1:
-        logger.error("--hard-ratio must be in [0, 1]")
-        return 2
-    try:
-        return _run(args)
-    except ValueError as exc:  # CatalogError, ManifestError, ModelError are ValueErrors
-        logger.error("%s", exc)
-        return 2
+        parser.error("--hard-ratio must be in [0, 1]")
+    return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
 
 
 def _run(args: argparse.Namespace) -> int:

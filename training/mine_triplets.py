@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.config import BACKBONES
-from engine.runtime import configure_runtime, setup_logging
+from engine.runtime import run_cli
 
 logger = logging.getLogger("training.mine_triplets")
 
@@ -54,19 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
-    home = configure_runtime()
-    from detectors.base import DetectorError
-    from engine.catalog import CatalogError
-    from engine.embed import ModelError
-    from engine.model import WeightsError
-    from training.manifest import ManifestError
-
-    try:
-        return _run(args, home)
-    except (CatalogError, DetectorError, ModelError, WeightsError, ManifestError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+    return run_cli(lambda home: _run(args, home), verbose=args.verbose, logger_name=logger.name)
 
 
 def make_embed(args: argparse.Namespace):
