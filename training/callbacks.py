@@ -50,6 +50,7 @@ class EpochEnd(keras.callbacks.Callback):
         metrics.update(self.probes(epoch + 1))
         metrics["epoch_seconds"] = seconds
         metrics["triplets_per_second"] = self.triplets_per_epoch / max(seconds, 1e-9)
+        metrics["n_triplets"] = self.triplets_per_epoch
         self.tracker.log_metrics(metrics, step=epoch + 1)
         log_epoch(epoch + 1, metrics)
         self.save(epoch + 1)
