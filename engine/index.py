@@ -153,9 +153,9 @@ class ScannIndex:
 
     @staticmethod
     def derive(n: int, params: ScannParams) -> ScannParams:
-        """Fill the automatic settings: leaves ≈ sqrt(N), search ~1/10 of them (at least 8), reorder 250."""
+        """Fill the automatic settings: leaves ≈ sqrt(N), search 1/10 of them (at least 16), reorder 250."""
         leaves = params.leaves or max(2, min(n // 20, int(round(np.sqrt(n)))))
-        to_search = params.leaves_to_search or min(leaves, max(8, leaves // 10))
+        to_search = params.leaves_to_search or min(leaves, max(16, leaves // 10))
         reorder = params.reorder or 250
         return ScannParams(params.brute_force_below, leaves, to_search, reorder, params.dims_per_block,
                            params.anisotropic_threshold, params.training_sample)

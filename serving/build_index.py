@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-detector", action="store_true", help="index whole scenes (and pairs.csv boxes) without a detector")
     p.add_argument("--brute-force-below", type=int, default=20_000, help="exact search under this many items, ScaNN above")
     p.add_argument("--leaves", type=int, default=0, help="ScaNN tree leaves (0 = about sqrt(N))")
-    p.add_argument("--leaves-to-search", type=int, default=0, help="ScaNN leaves searched per query (0 = leaves/10, at least 8)")
+    p.add_argument("--leaves-to-search", type=int, default=0, help="ScaNN leaves searched per query (0 = leaves/10, at least 16)")
     p.add_argument("--reorder", type=int, default=0, help="ScaNN exact re-ranking depth (0 = 250)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
