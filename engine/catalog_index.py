@@ -77,6 +77,17 @@ class CatalogIndex:
         self.model_fingerprint = model_fingerprint
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._types = np.array([it.type for it in items])
+        self._by_product: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            self._by_product.setdefault(it.product_id, []).append(i)
+
+    def items_of(self, product_id: str) -> list[Item]:
+        """The items (images) of one product, in index order; empty if unknown."""
+        return [self.items[i] for i in self._by_product.get(product_id, [])]
+
+    def rows_of(self, product_id: str) -> list[int]:
+        """Row numbers of one product's vectors."""
+        return list(self._by_product.get(product_id, []))
 
     @classmethod
     def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams()) -> CatalogIndex:

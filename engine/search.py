@@ -72,7 +72,7 @@ class SearchEngine:
         """"Where is it used?": scene crops nearest to the product's images, best crop per scene."""
         if self.scenes is None or not len(self.scenes):
             return []
-        rows = [i for i, it in enumerate(self.products.items) if it.product_id == product_id]
+        rows = self.products.rows_of(product_id)
         if not rows:
             return []
         hits = self.scenes.search(self.products.vectors[rows], min(len(self.scenes), 5 * k))

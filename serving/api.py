@@ -124,7 +124,7 @@ def search():
 
 
 def _product_or_404(product_id: str):
-    items = [it for it in _state().current.engine.products.items if it.product_id == product_id]
+    items = _state().current.engine.products.items_of(product_id)
     if not items:
         raise ApiError(404, f"unknown product {product_id!r}")
     return items

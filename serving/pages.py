@@ -20,7 +20,7 @@ def index():
 
 @bp.get("/products/<product_id>")
 def product_page(product_id: str):
-    items = [it for it in _engine().products.items if it.product_id == product_id]
+    items = _engine().products.items_of(product_id)
     if not items:
         raise ApiError(404, f"unknown product {product_id!r}")
     return render_template("product.html", product=items[0])
@@ -28,7 +28,7 @@ def product_page(product_id: str):
 
 @bp.get("/images/products/<product_id>")
 def product_image(product_id: str):
-    items = [it for it in _engine().products.items if it.product_id == product_id]
+    items = _engine().products.items_of(product_id)
     n = request.args.get("n", 0, type=int)
     if not items or not 0 <= n < len(items):
         raise ApiError(404, f"unknown product image {product_id!r} #{n}")
