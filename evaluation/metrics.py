@@ -37,14 +37,53 @@ def true_ranks(dist: np.ndarray, true_col: np.ndarray) -> np.ndarray:
     return (dist <= own[:, None]).sum(1).astype(np.int64)
 
 
+def group_min(dist: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per row, the smallest distance within each group of columns.
+
+    ``dist`` float (N, M); ``groups`` int (M,) in [0, n_groups) → float64 (N, n_groups); a group
+    with no column is ``inf`` (it can never be found). Used to rank products by their best image,
+    and scenes by their best crop.
+    """
+    dist = np.asarray(dist, np.float64)
+    groups = np.asarray(groups, np.int64)
+    if dist.ndim != 2 or groups.shape != (dist.shape[1],):
+        raise ValueError(f"dist must be (N, M) and groups (M,), got {dist.shape} and {groups.shape}")
+    if groups.size and (groups.min() < 0 or groups.max() >= n_groups):
+        raise ValueError(f"groups must lie in [0, {n_groups})")
+    out = np.full((dist.shape[0], n_groups), np.inf)
+    if groups.size == 0 or dist.shape[0] == 0:
+        return out
+    order = np.argsort(groups, kind="stable")
+    g_sorted = groups[order]
+    starts = np.flatnonzero(np.r_[True, g_sorted[1:] != g_sorted[:-1]])
+    out[:, g_sorted[starts]] = np.minimum.reduceat(dist[:, order], starts, axis=1)
+    return out
+
+
+def rank_of(dist_row: np.ndarray, col: int) -> float:
+    """1-based pessimistic rank of column ``col`` in one row of distances; ``inf`` when it is ``inf``."""
+    own = dist_row[col]
+    if not np.isfinite(own):
+        return float("inf")
+    return float((dist_row <= own).sum())
+
+
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
-    """Share of ranks <= k; NaN for an empty set (no queries means no evidence, not 0)."""
+    """Share of ranks <= k; NaN for an empty set (no queries means no evidence, not 0).
+
+    A rank may be ``inf`` (the item was never found, e.g. no crop of the right class): a miss at every k.
+    """
     ranks = np.asarray(ranks)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if ranks.size == 0:
         return float("nan")
     return float((ranks <= k).mean())
+
+
+def recall_curve(ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
+    """``{k: recall_at_k(ranks, k)}`` for each k (k may exceed the number of items: all found ranks count)."""
+    return {int(k): recall_at_k(ranks, int(k)) for k in ks}
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--triplets", type=Path, default=None, help="triplet manifest from training.mine_triplets / mine_hard_negatives (queries and their negatives); its catalog is used when --catalog is omitted")
     g.add_argument("--detector-weights", default=None, help="(default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt) when pairs have no boxes and no --triplets is given, mine them first with this YOLO .pt/.onnx/.tflite (a bare name downloads)")
     g.add_argument("--whole-scene-queries", action="store_true", help="do not mine: pairs without a box use the whole scene as the query")
+    g.add_argument("--holdout-scenes", type=Path, default=None, metavar="FILE", help="scene list (python -m evaluation.holdout) never used here, neither for training nor validation: the evaluation split. Scenes a --triplets manifest was mined without are held out too")
     g.add_argument("--init-from", default=None, metavar="RUN_OR_PATH", help="start from a trained embedder (.keras path or MLflow run id) instead of --weights; image size and D are taken from it")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="ImageNet CNN: mobilenet_v2 for CPU; xception or inception_resnet_v2 on a GPU")
@@ -137,10 +138,16 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         tcfg = from_dict(TrainConfig, resume_state["train"])
         catalog_dir = Path(resume_state["catalog"])
         triplets_path = Path(resume_state["triplets"]) if resume_state.get("triplets") else None
+        holdout = set(resume_state.get("holdout_scenes") or ())
         logger.info("resuming run %s after epoch %d of %d", run_id, resume_state["epochs_done"], tcfg.epochs)
     else:
         mcfg, tcfg = configs_from_args(args)
         triplets_path = args.triplets
+        holdout = set()
+        if args.holdout_scenes:
+            from engine.splits import read_scene_list
+
+            holdout = set(read_scene_list(args.holdout_scenes))
         catalog_dir = args.catalog
         if catalog_dir is None and triplets_path is not None:
             catalog_dir = Path(load_manifest(triplets_path).catalog)
@@ -161,8 +168,21 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             f"{catalog_dir} changed since run {resume_state['run_id']} started (fingerprint {catalog.fingerprint} "
             f"vs {resume_state['catalog_fingerprint']}); start a new run instead of --resume"
         )
-    queries = queries_from_manifest(load_manifest(triplets_path), catalog) if triplets_path else None
-    ts = build_training_set(catalog, tcfg, mcfg.image_size, queries)
+    queries = None
+    if triplets_path:
+        manifest = load_manifest(triplets_path)
+        holdout |= set(manifest.holdout_scenes)
+        queries = queries_from_manifest(manifest, catalog)
+    if holdout:
+        from engine.splits import restrict_scenes
+
+        train_catalog = restrict_scenes(catalog, drop=holdout)
+        if queries is not None:
+            queries = [q for q in queries if q.scene not in holdout]
+        logger.info("holding out %d scenes for evaluation: never trained or validated on", len(holdout))
+    else:
+        train_catalog = catalog
+    ts = build_training_set(train_catalog, tcfg, mcfg.image_size, queries)
 
     keras.utils.set_random_seed(tcfg.seed)
     if tcfg.mixed_precision:
@@ -191,6 +211,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             "run_id": tracker.run_id, "model": asdict(mcfg), "train": asdict(tcfg),
             "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
             "triplets": str(triplets_path) if triplets_path else None,
+            "holdout_scenes": sorted(holdout),
         }
 
         def embed(images: np.ndarray) -> np.ndarray:
@@ -213,7 +234,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
                  "n_products": len(ts.product_ids), "n_train_queries": len(ts.train_queries),
                  "n_val_queries": len(ts.val_queries), "n_val_triplets": len(val_trip),
                  "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices(),
-                 "triplets": str(triplets_path or ""), "init_from": args.init_from or ""}
+                 "triplets": str(triplets_path or ""), "init_from": args.init_from or "",
+                 "holdout_scenes": len(holdout)}
             )
             tracker.set_tags({"showroom.kind": "fit", "showroom.catalog": catalog.root.name})
             logger.info("epoch 0 (before training): evaluating")
@@ -243,6 +265,10 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             (tmp / "split.json").write_text(json.dumps(asdict(ts.split), indent=2))
             tracker.log_artifact(tmp / "config.json")
             tracker.log_artifact(tmp / "split.json")
+            if holdout:
+                from engine.splits import write_scene_list
+
+                tracker.log_artifact(write_scene_list(holdout, tmp / "holdout_scenes.txt", "scenes held out of this run"))
             if triplets_path:
                 tracker.log_artifact(triplets_path, "triplets")
             sheet = triplet_sheet(ts.bank, sample, ts.product_ids, seed=tcfg.seed)
@@ -292,7 +318,8 @@ def _auto_mine(args: argparse.Namespace, mcfg: ModelConfig, tcfg: TrainConfig, c
     from training import mine_triplets
 
     weights = args.detector_weights or default_weights()
-    key = hashlib.sha256(f"{catalog.fingerprint}|{weights}|{mcfg.backbone}|{mcfg.weights}|{mcfg.image_size}|{tcfg.seed}".encode()).hexdigest()[:12]
+    holdout = args.holdout_scenes.read_text() if args.holdout_scenes else ""
+    key = hashlib.sha256(f"{catalog.fingerprint}|{holdout}|{weights}|{mcfg.backbone}|{mcfg.weights}|{mcfg.image_size}|{tcfg.seed}".encode()).hexdigest()[:12]
     out = home / "mined" / f"{catalog.root.name}-auto-{key}.json"
     if out.is_file():
         logger.info("using the triplets mined earlier for this catalog: %s", out)
@@ -303,6 +330,7 @@ def _auto_mine(args: argparse.Namespace, mcfg: ModelConfig, tcfg: TrainConfig, c
         "--weights", mcfg.weights, "--image-size", str(mcfg.image_size), "--out", str(out), "--seed", str(tcfg.seed),
         "--in-class-negatives", str(tcfg.in_class_negatives), "--out-class-negatives", str(tcfg.out_class_negatives),
         "--crop-padding", str(tcfg.crop_padding), "--no-mlflow",
+        *(["--holdout-scenes", str(args.holdout_scenes)] if args.holdout_scenes else []),
     ])
     if rc != 0:
         raise CatalogError(f"mining {catalog.root} failed (see above); pass --triplets FILE or --whole-scene-queries")

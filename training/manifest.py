@@ -57,6 +57,15 @@ class Manifest:
     stats: dict[str, Any] = field(default_factory=dict)
     created: str = ""
 
+    @property
+    def holdout_scenes(self) -> tuple[str, ...]:
+        """Scenes held out when this manifest (or the one it was refreshed from) was mined."""
+        producer, names = self.producer, set()
+        while isinstance(producer, dict):
+            names.update(producer.get("holdout_scenes") or ())
+            producer = producer.get("parent")
+        return tuple(sorted(names))
+
     def image_path(self, pos: Positive) -> Path:
         p = Path(pos.image)
         return p if p.is_absolute() else Path(self.catalog) / p

@@ -132,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
         catalog=manifest.catalog, catalog_fingerprint=manifest.catalog_fingerprint, positives=new_positives,
         producer={"tool": "training.mine_hard_negatives", "model": args.model, "from": str(args.triplets),
                   "pool": args.pool, "hard_ratio": args.hard_ratio, "negatives_per_positive": args.negatives_per_positive,
-                  "dup_distance": args.dup_distance, "seed": args.seed, "parent": manifest.producer},
+                  "dup_distance": args.dup_distance, "seed": args.seed, "parent": manifest.producer,
+                  "holdout_scenes": list(manifest.holdout_scenes)},
         stats={**manifest.stats, "hard_negatives": stats},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -146,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
 
         with mlflow_run(run_name="mine-hard-negatives") as tracker:
             tracker.set_tags({"showroom.kind": "mine_hard_negatives", "showroom.model": args.model})
-            tracker.log_params({k: v for k, v in out.producer.items() if k != "parent"})
+            tracker.log_params({k: v for k, v in out.producer.items() if k not in ("parent", "holdout_scenes")})
+            tracker.log_params({"holdout_scenes": len(manifest.holdout_scenes)})
             tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=0)
             tracker.log_artifact(args.out, "manifest")
             line += f"\nMLflow run {tracker.run_id}"

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, required=True, help="catalog directory (products.csv, scenes.csv, pairs.csv)")
     p.add_argument("--out", type=Path, default=None, help="manifest path (default: <state>/mined/<catalog>-<fingerprint>.json)")
     p.add_argument("--detector-weights", default=None, help="(default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt) YOLO .pt/.onnx/.tflite file, or a bare Ultralytics name to download")
+    p.add_argument("--holdout-scenes", type=Path, default=None, help="scene list (python -m evaluation.holdout) whose pairs are not mined: kept for evaluation; recorded in the manifest so training.fit excludes them too")
     p.add_argument("--category-map", type=Path, default=None, help="YAML map of catalog types to detector classes (default: detectors/category_map.yaml)")
     p.add_argument("--model", default=None, help="embedder (.keras path or MLflow run id) that picks among several crops; default: pretrained backbone features")
     p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2", help="backbone of the pretrained features when --model is not given")
@@ -97,6 +98,13 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         iconic=IconicTest(white_level=args.white_level, min_white_share=args.white_share),
     )
     catalog = load_catalog(args.catalog)
+    holdout: tuple[str, ...] = ()
+    if args.holdout_scenes:
+        from engine.splits import read_scene_list, restrict_scenes
+
+        holdout = read_scene_list(args.holdout_scenes)
+        catalog = restrict_scenes(catalog, drop=holdout)
+        logger.info("holding out %d scenes of %s: their pairs are not mined", len(holdout), args.holdout_scenes)
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
     detector = YoloDetector(args.detector_weights or default_weights())
     embed = make_embed(args)
@@ -110,7 +118,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         catalog=str(catalog.root), catalog_fingerprint=catalog.fingerprint, positives=result.positives,
         producer={"tool": "training.mine_triplets", "detector": detector.fingerprint, "category_map": cmap.source,
                   "category_map_version": cmap.version, "model": args.model or f"{args.backbone}:{args.weights}",
-                  "config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__))},
+                  "config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__)),
+                  "holdout_scenes": list(holdout)},
         stats={"per_type": result.stats, "totals": tot, "iconic": {k: v for k, v in result.iconic.items()}, "seconds": seconds},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -131,7 +140,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             tracker.log_params({"catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint, "detector": detector.fingerprint,
                                 "category_map_version": cmap.version, "min_confidence": cfg.min_confidence, "min_area": cfg.min_area,
                                 "crop_padding": cfg.crop_padding, "seed": cfg.seed, "model": manifest.producer["model"],
-                                "white_level": cfg.iconic.white_level, "white_share": cfg.iconic.min_white_share})
+                                "white_level": cfg.iconic.white_level, "white_share": cfg.iconic.min_white_share,
+                                "holdout_scenes": len(holdout)})
             metrics = {f"total_{k}": v for k, v in tot.items()}
             metrics.update({"positives": len(result.positives), "seconds": seconds,
                             "products_iconic_share": ic["products_iconic_share"], "scenes_lifestyle_share": ic["scenes_lifestyle_share"]})

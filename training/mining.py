@@ -13,8 +13,6 @@ Product images that fail the white-background test become extra queries of their
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from detectors.base import Detection, Detector
+from detectors.cache import DetectionCache  # noqa: F401  (re-exported: mining callers build one)
 from detectors.category_map import CategoryMap
 from engine.catalog import Catalog
 from engine.iconic import IconicTest
@@ -57,34 +56,6 @@ class MiningConfig:
             raise ValueError(f"min_area must be in [0, 1), got {self.min_area}")
         if not 0 <= self.crop_padding <= 1:
             raise ValueError(f"crop_padding must be in [0, 1], got {self.crop_padding}")
-
-
-class DetectionCache:
-    """Detections per image file, keyed by the file's sha256 and the detector's fingerprint."""
-
-    def __init__(self, detector: Detector, folder: Path | None) -> None:
-        self.detector = detector
-        self.folder = None
-        if folder is not None:
-            key = hashlib.sha256(detector.fingerprint.encode()).hexdigest()[:16]
-            self.folder = Path(folder) / key
-            self.folder.mkdir(parents=True, exist_ok=True)
-        self.hits = self.misses = 0
-
-    def detect(self, path: Path, image: np.ndarray) -> list[Detection]:
-        entry = None
-        if self.folder is not None:
-            entry = self.folder / (hashlib.sha256(Path(path).read_bytes()).hexdigest() + ".json")
-            if entry.is_file():
-                self.hits += 1
-                return [Detection(tuple(d["box"]), d["label"], d["confidence"]) for d in json.loads(entry.read_text())]
-        self.misses += 1
-        dets = self.detector.detect(image)
-        if entry is not None:
-            tmp = entry.with_suffix(".tmp")
-            tmp.write_text(json.dumps([{"box": list(d.box), "label": d.label, "confidence": d.confidence} for d in dets]))
-            tmp.replace(entry)
-        return dets
 
 
 @dataclass

@@ -9,7 +9,16 @@ from engine.runtime import state_dir
 
 
 def resolve_model(ref: str) -> Path:
-    """A path that exists is used as is; otherwise ``ref`` is an MLflow run id of a ``training.fit`` run."""
+    """A path that exists is used as is; ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) is a
+    registered model; otherwise ``ref`` is an MLflow run id of a ``training.fit`` run."""
+    if ref.startswith("models:/"):
+        from training.tracking import download_registered
+
+        folder, _, _ = download_registered(ref, state_dir() / "registry")
+        for name in ("embedder.keras", "model.keras"):
+            if (folder / name).is_file():
+                return folder / name
+        raise ModelError(f"{ref} ({folder}) holds no embedder.keras or model.keras")
     path = Path(ref).expanduser()
     if path.is_file():
         return path

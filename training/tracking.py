@@ -146,3 +146,77 @@ def run_params(run_id: str) -> dict[str, str]:
     import mlflow
 
     return dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.params)
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    """The tags of a run."""
+    import mlflow
+
+    return dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.tags)
+
+
+def find_runs(kind: str, experiment: str = EXPERIMENT) -> list[dict[str, Any]]:
+    """Finished runs tagged ``showroom.kind=kind``: dicts with run_id, params, metrics, tags, start."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`showroom.kind` = '{kind}' and attributes.status = 'FINISHED'",
+                              max_results=5000)
+    return [{"run_id": r.info.run_id, "params": dict(r.data.params), "metrics": dict(r.data.metrics),
+             "tags": dict(r.data.tags), "start": r.info.start_time, "name": r.info.run_name} for r in runs]
+
+
+def register_model(run_id: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
+    """Register a fit run's serving folder (artifact ``index/``: model.keras + indexes) or, without
+    one, its ``model/`` as a new version of ``name`` and point ``alias`` at it; the version number."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    run = client.get_run(run_id)
+    names = {a.path for a in client.list_artifacts(run_id)}
+    path = "index" if "index" in names else "model" if "model" in names else None
+    if path is None:
+        raise ValueError(f"run {run_id} has neither an index/ nor a model/ artifact: is it a training.fit run?")
+    try:
+        client.create_registered_model(name, description="Showroom embedder (and its serving indexes)")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+            raise
+    version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{path}", run_id=run_id, tags=dict(tags or {}))
+    client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def download_registered(uri: str, dst: Path) -> tuple[Path, str, str]:
+    """Resolve ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) and download its files into
+    ``dst/NAME/VERSION`` (once); (local folder, run id, version)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    spec = uri.removeprefix("models:/")
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, ver = spec.partition("/")
+            mv = client.get_model_version(name, ver)
+    except MlflowException as exc:
+        raise ValueError(f"{uri}: no such registered model version ({exc.message})") from None
+    local = Path(dst) / name / str(mv.version)
+    if not local.is_dir():
+        mlflow.set_tracking_uri(tracking_uri())
+        tmp = local.with_name(f".{mv.version}.tmp")
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp)))
+        got.rename(local) if got != tmp else tmp.rename(local)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local, mv.run_id or "", str(mv.version)

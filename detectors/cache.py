@@ -1,0 +1,39 @@
+"""Detections cached per image file, so re-mining and re-evaluating a catalog is cheap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from detectors.base import Detection, Detector
+
+
+class DetectionCache:
+    """Detections per image file, keyed by the file's sha256 and the detector's fingerprint."""
+
+    def __init__(self, detector: Detector, folder: Path | None) -> None:
+        self.detector = detector
+        self.folder = None
+        if folder is not None:
+            key = hashlib.sha256(detector.fingerprint.encode()).hexdigest()[:16]
+            self.folder = Path(folder) / key
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+
+    def detect(self, path: Path, image: np.ndarray) -> list[Detection]:
+        entry = None
+        if self.folder is not None:
+            entry = self.folder / (hashlib.sha256(Path(path).read_bytes()).hexdigest() + ".json")
+            if entry.is_file():
+                self.hits += 1
+                return [Detection(tuple(d["box"]), d["label"], d["confidence"]) for d in json.loads(entry.read_text())]
+        self.misses += 1
+        dets = self.detector.detect(image)
+        if entry is not None:
+            tmp = entry.with_suffix(".tmp")
+            tmp.write_text(json.dumps([{"box": list(d.box), "label": d.label, "confidence": d.confidence} for d in dets]))
+            tmp.replace(entry)
+        return dets

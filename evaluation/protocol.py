@@ -1,0 +1,378 @@
+"""The Showroom evaluation protocol, as pure functions of a catalog, a detector and an embedding.
+
+- The catalog is every product image of ``products.csv``; every search runs over all of it, with
+  no type filter. A product's distance to a query is that of its nearest image.
+- Scene → product ("what is it?"): each scene's crops are the queries. A scene's crops are the
+  boxes of its ``pairs.csv`` rows when they have one, and the detector's boxes (confidence >=
+  ``min_confidence``) when some pair of the scene has none. For each pair (p, s):
+  with a box, the pair is reachable and its crop is that box; without, it is reachable when the
+  category map maps p's type to a detector class, and rank(p) is the best rank of p over the crops
+  of s detected as that class (``inf`` when there is none: a miss at every k). ``any crop`` ranks
+  take the best over all crops of s. Recall@k = share of reachable pairs with rank <= k.
+- Product → scene ("where is it used?"): each product of a pair queries all scene crops; scenes
+  are ranked by their best crop; recall@k over the pairs.
+- ``distance_accuracy`` (top-1, top-3) as in training, per category of the matched crops (the
+  crop that gave rank(p)).
+Ranks are pessimistic: a tie with the true item ranks ahead of it.
+
+``prepare`` decodes, detects and crops once; ``score`` embeds and ranks, so a baseline and a
+trained model are scored on exactly the same queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from detectors.base import Detector
+from detectors.category_map import CategoryMap
+from engine.catalog import Box, Catalog, CatalogError
+from engine.images import ImageError, load_image, query_crop, to_square
+from evaluation.metrics import distance_accuracy, euclidean_distances, group_min, rank_of, recall_curve
+
+logger = logging.getLogger(__name__)
+
+Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> float32 (N, D)
+KS = (1, 5, 10, 20, 50)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """ks: the k of recall@k; min_confidence: detector score a proposed crop needs; crop_padding:
+    padding around a crop as a fraction of its longer side (as in training)."""
+
+    ks: tuple[int, ...] = KS
+    min_confidence: float = 0.25
+    crop_padding: float = 0.0625
+
+    def __post_init__(self) -> None:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be positive integers, got {self.ks}")
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+
+@dataclass(frozen=True)
+class SceneCrop:
+    """One query crop of a scene: a ``pairs.csv`` box (``source='pairs.csv'``, ``label`` = the
+    pair's product type), a detection (``source='detector'``, ``label`` = its class) or the whole
+    scene when nothing else was found (``source='scene'``)."""
+
+    scene: str
+    box: Box | None
+    label: str
+    source: str
+    confidence: float = 1.0
+
+
+@dataclass(frozen=True)
+class PairCase:
+    """One ground-truth pair and the crops that may answer it (indexes into ``EvalInputs.crops``)."""
+
+    product_id: str
+    type: str
+    scene: str
+    reachable: bool
+    box_source: str  # "pairs.csv", "detector" or "unreachable"
+    typed_crops: tuple[int, ...]
+    any_crops: tuple[int, ...]
+
+
+@dataclass
+class EvalInputs:
+    """Decoded once, scored by any number of models.
+
+    product_images: uint8 (M, S, S, 3), one per products.csv row, with ``image_products`` (M,).
+    crop_images: uint8 (C, S, S, 3), one per ``crops`` entry.
+    """
+
+    image_size: int
+    product_images: np.ndarray
+    image_products: list[str]
+    product_ids: list[str]  # distinct, in catalog order
+    types: dict[str, str]
+    crops: list[SceneCrop]
+    crop_images: np.ndarray
+    scenes: list[str]  # scenes with at least one crop, in catalog order
+    cases: list[PairCase]
+    unreachable_types: dict[str, int]
+    detector: str
+    skipped_scenes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare(
+    catalog: Catalog,
+    image_size: int,
+    *,
+    detector: Detector | None,
+    category_map: CategoryMap,
+    cfg: EvalConfig = EvalConfig(),
+    detect: Callable | None = None,
+) -> EvalInputs:
+    """Decode the catalog, propose and cut the scene crops, and list the pairs with their crops.
+
+    ``detect(path, image) -> list[Detection]`` defaults to ``detector.detect(image)`` (pass a
+    ``DetectionCache.detect`` to reuse cached detections). A detector is required only when some
+    pair has no box.
+    """
+    t0 = time.perf_counter()
+    needs_detector = any(p.box is None for p in catalog.pairs)
+    if needs_detector and detector is None:
+        raise CatalogError(
+            f"{catalog.root}: pairs.csv rows have no boxes, so the detector must propose crops; pass detector weights"
+        )
+    if detector is not None:
+        category_map.check_classes(detector.class_names)
+        detect = detect or (lambda path, image: detector.detect(image))
+    types = catalog.types
+    product_images = np.stack([to_square(load_image(p.image), image_size) for p in catalog.products]) if catalog.products else np.zeros((0, image_size, image_size, 3), np.uint8)
+    pairs_of: dict[str, list] = defaultdict(list)
+    for pair in catalog.pairs:
+        pairs_of[pair.scene].append(pair)
+
+    crops: list[SceneCrop] = []
+    crop_images: list[np.ndarray] = []
+    scenes: list[str] = []
+    skipped: list[str] = []
+    cases: list[PairCase] = []
+    unreachable: Counter = Counter()
+    seen_pairs: set[tuple[str, str]] = set()
+    for scene in catalog.scenes:
+        pairs = pairs_of.get(scene.scene, [])
+        try:
+            image = load_image(scene.image)
+        except ImageError as exc:
+            logger.warning("evaluation skips scene %s: %s", scene.scene, exc)
+            skipped.append(scene.scene)
+            for pair in pairs:
+                if (pair.product_id, pair.scene) not in seen_pairs:
+                    seen_pairs.add((pair.product_id, pair.scene))
+                    cases.append(PairCase(pair.product_id, types[pair.product_id], scene.scene, False, "unreadable", (), ()))
+            continue
+        start = len(crops)
+        box_crop: dict[int, int] = {}
+        for j, pair in enumerate(pairs):
+            if pair.box is not None:
+                box_crop[j] = len(crops)
+                crops.append(SceneCrop(scene.scene, pair.box, types[pair.product_id], "pairs.csv"))
+        det_start = len(crops)
+        if detector is not None and (not pairs or any(p.box is None for p in pairs)):
+            for d in detect(scene.image, image):
+                if d.confidence >= cfg.min_confidence:
+                    crops.append(SceneCrop(scene.scene, d.box, d.label, "detector", float(d.confidence)))
+        if len(crops) == start:
+            crops.append(SceneCrop(scene.scene, None, "scene", "scene"))
+        for c in crops[start:]:
+            crop_images.append(query_crop(image, c.box, image_size, cfg.crop_padding))
+        scenes.append(scene.scene)
+        detected = range(det_start, len(crops))
+        for j, pair in enumerate(pairs):
+            key = (pair.product_id, pair.scene)
+            if key in seen_pairs:
+                continue
+            seen_pairs.add(key)
+            ptype = types[pair.product_id]
+            if j in box_crop:
+                cases.append(PairCase(pair.product_id, ptype, scene.scene, True, "pairs.csv", (box_crop[j],), (box_crop[j],)))
+                continue
+            cls = category_map.class_for(ptype)
+            if cls is None:
+                unreachable[ptype] += 1
+                cases.append(PairCase(pair.product_id, ptype, scene.scene, False, "unreachable", (), tuple(detected)))
+                continue
+            typed = tuple(i for i in detected if crops[i].label == cls)
+            cases.append(PairCase(pair.product_id, ptype, scene.scene, True, "detector", typed, tuple(detected)))
+    size = (0, image_size, image_size, 3)
+    return EvalInputs(
+        image_size=image_size,
+        product_images=product_images,
+        image_products=[p.product_id for p in catalog.products],
+        product_ids=catalog.product_ids,
+        types=types,
+        crops=crops,
+        crop_images=np.stack(crop_images) if crop_images else np.zeros(size, np.uint8),
+        scenes=scenes,
+        cases=cases,
+        unreachable_types=dict(sorted(unreachable.items())),
+        detector=getattr(detector, "fingerprint", "") if detector is not None else "",
+        skipped_scenes=skipped,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+@dataclass
+class PairResult:
+    """Ranks of one pair: scene → product (typed crops, any crop), product → scene; ``inf`` = never found."""
+
+    case: PairCase
+    rank: float
+    rank_any: float
+    scene_rank: float
+    matched_crop: int | None
+
+
+@dataclass
+class EvalResult:
+    """Every number of one evaluation, plus what the plots need.
+
+    product_emb: float32 (P, D), one row per distinct product (its first image);
+    crop_emb: float32 (C, D); top: int (C, 5) the 5 nearest products of each crop.
+    """
+
+    summary: dict
+    pairs: list[PairResult]
+    product_emb: np.ndarray
+    crop_emb: np.ndarray
+    top: np.ndarray
+    curves: dict[str, list[float]]  # recall at k = 1..len for "scene_to_product", "product_to_scene"
+
+
+def _embed(embed: Embed, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    parts = [np.asarray(embed(images[i : i + batch]), np.float32) for i in range(0, len(images), batch)]
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def _nan_to_none(value):
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, curve_max: int = 100) -> EvalResult:
+    """Embed the prepared images with ``embed`` and compute every rank and metric of the protocol."""
+    t0 = time.perf_counter()
+    pid_col = {p: i for i, p in enumerate(inputs.product_ids)}
+    image_emb = _embed(embed, inputs.product_images)
+    crop_emb = _embed(embed, inputs.crop_images)
+    image_group = np.array([pid_col[p] for p in inputs.image_products], np.int64)
+    n_products = len(inputs.product_ids)
+    # crop x product: distance to the product's nearest image
+    crop_prod = group_min(euclidean_distances(crop_emb, image_emb), image_group, n_products) if len(crop_emb) and len(image_emb) else np.full((len(crop_emb), n_products), np.inf)
+    top = np.argsort(crop_prod, axis=1, kind="stable")[:, :5] if n_products else np.zeros((len(crop_emb), 0), np.int64)
+    # product x scene: distance of the product's nearest image to the scene's nearest crop
+    scene_col = {s: i for i, s in enumerate(inputs.scenes)}
+    crop_scene = np.array([scene_col[c.scene] for c in inputs.crops], np.int64)
+
+    results: list[PairResult] = []
+    query_products = sorted({c.product_id for c in inputs.cases})
+    prod_scene = {}
+    if query_products and len(crop_emb):
+        q_index = {p: i for i, p in enumerate(query_products)}
+        rows = [i for i, p in enumerate(inputs.image_products) if p in q_index]
+        d = group_min(euclidean_distances(image_emb[rows], crop_emb), crop_scene, len(inputs.scenes))  # (images, scenes)
+        per_product = group_min(d.T, np.array([q_index[inputs.image_products[r]] for r in rows]), len(query_products)).T
+        prod_scene = {p: per_product[i] for i, p in enumerate(query_products)}
+    for case in inputs.cases:
+        col = pid_col[case.product_id]
+        typed = [(rank_of(crop_prod[c], col), c) for c in case.typed_crops]
+        best = min(typed) if typed else (float("inf"), None)
+        rank_any = min((rank_of(crop_prod[c], col) for c in case.any_crops), default=float("inf"))
+        rank_any = min(rank_any, best[0])
+        srank = rank_of(prod_scene[case.product_id], scene_col[case.scene]) if case.scene in scene_col and case.product_id in prod_scene else float("inf")
+        results.append(PairResult(case, best[0], rank_any, srank, best[1]))
+
+    ks = cfg.ks
+    reach = [r for r in results if r.case.reachable]
+    ranks = np.array([r.rank for r in reach], np.float64)
+    per_type: dict[str, dict] = {}
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for r in reach:
+        by_type[r.case.type].append(r.rank)
+    for t, rs in sorted(by_type.items()):
+        per_type[t] = {"pairs": len(rs), "recall": recall_curve(np.array(rs), ks)}
+    matched = [r for r in reach if r.matched_crop is not None]
+    first_image = {}
+    for i, p in enumerate(inputs.image_products):
+        first_image.setdefault(p, i)
+    da = distance_accuracy(
+        crop_emb[[r.matched_crop for r in matched]] if matched else np.zeros((0, image_emb.shape[1] if image_emb.ndim == 2 else 0)),
+        [r.case.product_id for r in matched],
+        image_emb[[first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
+        inputs.product_ids,
+        [inputs.types[p] for p in inputs.product_ids],
+    ) if matched else None
+    sources = Counter(c.box_source for c in inputs.cases)
+    all_any = np.array([r.rank_any for r in results if r.case.box_source != "unreadable"], np.float64)
+    scene_ranks = np.array([r.scene_rank for r in results], np.float64)
+    curve_ks = range(1, curve_max + 1)
+    summary = {
+        "protocol": {
+            "catalog_images": len(inputs.image_products), "catalog_products": n_products, "scenes": len(inputs.scenes),
+            "skipped_scenes": inputs.skipped_scenes, "crops": len(inputs.crops),
+            "crops_by_source": dict(Counter(c.source for c in inputs.crops)),
+            "pairs": len(results), "reachable_pairs": len(reach),
+            "unreachable_pairs": sum(not r.case.reachable for r in results), "unreachable_types": inputs.unreachable_types,
+            "pairs_by_box_source": dict(sources),
+            "boxes": "pairs.csv" if sources.get("pairs.csv") and not sources.get("detector") and not sources.get("unreachable")
+            else ("detector" if not sources.get("pairs.csv") else "pairs.csv where given, else detector"),
+            "ks": list(ks), "min_confidence": cfg.min_confidence, "crop_padding": cfg.crop_padding,
+            "image_size": inputs.image_size, "detector": inputs.detector,
+        },
+        "scene_to_product": {
+            "recall": recall_curve(ranks, ks),
+            "recall_any_crop": recall_curve(np.array([r.rank_any for r in reach], np.float64), ks),
+            "recall_any_crop_all_pairs": recall_curve(all_any, ks),
+            "found": int(np.isfinite(ranks).sum()),
+            "median_rank": float(np.median(ranks)) if len(ranks) else float("nan"),
+            "per_type": per_type,
+        },
+        "product_to_scene": {"queries": len(results), "recall": recall_curve(scene_ranks, ks)},
+        "distance_accuracy": da.top1 if da else float("nan"),
+        "distance_accuracy_top_3": da.top3 if da else float("nan"),
+        "distance_accuracy_per_type": {t: {"top1": v[0], "top3": v[1], "queries": v[2], "products": v[3]} for t, v in (da.per_category.items() if da else [])},
+        "seconds": {"prepare": inputs.seconds, "score": time.perf_counter() - t0},
+    }
+    curves = {
+        "scene_to_product": [recall_curve(ranks, [k])[k] for k in curve_ks],
+        "product_to_scene": [recall_curve(scene_ranks, [k])[k] for k in curve_ks],
+    }
+    return EvalResult(_nan_to_none(summary), results, image_emb[[first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
+                      crop_emb, top, curves)
+
+
+def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
+    """The headline numbers of a summary as flat MLflow metric names (the same for every run).
+
+    ``s2p_recall_at_{k}``, ``s2p_any_crop_recall_at_{k}``, ``p2s_recall_at_{k}``,
+    ``distance_accuracy``, ``distance_accuracy_top_3``, ``reachable_pairs``, ``unreachable_pairs``,
+    and ``s2p_recall_at_10/<type>`` per type.
+    """
+    out: dict[str, float] = {}
+    s2p, p2s = summary["scene_to_product"], summary["product_to_scene"]
+    for k, v in s2p["recall"].items():
+        out[f"s2p_recall_at_{k}"] = v
+    for k, v in s2p["recall_any_crop"].items():
+        out[f"s2p_any_crop_recall_at_{k}"] = v
+    for k, v in p2s["recall"].items():
+        out[f"p2s_recall_at_{k}"] = v
+    out["distance_accuracy"] = summary["distance_accuracy"]
+    out["distance_accuracy_top_3"] = summary["distance_accuracy_top_3"]
+    out["reachable_pairs"] = summary["protocol"]["reachable_pairs"]
+    out["unreachable_pairs"] = summary["protocol"]["unreachable_pairs"]
+    return {prefix + k: float(v) for k, v in out.items() if v is not None}
+
+
+def table(rows: Sequence[tuple[str, dict]], ks: Sequence[int] = (1, 5, 10, 20)) -> str:
+    """A text table: one row per (name, summary): scene → product recall@k, product → scene recall@10, DA."""
+    head = ["model"] + [f"s2p@{k}" for k in ks] + ["p2s@10", "DA", "DA@3"]
+    lines = []
+    for name, s in rows:
+        r, p = s["scene_to_product"]["recall"], s["product_to_scene"]["recall"]
+
+        def f(v):
+            return "   -  " if v is None else f"{v:6.3f}"
+
+        lines.append([name] + [f(r.get(k, r.get(str(k)))) for k in ks] + [f(p.get(10, p.get("10"))), f(s["distance_accuracy"]), f(s["distance_accuracy_top_3"])])
+    width = max([len(h) for h in [head[0]] + [n for n, _ in rows]])
+    out = [f"{head[0]:<{width}} " + " ".join(f"{h:>6}" for h in head[1:])]
+    out.append("-" * len(out[0]))
+    out += [f"{line[0]:<{width}} " + " ".join(line[1:]) for line in lines]
+    return "\n".join(out)
