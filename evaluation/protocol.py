@@ -166,12 +166,12 @@ def prepare(
             for d in detect(scene.image, image):
                 if d.confidence >= cfg.min_confidence:
                     crops.append(SceneCrop(scene.scene, d.box, d.label, "detector", float(d.confidence)))
-        if len(crops) == start:
+        detected = range(det_start, len(crops))
+        if len(crops) == start:  # nothing found: the whole scene stands in, for product -> scene only
             crops.append(SceneCrop(scene.scene, None, "scene", "scene"))
         for c in crops[start:]:
             crop_images.append(query_crop(image, c.box, image_size, cfg.crop_padding))
         scenes.append(scene.scene)
-        detected = range(det_start, len(crops))
         for j, pair in enumerate(pairs):
             key = (pair.product_id, pair.scene)
             if key in seen_pairs:

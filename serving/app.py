@@ -1,7 +1,9 @@
 """``create_app``: the Flask factory. Model, detector and indexes load once here, never per request.
 
 Configuration (``test_config`` or environment):
-- ``SHOWROOM_INDEX``: folder written by ``python -m serving.build_index`` (model + indexes).
+- ``SHOWROOM_INDEX``: folder written by ``python -m serving.build_index`` (model + indexes), or a
+  registered version such as ``models:/showroom@champion`` (``python -m evaluation.promote``),
+  resolved again on every reload.
 - ``SHOWROOM_DETECTOR_WEIGHTS``: YOLO weights for detecting products in uploads (none: no detection).
 - ``MAX_CONTENT_LENGTH``: upload limit in bytes (default 10 MB).
 - ``SHOWROOM_RELOAD_TOKEN``: enables ``POST /api/reload`` for clients that send it (no default secret).
@@ -87,6 +89,15 @@ def _load_state(app: Flask):
         detector.class_names  # load now, not on the first request
 
     def loader():
-        return load_from_folder(folder, detector)
+        local = folder
+        if str(folder).startswith("models:/"):  # a registered version: re-resolved on every reload
+            from engine.runtime import state_dir
+            from training.tracking import download_registered
+
+            local = download_registered(str(folder), state_dir() / "registry")[0]
+            if not (local / "products").is_dir():
+                raise RuntimeError(f"{folder} holds a model without indexes (its run had no index/ artifact): build a folder with "
+                                   f"`python -m serving.build_index --model {folder} --catalog DIR --out DIR` and serve that")
+        return load_from_folder(local, detector)
 
     return ServingState(loader(), loader)

@@ -149,10 +149,14 @@ def run_params(run_id: str) -> dict[str, str]:
 
 
 def run_tags(run_id: str) -> dict[str, str]:
-    """The tags of a run."""
+    """The tags of a run (``ValueError`` for an unknown run)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    return dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.tags)
+    try:
+        return dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.tags)
+    except MlflowException as exc:
+        raise ValueError(f"no MLflow run {run_id} at {tracking_uri()} ({exc.message})") from None
 
 
 def find_runs(kind: str, experiment: str = EXPERIMENT) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.metrics import distance_accuracy, euclidean_distances, recall_at_k, true_ranks
+from evaluation.metrics import distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve, true_ranks
 
 
 def test_true_ranks_with_ties_are_pessimistic():
@@ -69,3 +69,25 @@ def test_distance_accuracy_empty_and_unknown():
     assert math.isnan(acc.top1) and acc.per_category == {}
     with pytest.raises(ValueError, match="without an embedding"):
         distance_accuracy(np.zeros((1, 2)), ["q"], np.zeros((1, 2)), ["a"], ["T"])
+
+
+def test_group_min_takes_each_groups_nearest_column_and_inf_for_empty_groups():
+    dist = np.array([[3.0, 1.0, 2.0, 5.0], [0.0, 4.0, 4.0, 1.0]])
+    out = group_min(dist, np.array([2, 0, 2, 0]), 4)
+    assert out.tolist() == [[1.0, math.inf, 2.0, math.inf], [1.0, math.inf, 0.0, math.inf]]
+    assert group_min(np.zeros((0, 2)), np.array([0, 1]), 2).shape == (0, 2)
+    with pytest.raises(ValueError):
+        group_min(dist, np.array([0, 1, 2, 9]), 4)
+
+
+def test_rank_of_ties_and_missing_items():
+    row = np.array([0.2, 0.5, 0.5, math.inf])
+    assert rank_of(row, 0) == 1
+    assert rank_of(row, 1) == 3  # ties with column 2, which counts ahead of it
+    assert math.isinf(rank_of(row, 3))  # never found
+
+
+def test_recall_curve_counts_missing_ranks_as_misses_at_every_k():
+    ranks = np.array([1.0, 3.0, math.inf, math.inf])
+    assert recall_curve(ranks, [1, 3, 10**9]) == {1: 0.25, 3: 0.5, 10**9: 0.5}
+    assert math.isnan(recall_curve(np.array([]), [1])[1])

@@ -1,0 +1,183 @@
+"""The evaluation protocol end to end on a tiny generated catalog whose answers are known.
+
+Products are flat colour squares on white; scenes are grey rooms with the products pasted in; a
+fake detector returns the pasted boxes; the "embedding" is the mean colour of the image centre,
+so a crop of a product matches that product exactly and every rank can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from detectors.base import Detection
+from detectors.category_map import load_category_map
+from engine.catalog import load_catalog
+from engine.splits import restrict_scenes
+from evaluation.protocol import EvalConfig, flat_metrics, prepare, score
+
+MAP = """version: 1
+exact: {}
+rules:
+  - {match: "^chair$", class: chair}
+  - {match: "^table$", class: dining table}
+"""
+
+COLOURS = {  # product -> (type, RGB)
+    "C1": ("Chair", (220, 30, 30)),
+    "C2": ("Chair", (30, 200, 30)),
+    "C3": ("Chair", (200, 30, 200)),
+    "T1": ("Table", (30, 30, 220)),
+    "L1": ("Lamp", (230, 220, 20)),  # no detector class: unreachable without a box
+}
+# scene -> [(product, box, detected label or None, confidence)]
+SCENES = {
+    "s1": [("C1", (20, 20, 80, 80), "chair", 0.9), ("T1", (110, 100, 180, 170), "dining table", 0.8)],
+    "s2": [("C2", (30, 30, 90, 90), "dining table", 0.9), ("L1", (120, 120, 170, 170), None, 0.0)],  # C2 detected as the wrong class
+    "s3": [("C3", (60, 60, 110, 110), "chair", 0.1)],  # below the confidence threshold
+    "s4": [("C2", (10, 100, 70, 160), "chair", 0.7), ("C3", (110, 20, 170, 80), "chair", 0.95)],
+}
+
+
+def _embed(images: np.ndarray) -> np.ndarray:
+    s = images.shape[1]
+    c = images[:, int(s * 0.4) : int(s * 0.6), int(s * 0.4) : int(s * 0.6)]
+    return c.reshape(len(images), -1, 3).mean(1).astype(np.float32) / 255.0
+
+
+class BoxDetector:
+    """Returns the pasted boxes of each scene (recognised by its image size)."""
+
+    class_names = ("chair", "dining table", "couch")
+    fingerprint = "box-detector:1"
+
+    def __init__(self) -> None:
+        self.by_size = {}
+        for i, (name, items) in enumerate(SCENES.items()):
+            self.by_size[(200, 200 + i)] = [Detection(box, label, conf) for _, box, label, conf in items if label]
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        return self.by_size[image.shape[:2]]
+
+
+def _write_catalog(root: Path, *, with_boxes: bool) -> Path:
+    (root / "images").mkdir(parents=True)
+    with open(root / "products.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "name", "type", "image"])
+        for pid, (ptype, rgb) in COLOURS.items():
+            im = np.full((64, 64, 3), 255, np.uint8)
+            im[12:52, 12:52] = rgb
+            cv2.imwrite(str(root / "images" / f"{pid}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+            w.writerow([pid, f"product {pid}", ptype, f"images/{pid}.png"])
+    with open(root / "scenes.csv", "w", newline="") as f, open(root / "pairs.csv", "w", newline="") as g:
+        ws, wp = csv.writer(f), csv.writer(g)
+        ws.writerow(["scene", "image"])
+        wp.writerow(["product_id", "scene", "x1", "y1", "x2", "y2"] if with_boxes else ["product_id", "scene"])
+        for i, (name, items) in enumerate(SCENES.items()):
+            im = np.full((200, 200 + i, 3), 128, np.uint8)  # width identifies the scene to the fake detector
+            for pid, (x1, y1, x2, y2), _, _ in items:
+                im[y1:y2, x1:x2] = COLOURS[pid][1]
+            cv2.imwrite(str(root / "images" / f"{name}.png"), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+            ws.writerow([name, f"images/{name}.png"])
+            for pid, box, _, _ in items:
+                wp.writerow([pid, name, *box] if with_boxes else [pid, name])
+    return root
+
+
+@pytest.fixture()
+def category_map(tmp_path: Path):
+    path = tmp_path / "map.yaml"
+    path.write_text(MAP)
+    return load_category_map(path)
+
+
+def _by_pair(result):
+    return {(r.case.product_id, r.case.scene): r for r in result.pairs}
+
+
+def test_detected_crops_give_the_hand_computed_ranks(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    cfg = EvalConfig(ks=(1, 5, 50), min_confidence=0.25)
+    inputs = prepare(catalog, 48, detector=BoxDetector(), category_map=category_map, cfg=cfg)
+    result = score(inputs, _embed, cfg)
+    pairs = _by_pair(result)
+
+    assert pairs[("C1", "s1")].rank == 1 and pairs[("T1", "s1")].rank == 1
+    assert pairs[("C2", "s4")].rank == 1 and pairs[("C3", "s4")].rank == 1
+    # C2 in s2 was detected only as a table: no chair crop, a miss; with any crop it is found at 1
+    assert math.isinf(pairs[("C2", "s2")].rank) and pairs[("C2", "s2")].rank_any == 1
+    # C3 in s3 was detected below the threshold: no crop at all
+    assert math.isinf(pairs[("C3", "s3")].rank) and math.isinf(pairs[("C3", "s3")].rank_any)
+    assert not pairs[("L1", "s2")].case.reachable
+
+    s = result.summary
+    proto = s["protocol"]
+    assert (proto["pairs"], proto["reachable_pairs"], proto["unreachable_pairs"]) == (7, 6, 1)
+    assert proto["unreachable_types"] == {"Lamp": 1}
+    assert proto["boxes"] == "detector"
+    assert proto["crops_by_source"] == {"detector": 5, "scene": 1}  # s3 has no crop left: the whole scene stands in
+    s2p = s["scene_to_product"]
+    assert s2p["recall"] == {1: 4 / 6, 5: 4 / 6, 50: 4 / 6}  # k = 50 is larger than the 5-product catalog
+    assert s2p["recall_any_crop"][1] == 5 / 6
+    assert s2p["found"] == 4
+    assert s2p["per_type"]["Chair"]["pairs"] == 5 and s2p["per_type"]["Chair"]["recall"][1] == 3 / 5
+    assert s2p["per_type"]["Table"]["recall"][1] == 1.0
+    # product -> scene: a scene holding the product's exact colour ranks first; C2 is in two such
+    # scenes, which tie, so each of its pairs ranks 2 (ties count against the truth)
+    for key in (("C1", "s1"), ("T1", "s1"), ("C3", "s4")):
+        assert pairs[key].scene_rank == 1, key
+    assert pairs[("C2", "s2")].scene_rank == 2 and pairs[("C2", "s4")].scene_rank == 2
+    # distance accuracy on the matched crops: Chair has 3 products among its queries, all nearest
+    assert s["distance_accuracy"] == 1.0 and s["distance_accuracy_top_3"] == 1.0
+    assert set(s["distance_accuracy_per_type"]) == {"Chair"}
+    metrics = flat_metrics(s)
+    assert metrics["s2p_recall_at_1"] == pytest.approx(4 / 6) and metrics["unreachable_pairs"] == 1.0
+
+
+def test_boxes_in_pairs_csv_replace_the_detector(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
+    inputs = prepare(catalog, 48, detector=None, category_map=category_map)
+    result = score(inputs, _embed)
+    proto = result.summary["protocol"]
+    assert proto["boxes"] == "pairs.csv" and proto["unreachable_pairs"] == 0  # a given box needs no class
+    assert proto["reachable_pairs"] == 7
+    assert result.summary["scene_to_product"]["recall"][1] == 1.0
+    assert result.summary["product_to_scene"]["recall"][1] < 1.0  # C2 and C3 each appear in two scenes
+    assert result.summary["product_to_scene"]["recall"][5] == 1.0
+
+
+def test_a_collapsed_embedding_ranks_everything_last(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
+    inputs = prepare(catalog, 48, detector=None, category_map=category_map)
+    result = score(inputs, lambda ims: np.zeros((len(ims), 4), np.float32))
+    assert {r.rank for r in result.pairs} == {5.0}  # every product ties: pessimistic rank = catalog size
+    assert result.summary["scene_to_product"]["recall"][1] == 0.0
+
+
+def test_restricted_scenes_and_empty_query_sets(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    only_s3 = restrict_scenes(catalog, keep=["s3"])
+    result = score(prepare(only_s3, 48, detector=BoxDetector(), category_map=category_map), _embed)
+    s = result.summary
+    assert s["protocol"]["scenes"] == 1 and s["protocol"]["reachable_pairs"] == 1
+    assert s["scene_to_product"]["recall"][1] == 0.0
+    assert s["distance_accuracy"] is None  # no matched crop: no evidence, reported as null
+
+    no_pairs = restrict_scenes(catalog, keep=["s1"], drop=["s1"])
+    empty = score(prepare(no_pairs, 48, detector=BoxDetector(), category_map=category_map), _embed)
+    assert empty.summary["protocol"]["pairs"] == 0
+    assert empty.summary["scene_to_product"]["recall"][1] is None
+
+
+def test_pairs_without_boxes_need_a_detector(tmp_path: Path, category_map):
+    from engine.catalog import CatalogError
+
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    with pytest.raises(CatalogError, match="detector"):
+        prepare(catalog, 48, detector=None, category_map=category_map)
