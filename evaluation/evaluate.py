@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-weights", default=None, help="YOLO weights proposing the crops of pairs without boxes (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
     p.add_argument("--category-map", type=Path, default=None, help="catalog type → detector class map (default: detectors/category_map.yaml)")
     p.add_argument("--baseline", default="imagenet", help="also score 'imagenet' features of the same backbone on the same crops, 'none', or the metrics.json of an earlier evaluation")
+    p.add_argument("--compare", type=Path, nargs="*", default=[], metavar="METRICS_JSON", help="also draw the recall@k curves of these earlier evaluations (their metrics.json) on the plot")
     p.add_argument("--backbone", choices=BACKBONES, default=None, help="backbone of the ImageNet features (default: the evaluated model's, else mobilenet_v2)")
     p.add_argument("--weights", default="imagenet", help="ImageNet weights of that backbone: 'imagenet' (Keras download or $SHOWROOM_WEIGHTS_DIR) or a .weights.h5 path")
     p.add_argument("--alpha", type=float, default=None, help="MobileNetV2 width of the ImageNet features (default: the evaluated run's, else 0.35)")
@@ -113,6 +114,13 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     except ValueError:
         raise ValueError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
     cfg = EvalConfig(ks=ks, min_confidence=args.min_confidence, crop_padding=args.crop_padding)
+    compare = []
+    for path in args.compare:
+        try:
+            earlier = json.loads(Path(path).read_text())
+            compare.append((earlier["name"], earlier["curves"]))
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            raise ValueError(f"--compare {path}: not the metrics.json of an evaluation ({exc})") from None
     catalog = load_catalog(args.catalog)
     scenes_param = {"scenes": "all", "scenes_count": len(catalog.scenes), "scenes_sha": ""}
     eval_catalog = catalog
@@ -151,7 +159,14 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         def embed(images):
             return embed_images(model, images)
 
-        name = f"model-{model_run[:8]}" if model_run else Path(args.model).stem
+        name = Path(args.model).stem
+        if model_run:
+            from training.tracking import run_tags
+
+            try:
+                name = run_tags(model_run).get("mlflow.runName") or f"model-{model_run[:8]}"
+            except ValueError:
+                name = f"model-{model_run[:8]}"
         params = {"model": args.model, "model.image_size": size, "model.embedding_dim": int(model.output_shape[-1]),
                   "model.backbone": backbone, **{k: run_params[k] for k in KEY_PARAMS if k in run_params}}
     if args.image_size and args.model != "imagenet" and args.image_size != size:
@@ -200,6 +215,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     curves = {name: result.curves}
     if baseline is not None:
         curves[baseline_name] = baseline_curves
+    for other_name, other_curves in compare:
+        curves.setdefault(other_name, other_curves)
     images = {"recall_at_k.png": plots.recall_curves(curves, f"{catalog.root.name}: {scenes_param['scenes_count']} scenes")}
     rng = np.random.default_rng(args.seed)
     images["queries_scene_to_product.png"] = plots.result_grid(_s2p_rows(inputs, result, rng, args.grid_queries))
