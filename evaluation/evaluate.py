@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from engine.embed import embed_images, input_size, load_embedder
     from engine.splits import read_scene_list, restrict_scenes
     from evaluation import plots
-    from evaluation.protocol import EvalConfig, flat_metrics, prepare, score, table
+    from evaluation.protocol import EvalConfig, flat_metrics, paired_difference, prepare, score, table
     from training.model_ref import resolve_model
     from training.tracking import git_commit
 
@@ -192,6 +192,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         baseline = score(inputs, b_embed, cfg)
         baseline_name = f"imagenet-{backbone}"
         baseline_summary, baseline_curves = baseline.summary, baseline.curves
+        result.summary["vs_baseline"] = paired_difference(result, baseline, ks)
     elif args.baseline not in ("none", "imagenet"):
         try:
             earlier = json.loads(Path(args.baseline).read_text())
@@ -234,8 +235,12 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     rows = [(name, result.summary)] + ([(baseline_name, baseline_summary)] if baseline is not None else [])
     text = table(rows, [k for k in ks if k <= 20] or list(ks))
     proto = result.summary["protocol"]
+    ci = result.summary["scene_to_product"]["recall_ci95"]
+    k10 = 10 if 10 in ks else ks[-1]
     lines = [
         text,
+        f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
+        + (f"; minus {baseline_name}: {_signed(result.summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in result.summary else ""),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
         f"pairs {proto['pairs']}: reachable {proto['reachable_pairs']}, unreachable {proto['unreachable_pairs']} "
         f"(boxes: {proto['boxes']}); wall {wall:.1f}s",
@@ -269,6 +274,17 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     lines.append(f"report: {out}")
     print("\n".join(lines))
     return 0
+
+
+def _interval(ci) -> str:
+    lo, hi = ci
+    return "-" if lo is None or lo != lo else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def _signed(entry) -> str:
+    d = entry["difference"]
+    lo, hi = entry["ci95"]
+    return "-" if d is None else f"{d:+.3f} (95% interval [{lo:+.3f}, {hi:+.3f}])"
 
 
 def _write_json(path: Path, data) -> None:

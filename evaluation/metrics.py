@@ -86,6 +86,41 @@ def recall_curve(ranks: np.ndarray, ks: Sequence[int]) -> dict[int, float]:
     return {int(k): recall_at_k(ranks, int(k)) for k in ks}
 
 
+def bootstrap_recall(
+    ranks: np.ndarray, groups: Sequence[str], ks: Sequence[int], *, other: np.ndarray | None = None,
+    n: int = 2000, seed: int = 0, level: float = 0.95,
+) -> dict[int, tuple[float, float]]:
+    """Percentile bootstrap interval of recall@k, resampling whole groups (scenes), not pairs.
+
+    Pairs of one scene share a photo, so they are not independent; resampling scenes keeps that.
+    With ``other`` (ranks of another model on the same pairs) the interval is of the paired
+    difference recall(ranks) - recall(other). ``(nan, nan)`` when there are no ranks.
+    """
+    ranks = np.asarray(ranks, np.float64)
+    if other is not None:
+        other = np.asarray(other, np.float64)
+        if other.shape != ranks.shape:
+            raise ValueError(f"paired ranks must have the same shape, got {ranks.shape} and {other.shape}")
+    if len(groups) != len(ranks):
+        raise ValueError(f"one group per rank: {len(groups)} groups for {len(ranks)} ranks")
+    if ranks.size == 0:
+        return {int(k): (float("nan"), float("nan")) for k in ks}
+    names, gid = np.unique(np.asarray(groups), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(n, len(names)))
+    weights = np.stack([np.bincount(d, minlength=len(names)) for d in draws])[:, gid].astype(np.float64)  # (n, pairs)
+    total = weights.sum(1)
+    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
+    out = {}
+    for k in ks:
+        hit = (ranks <= k).astype(np.float64)
+        if other is not None:
+            hit = hit - (other <= k).astype(np.float64)
+        stats = (weights @ hit) / total
+        out[int(k)] = (float(np.quantile(stats, lo_q)), float(np.quantile(stats, hi_q)))
+    return out
+
+
 @dataclass(frozen=True)
 class DistanceAccuracy:
     """``distance_accuracy`` (top-1) and ``distance_accuracy_top_3``, macro-averaged over categories."""

@@ -33,7 +33,7 @@ from detectors.base import Detector
 from detectors.category_map import CategoryMap
 from engine.catalog import Box, Catalog, CatalogError
 from engine.images import ImageError, load_image, query_crop, to_square
-from evaluation.metrics import distance_accuracy, euclidean_distances, group_min, rank_of, recall_curve
+from evaluation.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_curve
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +241,8 @@ def _embed(embed: Embed, images: np.ndarray, batch: int = 256) -> np.ndarray:
 def _nan_to_none(value):
     if isinstance(value, dict):
         return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_to_none(v) for v in value]
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
@@ -318,13 +320,15 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
         },
         "scene_to_product": {
             "recall": recall_curve(ranks, ks),
+            "recall_ci95": bootstrap_recall(ranks, [r.case.scene for r in reach], ks),
             "recall_any_crop": recall_curve(np.array([r.rank_any for r in reach], np.float64), ks),
             "recall_any_crop_all_pairs": recall_curve(all_any, ks),
             "found": int(np.isfinite(ranks).sum()),
             "median_rank": float(np.median(ranks)) if len(ranks) else float("nan"),
             "per_type": per_type,
         },
-        "product_to_scene": {"queries": len(results), "recall": recall_curve(scene_ranks, ks)},
+        "product_to_scene": {"queries": len(results), "recall": recall_curve(scene_ranks, ks),
+                             "recall_ci95": bootstrap_recall(scene_ranks, [r.case.scene for r in results], ks)},
         "distance_accuracy": da.top1 if da else float("nan"),
         "distance_accuracy_top_3": da.top3 if da else float("nan"),
         "distance_accuracy_per_type": {t: {"top1": v[0], "top3": v[1], "queries": v[2], "products": v[3]} for t, v in (da.per_category.items() if da else [])},
@@ -336,6 +340,23 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     }
     return EvalResult(_nan_to_none(summary), results, image_emb[[first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
                       crop_emb, top, curves)
+
+
+def paired_difference(a: EvalResult, b: EvalResult, ks: Sequence[int]) -> dict[str, dict[int, dict[str, object]]]:
+    """recall@k of ``a`` minus ``b`` scored on the same prepared inputs, with a 95% scene-bootstrap interval."""
+    out: dict[str, dict[int, dict[str, object]]] = {}
+    reach_a = [r for r in a.pairs if r.case.reachable]
+    reach_b = [r for r in b.pairs if r.case.reachable]
+    if [r.case for r in reach_a] != [r.case for r in reach_b]:
+        raise ValueError("paired comparison needs two scores of the same prepared inputs")
+    for task, ra, rb, scenes in (
+        ("scene_to_product", [r.rank for r in reach_a], [r.rank for r in reach_b], [r.case.scene for r in reach_a]),
+        ("product_to_scene", [r.scene_rank for r in a.pairs], [r.scene_rank for r in b.pairs], [r.case.scene for r in a.pairs]),
+    ):
+        ra, rb = np.array(ra, np.float64), np.array(rb, np.float64)
+        ci = bootstrap_recall(ra, scenes, ks, other=rb)
+        out[task] = {int(k): {"difference": (float((ra <= k).mean() - (rb <= k).mean()) if len(ra) else None), "ci95": list(ci[k])} for k in ks}
+    return _nan_to_none(out)
 
 
 def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:

@@ -91,3 +91,20 @@ def test_recall_curve_counts_missing_ranks_as_misses_at_every_k():
     ranks = np.array([1.0, 3.0, math.inf, math.inf])
     assert recall_curve(ranks, [1, 3, 10**9]) == {1: 0.25, 3: 0.5, 10**9: 0.5}
     assert math.isnan(recall_curve(np.array([]), [1])[1])
+
+
+def test_bootstrap_recall_resamples_scenes_and_pairs_differences():
+    from evaluation.metrics import bootstrap_recall
+
+    ranks = np.array([1.0, 1.0, 1.0, 1.0])
+    assert bootstrap_recall(ranks, ["a", "a", "b", "b"], [1]) == {1: (1.0, 1.0)}  # no variation, no width
+    mixed = np.array([1.0, 50.0, 1.0, 50.0, 1.0, 50.0])
+    lo, hi = bootstrap_recall(mixed, ["a", "a", "b", "b", "c", "c"], [1])[1]
+    assert lo == hi == 0.5  # every scene holds one hit and one miss: resampling scenes cannot move it
+    lo, hi = bootstrap_recall(mixed, ["a", "b", "c", "d", "e", "f"], [1])[1]
+    assert lo < 0.5 < hi  # independent pairs: it can
+    # paired difference of identical models is exactly zero
+    assert bootstrap_recall(mixed, list("abcdef"), [1, 5], other=mixed) == {1: (0.0, 0.0), 5: (0.0, 0.0)}
+    assert all(math.isnan(v) for v in bootstrap_recall(np.array([]), [], [1])[1])
+    with pytest.raises(ValueError):
+        bootstrap_recall(mixed, ["a"], [1])
