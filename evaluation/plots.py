@@ -41,7 +41,7 @@ def recall_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], title: st
         ax.set_ylim(0, 1)
         ax.grid(True, which="both", alpha=0.3)
         ax.set_title(label)
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper left", fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
