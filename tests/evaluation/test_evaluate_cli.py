@@ -99,3 +99,10 @@ def test_evaluate_errors_are_clear(tiny_catalog: Path, tmp_path: Path, caplog):
     assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--scenes", str(bad), "--no-mlflow"]) == 2
     assert "does not have" in caplog.text
     assert promote.main(["--eval-run", "0" * 32]) == 2
+
+
+def test_compare_file_that_is_not_an_evaluation_is_refused(tiny_catalog: Path, tmp_path: Path, caplog):
+    bad = tmp_path / "metrics.json"
+    bad.write_text('{"summary": {}}')
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--compare", str(bad), "--no-mlflow"]) == 2
+    assert "not the metrics.json of an evaluation" in caplog.text
