@@ -106,6 +106,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from evaluation import plots
     from evaluation.protocol import EvalConfig, flat_metrics, paired_difference, prepare, score, table
     from training.model_ref import resolve_model
+    from training.manifest import write_json_atomic
     from training.tracking import git_commit
 
     t_start = time.perf_counter()
@@ -114,13 +115,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     except ValueError:
         raise ValueError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
     cfg = EvalConfig(ks=ks, min_confidence=args.min_confidence, crop_padding=args.crop_padding)
-    compare = []
-    for path in args.compare:
-        try:
-            earlier = json.loads(Path(path).read_text())
-            compare.append((earlier["name"], earlier["curves"]))
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
-            raise ValueError(f"--compare {path}: not the metrics.json of an evaluation ({exc})") from None
+    compare = [_earlier_evaluation(path, "--compare") for path in args.compare]
+    # (name, summary, curves) of the baseline: read now from a file, or scored below on the same crops
+    baseline = None if args.baseline in ("none", "imagenet") else _earlier_evaluation(args.baseline, "--baseline")
     catalog = load_catalog(args.catalog)
     scenes_param = {"scenes": "all", "scenes_count": len(catalog.scenes), "scenes_sha": ""}
     eval_catalog = catalog
@@ -185,22 +182,11 @@ def _run(args: argparse.Namespace, home: Path) -> int:
                 len(inputs.cases), sum(c.reachable for c in inputs.cases), inputs.seconds)
     result = score(inputs, embed, cfg)
 
-    baseline = None
-    baseline_name = ""
     if args.baseline == "imagenet" and args.model != "imagenet":
         b_embed, _ = imagenet_embed(backbone, args.weights, size, alpha)
-        baseline = score(inputs, b_embed, cfg)
-        baseline_name = f"imagenet-{backbone}"
-        baseline_summary, baseline_curves = baseline.summary, baseline.curves
-        result.summary["vs_baseline"] = paired_difference(result, baseline, ks)
-    elif args.baseline not in ("none", "imagenet"):
-        try:
-            earlier = json.loads(Path(args.baseline).read_text())
-            baseline_summary, baseline_curves = earlier["summary"], earlier["curves"]
-            baseline_name = earlier.get("name", Path(args.baseline).parent.name)
-        except (OSError, json.JSONDecodeError, KeyError) as exc:
-            raise ValueError(f"--baseline {args.baseline}: not the metrics.json of an evaluation ({exc})") from None
-        baseline = True
+        scored = score(inputs, b_embed, cfg)
+        baseline = (f"imagenet-{backbone}", scored.summary, scored.curves)
+        result.summary["vs_baseline"] = paired_difference(result, scored, ks)
     wall = time.perf_counter() - t_start
 
     out = args.out or home / "evaluations" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -210,13 +196,11 @@ def _run(args: argparse.Namespace, home: Path) -> int:
               "summary": result.summary, "curves": result.curves, "wall_seconds": wall,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if baseline is not None:
-        report["baseline"] = {"name": baseline_name, "summary": baseline_summary, "curves": baseline_curves}
-    _write_json(out / "metrics.json", report)
+        report["baseline"] = dict(zip(("name", "summary", "curves"), baseline))
+    write_json_atomic(out / "metrics.json", report)
     _write_pairs(out / "pairs.csv", result)
     curves = {name: result.curves}
-    if baseline is not None:
-        curves[baseline_name] = baseline_curves
-    for other_name, other_curves in compare:
+    for other_name, _, other_curves in ([baseline] if baseline else []) + compare:
         curves.setdefault(other_name, other_curves)
     images = {"recall_at_k.png": plots.recall_curves(curves, f"{catalog.root.name}: {scenes_param['scenes_count']} scenes")}
     rng = np.random.default_rng(args.seed)
@@ -224,15 +208,12 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     images["queries_product_to_scene.png"] = plots.result_grid(_p2s_rows(inputs, result, rng, args.grid_queries))
     if args.tsne_products:
         pick = np.sort(rng.permutation(len(inputs.product_ids))[: args.tsne_products])
-        first = {}
-        for i, p in enumerate(inputs.image_products):
-            first.setdefault(p, i)
-        thumbs = inputs.product_images[[first[inputs.product_ids[i]] for i in pick]]
+        thumbs = inputs.product_images[[inputs.first_image[inputs.product_ids[i]] for i in pick]]
         images["tsne_products.png"] = plots.tsne_map(result.product_emb[pick], thumbs, seed=args.seed)
     for fname, im in images.items():
         cv2.imwrite(str(out / fname), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
 
-    rows = [(name, result.summary)] + ([(baseline_name, baseline_summary)] if baseline is not None else [])
+    rows = [(name, result.summary)] + ([baseline[:2]] if baseline else [])
     text = table(rows, [k for k in ks if k <= 20] or list(ks))
     proto = result.summary["protocol"]
     ci = result.summary["scene_to_product"]["recall_ci95"]
@@ -240,7 +221,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     lines = [
         text,
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
-        + (f"; minus {baseline_name}: {_signed(result.summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in result.summary else ""),
+        + (f"; minus {baseline[0]}: {_signed(result.summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in result.summary else ""),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
         f"pairs {proto['pairs']}: reachable {proto['reachable_pairs']}, unreachable {proto['unreachable_pairs']} "
         f"(boxes: {proto['boxes']}); wall {wall:.1f}s",
@@ -255,7 +236,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             tracker.set_tags(tags)
             tracker.log_params({**params, "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint, **scenes_param,
                                 "detector": inputs.detector, "min_confidence": cfg.min_confidence, "crop_padding": cfg.crop_padding,
-                                "git_commit": git_commit(), "baseline": baseline_name or "none"})
+                                "git_commit": git_commit(), "baseline": baseline[0] if baseline else "none"})
             metrics = flat_metrics(result.summary)
             for t, v in result.summary["scene_to_product"]["per_type"].items():
                 if v["recall"].get(10) is not None:
@@ -263,7 +244,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
 
                     metrics[f"s2p_recall_at_10/{metric_key(t)}"] = v["recall"][10]
             if baseline is not None:
-                metrics.update(flat_metrics(baseline_summary, "baseline/"))
+                metrics.update(flat_metrics(baseline[1], "baseline/"))
             metrics["eval_seconds"] = wall
             tracker.log_metrics(metrics, step=0)
             for fname in ("metrics.json", "pairs.csv", *images):
@@ -287,10 +268,13 @@ def _signed(entry) -> str:
     return "-" if d is None else f"{d:+.3f} (95% interval [{lo:+.3f}, {hi:+.3f}])"
 
 
-def _write_json(path: Path, data) -> None:
-    from training.manifest import write_json_atomic
-
-    write_json_atomic(path, data)
+def _earlier_evaluation(path: Path | str, flag: str) -> tuple[str, dict, dict]:
+    """(name, summary, curves) of an earlier evaluation's metrics.json."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        return earlier.get("name", Path(path).parent.name), earlier["summary"], earlier["curves"]
+    except (OSError, json.JSONDecodeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{flag} {path}: not the metrics.json of an evaluation ({exc})") from None
 
 
 def _write_pairs(path: Path, result) -> None:
@@ -308,9 +292,7 @@ def _write_pairs(path: Path, result) -> None:
 
 def _s2p_rows(inputs, result, rng, n):
     """Random reachable pairs that have a query crop: the crop, its top-5 products, the truth marked."""
-    first = {}
-    for i, p in enumerate(inputs.image_products):
-        first.setdefault(p, i)
+    first = inputs.first_image
     cand = [r for r in result.pairs if r.case.reachable and r.matched_crop is not None]
     rows = []
     for i in sorted(rng.permutation(len(cand))[:n]):
@@ -332,9 +314,7 @@ def _p2s_rows(inputs, result, rng, n):
 
     from evaluation.metrics import euclidean_distances, group_min
 
-    first = {}
-    for i, p in enumerate(inputs.image_products):
-        first.setdefault(p, i)
+    first = inputs.first_image
     pcol = {p: i for i, p in enumerate(inputs.product_ids)}
     scol = {s: i for i, s in enumerate(inputs.scenes)}
     crop_scene = np.array([scol[c.scene] for c in inputs.crops], np.int64)

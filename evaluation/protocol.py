@@ -95,6 +95,7 @@ class EvalInputs:
     product_images: np.ndarray
     image_products: list[str]
     product_ids: list[str]  # distinct, in catalog order
+    first_image: dict[str, int]  # product id -> its first row of product_images
     types: dict[str, str]
     crops: list[SceneCrop]
     crop_images: np.ndarray
@@ -189,11 +190,15 @@ def prepare(
             typed = tuple(i for i in detected if crops[i].label == cls)
             cases.append(PairCase(pair.product_id, ptype, scene.scene, True, "detector", typed, tuple(detected)))
     size = (0, image_size, image_size, 3)
+    first_image: dict[str, int] = {}
+    for i, p in enumerate(catalog.products):
+        first_image.setdefault(p.product_id, i)
     return EvalInputs(
         image_size=image_size,
         product_images=product_images,
         image_products=[p.product_id for p in catalog.products],
         product_ids=catalog.product_ids,
+        first_image=first_image,
         types=types,
         crops=crops,
         crop_images=np.stack(crop_images) if crop_images else np.zeros(size, np.uint8),
@@ -291,13 +296,10 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     for t, rs in sorted(by_type.items()):
         per_type[t] = {"pairs": len(rs), "recall": recall_curve(np.array(rs), ks)}
     matched = [r for r in reach if r.matched_crop is not None]
-    first_image = {}
-    for i, p in enumerate(inputs.image_products):
-        first_image.setdefault(p, i)
     da = distance_accuracy(
         crop_emb[[r.matched_crop for r in matched]] if matched else np.zeros((0, image_emb.shape[1] if image_emb.ndim == 2 else 0)),
         [r.case.product_id for r in matched],
-        image_emb[[first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
+        image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
         inputs.product_ids,
         [inputs.types[p] for p in inputs.product_ids],
     ) if matched else None
@@ -338,7 +340,7 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
         "scene_to_product": [recall_curve(ranks, [k])[k] for k in curve_ks],
         "product_to_scene": [recall_curve(scene_ranks, [k])[k] for k in curve_ks],
     }
-    return EvalResult(_nan_to_none(summary), results, image_emb[[first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
+    return EvalResult(_nan_to_none(summary), results, image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
                       crop_emb, top, curves)
 
 
