@@ -11,11 +11,14 @@ Queries are held-out points from the same clusters. Prints ratios, asserts nothi
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from engine.ann import BruteForceIndex, ScannIndex, ScannParams
 
 
 def clustered(n: int, dim: int, n_queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,13 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reorder", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-    from engine.index import BruteForceIndex, ScannIndex, ScannParams
-
     if args.index_folder:
-        from pathlib import Path
-
         vectors = np.load(Path(args.index_folder) / "vectors.npy")
         rng = np.random.default_rng(args.seed)
         order = rng.permutation(len(vectors))
@@ -67,8 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     exact = BruteForceIndex(db)
     truth = exact.search(queries, args.k)  # batched ground truth
     bf_build = 0.0
-    from threadpoolctl import threadpool_limits
-
     with threadpool_limits(limits=1):  # single-threaded, like ScaNN below
         t = time.perf_counter()
         for q in queries[:200]:

@@ -8,11 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.base import Detection, Detector
+from engine.detection import Detection, Detector
+from engine.files import write_json_atomic
 
 
 class DetectionCache:
-    """Detections per image file, keyed by the file's sha256 and the detector's fingerprint."""
+    """Detections per image file, keyed by the file's sha256 and the detector's fingerprint.
+
+    ``folder=None`` caches nothing (every call runs the detector).
+    """
 
     def __init__(self, detector: Detector, folder: Path | None) -> None:
         self.detector = detector
@@ -24,6 +28,7 @@ class DetectionCache:
         self.hits = self.misses = 0
 
     def detect(self, path: Path, image: np.ndarray) -> list[Detection]:
+        """Detections of ``image`` (decoded from ``path``), from the cache when seen before."""
         entry = None
         if self.folder is not None:
             entry = self.folder / (hashlib.sha256(Path(path).read_bytes()).hexdigest() + ".json")
@@ -33,7 +38,5 @@ class DetectionCache:
         self.misses += 1
         dets = self.detector.detect(image)
         if entry is not None:
-            tmp = entry.with_suffix(".tmp")
-            tmp.write_text(json.dumps([{"box": list(d.box), "label": d.label, "confidence": d.confidence} for d in dets]))
-            tmp.replace(entry)
+            write_json_atomic(entry, [{"box": list(d.box), "label": d.label, "confidence": d.confidence} for d in dets], indent=None)
         return dets

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.base import Detection, DetectorError
+from engine.config import DEFAULT_MIN_CONFIDENCE
+from engine.detection import Detection, DetectorError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class YoloDetector:
     ``conf``: minimum confidence kept; ``imgsz``: inference size; ``iou``: NMS threshold.
     """
 
-    def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, *, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640) -> None:
+    def __init__(self, weights: str | Path = DEFAULT_WEIGHTS, *, conf: float = DEFAULT_MIN_CONFIDENCE, iou: float = 0.7, imgsz: int = 640) -> None:
         weights = str(weights)
         path = Path(weights)
         if path.suffix.lower() not in SUFFIXES:

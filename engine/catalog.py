@@ -171,6 +171,32 @@ def load_catalog(root: str | Path, *, workers: int = 8) -> Catalog:
     root = Path(root).resolve()
     if not root.is_dir():
         raise CatalogError(f"{root}: catalog directory not found. Pass the directory that holds products.csv.")
+    products, types = _read_products(root)
+    scene_rows = _read_scene_rows(root)
+    checks: list[tuple[Path, Path, int]] = [(p.image, root / "products.csv", p.row) for p in products]
+    checks += [(img, root / "scenes.csv", line) for line, _, img in scene_rows]
+    results = _check_images(checks, workers)
+    scenes = [Scene(row["scene"], image, row.get("room_type", ""), results[image][1]) for _, row, image in scene_rows]
+    pairs = _read_pairs(root, scenes, types)
+    h = hashlib.sha256()
+    for name in ("products.csv", "scenes.csv", "pairs.csv"):
+        path = root / name
+        if path.exists():
+            h.update(name.encode() + b"\0" + path.read_bytes())
+    for image in sorted(results):
+        h.update(str(image.relative_to(root) if image.is_relative_to(root) else image).encode())
+        h.update(results[image][0].encode())
+    catalog = Catalog(root, tuple(products), tuple(scenes), tuple(pairs), h.hexdigest()[:16], types)
+    logger.info(
+        "catalog %s: %d product images (%d products, %d types), %d scenes, %d pairs (%d with boxes)",
+        root, len(products), len(types), len(set(types.values())), len(scenes), len(pairs),
+        sum(p.box is not None for p in pairs),
+    )
+    return catalog
+
+
+def _read_products(root: Path) -> tuple[list[ProductImage], dict[str, str]]:
+    """The rows of products.csv, and product id → type (one type per product)."""
     products_csv = root / "products.csv"
     rows = _read_csv(products_csv, PRODUCT_COLUMNS, "A catalog needs products.csv with columns product_id,name,type,image.")
     if not rows:
@@ -190,25 +216,30 @@ def load_catalog(root: str | Path, *, workers: int = 8) -> Catalog:
         type_line.setdefault(pid, line)
         image = _resolve_image(root, products_csv, line, row["image"])
         products.append(ProductImage(pid, row["name"] or pid, ptype, image, line))
+    return products, types
 
-    scenes: list[Scene] = []
-    scene_rows: list[tuple[int, dict[str, str], Path]] = []
+
+def _read_scene_rows(root: Path) -> list[tuple[int, dict[str, str], Path]]:
+    """(line, row, image path) of each scenes.csv row; empty without the file."""
     scenes_csv = root / "scenes.csv"
-    if scenes_csv.exists():
-        seen: dict[str, int] = {}
-        for line, row in _read_csv(scenes_csv, SCENE_COLUMNS, ""):
-            _require(scenes_csv, line, row, SCENE_COLUMNS)
-            if row["scene"] in seen:
-                raise CatalogError(
-                    f"{scenes_csv}, line {line}: scene {row['scene']!r} already defined on line "
-                    f"{seen[row['scene']]}. Scene names must be unique."
-                )
-            seen[row["scene"]] = line
-            scene_rows.append((line, row, _resolve_image(root, scenes_csv, line, row["image"])))
+    if not scenes_csv.exists():
+        return []
+    out, seen = [], {}
+    for line, row in _read_csv(scenes_csv, SCENE_COLUMNS, ""):
+        _require(scenes_csv, line, row, SCENE_COLUMNS)
+        if row["scene"] in seen:
+            raise CatalogError(
+                f"{scenes_csv}, line {line}: scene {row['scene']!r} already defined on line "
+                f"{seen[row['scene']]}. Scene names must be unique."
+            )
+        seen[row["scene"]] = line
+        out.append((line, row, _resolve_image(root, scenes_csv, line, row["image"])))
+    return out
 
-    # Hash and decode every image once, in parallel (PIL releases the GIL while decoding).
-    checks: list[tuple[Path, Path, int]] = [(p.image, products_csv, p.row) for p in products]
-    checks += [(img, scenes_csv, line) for line, _, img in scene_rows]
+
+def _check_images(checks: list[tuple[Path, Path, int]], workers: int) -> dict[Path, tuple[str, tuple[int, int]]]:
+    """Hash and decode every distinct image once, in parallel (PIL releases the GIL while decoding);
+    image → (sha256, (w, h)). The first undecodable one fails naming its CSV and line."""
     unique = sorted({c[0] for c in checks})
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = dict(zip(unique, pool.map(_check_image, unique)))
@@ -219,50 +250,34 @@ def load_catalog(root: str | Path, *, workers: int = 8) -> Catalog:
                 f"{csv_path}, line {line}: image {image} cannot be decoded ({info}). "
                 "Replace it with a valid JPEG/PNG or remove the row."
             )
-    for line, row, image in scene_rows:
-        size = results[image][1]
-        assert not isinstance(size, str)
-        scenes.append(Scene(row["scene"], image, row.get("room_type", ""), size))
+    return results
 
-    pairs: list[Pair] = []
+
+def _read_pairs(root: Path, scenes: list[Scene], types: dict[str, str]) -> list[Pair]:
+    """The rows of pairs.csv (empty without the file), with their boxes when the columns exist."""
     pairs_csv = root / "pairs.csv"
-    if pairs_csv.exists():
-        if not scenes:
-            raise CatalogError(f"{pairs_csv}: pairs need scenes, but scenes.csv is missing or empty. Add scenes.csv.")
-        scene_by_name = {s.scene: s for s in scenes}
-        pair_rows = _read_csv(pairs_csv, PAIR_COLUMNS, "")
-        with open(pairs_csv, encoding="utf-8-sig") as fh:
-            header = next(csv.reader(fh), [])
-        present = [c for c in BOX_COLUMNS if c in header]
-        if present and len(present) != 4:
-            raise CatalogError(
-                f"{pairs_csv}, line 1: box columns must be all of x1,y1,x2,y2 or none; found {present}."
-            )
-        for line, row in pair_rows:
-            _require(pairs_csv, line, row, PAIR_COLUMNS)
-            pid, sname = row["product_id"], row["scene"]
-            if pid not in types:
-                raise CatalogError(f"{pairs_csv}, line {line}: unknown product_id {pid!r}. Add it to products.csv or drop the row.")
-            if sname not in scene_by_name:
-                raise CatalogError(f"{pairs_csv}, line {line}: unknown scene {sname!r}. Add it to scenes.csv or drop the row.")
-            box = _parse_box(pairs_csv, line, row, scene_by_name[sname]) if present else None
-            pairs.append(Pair(pid, sname, box, line))
-
-    h = hashlib.sha256()
-    for name in ("products.csv", "scenes.csv", "pairs.csv"):
-        path = root / name
-        if path.exists():
-            h.update(name.encode() + b"\0" + path.read_bytes())
-    for image in unique:
-        h.update(str(image.relative_to(root) if image.is_relative_to(root) else image).encode())
-        h.update(results[image][0].encode())
-    catalog = Catalog(root, tuple(products), tuple(scenes), tuple(pairs), h.hexdigest()[:16], types)
-    logger.info(
-        "catalog %s: %d product images (%d products, %d types), %d scenes, %d pairs (%d with boxes)",
-        root, len(products), len(types), len(set(types.values())), len(scenes), len(pairs),
-        sum(p.box is not None for p in pairs),
-    )
-    return catalog
+    if not pairs_csv.exists():
+        return []
+    if not scenes:
+        raise CatalogError(f"{pairs_csv}: pairs need scenes, but scenes.csv is missing or empty. Add scenes.csv.")
+    scene_by_name = {s.scene: s for s in scenes}
+    pair_rows = _read_csv(pairs_csv, PAIR_COLUMNS, "")
+    with open(pairs_csv, encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    present = [c for c in BOX_COLUMNS if c in header]
+    if present and len(present) != 4:
+        raise CatalogError(f"{pairs_csv}, line 1: box columns must be all of x1,y1,x2,y2 or none; found {present}.")
+    pairs = []
+    for line, row in pair_rows:
+        _require(pairs_csv, line, row, PAIR_COLUMNS)
+        pid, sname = row["product_id"], row["scene"]
+        if pid not in types:
+            raise CatalogError(f"{pairs_csv}, line {line}: unknown product_id {pid!r}. Add it to products.csv or drop the row.")
+        if sname not in scene_by_name:
+            raise CatalogError(f"{pairs_csv}, line {line}: unknown scene {sname!r}. Add it to scenes.csv or drop the row.")
+        box = _parse_box(pairs_csv, line, row, scene_by_name[sname]) if present else None
+        pairs.append(Pair(pid, sname, box, line))
+    return pairs
 
 
 def _parse_box(path: Path, line: int, row: dict[str, str], scene: Scene) -> Box | None:

@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 BACKBONES = ("mobilenet_v2", "xception", "inception_resnet_v2")
+RESIZE_RULES = ("pad_square",)
+
+# The one place these defaults are stated; every CLI and library function takes them from here.
+DEFAULT_CROP_PADDING = 0.0625  # around a query box, per side, x its longer side (Bell & Bala: 16 px per 256)
+DEFAULT_MIN_CONFIDENCE = 0.25  # detector score a proposed crop needs (also the YOLO wrapper's own floor)
 LOSSES = ("hinge", "batch_hard", "semi_hard")
 DISTRIBUTE = ("auto", "none", "mirrored")
 
@@ -15,7 +20,8 @@ class ModelConfig:
     """How the embedder is built.
 
     backbone: one of ``BACKBONES``; the pooled ImageNet CNN.
-    weights: ``"imagenet"`` (Keras download, or a local mirror, see ``engine.weights``),
+    weights: ``"imagenet"`` (Keras download, or the ``$SHOWROOM_WEIGHTS_DIR`` mirror, see
+        ``engine.model.resolve_weights``),
         ``"none"`` (random init) or a path to a ``.weights.h5``/``.h5`` file for the backbone.
     image_size: side of the square RGB input, pixels.
     alpha: width multiplier, used by ``mobilenet_v2`` only.
@@ -88,7 +94,7 @@ class TrainConfig:
     loss: str = "hinge"
     in_class_negatives: int = 10
     out_class_negatives: int = 2
-    crop_padding: float = 0.0625
+    crop_padding: float = DEFAULT_CROP_PADDING
     val_fraction: float = 0.2
     max_triplets_per_epoch: int = 0
     augment: bool = True
@@ -119,6 +125,34 @@ class TrainConfig:
             raise ValueError("max_triplets_per_epoch must be >= 0")
         if self.distribute not in DISTRIBUTE:
             raise ValueError(f"distribute must be one of {DISTRIBUTE}, got {self.distribute!r}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes a model input; saved with every model and index, read by every consumer.
+
+    image_size: side S of the square model input, pixels.
+    crop_padding: a query box grows by this share of its longer side on every side, then is
+        squared and clipped to the photo (``engine.images.pad_box``).
+    resize: ``pad_square``: keep the aspect ratio, fit the longer side to S, pad with white.
+    min_confidence: detector score a proposed scene crop needs (indexing, evaluation, mining and
+        the search service's detections).
+    """
+
+    image_size: int = 128
+    crop_padding: float = DEFAULT_CROP_PADDING
+    resize: str = "pad_square"
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be in [32, 1024] pixels, got {self.image_size}")
+        if not 0 <= self.crop_padding <= 1:
+            raise ValueError(f"crop_padding must be in [0, 1], got {self.crop_padding}")
+        if self.resize not in RESIZE_RULES:
+            raise ValueError(f"resize must be one of {RESIZE_RULES}, got {self.resize!r}")
+        if not 0 <= self.min_confidence <= 1:
+            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
 
 
 def flatten(prefix: str, config: Any) -> dict[str, Any]:

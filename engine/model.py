@@ -15,7 +15,7 @@ import keras
 from keras import layers, ops
 
 from engine.config import ModelConfig
-from engine.losses import batch_hard_triplet_loss, semi_hard_triplet_loss, triplet_distances
+from engine.losses import batch_hard_triplet_loss, semi_hard_triplet_loss, triplet_distances, triplet_hinge_loss
 
 logger = logging.getLogger(__name__)
 
@@ -163,17 +163,16 @@ class TripletModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The one loss computation shared by ``train_step`` and ``test_step``."""
         q, p, n = y_pred[0], y_pred[1], y_pred[2]
-        d_pos, d_neg = triplet_distances(q, p, n)
-        hinge = ops.maximum(self.margin + d_pos - d_neg, 0.0)
         if self.loss_name == "hinge":
-            loss = ops.mean(hinge)
+            loss = triplet_hinge_loss(q, p, n, self.margin)
         else:
             emb = ops.concatenate([q, p, n], axis=0)
             labels = ops.concatenate([x["label_p"], x["label_p"], x["label_n"]], axis=0)
             fn = batch_hard_triplet_loss if self.loss_name == "batch_hard" else semi_hard_triplet_loss
             loss = fn(labels, emb, margin=self.margin)
+        d_pos, d_neg = triplet_distances(q, p, n)
         self.absolute_accuracy.update_state(ops.cast(d_pos < d_neg, "float32"))
-        self.zero_loss_share.update_state(ops.cast(hinge <= 0.0, "float32"))
+        self.zero_loss_share.update_state(ops.cast(self.margin + d_pos - d_neg <= 0.0, "float32"))
         self.mean_d_pos.update_state(d_pos)
         self.mean_d_neg.update_state(d_neg)
         return loss

@@ -1,7 +1,8 @@
 """Process-wide runtime hygiene shared by every CLI and the tests: state folder, env vars, import guard.
 
-Call ``configure_runtime()`` once at the start of a ``main`` (the tests' conftest does the same)
-before TensorFlow, Ultralytics, albumentations or MLflow are imported.
+The environment defaults are set when the ``engine`` package is imported
+(``configure_environment``); ``configure_runtime()`` also makes the state folder, once per ``main``
+(the tests' conftest does the same).
 """
 
 from __future__ import annotations
@@ -22,31 +23,40 @@ def state_dir() -> Path:
     return Path(os.environ.get("SHOWROOM_HOME", PROJECT_ROOT / ".showroom")).resolve()
 
 
-def configure_runtime(*, offline: bool = False) -> Path:
-    """Set the environment defaults the stack needs; returns the state folder.
+def configure_environment() -> None:
+    """Environment defaults the stack must see before it is imported (values already set win).
+
+    Runs when the ``engine`` package is first imported (every Showroom package imports it
+    first), so it precedes TensorFlow, Ultralytics, albumentations and MLflow in any entry point.
 
     - ``YOLO_CONFIG_DIR`` inside the state folder (Ultralytics writes settings there, not in ~).
     - ``NO_ALBUMENTATIONS_UPDATE=1`` and ``MLFLOW_DISABLE_TELEMETRY=true``: no phoning home;
       ``YOLO_AUTOINSTALL=false``: Ultralytics never pip-installs packages at run time.
-    - ``offline=True`` (tests) also sets ``YOLO_OFFLINE=1``.
     - ``TF_CPP_MIN_LOG_LEVEL=1`` hides TensorFlow's info banners.
     - Blocks ``triton`` from loading: it is only used by GPU ``torch.compile`` (which Showroom
       never calls) and loading it after TensorFlow segfaults the process. The install commands
       also uninstall it; this guard covers machines where it is present anyway.
-    Values already set in the environment win.
     """
-    home = state_dir()
-    (home / "ultralytics").mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(home / "ultralytics"))
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(state_dir() / "ultralytics"))
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # Ultralytics must never pip-install at run time
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    if offline:
-        os.environ["YOLO_OFFLINE"] = "1"
     if "triton" not in sys.modules:
         sys.modules["triton"] = None  # type: ignore[assignment]  # makes `import triton` raise ImportError
+
+
+def configure_runtime(*, offline: bool = False) -> Path:
+    """The environment defaults (``configure_environment``) and the state folder; returns it.
+
+    ``offline=True`` (tests) also sets ``YOLO_OFFLINE=1``.
+    """
+    configure_environment()
+    home = state_dir()
+    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+    if offline:
+        os.environ["YOLO_OFFLINE"] = "1"
     return home
 
 

@@ -1,23 +1,17 @@
-"""detect → crop → embed → search: one query path shared by serving and evaluation."""
+"""The query engine of the search service: detect → crop → embed → search, and "where is it used?"."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import keras
 import numpy as np
 
-from detectors.base import Detection, Detector
-from engine.catalog_index import CatalogIndex, Match, file_sha256
-from engine.embed import embed_images, input_size
+from engine.detection import Detection, Detector
+from engine.embed import Embedder
 from engine.images import Box, check_box, query_crop
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """sha256 of a saved ``.keras`` model file: ties an index to the model that built it."""
-    return file_sha256(Path(path))
+from engine.index_folder import CatalogIndex, Match
+from engine.proposals import confident
 
 
 @dataclass
@@ -34,28 +28,27 @@ class Timings:
 
 @dataclass
 class SearchEngine:
-    """The query side: an embedder, an optional detector, the products index and the scene-crops index."""
+    """The query side: an embedder (with its preprocessing), an optional detector, the products
+    index and the scene-crops index."""
 
-    embedder: keras.Model
+    embedder: Embedder
     products: CatalogIndex
     scenes: CatalogIndex | None = None
     detector: Detector | None = None
-    crop_padding: float = 0.0625
-
-    @property
-    def size(self) -> int:
-        return input_size(self.embedder)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
-        """Detections in ``uint8 (H, W, 3)``; empty without a detector."""
-        return self.detector.detect(image) if self.detector is not None else []
+        """Confident detections in ``uint8 (H, W, 3)``, most confident first; empty without a detector."""
+        if self.detector is None:
+            return []
+        return confident(self.detector.detect(image), self.embedder.preprocessing.min_confidence)
 
     def embed_crop(self, image: np.ndarray, box: Box | None) -> np.ndarray:
         """Embedding ``float32 (D,)`` of the padded square crop of ``box`` (whole image when None)."""
         if box is not None:
             h, w = image.shape[:2]
             box = check_box(box, w, h)
-        return embed_images(self.embedder, query_crop(image, box, self.size, self.crop_padding)[None])[0]
+        prep = self.embedder.preprocessing
+        return self.embedder(query_crop(image, box, prep.image_size, prep.crop_padding)[None])[0]
 
     def search(self, image: np.ndarray, box: Box | None, k: int = 10, types: set[str] | None = None,
                timings: Timings | None = None) -> list[Match]:

@@ -12,8 +12,6 @@ exactly them.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.catalog import Catalog, CatalogError
+from engine.files import write_text_atomic
 
 
 def read_scene_list(path: str | Path) -> tuple[str, ...]:
@@ -51,12 +50,8 @@ def read_scene_list(path: str | Path) -> tuple[str, ...]:
 def write_scene_list(names: Iterable[str], path: str | Path, comment: str = "") -> Path:
     """Write a scene list atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     body = "".join(f"# {line}\n" for line in comment.splitlines()) + "".join(f"{n}\n" for n in sorted(names))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(body)
-    os.replace(tmp, path)
+    write_text_atomic(path, body)
     return path
 
 

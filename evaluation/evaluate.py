@@ -12,11 +12,27 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.config import BACKBONES
+import cv2
+import numpy as np
+
+from detectors.cache import DetectionCache
+from detectors.category_map import DEFAULT_MAP, load_category_map
+from detectors.yolo import YoloDetector, default_weights
+from engine.catalog import Catalog, load_catalog
+from engine.config import BACKBONES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
+from engine.embed import Embedder
+from engine.files import write_json_atomic
+from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
+from engine.splits import read_scene_list, restrict_scenes
+from evaluation import plots
+from evaluation.protocol import EvalConfig, EvalInputs, EvalResult, flat_metrics, paired_difference, prepare, score, table
+from training.model_ref import resolve_model
+from training.tracking import git_commit, metric_key, mlflow_run, run_params, run_tags
 
 logger = logging.getLogger("evaluation.evaluate")
 
@@ -26,8 +42,6 @@ KEY_PARAMS = ("model.backbone", "model.weights", "model.image_size", "model.embe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from evaluation.protocol import EvalConfig
-
     d = EvalConfig()
     p = argparse.ArgumentParser(
         prog="python -m evaluation.evaluate",
@@ -45,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=BACKBONES, default=None, help="backbone of the ImageNet features (default: the evaluated model's, else mobilenet_v2)")
     p.add_argument("--weights", default="imagenet", help="ImageNet weights of that backbone: 'imagenet' (Keras download or $SHOWROOM_WEIGHTS_DIR) or a .weights.h5 path")
     p.add_argument("--alpha", type=float, default=None, help="MobileNetV2 width of the ImageNet features (default: the evaluated run's, else 0.35)")
-    p.add_argument("--image-size", type=int, default=None, help="input side for --model imagenet (default 128; a trained model uses its own)")
-    p.add_argument("--min-confidence", type=float, default=d.min_confidence, help="detector confidence a proposed crop needs")
-    p.add_argument("--crop-padding", type=float, default=d.crop_padding, help="padding around a crop, fraction of its longer side (as in training)")
+    p.add_argument("--image-size", type=int, default=None, help=f"input side for --model imagenet (default {ModelConfig().image_size}; a trained model uses its own)")
+    p.add_argument("--min-confidence", type=float, default=None, help=f"detector confidence a proposed crop needs (default: the model's; {DEFAULT_MIN_CONFIDENCE} for imagenet)")
+    p.add_argument("--crop-padding", type=float, default=None, help=f"padding around a crop, fraction of its longer side (default: the model's, as in training; {DEFAULT_CROP_PADDING} for imagenet)")
     p.add_argument("--ks", default=",".join(map(str, d.ks)), help="comma-separated k of recall@k")
     p.add_argument("--grid-queries", type=int, default=12, help="random queries shown in each results grid")
     p.add_argument("--tsne-products", type=int, default=600, help="products drawn on the t-SNE map (0 = no map)")
@@ -65,144 +79,138 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(lambda home: _run(args, home), verbose=args.verbose, logger_name=logger.name)
 
 
-def _model_run(ref: str) -> str | None:
-    """The MLflow run that trained ``ref`` when it names one (a run id or a registered version)."""
-    if ref == "imagenet" or Path(ref).expanduser().exists() or ref.endswith(".keras") or "/" in ref and not ref.startswith("models:/"):
-        return None
-    if ref.startswith("models:/"):
-        from engine.runtime import state_dir
-        from training.tracking import download_registered
+@dataclass
+class Target:
+    """What is evaluated: its embedder, name, training run (None for ImageNet features or a bare
+    file) and the params its MLflow evaluation run carries (named as on the fit run)."""
 
-        return download_registered(ref, state_dir() / "registry")[1] or None
-    return ref
-
-
-def imagenet_embed(backbone: str, weights: str, image_size: int, alpha: float):
-    """(embed, feature dim): L2-normalised global-average-pooled ImageNet features of a backbone."""
-    import numpy as np
-
-    from engine.config import ModelConfig
-    from engine.embed import embed_images
-    from engine.model import backbone_features_model, build_embedder
-
-    model = backbone_features_model(build_embedder(ModelConfig(backbone=backbone, weights=weights, image_size=image_size, alpha=alpha)))
-
-    def embed(images):
-        e = embed_images(model, images)
-        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-    return embed, int(model.output_shape[-1])
+    name: str
+    embedder: Embedder
+    run_id: str | None
+    params: dict
+    backbone: str
+    alpha: float
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
-    import cv2
-    import numpy as np
-
-    from detectors.cache import DetectionCache
-    from detectors.category_map import DEFAULT_MAP, load_category_map
-    from engine.catalog import load_catalog
-    from engine.embed import embed_images, input_size, load_embedder
-    from engine.splits import read_scene_list, restrict_scenes
-    from evaluation import plots
-    from evaluation.protocol import EvalConfig, flat_metrics, paired_difference, prepare, score, table
-    from training.model_ref import resolve_model
-    from training.manifest import write_json_atomic
-    from training.tracking import git_commit
-
     t_start = time.perf_counter()
-    try:
-        ks = tuple(sorted({int(k) for k in args.ks.split(",") if k.strip()}))
-    except ValueError:
-        raise ValueError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
-    cfg = EvalConfig(ks=ks, min_confidence=args.min_confidence, crop_padding=args.crop_padding)
+    cfg = EvalConfig(ks=_parse_ks(args.ks))
     compare = [_earlier_evaluation(path, "--compare") for path in args.compare]
     # (name, summary, curves) of the baseline: read now from a file, or scored below on the same crops
     baseline = None if args.baseline in ("none", "imagenet") else _earlier_evaluation(args.baseline, "--baseline")
     catalog = load_catalog(args.catalog)
-    scenes_param = {"scenes": "all", "scenes_count": len(catalog.scenes), "scenes_sha": ""}
-    eval_catalog = catalog
-    if args.scenes:
-        names = read_scene_list(args.scenes)
-        eval_catalog = restrict_scenes(catalog, keep=names)
-        scenes_param = {"scenes": str(args.scenes), "scenes_count": len(names),
-                        "scenes_sha": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
-        logger.info("evaluating %d scenes of %s (%d pairs)", len(names), args.scenes, len(eval_catalog.pairs))
-
-    # the model, and what is known of how it was trained
-    model_run = _model_run(args.model)
-    run_params: dict[str, str] = {}
-    if model_run:
-        from training.tracking import run_params as fetch_params
-
-        try:
-            run_params = fetch_params(model_run)
-        except Exception as exc:  # MLflow raises several kinds for an unknown run
-            logger.warning("no MLflow params for run %s (%s)", model_run, exc)
-    backbone = args.backbone or run_params.get("model.backbone") or "mobilenet_v2"
-    alpha = args.alpha if args.alpha is not None else float(run_params.get("model.alpha", 0.35))
-    if args.model == "imagenet":
-        size = args.image_size or 128
-        embed, dim = imagenet_embed(backbone, args.weights, size, alpha)
-        name = f"imagenet-{backbone}"
-        params = {"model": "imagenet", "model.backbone": backbone, "model.weights": args.weights, "model.image_size": size,
-                  "model.embedding_dim": dim, "model.low_level_branch": False, "train.epochs": 0}
-    else:
-        model_path = resolve_model(args.model)
-        model = load_embedder(model_path)
-        if args.backbone is None and model.name.startswith("showroom_"):
-            backbone = model.name.removeprefix("showroom_")
-        size = input_size(model)
-
-        def embed(images):
-            return embed_images(model, images)
-
-        name = Path(args.model).stem
-        if model_run:
-            from training.tracking import run_tags
-
-            try:
-                name = run_tags(model_run).get("mlflow.runName") or f"model-{model_run[:8]}"
-            except ValueError:
-                name = f"model-{model_run[:8]}"
-        params = {"model": args.model, "model.image_size": size, "model.embedding_dim": int(model.output_shape[-1]),
-                  "model.backbone": backbone, **{k: run_params[k] for k in KEY_PARAMS if k in run_params}}
-    if args.image_size and args.model != "imagenet" and args.image_size != size:
-        logger.warning("--image-size %d ignored: the model takes %d px", args.image_size, size)
-
-    needs_detector = any(p.box is None for p in eval_catalog.pairs)
-    detector, cache = None, None
-    if needs_detector:
-        from detectors.yolo import YoloDetector, default_weights
-
-        detector = YoloDetector(args.detector_weights or default_weights())
-        cache = DetectionCache(detector, home / "cache" / "detections")
-    cmap = load_category_map(args.category_map or DEFAULT_MAP)
-    inputs = prepare(eval_catalog, size, detector=detector, category_map=cmap, cfg=cfg, detect=cache.detect if cache else None)
-    logger.info("%d scenes, %d crops, %d pairs (%d reachable) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
-                len(inputs.cases), sum(c.reachable for c in inputs.cases), inputs.seconds)
-    result = score(inputs, embed, cfg)
-
+    eval_catalog, scenes_param = _scenes(catalog, args.scenes)
+    target = _target(args)
+    inputs = _prepare(args, eval_catalog, target.embedder.preprocessing, home)
+    result = score(inputs, target.embedder, cfg)
     if args.baseline == "imagenet" and args.model != "imagenet":
-        b_embed, _ = imagenet_embed(backbone, args.weights, size, alpha)
-        scored = score(inputs, b_embed, cfg)
-        baseline = (f"imagenet-{backbone}", scored.summary, scored.curves)
-        result.summary["vs_baseline"] = paired_difference(result, scored, ks)
+        b_embedder = Embedder.imagenet(ModelConfig(backbone=target.backbone, weights=args.weights, image_size=inputs.image_size,
+                                                   alpha=target.alpha), inputs.preprocessing)
+        scored = score(inputs, b_embedder, cfg)
+        baseline = (b_embedder.name, scored.summary, scored.curves)
+        result.summary["vs_baseline"] = paired_difference(result, scored, cfg.ks)
     wall = time.perf_counter() - t_start
-
     out = args.out or home / "evaluations" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"name": name, "model": args.model, "model_run": model_run, "catalog": str(catalog.root),
-              "catalog_fingerprint": catalog.fingerprint, **scenes_param, "params": params,
+    report = {"name": target.name, "model": args.model, "model_run": target.run_id, "catalog": str(catalog.root),
+              "catalog_fingerprint": catalog.fingerprint, **scenes_param, "params": target.params,
               "summary": result.summary, "curves": result.curves, "wall_seconds": wall,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if baseline is not None:
         report["baseline"] = dict(zip(("name", "summary", "curves"), baseline))
+    files = _write_outputs(args, out, report, inputs, result, [baseline] if baseline else [], compare)
+    lines = _summary_lines(catalog, report, cfg.ks, baseline, wall)
+    if not args.no_mlflow:
+        lines.append(_log_run(args, target, catalog, scenes_param, inputs, result, baseline, out, files, wall))
+    lines.append(f"report: {out}")
+    print("\n".join(lines))
+    return 0
+
+
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(k) for k in text.split(",") if k.strip()}))
+    except ValueError:
+        raise ValueError(f"--ks must be comma-separated integers, got {text!r}") from None
+
+
+def _scenes(catalog: Catalog, scene_list: Path | None) -> tuple[Catalog, dict]:
+    """The catalog restricted to the listed scenes (all without a list), and params naming the list."""
+    if not scene_list:
+        return catalog, {"scenes": "all", "scenes_count": len(catalog.scenes), "scenes_sha": ""}
+    names = read_scene_list(scene_list)
+    restricted = restrict_scenes(catalog, keep=names)
+    logger.info("evaluating %d scenes of %s (%d pairs)", len(names), scene_list, len(restricted.pairs))
+    return restricted, {"scenes": str(scene_list), "scenes_count": len(names),
+                        "scenes_sha": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
+
+
+def _target(args: argparse.Namespace) -> Target:
+    """The evaluated model, with its preprocessing overridden by --image-size/--crop-padding/--min-confidence
+    where given, and what is known of how it was trained."""
+    overrides = {k: v for k, v in (("crop_padding", args.crop_padding), ("min_confidence", args.min_confidence)) if v is not None}
+    if args.model == "imagenet":
+        backbone = args.backbone or "mobilenet_v2"
+        alpha = args.alpha if args.alpha is not None else ModelConfig().alpha
+        mcfg = ModelConfig(backbone=backbone, weights=args.weights, image_size=args.image_size or ModelConfig().image_size, alpha=alpha)
+        embedder = Embedder.imagenet(mcfg, Preprocessing(image_size=mcfg.image_size, **overrides))
+        params = {"model": "imagenet", "model.backbone": backbone, "model.weights": args.weights, "model.image_size": mcfg.image_size,
+                  "model.embedding_dim": embedder.dim, "model.low_level_branch": False, "train.epochs": 0}
+        return Target(embedder.name, embedder, None, params, backbone, alpha)
+    ref = resolve_model(args.model)
+    embedder = Embedder.load(ref.path)
+    embedder = replace(embedder, preprocessing=replace(embedder.preprocessing, **overrides))
+    if args.image_size and args.image_size != embedder.size:
+        logger.warning("--image-size %d ignored: the model takes %d px", args.image_size, embedder.size)
+    run_params = _fit_params(ref.run_id)
+    backbone = args.backbone or run_params.get("model.backbone") or "mobilenet_v2"
+    if args.backbone is None and embedder.model.name.startswith("showroom_"):
+        backbone = embedder.model.name.removeprefix("showroom_")
+    alpha = args.alpha if args.alpha is not None else float(run_params.get("model.alpha", ModelConfig().alpha))
+    name = Path(args.model).stem
+    if ref.run_id:
+        try:
+            name = run_tags(ref.run_id).get("mlflow.runName") or f"model-{ref.run_id[:8]}"
+        except ValueError:
+            name = f"model-{ref.run_id[:8]}"
+    params = {"model": args.model, "model.image_size": embedder.size, "model.embedding_dim": embedder.dim,
+              "model.backbone": backbone, **{k: run_params[k] for k in KEY_PARAMS if k in run_params}}
+    return Target(name, embedder, ref.run_id or None, params, backbone, alpha)
+
+
+def _fit_params(run_id: str) -> dict[str, str]:
+    """The params of the training run (empty when unknown)."""
+    if not run_id:
+        return {}
+    try:
+        return run_params(run_id)
+    except Exception as exc:  # MLflow raises several kinds for an unknown run
+        logger.warning("no MLflow params for run %s (%s)", run_id, exc)
+        return {}
+
+
+def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path) -> EvalInputs:
+    """Decode, detect (cached) and crop once for every model scored in this call."""
+    detector, detect = None, None
+    if any(p.box is None for p in catalog.pairs):
+        detector = YoloDetector(args.detector_weights or default_weights())
+        detect = DetectionCache(detector, home / "cache" / "detections").detect
+    inputs = prepare(catalog, prep, detector=detector, category_map=load_category_map(args.category_map or DEFAULT_MAP), detect=detect)
+    logger.info("%d scenes, %d crops, %d pairs (%d reachable) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
+                len(inputs.cases), sum(c.reachable for c in inputs.cases), inputs.seconds)
+    return inputs
+
+
+def _write_outputs(args: argparse.Namespace, out: Path, report: dict, inputs: EvalInputs, result: EvalResult,
+                   others: list[tuple[str, dict, dict]], compare: list[tuple[str, dict, dict]]) -> list[str]:
+    """metrics.json, pairs.csv and the plots into ``out``; the names of the files written."""
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", report)
     _write_pairs(out / "pairs.csv", result)
-    curves = {name: result.curves}
-    for other_name, _, other_curves in ([baseline] if baseline else []) + compare:
+    curves = {report["name"]: result.curves}
+    for other_name, _, other_curves in others + compare:
         curves.setdefault(other_name, other_curves)
-    images = {"recall_at_k.png": plots.recall_curves(curves, f"{catalog.root.name}: {scenes_param['scenes_count']} scenes")}
+    title = f"{Path(report['catalog']).name}: {report['scenes_count']} scenes"
+    images = {"recall_at_k.png": plots.recall_curves(curves, title)}
     rng = np.random.default_rng(args.seed)
     images["queries_scene_to_product.png"] = plots.result_grid(_s2p_rows(inputs, result, rng, args.grid_queries))
     images["queries_product_to_scene.png"] = plots.result_grid(_p2s_rows(inputs, result, rng, args.grid_queries))
@@ -212,49 +220,51 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         images["tsne_products.png"] = plots.tsne_map(result.product_emb[pick], thumbs, seed=args.seed)
     for fname, im in images.items():
         cv2.imwrite(str(out / fname), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
+    return ["metrics.json", "pairs.csv", *images]
 
-    rows = [(name, result.summary)] + ([baseline[:2]] if baseline else [])
-    text = table(rows, [k for k in ks if k <= 20] or list(ks))
-    proto = result.summary["protocol"]
-    ci = result.summary["scene_to_product"]["recall_ci95"]
+
+def _summary_lines(catalog: Catalog, report: dict, ks: Sequence[int], baseline, wall: float) -> list[str]:
+    """The table and headline lines printed at the end."""
+    summary = report["summary"]
+    rows = [(report["name"], summary)] + ([baseline[:2]] if baseline else [])
+    proto = summary["protocol"]
+    ci = summary["scene_to_product"]["recall_ci95"]
     k10 = 10 if 10 in ks else ks[-1]
-    lines = [
-        text,
+    return [
+        table(rows, [k for k in ks if k <= 20] or list(ks)),
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
-        + (f"; minus {baseline[0]}: {_signed(result.summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in result.summary else ""),
+        + (f"; minus {baseline[0]}: {_signed(summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in summary else ""),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
         f"pairs {proto['pairs']}: reachable {proto['reachable_pairs']}, unreachable {proto['unreachable_pairs']} "
         f"(boxes: {proto['boxes']}); wall {wall:.1f}s",
     ]
-    if not args.no_mlflow:
-        from training.tracking import mlflow_run
 
-        with mlflow_run(run_name=args.run_name or f"eval-{name}", experiment=args.experiment) as tracker:
-            tags = {"showroom.kind": "evaluate", "showroom.catalog": catalog.root.name, "showroom.model": args.model}
-            if model_run:
-                tags["showroom.model_run"] = model_run
-            tracker.set_tags(tags)
-            tracker.log_params({**params, "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint, **scenes_param,
-                                "detector": inputs.detector, "min_confidence": cfg.min_confidence, "crop_padding": cfg.crop_padding,
-                                "git_commit": git_commit(), "baseline": baseline[0] if baseline else "none"})
-            metrics = flat_metrics(result.summary)
-            for t, v in result.summary["scene_to_product"]["per_type"].items():
-                if v["recall"].get(10) is not None:
-                    from training.dataset import metric_key
 
-                    metrics[f"s2p_recall_at_10/{metric_key(t)}"] = v["recall"][10]
-            if baseline is not None:
-                metrics.update(flat_metrics(baseline[1], "baseline/"))
-            metrics["eval_seconds"] = wall
-            tracker.log_metrics(metrics, step=0)
-            for fname in ("metrics.json", "pairs.csv", *images):
-                tracker.log_artifact(out / fname)
-            if args.scenes:
-                tracker.log_artifact(args.scenes, "scenes")
-            lines.append(f"MLflow run {tracker.run_id}: artifacts {', '.join(['metrics.json', 'pairs.csv', *images])}")
-    lines.append(f"report: {out}")
-    print("\n".join(lines))
-    return 0
+def _log_run(args: argparse.Namespace, target: Target, catalog: Catalog, scenes_param: dict, inputs: EvalInputs,
+             result: EvalResult, baseline, out: Path, files: list[str], wall: float) -> str:
+    """One MLflow evaluation run: tags, params named as on the fit run, headline metrics, artifacts."""
+    prep = inputs.preprocessing
+    with mlflow_run(run_name=args.run_name or f"eval-{target.name}", experiment=args.experiment) as tracker:
+        tags = {"showroom.kind": "evaluate", "showroom.catalog": catalog.root.name, "showroom.model": args.model}
+        if target.run_id:
+            tags["showroom.model_run"] = target.run_id
+        tracker.set_tags(tags)
+        tracker.log_params({**target.params, "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint, **scenes_param,
+                            "detector": inputs.detector, "min_confidence": prep.min_confidence, "crop_padding": prep.crop_padding,
+                            "git_commit": git_commit(), "baseline": baseline[0] if baseline else "none"})
+        metrics = flat_metrics(result.summary)
+        for t, v in result.summary["scene_to_product"]["per_type"].items():
+            if v["recall"].get(10) is not None:
+                metrics[f"s2p_recall_at_10/{metric_key(t)}"] = v["recall"][10]
+        if baseline is not None:
+            metrics.update(flat_metrics(baseline[1], "baseline/"))
+        metrics["eval_seconds"] = wall
+        tracker.log_metrics(metrics, step=0)
+        for fname in files:
+            tracker.log_artifact(out / fname)
+        if args.scenes:
+            tracker.log_artifact(args.scenes, "scenes")
+        return f"MLflow run {tracker.run_id}: artifacts {', '.join(files)}"
 
 
 def _interval(ci) -> str:
@@ -310,10 +320,6 @@ def _s2p_rows(inputs, result, rng, n):
 
 def _p2s_rows(inputs, result, rng, n):
     """Random pairs: the product image, the 5 nearest scene crops (one per scene), the true scene marked."""
-    import numpy as np
-
-    from evaluation.metrics import euclidean_distances, group_min
-
     first = inputs.first_image
     pcol = {p: i for i, p in enumerate(inputs.product_ids)}
     scol = {s: i for i, s in enumerate(inputs.scenes)}

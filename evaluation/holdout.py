@@ -11,7 +11,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.catalog import load_catalog
 from engine.runtime import run_cli
+from engine.splits import holdout_scenes, write_scene_list
 
 logger = logging.getLogger("evaluation.holdout")
 
@@ -36,9 +38,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.catalog import load_catalog
-    from engine.splits import holdout_scenes, write_scene_list
-
     catalog = load_catalog(args.catalog)
     names = holdout_scenes(catalog, args.fraction, args.seed)
     held = set(names)

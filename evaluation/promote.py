@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 
 from engine.runtime import run_cli
+from training.tracking import find_runs, register_model, run_tags
 
 logger = logging.getLogger("evaluation.promote")
 
@@ -62,8 +63,6 @@ def choose(runs: list[dict], metric: str, catalog_fingerprint: str | None = None
 
 
 def _run(args: argparse.Namespace) -> int:
-    from training.tracking import find_runs, register_model, run_tags
-
     if args.eval_run:
         tags = run_tags(args.eval_run)
         model_run = tags.get("showroom.model_run")

@@ -24,50 +24,34 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from detectors.base import Detector
 from detectors.category_map import CategoryMap
-from engine.catalog import Box, Catalog, CatalogError
-from engine.images import ImageError, load_image, query_crop, to_square
-from evaluation.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_curve
+from engine.catalog import Catalog, CatalogError, Pair
+from engine.config import Preprocessing
+from engine.detection import Detector
+from engine.embed import Embed, embed_batches
+from engine.images import load_image, query_crop, to_square
+from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
+from engine.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals
 
 logger = logging.getLogger(__name__)
-
-Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> float32 (N, D)
 KS = (1, 5, 10, 20, 50)
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """ks: the k of recall@k; min_confidence: detector score a proposed crop needs; crop_padding:
-    padding around a crop as a fraction of its longer side (as in training)."""
+    """ks: the k of recall@k. The crops' preprocessing (size, padding, detector confidence) is the
+    model's (``engine.config.Preprocessing``), passed to ``prepare``."""
 
     ks: tuple[int, ...] = KS
-    min_confidence: float = 0.25
-    crop_padding: float = 0.0625
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive integers, got {self.ks}")
-        if not 0 <= self.min_confidence <= 1:
-            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
-
-
-@dataclass(frozen=True)
-class SceneCrop:
-    """One query crop of a scene: a ``pairs.csv`` box (``source='pairs.csv'``, ``label`` = the
-    pair's product type), a detection (``source='detector'``, ``label`` = its class) or the whole
-    scene when nothing else was found (``source='scene'``)."""
-
-    scene: str
-    box: Box | None
-    label: str
-    source: str
-    confidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +62,7 @@ class PairCase:
     type: str
     scene: str
     reachable: bool
-    box_source: str  # "pairs.csv", "detector" or "unreachable"
+    box_source: str  # "pairs.csv", "detector", "unreachable" or "unreadable"
     typed_crops: tuple[int, ...]
     any_crops: tuple[int, ...]
 
@@ -91,7 +75,7 @@ class EvalInputs:
     crop_images: uint8 (C, S, S, 3), one per ``crops`` entry.
     """
 
-    image_size: int
+    preprocessing: Preprocessing
     product_images: np.ndarray
     image_products: list[str]
     product_ids: list[str]  # distinct, in catalog order
@@ -106,102 +90,65 @@ class EvalInputs:
     skipped_scenes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def image_size(self) -> int:
+        return self.preprocessing.image_size
+
 
 def prepare(
     catalog: Catalog,
-    image_size: int,
+    preprocessing: Preprocessing,
     *,
     detector: Detector | None,
     category_map: CategoryMap,
-    cfg: EvalConfig = EvalConfig(),
-    detect: Callable | None = None,
+    detect: Detect | None = None,
 ) -> EvalInputs:
-    """Decode the catalog, propose and cut the scene crops, and list the pairs with their crops.
+    """Decode the catalog, propose and cut the scene crops (``engine.proposals``), and list the
+    pairs with the crops that may answer them.
 
     ``detect(path, image) -> list[Detection]`` defaults to ``detector.detect(image)`` (pass a
     ``DetectionCache.detect`` to reuse cached detections). A detector is required only when some
     pair has no box.
     """
     t0 = time.perf_counter()
-    needs_detector = any(p.box is None for p in catalog.pairs)
-    if needs_detector and detector is None:
+    if any(p.box is None for p in catalog.pairs) and detector is None:
         raise CatalogError(
             f"{catalog.root}: pairs.csv rows have no boxes, so the detector must propose crops; pass detector weights"
         )
     if detector is not None:
         category_map.check_classes(detector.class_names)
         detect = detect or (lambda path, image: detector.detect(image))
-    types = catalog.types
-    product_images = np.stack([to_square(load_image(p.image), image_size) for p in catalog.products]) if catalog.products else np.zeros((0, image_size, image_size, 3), np.uint8)
-    pairs_of: dict[str, list] = defaultdict(list)
-    for pair in catalog.pairs:
-        pairs_of[pair.scene].append(pair)
-
+    size = preprocessing.image_size
     crops: list[SceneCrop] = []
     crop_images: list[np.ndarray] = []
-    scenes: list[str] = []
-    skipped: list[str] = []
-    cases: list[PairCase] = []
+    scenes, skipped, cases = [], [], []
     unreachable: Counter = Counter()
     seen_pairs: set[tuple[str, str]] = set()
-    for scene in catalog.scenes:
-        pairs = pairs_of.get(scene.scene, [])
-        try:
-            image = load_image(scene.image)
-        except ImageError as exc:
-            logger.warning("evaluation skips scene %s: %s", scene.scene, exc)
-            skipped.append(scene.scene)
-            for pair in pairs:
-                if (pair.product_id, pair.scene) not in seen_pairs:
-                    seen_pairs.add((pair.product_id, pair.scene))
-                    cases.append(PairCase(pair.product_id, types[pair.product_id], scene.scene, False, "unreadable", (), ()))
-            continue
+    for proposal in catalog_proposals(catalog, detect, preprocessing.min_confidence):
         start = len(crops)
-        box_crop: dict[int, int] = {}
-        for j, pair in enumerate(pairs):
-            if pair.box is not None:
-                box_crop[j] = len(crops)
-                crops.append(SceneCrop(scene.scene, pair.box, types[pair.product_id], "pairs.csv"))
-        det_start = len(crops)
-        if detector is not None and (not pairs or any(p.box is None for p in pairs)):
-            for d in detect(scene.image, image):
-                if d.confidence >= cfg.min_confidence:
-                    crops.append(SceneCrop(scene.scene, d.box, d.label, "detector", float(d.confidence)))
-        detected = range(det_start, len(crops))
-        if len(crops) == start:  # nothing found: the whole scene stands in, for product -> scene only
-            crops.append(SceneCrop(scene.scene, None, "scene", "scene"))
-        for c in crops[start:]:
-            crop_images.append(query_crop(image, c.box, image_size, cfg.crop_padding))
-        scenes.append(scene.scene)
-        for j, pair in enumerate(pairs):
-            key = (pair.product_id, pair.scene)
-            if key in seen_pairs:
-                continue
-            seen_pairs.add(key)
-            ptype = types[pair.product_id]
-            if j in box_crop:
-                cases.append(PairCase(pair.product_id, ptype, scene.scene, True, "pairs.csv", (box_crop[j],), (box_crop[j],)))
-                continue
-            cls = category_map.class_for(ptype)
-            if cls is None:
-                unreachable[ptype] += 1
-                cases.append(PairCase(pair.product_id, ptype, scene.scene, False, "unreachable", (), tuple(detected)))
-                continue
-            typed = tuple(i for i in detected if crops[i].label == cls)
-            cases.append(PairCase(pair.product_id, ptype, scene.scene, True, "detector", typed, tuple(detected)))
-    size = (0, image_size, image_size, 3)
+        if proposal.image is None:
+            skipped.append(proposal.scene.scene)
+        else:
+            crops += proposal.crops
+            crop_images += [query_crop(proposal.image, c.box, size, preprocessing.crop_padding) for c in proposal.crops]
+            scenes.append(proposal.scene.scene)
+        for pair in proposal.pairs:
+            if (pair.product_id, pair.scene) not in seen_pairs:
+                seen_pairs.add((pair.product_id, pair.scene))
+                cases.append(_pair_case(pair, proposal, crops, start, catalog.types, category_map, unreachable))
     first_image: dict[str, int] = {}
     for i, p in enumerate(catalog.products):
         first_image.setdefault(p.product_id, i)
+    empty = np.zeros((0, size, size, 3), np.uint8)
     return EvalInputs(
-        image_size=image_size,
-        product_images=product_images,
+        preprocessing=preprocessing,
+        product_images=np.stack([to_square(load_image(p.image), size) for p in catalog.products]) if catalog.products else empty,
         image_products=[p.product_id for p in catalog.products],
         product_ids=catalog.product_ids,
         first_image=first_image,
-        types=types,
+        types=catalog.types,
         crops=crops,
-        crop_images=np.stack(crop_images) if crop_images else np.zeros(size, np.uint8),
+        crop_images=np.stack(crop_images) if crop_images else empty,
         scenes=scenes,
         cases=cases,
         unreachable_types=dict(sorted(unreachable.items())),
@@ -209,6 +156,25 @@ def prepare(
         skipped_scenes=skipped,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _pair_case(pair: Pair, proposal: SceneProposals, crops: list[SceneCrop], start: int, types: dict[str, str],
+               category_map: CategoryMap, unreachable: Counter) -> PairCase:
+    """Which of the scene's crops (``crops[start:]``) may answer ``pair``: its own box, or the
+    detections of the class its type maps to (none: unreachable, counted by type)."""
+    ptype = types[pair.product_id]
+    if proposal.image is None:
+        return PairCase(pair.product_id, ptype, pair.scene, False, "unreadable", (), ())
+    if pair.box is not None:
+        own = next(i for i in range(start, len(crops)) if crops[i].source == "pairs.csv" and crops[i].box == pair.box)
+        return PairCase(pair.product_id, ptype, pair.scene, True, "pairs.csv", (own,), (own,))
+    detected = tuple(i for i in range(start, len(crops)) if crops[i].source == "detector")
+    cls = category_map.class_for(ptype)
+    if cls is None:
+        unreachable[ptype] += 1
+        return PairCase(pair.product_id, ptype, pair.scene, False, "unreachable", (), detected)
+    typed = tuple(i for i in detected if crops[i].label == cls)
+    return PairCase(pair.product_id, ptype, pair.scene, True, "detector", typed, detected)
 
 
 @dataclass
@@ -238,11 +204,6 @@ class EvalResult:
     curves: dict[str, list[float]]  # recall at k = 1..len for "scene_to_product", "product_to_scene"
 
 
-def _embed(embed: Embed, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    parts = [np.asarray(embed(images[i : i + batch]), np.float32) for i in range(0, len(images), batch)]
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-
-
 def _nan_to_none(value):
     if isinstance(value, dict):
         return {k: _nan_to_none(v) for k, v in value.items()}
@@ -256,19 +217,36 @@ def _nan_to_none(value):
 def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, curve_max: int = 100) -> EvalResult:
     """Embed the prepared images with ``embed`` and compute every rank and metric of the protocol."""
     t0 = time.perf_counter()
+    image_emb = embed_batches(embed, inputs.product_images, 0, 256)
+    crop_emb = embed_batches(embed, inputs.crop_images, 0, 256)
+    results, top = _rank_pairs(inputs, image_emb, crop_emb)
+    product_emb = image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb
+    summary = _summary(inputs, results, crop_emb, product_emb, cfg.ks)
+    summary["seconds"] = {"prepare": inputs.seconds, "score": time.perf_counter() - t0}
+    reach = np.array([r.rank for r in results if r.case.reachable], np.float64)
+    scene_ranks = np.array([r.scene_rank for r in results], np.float64)
+    curves = {
+        "scene_to_product": [recall_at_k(reach, k) for k in range(1, curve_max + 1)],
+        "product_to_scene": [recall_at_k(scene_ranks, k) for k in range(1, curve_max + 1)],
+    }
+    return EvalResult(_nan_to_none(summary), results, product_emb, crop_emb, top, curves)
+
+
+def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray) -> tuple[list[PairResult], np.ndarray]:
+    """Every pair's ranks, and the 5 nearest products of each crop (int (C, 5)).
+
+    image_emb: float32 (M, D), one row per catalog image; crop_emb: float32 (C, D).
+    """
     pid_col = {p: i for i, p in enumerate(inputs.product_ids)}
-    image_emb = _embed(embed, inputs.product_images)
-    crop_emb = _embed(embed, inputs.crop_images)
-    image_group = np.array([pid_col[p] for p in inputs.image_products], np.int64)
     n_products = len(inputs.product_ids)
+    image_group = np.array([pid_col[p] for p in inputs.image_products], np.int64)
     # crop x product: distance to the product's nearest image
-    crop_prod = group_min(euclidean_distances(crop_emb, image_emb), image_group, n_products) if len(crop_emb) and len(image_emb) else np.full((len(crop_emb), n_products), np.inf)
+    crop_prod = (group_min(euclidean_distances(crop_emb, image_emb), image_group, n_products) if len(crop_emb) and len(image_emb)
+                 else np.full((len(crop_emb), n_products), np.inf))
     top = np.argsort(crop_prod, axis=1, kind="stable")[:, :5] if n_products else np.zeros((len(crop_emb), 0), np.int64)
     # product x scene: distance of the product's nearest image to the scene's nearest crop
     scene_col = {s: i for i, s in enumerate(inputs.scenes)}
     crop_scene = np.array([scene_col[c.scene] for c in inputs.crops], np.int64)
-
-    results: list[PairResult] = []
     query_products = sorted({c.product_id for c in inputs.cases})
     prod_scene = {}
     if query_products and len(crop_emb):
@@ -277,39 +255,38 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
         d = group_min(euclidean_distances(image_emb[rows], crop_emb), crop_scene, len(inputs.scenes))  # (images, scenes)
         per_product = group_min(d.T, np.array([q_index[inputs.image_products[r]] for r in rows]), len(query_products)).T
         prod_scene = {p: per_product[i] for i, p in enumerate(query_products)}
+    results = []
     for case in inputs.cases:
         col = pid_col[case.product_id]
         typed = [(rank_of(crop_prod[c], col), c) for c in case.typed_crops]
         best = min(typed) if typed else (float("inf"), None)
         rank_any = min((rank_of(crop_prod[c], col) for c in case.any_crops), default=float("inf"))
         rank_any = min(rank_any, best[0])
-        srank = rank_of(prod_scene[case.product_id], scene_col[case.scene]) if case.scene in scene_col and case.product_id in prod_scene else float("inf")
+        found = case.scene in scene_col and case.product_id in prod_scene
+        srank = rank_of(prod_scene[case.product_id], scene_col[case.scene]) if found else float("inf")
         results.append(PairResult(case, best[0], rank_any, srank, best[1]))
+    return results, top
 
-    ks = cfg.ks
+
+def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray, product_emb: np.ndarray, ks: Sequence[int]) -> dict:
+    """Every headline number of one scoring (see the module docstring)."""
     reach = [r for r in results if r.case.reachable]
     ranks = np.array([r.rank for r in reach], np.float64)
-    per_type: dict[str, dict] = {}
     by_type: dict[str, list[float]] = defaultdict(list)
     for r in reach:
         by_type[r.case.type].append(r.rank)
-    for t, rs in sorted(by_type.items()):
-        per_type[t] = {"pairs": len(rs), "recall": recall_curve(np.array(rs), ks)}
+    per_type = {t: {"pairs": len(rs), "recall": recall_curve(np.array(rs), ks)} for t, rs in sorted(by_type.items())}
     matched = [r for r in reach if r.matched_crop is not None]
     da = distance_accuracy(
-        crop_emb[[r.matched_crop for r in matched]] if matched else np.zeros((0, image_emb.shape[1] if image_emb.ndim == 2 else 0)),
-        [r.case.product_id for r in matched],
-        image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
-        inputs.product_ids,
-        [inputs.types[p] for p in inputs.product_ids],
+        crop_emb[[r.matched_crop for r in matched]], [r.case.product_id for r in matched], product_emb,
+        inputs.product_ids, [inputs.types[p] for p in inputs.product_ids],
     ) if matched else None
     sources = Counter(c.box_source for c in inputs.cases)
     all_any = np.array([r.rank_any for r in results if r.case.box_source != "unreadable"], np.float64)
     scene_ranks = np.array([r.scene_rank for r in results], np.float64)
-    curve_ks = range(1, curve_max + 1)
-    summary = {
+    return {
         "protocol": {
-            "catalog_images": len(inputs.image_products), "catalog_products": n_products, "scenes": len(inputs.scenes),
+            "catalog_images": len(inputs.image_products), "catalog_products": len(inputs.product_ids), "scenes": len(inputs.scenes),
             "skipped_scenes": inputs.skipped_scenes, "crops": len(inputs.crops),
             "crops_by_source": dict(Counter(c.source for c in inputs.crops)),
             "pairs": len(results), "reachable_pairs": len(reach),
@@ -317,8 +294,8 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
             "pairs_by_box_source": dict(sources),
             "boxes": "pairs.csv" if sources.get("pairs.csv") and not sources.get("detector") and not sources.get("unreachable")
             else ("detector" if not sources.get("pairs.csv") else "pairs.csv where given, else detector"),
-            "ks": list(ks), "min_confidence": cfg.min_confidence, "crop_padding": cfg.crop_padding,
-            "image_size": inputs.image_size, "detector": inputs.detector,
+            "ks": list(ks), "min_confidence": inputs.preprocessing.min_confidence,
+            "crop_padding": inputs.preprocessing.crop_padding, "image_size": inputs.image_size, "detector": inputs.detector,
         },
         "scene_to_product": {
             "recall": recall_curve(ranks, ks),
@@ -333,15 +310,9 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
                              "recall_ci95": bootstrap_recall(scene_ranks, [r.case.scene for r in results], ks)},
         "distance_accuracy": da.top1 if da else float("nan"),
         "distance_accuracy_top_3": da.top3 if da else float("nan"),
-        "distance_accuracy_per_type": {t: {"top1": v[0], "top3": v[1], "queries": v[2], "products": v[3]} for t, v in (da.per_category.items() if da else [])},
-        "seconds": {"prepare": inputs.seconds, "score": time.perf_counter() - t0},
+        "distance_accuracy_per_type": {t: {"top1": v[0], "top3": v[1], "queries": v[2], "products": v[3]}
+                                       for t, v in (da.per_category.items() if da else [])},
     }
-    curves = {
-        "scene_to_product": [recall_curve(ranks, [k])[k] for k in curve_ks],
-        "product_to_scene": [recall_curve(scene_ranks, [k])[k] for k in curve_ks],
-    }
-    return EvalResult(_nan_to_none(summary), results, image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb,
-                      crop_emb, top, curves)
 
 
 def paired_difference(a: EvalResult, b: EvalResult, ks: Sequence[int]) -> dict[str, dict[int, dict[str, object]]]:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from dataclasses import asdict
 
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from engine.catalog_index import Match
+from engine.index_folder import Match
 from engine.images import ImageError, check_box, decode_image
 from engine.search import Timings
-from serving.app import ApiError
+from serving.errors import ApiError
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -179,4 +180,5 @@ def healthz():
     return jsonify(status="ok", model=loaded.model_fingerprint[:12], index_created=e.products.created,
                    products=len(e.products), scene_crops=len(e.scenes) if e.scenes is not None else 0,
                    index_kind=e.products.index.kind, detector=e.detector.fingerprint if e.detector is not None else None,
+                   preprocessing=asdict(e.embedder.preprocessing),
                    source=loaded.source)

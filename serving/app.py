@@ -20,17 +20,15 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from detectors.yolo import YoloDetector
 from engine.runtime import configure_runtime
+from serving.api import bp as api_bp
+from serving.errors import ApiError
+from serving.pages import bp as pages_bp
+from serving.state import ServingState, load_from_folder
+from training.model_ref import is_registered, resolve_model
 
 logger = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """A client error answered as JSON ``{"error": message}`` with a 4xx status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -53,9 +51,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         state = _load_state(app)
     app.extensions["showroom"] = state
 
-    from serving.api import bp as api_bp
-    from serving.pages import bp as pages_bp
-
     app.register_blueprint(api_bp)
     app.register_blueprint(pages_bp)
 
@@ -75,26 +70,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     return app
 
 
-def _load_state(app: Flask):
-    from serving.state import ServingState, load_from_folder
-
+def _load_state(app: Flask) -> ServingState:
     folder = app.config["SHOWROOM_INDEX"]
     if not folder:
         raise RuntimeError("set SHOWROOM_INDEX to a folder built by `python -m serving.build_index`")
     detector = app.config["SHOWROOM_DETECTOR"]
     if detector is None and app.config["SHOWROOM_DETECTOR_WEIGHTS"]:
-        from detectors.yolo import YoloDetector
-
         detector = YoloDetector(app.config["SHOWROOM_DETECTOR_WEIGHTS"])
         detector.class_names  # load now, not on the first request
 
     def loader():
         local = folder
-        if str(folder).startswith("models:/"):  # a registered version: re-resolved on every reload
-            from engine.runtime import state_dir
-            from training.tracking import download_registered
-
-            local = download_registered(str(folder), state_dir() / "registry")[0]
+        if is_registered(str(folder)):  # a registered version: re-resolved on every reload
+            local = resolve_model(str(folder)).folder
             if not (local / "products").is_dir():
                 raise RuntimeError(f"{folder} holds a model without indexes (its run had no index/ artifact): build a folder with "
                                    f"`python -m serving.build_index --model {folder} --catalog DIR --out DIR` and serve that")

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.runtime import run_cli
+from detectors.cache import DetectionCache
+from detectors.yolo import YoloDetector, default_weights
+from engine.ann import ScannParams
+from engine.build_indexes import build_serving_folder
+from engine.catalog import load_catalog
+from engine.runtime import run_cli, state_dir
+from training.model_ref import resolve_model
 
 logger = logging.getLogger("serving.build_index")
 
@@ -27,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
     p.add_argument("--detector-weights", default=None, help="YOLO weights for scene crops (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
     p.add_argument("--no-detector", action="store_true", help="index whole scenes (and pairs.csv boxes) without a detector")
-    p.add_argument("--brute-force-below", type=int, default=20_000, help="exact search under this many items, ScaNN above")
+    p.add_argument("--brute-force-below", type=int, default=ScannParams().brute_force_below, help="exact search under this many items, ScaNN above")
     p.add_argument("--leaves", type=int, default=0, help="ScaNN tree leaves (0 = about sqrt(N))")
     p.add_argument("--leaves-to-search", type=int, default=0, help="ScaNN leaves searched per query (0 = leaves/10, at least 16)")
     p.add_argument("--reorder", type=int, default=0, help="ScaNN exact re-ranking depth (0 = 250)")
@@ -41,28 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.catalog import load_catalog
-    from engine.embed import load_embedder
-    from engine.index import ScannParams
-    from engine.search import model_fingerprint
-    from engine.indexing import build_catalog_indexes
-    from training.model_ref import resolve_model
-
     t0 = time.perf_counter()
-    model_path = resolve_model(args.model)
-    model = load_embedder(model_path)
+    model = resolve_model(args.model)
     catalog = load_catalog(args.catalog)
-    detector = None
+    detect = None
     if not args.no_detector:
-        from detectors.yolo import YoloDetector, default_weights
-
-        detector = YoloDetector(args.detector_weights or default_weights())
+        detect = DetectionCache(YoloDetector(args.detector_weights or default_weights()), state_dir() / "cache" / "detections").detect
     params = ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves, leaves_to_search=args.leaves_to_search, reorder=args.reorder)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp_model = args.out / ".model.keras.tmp"
-    shutil.copyfile(model_path, tmp_model)
-    tmp_model.replace(args.out / "model.keras")
-    built = build_catalog_indexes(catalog, model, model_fingerprint(args.out / "model.keras"), args.out, detector, params)
+    built = build_serving_folder(model.path, catalog, args.out, detect, params)
     print(", ".join(f"{k}: {len(v)} items ({v.index.kind})" for k, v in built.items()) + f" in {time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request, send_file
 
-from serving.app import ApiError
+from serving.api import healthz as api_healthz
+from serving.errors import ApiError
 
 bp = Blueprint("pages", __name__)
 
@@ -46,6 +47,4 @@ def scene_image(scene: str):
 
 @bp.get("/healthz")
 def healthz():
-    from serving.api import healthz as api_healthz
-
     return api_healthz()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.catalog_index import CatalogIndex
-from engine.search import SearchEngine, model_fingerprint
-from engine.indexing import PRODUCTS, SCENES
+from engine.build_indexes import PRODUCTS, SCENES
+from engine.detection import Detector
+from engine.embed import Embedder
+from engine.index_folder import CatalogIndex
+from engine.search import SearchEngine
 
 logger = logging.getLogger(__name__)
 
@@ -23,14 +26,11 @@ class Loaded:
     source: str
 
 
-def load_from_folder(folder: Path, detector=None) -> Loaded:
-    """Load ``folder/model.keras`` and the verified indexes built with it."""
-    from engine.embed import load_embedder
-
+def load_from_folder(folder: Path, detector: Detector | None = None) -> Loaded:
+    """Load ``folder/model.keras`` (with its preprocessing) and the verified indexes built with it."""
     folder = Path(folder)
-    model_path = folder / "model.keras"
-    embedder = load_embedder(model_path)
-    fp = model_fingerprint(model_path)
+    embedder = Embedder.load(folder / "model.keras")
+    fp = embedder.fingerprint
     products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp)
     scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp) if (folder / SCENES).exists() else None
     return Loaded(SearchEngine(embedder, products, scenes, detector), fp, str(folder))
@@ -40,7 +40,7 @@ class ServingState:
     """Holds the current ``Loaded``; ``reload`` builds the next one completely before swapping it in,
     so a query in flight keeps the generation it started with and none fails during a swap."""
 
-    def __init__(self, loaded: Loaded, loader=None) -> None:
+    def __init__(self, loaded: Loaded, loader: Callable[[], Loaded] | None = None) -> None:
         self._current = loaded
         self._loader = loader
         self._lock = threading.Lock()

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 STACK = ["tensorflow", "keras", "torch", "torchvision", "ultralytics", "scann", "mlflow", "flask", "cv2", "albumentations"]
 
 

@@ -1,4 +1,4 @@
-"""Keras callback run after each training epoch: probes, MLflow metrics, checkpoint."""
+"""Keras callback run after each training epoch: probes and MLflow metrics (checkpoints: ``training.checkpoint``)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def log_epoch(step: int, metrics: dict[str, float]) -> None:
 
 
 class EpochEnd(keras.callbacks.Callback):
-    """After epoch e (1-based step e): merge Keras logs with ``probes(e)``, log to the tracker, ``save(e)``.
+    """After epoch e (1-based step e): merge Keras logs with ``probes(e)`` and log them to the tracker.
 
     triplets_per_epoch: used for the throughput metric ``triplets_per_second``.
     """
@@ -33,11 +33,10 @@ class EpochEnd(keras.callbacks.Callback):
         self,
         tracker: Tracker,
         probes: Callable[[int], dict[str, float]],
-        save: Callable[[int], object],
         triplets_per_epoch: int,
     ) -> None:
         super().__init__()
-        self.tracker, self.probes, self.save = tracker, probes, save
+        self.tracker, self.probes = tracker, probes
         self.triplets_per_epoch = triplets_per_epoch
         self._t0 = 0.0
 
@@ -53,4 +52,3 @@ class EpochEnd(keras.callbacks.Callback):
         metrics["n_triplets"] = self.triplets_per_epoch
         self.tracker.log_metrics(metrics, step=epoch + 1)
         log_epoch(epoch + 1, metrics)
-        self.save(epoch + 1)

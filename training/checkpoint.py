@@ -1,25 +1,26 @@
-"""Per-epoch training checkpoints (embedder weights, optimizer state, run state), written atomically.
+"""Resuming a killed training run: Keras ``BackupAndRestore`` for the weights, optimizer state and
+epoch count, plus a ``state.json`` that says how to rebuild the run (configs, data, MLflow run id).
 
-Layout of a run's checkpoint folder::
+Layout of a run's folder (deleted when the run finishes)::
 
-    <state>/checkpoints/<run_id>/epoch-0003/{embedder.weights.h5, optimizer.npz, state.json}
-    <state>/checkpoints/<run_id>/LATEST      # "epoch-0003", replaced atomically after each save
+    <state>/checkpoints/<run_id>/state.json   # written once, atomically, before the first epoch
+    <state>/checkpoints/<run_id>/backup/      # BackupAndRestore: latest.weights.h5 (+ .bkp), training_metadata.json
 
-A crash mid-save leaves the previous epoch's folder and LATEST untouched.
+``BackupAndRestore`` saves after every epoch and keeps the previous save too
+(``double_checkpoint``), so a kill in the middle of a save falls back to the epoch before.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
+
+from engine.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -28,63 +29,54 @@ class CheckpointError(ValueError):
     """No usable checkpoint for a resume."""
 
 
-def checkpoint_root(state_dir: Path, run_id: str) -> Path:
+def run_folder(state_dir: Path, run_id: str) -> Path:
+    """The checkpoint folder of one run."""
     return Path(state_dir) / "checkpoints" / run_id
 
 
-def save_checkpoint(root: Path, epoch: int, embedder: keras.Model, optimizer: keras.optimizers.Optimizer, state: dict[str, Any]) -> Path:
-    """Save after ``epoch`` (1-based count of finished epochs); returns the epoch folder."""
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"epoch-{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        embedder.save_weights(tmp / "embedder.weights.h5")
-        np.savez(tmp / "optimizer.npz", *[keras.ops.convert_to_numpy(v) for v in optimizer.variables])
-        (tmp / "state.json").write_text(json.dumps({**state, "epochs_done": epoch}, indent=2))
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    latest_tmp = root / ".LATEST.tmp"
-    latest_tmp.write_text(name)
-    os.replace(latest_tmp, root / "LATEST")
-    for old in root.glob("epoch-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    logger.info("checkpoint %s", final)
-    return final
+def write_run_state(folder: Path, state: dict[str, Any]) -> None:
+    """Record how to rebuild the run (written once, before training starts)."""
+    write_json_atomic(Path(folder) / "state.json", state, indent=2)
 
 
-def latest_checkpoint(root: Path) -> Path:
-    """The folder named by LATEST; ``CheckpointError`` if there is none."""
-    latest = root / "LATEST"
-    if not latest.is_file():
-        raise CheckpointError(f"no checkpoint in {root}: the run never finished an epoch, start it again without --resume")
-    folder = root / latest.read_text().strip()
-    if not (folder / "state.json").is_file():
-        raise CheckpointError(f"checkpoint {folder} is incomplete; start the run again without --resume")
-    return folder
+def read_run_state(folder: Path) -> dict[str, Any]:
+    """The state of a killed run, with ``epochs_done`` from its last backup; ``CheckpointError``
+    when the run never finished an epoch."""
+    path = Path(folder) / "state.json"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint in {folder}: the run never started training; start it again without --resume")
+    state = json.loads(path.read_text())
+    state["epochs_done"] = epochs_done(folder)
+    if state["epochs_done"] == 0:
+        raise CheckpointError(f"no checkpoint in {folder}: the run never finished an epoch, start it again without --resume")
+    return state
 
 
-def read_state(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "state.json").read_text())
+def backup_callback(folder: Path) -> keras.callbacks.BackupAndRestore:
+    """Saves weights, optimizer state and the epoch after every epoch; restores them when ``fit`` starts."""
+    return keras.callbacks.BackupAndRestore(str(Path(folder) / "backup"), save_freq="epoch", double_checkpoint=True)
 
 
-def restore_checkpoint(folder: Path, embedder: keras.Model, optimizer: keras.optimizers.Optimizer) -> dict[str, Any]:
-    """Load weights and optimizer state saved by ``save_checkpoint``; returns the state dict."""
-    embedder.load_weights(folder / "embedder.weights.h5")
-    saved = np.load(folder / "optimizer.npz")
-    values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    if not optimizer.built:
-        optimizer.build(embedder.trainable_variables)
-    if len(values) != len(optimizer.variables):
-        raise CheckpointError(
-            f"optimizer state in {folder} has {len(values)} variables, the model needs {len(optimizer.variables)}; "
-            "the checkpoint is from a different model configuration"
-        )
-    for var, value in zip(optimizer.variables, values):
-        var.assign(value)
-    return read_state(folder)
+def epochs_done(folder: Path) -> int:
+    """Epochs the run's last backup holds (0 without one)."""
+    meta = Path(folder) / "backup" / "training_metadata.json"
+    for path in (meta, meta.with_name(meta.name + ".bkp")):
+        try:
+            return int(json.loads(path.read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return 0
+
+
+def latest_run(state_dir: Path) -> str:
+    """The run id of the most recently backed-up killed run."""
+    folders = sorted((p.parent.parent for p in (Path(state_dir) / "checkpoints").glob("*/backup/training_metadata.json")),
+                     key=lambda p: (p / "backup").stat().st_mtime)
+    if not folders:
+        raise CheckpointError(f"--resume last: no checkpoints under {Path(state_dir) / 'checkpoints'}")
+    return folders[-1].name
+
+
+def finish(folder: Path) -> None:
+    """Delete a finished run's checkpoint folder."""
+    shutil.rmtree(folder, ignore_errors=True)

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from engine.files import atomic_folder
 
 logger = logging.getLogger(__name__)
 
@@ -417,9 +416,7 @@ def generate_demo_catalog(out_dir: Path, spec: DemoSpec = DemoSpec()) -> Path:
     rng = np.random.default_rng(spec.seed)
     products = _make_products(spec, rng)
     renders = {p.product_id: render_product(p) for p in products}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         (tmp / "images" / "products").mkdir(parents=True)
         (tmp / "images" / "scenes").mkdir(parents=True)
         with open(tmp / "products.csv", "w", newline="") as fh:
@@ -456,12 +453,6 @@ def generate_demo_catalog(out_dir: Path, spec: DemoSpec = DemoSpec()) -> Path:
             wr.writerow(["product_id", "scene", "x1", "y1", "x2", "y2"])
             wr.writerows(pair_rows)
         (tmp / "demo_spec.txt").write_text(repr(asdict(spec)) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("demo catalog: %d products, %d scenes, %d pairs -> %s", len(products), spec.scenes, len(pair_rows), out_dir)
     return out_dir
 

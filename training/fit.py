@@ -10,18 +10,43 @@ continues a killed run where it stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import asdict, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from engine.catalog import CatalogError
-from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, TrainConfig, flatten, from_dict
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from detectors.cache import DetectionCache
+from detectors.category_map import load_category_map
+from detectors.yolo import WEIGHTS_ENV, YoloDetector, default_weights
+from engine.build_indexes import build_serving_folder
+from engine.catalog import Catalog, CatalogError, load_catalog
+from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, Preprocessing, TrainConfig, flatten, from_dict
+from engine.embed import Embedder, ModelError, embed_images, input_size, load_embedder, save_embedder
+from engine.files import atomic_file
+from engine.model import TripletModel, build_embedder
 from engine.runtime import run_cli
+from engine.splits import read_scene_list, restrict_scenes, write_scene_list
+from training import checkpoint as ckpt
+from training.callbacks import EpochEnd, log_epoch
+from training.demo_catalog import DemoSpec, ensure_demo_catalog
+from training.manifest import load_manifest, save_manifest
+from training.mining import MiningConfig, mine_catalog
+from training.model_ref import resolve_model
+from training.pipeline import steps_per_epoch, triplet_dataset, triplet_sheet
+from training.tracking import Tracker, git_commit, mlflow_run, run_metrics
+from training.training_set import TrainingSet, build_training_set, probe_metrics, queries_from_manifest
+from training.triplets import Triplets
 
 logger = logging.getLogger("training.fit")
 
@@ -90,22 +115,33 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
     return model, train
 
 
-def _strategy(kind: str):
-    import tensorflow as tf
+@dataclass
+class RunPlan:
+    """Everything a run trains from, resolved from the flags (or from a killed run's state).
 
-    gpus = tf.config.list_logical_devices("GPU")
-    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
-        strategy = tf.distribute.MirroredStrategy()
-        logger.info("MirroredStrategy over %d replicas", strategy.num_replicas_in_sync)
-        return strategy
-    return tf.distribute.get_strategy()
+    resume: the killed run's state (``training.checkpoint``), None for a new run.
+    init_model: a trained embedder to start from (``--init-from``).
+    """
 
+    model: ModelConfig
+    train: TrainConfig
+    catalog: Catalog
+    triplets: Path | None
+    holdout: set[str]
+    init_from: str = ""
+    init_model: keras.Model | None = None
+    resume: dict | None = None
 
-def _latest_run(home: Path) -> str:
-    roots = sorted((home / "checkpoints").glob("*/LATEST"), key=lambda p: p.stat().st_mtime)
-    if not roots:
-        raise CatalogError(f"--resume last: no checkpoints under {home / 'checkpoints'}")
-    return roots[-1].parent.name
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """What the trained embedder is saved with, and every consumer reads."""
+        return Preprocessing(image_size=self.model.image_size, crop_padding=self.train.crop_padding)
+
+    def state(self, run_id: str) -> dict:
+        """What a resume needs to rebuild this run."""
+        return {"run_id": run_id, "model": asdict(self.model), "train": asdict(self.train), "catalog": str(self.catalog.root),
+                "catalog_fingerprint": self.catalog.fingerprint, "triplets": str(self.triplets) if self.triplets else None,
+                "holdout_scenes": sorted(self.holdout), "init_from": self.init_from}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,238 +150,226 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
-    import keras
-    import numpy as np
-
-    from engine.catalog import load_catalog
-    from engine.embed import ModelError, embed_images, input_size, load_embedder
-    from engine.model import TripletModel, build_embedder
-    from training import checkpoint as ckpt
-    from training.callbacks import EpochEnd, log_epoch
-    from training.data import steps_per_epoch, triplet_dataset, triplet_sheet
-    from training.dataset import build_training_set, probe_metrics, queries_from_manifest
-    from training.manifest import load_manifest
-    from training.model_ref import resolve_model
-    from training.demo_catalog import DemoSpec, ensure_demo_catalog
-    from training.tracking import git_commit, mlflow_run
-
-    resume_state = None
-    if args.resume:
-        run_id = _latest_run(home) if args.resume == "last" else args.resume
-        folder = ckpt.latest_checkpoint(ckpt.checkpoint_root(home, run_id))
-        resume_state = ckpt.read_state(folder)
-        mcfg = from_dict(ModelConfig, resume_state["model"])
-        tcfg = from_dict(TrainConfig, resume_state["train"])
-        catalog_dir = Path(resume_state["catalog"])
-        triplets_path = Path(resume_state["triplets"]) if resume_state.get("triplets") else None
-        holdout = set(resume_state.get("holdout_scenes") or ())
-        logger.info("resuming run %s after epoch %d of %d", run_id, resume_state["epochs_done"], tcfg.epochs)
-    else:
-        mcfg, tcfg = configs_from_args(args)
-        triplets_path = args.triplets
-        holdout = set()
-        if args.holdout_scenes:
-            from engine.splits import read_scene_list
-
-            holdout = set(read_scene_list(args.holdout_scenes))
-        catalog_dir = args.catalog
-        if catalog_dir is None and triplets_path is not None:
-            catalog_dir = Path(load_manifest(triplets_path).catalog)
-        if catalog_dir is None:
-            catalog_dir = ensure_demo_catalog(home, DemoSpec(seed=args.demo_seed))
-
-    init_model = None
-    if args.init_from and not resume_state:
-        init_model = load_embedder(resolve_model(args.init_from))
-        mcfg = replace(mcfg, image_size=input_size(init_model), embedding_dim=int(init_model.output_shape[-1]), weights="none")
-        logger.info("initialising from %s (input %d px, D=%d)", args.init_from, mcfg.image_size, mcfg.embedding_dim)
-
-    catalog = load_catalog(catalog_dir)
-    if not resume_state and triplets_path is None and not args.whole_scene_queries and any(p.box is None for p in catalog.pairs):
-        triplets_path = _auto_mine(args, mcfg, tcfg, catalog, home)
-    if resume_state and catalog.fingerprint != resume_state["catalog_fingerprint"]:
-        raise CatalogError(
-            f"{catalog_dir} changed since run {resume_state['run_id']} started (fingerprint {catalog.fingerprint} "
-            f"vs {resume_state['catalog_fingerprint']}); start a new run instead of --resume"
-        )
-    queries = None
-    if triplets_path:
-        manifest = load_manifest(triplets_path)
-        holdout |= set(manifest.holdout_scenes)
-        queries = queries_from_manifest(manifest, catalog)
-    if holdout:
-        from engine.splits import restrict_scenes
-
-        train_catalog = restrict_scenes(catalog, drop=holdout)
-        if queries is not None:
-            queries = [q for q in queries if q.scene not in holdout]
-        logger.info("holding out %d scenes for evaluation: never trained or validated on", len(holdout))
-    else:
-        train_catalog = catalog
-    ts = build_training_set(train_catalog, tcfg, mcfg.image_size, queries)
-
-    keras.utils.set_random_seed(tcfg.seed)
-    if tcfg.mixed_precision:
+    plan = _resume_plan(args, home) if args.resume else _new_plan(args, home)
+    ts = _training_set(plan)
+    keras.utils.set_random_seed(plan.train.seed)
+    if plan.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    strategy = _strategy(tcfg.distribute)
-    val_trip = ts.val_sampler.sample(tcfg.seed + 10_000)  # fixed validation triplets
-    val_ds = triplet_dataset(ts.bank, [val_trip], batch_size=tcfg.batch_size, augment=False, seed=tcfg.seed)
-
-    run_kwargs = {"run_id": resume_state["run_id"]} if resume_state else {"run_name": args.run_name, "experiment": args.experiment}
+    val_trip = ts.val_sampler.sample(plan.train.seed + 10_000)  # fixed validation triplets
+    val_ds = triplet_dataset(ts.bank, [val_trip], batch_size=plan.train.batch_size, augment=False, seed=plan.train.seed)
+    run_kwargs = {"run_id": plan.resume["run_id"]} if plan.resume else {"run_name": args.run_name, "experiment": args.experiment}
     with mlflow_run(**run_kwargs) as tracker:
-        with strategy.scope():
-            build_cfg = replace(mcfg, weights="none") if resume_state else mcfg
-            embedder = build_embedder(build_cfg)
-            model = TripletModel(embedder, margin=tcfg.margin, loss=tcfg.loss)
-            model.compile(optimizer=keras.optimizers.Adam(tcfg.learning_rate))
-            if init_model is not None:
-                try:
-                    embedder.set_weights(init_model.get_weights())
-                except ValueError as exc:
-                    raise ModelError(
-                        f"--init-from {args.init_from} has a different architecture ({exc}); pass the same --backbone, "
-                        "--alpha and --no-low-level-branch/--no-l2-normalize as the run that trained it"
-                    ) from None
-        root = ckpt.checkpoint_root(home, tracker.run_id)
-        state = {
-            "run_id": tracker.run_id, "model": asdict(mcfg), "train": asdict(tcfg),
-            "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
-            "triplets": str(triplets_path) if triplets_path else None,
-            "holdout_scenes": sorted(holdout),
-        }
-
-        def embed(images: np.ndarray) -> np.ndarray:
-            return embed_images(embedder, images, batch_size=64)
-
-        def probes(step: int) -> dict[str, float]:
-            out = probe_metrics(embed, ts, ts.val_queries, "val_", seed=tcfg.seed)
-            out.update(probe_metrics(embed, ts, ts.train_queries, "train_", seed=tcfg.seed))
-            return out
-
-        if resume_state:
-            restore_folder = ckpt.latest_checkpoint(root)
-            ckpt.restore_checkpoint(restore_folder, embedder, model.optimizer)
-            start = resume_state["epochs_done"]
+        embedder, model = _compile(plan, _strategy(plan.train.distribute))
+        folder = ckpt.run_folder(home, tracker.run_id)
+        probes = _probes(embedder, ts, plan.train.seed)
+        if plan.resume:
+            model(next(iter(val_ds)))  # BackupAndRestore restores into a built model
         else:
-            start = 0
-            tracker.log_params(
-                {**flatten("model", mcfg), **flatten("train", tcfg), "seed": tcfg.seed, "git_commit": git_commit(),
-                 "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
-                 "n_products": len(ts.product_ids), "n_train_queries": len(ts.train_queries),
-                 "n_val_queries": len(ts.val_queries), "n_val_triplets": len(val_trip),
-                 "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices(),
-                 "triplets": str(triplets_path or ""), "init_from": args.init_from or "",
-                 "holdout_scenes": len(holdout)}
-            )
-            tracker.set_tags({"showroom.kind": "fit", "showroom.catalog": catalog.root.name})
-            logger.info("epoch 0 (before training): evaluating")
-            metrics = {f"val_{k}": v for k, v in model.evaluate(val_ds, verbose=0, return_dict=True).items()}
-            metrics.update(probes(0))
-            tracker.log_metrics(metrics, step=0)
-            log_epoch(0, metrics)
-
-        epochs = [ts.train_sampler.sample(tcfg.seed + e) for e in range(start, tcfg.epochs)]
-        if epochs:
-            ds = triplet_dataset(ts.bank, epochs, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + start)
-            hook = EpochEnd(tracker, probes, lambda e: ckpt.save_checkpoint(root, e, embedder, model.optimizer, state), len(epochs[0]))
-            model.fit(
-                ds, validation_data=val_ds, initial_epoch=start, epochs=tcfg.epochs, shuffle=False,
-                steps_per_epoch=steps_per_epoch(epochs[0], tcfg.batch_size), callbacks=[hook],
-                verbose="auto" if sys.stdout.isatty() else 2,
-            )
-        sample = epochs[0] if epochs else ts.train_sampler.sample(tcfg.seed)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            (tmp / "model").mkdir()
-            model_path = tmp / "model" / "embedder.keras"
-            embedder.save(model_path)
-            tracker.log_artifact(model_path, "model")
-            (tmp / "config.json").write_text(json.dumps(state, indent=2))
-            (tmp / "split.json").write_text(json.dumps(asdict(ts.split), indent=2))
-            tracker.log_artifact(tmp / "config.json")
-            tracker.log_artifact(tmp / "split.json")
-            if holdout:
-                from engine.splits import write_scene_list
-
-                tracker.log_artifact(write_scene_list(holdout, tmp / "holdout_scenes.txt", "scenes held out of this run"))
-            if triplets_path:
-                tracker.log_artifact(triplets_path, "triplets")
-            sheet = triplet_sheet(ts.bank, sample, ts.product_ids, seed=tcfg.seed)
-            import cv2
-
-            cv2.imwrite(str(tmp / "triplets_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-            tracker.log_artifact(tmp / "triplets_sheet.png")
-            local = home / "models" / tracker.run_id
-            local.mkdir(parents=True, exist_ok=True)
-            embedder.save(local / "embedder.keras")
-            if not args.no_index:
-                index_dir = _build_indexes(args, embedder, local / "embedder.keras", catalog, local / "index")
-                tracker.log_artifact(index_dir, "index")
-            if args.out:
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                embedder.save(args.out)
+            ckpt.write_run_state(folder, plan.state(tracker.run_id))
+            _log_start(tracker, plan, ts, len(val_trip), model, val_ds, probes)
+        epochs = _train(plan, ts, model, val_ds, probes, tracker, folder)
+        local = _save_outputs(args, plan, ts, embedder, tracker, home, epochs[0] if epochs else ts.train_sampler.sample(plan.train.seed))
+        ckpt.finish(folder)
         final = _final_summary(tracker.run_id)
     print(final)
     print(f"embedder: {local / 'embedder.keras'}  (MLflow artifact model/embedder.keras of run {tracker.run_id})")
     return 0
 
 
-def _build_indexes(args: argparse.Namespace, embedder, model_path: Path, catalog, out: Path) -> Path:
-    """The serving indexes of the catalog with the final model: ``out/{model.keras,products,scenes}``."""
-    import shutil
+def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
+    """Configs from the flags; the catalog (the demo one by default); triplets mined first when
+    pairs have no boxes; held-out scenes; the model to start from."""
+    mcfg, tcfg = configs_from_args(args)
+    holdout = set(read_scene_list(args.holdout_scenes)) if args.holdout_scenes else set()
+    triplets = args.triplets
+    catalog_dir = args.catalog
+    if catalog_dir is None and triplets is not None:
+        catalog_dir = Path(load_manifest(triplets).catalog)
+    if catalog_dir is None:
+        catalog_dir = ensure_demo_catalog(home, DemoSpec(seed=args.demo_seed))
+    init_model = None
+    if args.init_from:
+        init_model = load_embedder(resolve_model(args.init_from).path)
+        mcfg = replace(mcfg, image_size=input_size(init_model), embedding_dim=int(init_model.output_shape[-1]), weights="none")
+        logger.info("initialising from %s (input %d px, D=%d)", args.init_from, mcfg.image_size, mcfg.embedding_dim)
+    catalog = load_catalog(catalog_dir)
+    if triplets is None and not args.whole_scene_queries and any(p.box is None for p in catalog.pairs):
+        triplets = _auto_mine(args, mcfg, tcfg, catalog, holdout, home)
+    return RunPlan(mcfg, tcfg, catalog, triplets, holdout, args.init_from or "", init_model)
 
-    from engine.indexing import build_catalog_indexes
-    from engine.search import model_fingerprint
 
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(model_path, out / "model.keras")
-    detector = None
-    weights = getattr(args, "detector_weights", None) or os.environ.get("SHOWROOM_DETECTOR_WEIGHTS")
+def _resume_plan(args: argparse.Namespace, home: Path) -> RunPlan:
+    """The plan of a killed run, from its checkpoint state; the catalog must not have changed."""
+    run_id = ckpt.latest_run(home) if args.resume == "last" else args.resume
+    state = ckpt.read_run_state(ckpt.run_folder(home, run_id))
+    catalog = load_catalog(state["catalog"])
+    if catalog.fingerprint != state["catalog_fingerprint"]:
+        raise CatalogError(
+            f"{state['catalog']} changed since run {run_id} started (fingerprint {catalog.fingerprint} "
+            f"vs {state['catalog_fingerprint']}); start a new run instead of --resume"
+        )
+    mcfg, tcfg = from_dict(ModelConfig, state["model"]), from_dict(TrainConfig, state["train"])
+    logger.info("resuming run %s after epoch %d of %d", run_id, state["epochs_done"], tcfg.epochs)
+    triplets = Path(state["triplets"]) if state.get("triplets") else None
+    return RunPlan(replace(mcfg, weights="none"), tcfg, catalog, triplets, set(state.get("holdout_scenes") or ()),
+                   state.get("init_from", ""), resume=state)
+
+
+def _training_set(plan: RunPlan) -> TrainingSet:
+    """Queries (mined triplets or pairs.csv), without held-out scenes; split, image bank, samplers."""
+    queries = None
+    if plan.triplets:
+        manifest = load_manifest(plan.triplets)
+        plan.holdout |= set(manifest.holdout_scenes)
+        queries = queries_from_manifest(manifest, plan.catalog)
+    train_catalog = plan.catalog
+    if plan.holdout:
+        train_catalog = restrict_scenes(plan.catalog, drop=plan.holdout)
+        if queries is not None:
+            queries = [q for q in queries if q.scene not in plan.holdout]
+        logger.info("holding out %d scenes for evaluation: never trained or validated on", len(plan.holdout))
+    return build_training_set(train_catalog, plan.train, plan.model.image_size, queries)
+
+
+def _strategy(kind: str) -> tf.distribute.Strategy:
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        strategy = tf.distribute.MirroredStrategy()
+        logger.info("MirroredStrategy over %d replicas", strategy.num_replicas_in_sync)
+        return strategy
+    return tf.distribute.get_strategy()
+
+
+def _compile(plan: RunPlan, strategy: tf.distribute.Strategy) -> tuple[keras.Model, TripletModel]:
+    """The embedder (from --init-from's weights when given) and its compiled training wrapper."""
+    with strategy.scope():
+        embedder = build_embedder(plan.model)
+        model = TripletModel(embedder, margin=plan.train.margin, loss=plan.train.loss)
+        model.compile(optimizer=keras.optimizers.Adam(plan.train.learning_rate))
+        if plan.init_model is not None:
+            try:
+                embedder.set_weights(plan.init_model.get_weights())
+            except ValueError as exc:
+                raise ModelError(
+                    f"--init-from {plan.init_from} has a different architecture ({exc}); pass the same --backbone, "
+                    "--alpha and --no-low-level-branch/--no-l2-normalize as the run that trained it"
+                ) from None
+    return embedder, model
+
+
+def _probes(embedder: keras.Model, ts: TrainingSet, seed: int) -> Callable[[int], dict[str, float]]:
+    """distance_accuracy and the collapse watch on validation and training queries, for one epoch."""
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        return embed_images(embedder, images, batch_size=64)
+
+    def probes(step: int) -> dict[str, float]:
+        out = probe_metrics(embed, ts, ts.val_queries, "val_", seed=seed)
+        out.update(probe_metrics(embed, ts, ts.train_queries, "train_", seed=seed))
+        return out
+
+    return probes
+
+
+def _log_start(tracker: Tracker, plan: RunPlan, ts: TrainingSet, n_val_triplets: int, model: TripletModel,
+               val_ds: tf.data.Dataset, probes: Callable[[int], dict[str, float]]) -> None:
+    """Params, tags and the step-0 metrics (before training) of a new run."""
+    catalog = plan.catalog
+    tracker.log_params(
+        {**flatten("model", plan.model), **flatten("train", plan.train), "seed": plan.train.seed, "git_commit": git_commit(),
+         "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
+         "n_products": len(ts.product_ids), "n_train_queries": len(ts.train_queries),
+         "n_val_queries": len(ts.val_queries), "n_val_triplets": n_val_triplets,
+         "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices(),
+         "triplets": str(plan.triplets or ""), "init_from": plan.init_from, "holdout_scenes": len(plan.holdout)}
+    )
+    tracker.set_tags({"showroom.kind": "fit", "showroom.catalog": catalog.root.name})
+    logger.info("epoch 0 (before training): evaluating")
+    metrics = {f"val_{k}": v for k, v in model.evaluate(val_ds, verbose=0, return_dict=True).items()}
+    metrics.update(probes(0))
+    tracker.log_metrics(metrics, step=0)
+    log_epoch(0, metrics)
+
+
+def _train(plan: RunPlan, ts: TrainingSet, model: TripletModel, val_ds: tf.data.Dataset,
+           probes: Callable[[int], dict[str, float]], tracker: Tracker, folder: Path) -> list[Triplets]:
+    """The epochs still to run, each on freshly sampled triplets, in one ``fit`` call; returns their triplets."""
+    tcfg = plan.train
+    start = plan.resume["epochs_done"] if plan.resume else 0
+    epochs = [ts.train_sampler.sample(tcfg.seed + e) for e in range(start, tcfg.epochs)]
+    if epochs:
+        ds = triplet_dataset(ts.bank, epochs, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + start)
+        model.fit(
+            ds, validation_data=val_ds, initial_epoch=start, epochs=tcfg.epochs, shuffle=False,
+            steps_per_epoch=steps_per_epoch(epochs[0], tcfg.batch_size),
+            callbacks=[EpochEnd(tracker, probes, len(epochs[0])), ckpt.backup_callback(folder)],
+            verbose="auto" if sys.stdout.isatty() else 2,
+        )
+    return epochs
+
+
+def _save_outputs(args: argparse.Namespace, plan: RunPlan, ts: TrainingSet, embedder: keras.Model, tracker: Tracker,
+                  home: Path, sample: Triplets) -> Path:
+    """The embedder (with its preprocessing), config, split, held-out list, triplets and a triplet
+    sheet as MLflow artifacts; the serving folder (``index/``) unless ``--no-index``; the local folder."""
+    local = home / "models" / tracker.run_id
+    model_path = save_embedder(embedder, local / "embedder.keras", plan.preprocessing)
+    tracker.log_artifact(model_path, "model")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "config.json").write_text(json.dumps(plan.state(tracker.run_id), indent=2))
+        (tmp / "split.json").write_text(json.dumps(asdict(ts.split), indent=2))
+        tracker.log_artifact(tmp / "config.json")
+        tracker.log_artifact(tmp / "split.json")
+        if plan.holdout:
+            tracker.log_artifact(write_scene_list(plan.holdout, tmp / "holdout_scenes.txt", "scenes held out of this run"))
+        if plan.triplets:
+            tracker.log_artifact(plan.triplets, "triplets")
+        sheet = triplet_sheet(ts.bank, sample, ts.product_ids, seed=plan.train.seed)
+        cv2.imwrite(str(tmp / "triplets_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        tracker.log_artifact(tmp / "triplets_sheet.png")
+    if not args.no_index:
+        tracker.log_artifact(_build_indexes(args, model_path, plan.catalog, local / "index", home), "index")
+    if args.out:
+        with atomic_file(args.out) as tmp:
+            shutil.copyfile(model_path, tmp)
+    return local
+
+
+def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog, out: Path, home: Path) -> Path:
+    """The serving folder of the catalog with the final model: ``out/{model.keras,products,scenes}``."""
+    detect = None
+    weights = args.detector_weights or os.environ.get(WEIGHTS_ENV)
     if weights and any(p.box is None for p in catalog.pairs):
-        from detectors.yolo import YoloDetector
-
-        detector = YoloDetector(weights)
-    build_catalog_indexes(catalog, embedder, model_fingerprint(out / "model.keras"), out, detector)
+        detect = DetectionCache(YoloDetector(weights), home / "cache" / "detections").detect
+    build_serving_folder(model_path, catalog, out, detect)
     return out
 
 
-def _auto_mine(args: argparse.Namespace, mcfg: ModelConfig, tcfg: TrainConfig, catalog, home: Path) -> Path:
+def _auto_mine(args: argparse.Namespace, mcfg: ModelConfig, tcfg: TrainConfig, catalog: Catalog, holdout: set[str], home: Path) -> Path:
     """Mine the catalog's box-less pairs with the detector (once per catalog and settings); the manifest path."""
-    import hashlib
-
-    from detectors.yolo import default_weights
-    from training import mine_triplets
-
     weights = args.detector_weights or default_weights()
-    holdout = args.holdout_scenes.read_text() if args.holdout_scenes else ""
-    key = hashlib.sha256(f"{catalog.fingerprint}|{holdout}|{weights}|{mcfg.backbone}|{mcfg.weights}|{mcfg.image_size}|{tcfg.seed}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{catalog.fingerprint}|{sorted(holdout)}|{weights}|{mcfg.backbone}|{mcfg.weights}|{mcfg.image_size}|{tcfg.seed}"
+                         .encode()).hexdigest()[:12]
     out = home / "mined" / f"{catalog.root.name}-auto-{key}.json"
     if out.is_file():
         logger.info("using the triplets mined earlier for this catalog: %s", out)
         return out
     logger.info("pairs have no boxes: mining them with %s first (--whole-scene-queries to skip)", weights)
-    rc = mine_triplets.main([
-        "--catalog", str(catalog.root), "--detector-weights", weights, "--backbone", mcfg.backbone,
-        "--weights", mcfg.weights, "--image-size", str(mcfg.image_size), "--out", str(out), "--seed", str(tcfg.seed),
-        "--in-class-negatives", str(tcfg.in_class_negatives), "--out-class-negatives", str(tcfg.out_class_negatives),
-        "--crop-padding", str(tcfg.crop_padding), "--no-mlflow",
-        *(["--holdout-scenes", str(args.holdout_scenes)] if args.holdout_scenes else []),
-    ])
-    if rc != 0:
-        raise CatalogError(f"mining {catalog.root} failed (see above); pass --triplets FILE or --whole-scene-queries")
+    cfg = MiningConfig(crop_padding=tcfg.crop_padding, in_class_negatives=tcfg.in_class_negatives,
+                       out_class_negatives=tcfg.out_class_negatives, seed=tcfg.seed)
+    embedder = replace(Embedder.imagenet(replace(mcfg, train_backbone="all")), name=f"{mcfg.backbone}:{mcfg.weights}")
+    manifest, _ = mine_catalog(catalog, YoloDetector(weights), load_category_map(), cfg, embedder=embedder,
+                               cache_dir=home / "cache" / "detections", holdout=sorted(holdout))
+    save_manifest(manifest, out)
     return out
 
 
 def _devices() -> str:
-    import tensorflow as tf
-
     return ",".join(d.device_type for d in tf.config.list_logical_devices())
 
 
 def _final_summary(run_id: str) -> str:
-    from training.tracking import run_metrics
-
     hist = run_metrics(run_id)
     lines = [f"run {run_id}"]
     for key in ("val_distance_accuracy", "val_distance_accuracy_top_3", "val_absolute_accuracy", "val_loss"):

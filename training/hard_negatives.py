@@ -11,11 +11,13 @@ images, so a far-away in-class product can be left out in favour of close out-of
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.index import BruteForceIndex, SearchIndex
+from engine.ann import BruteForceIndex, SearchIndex
+from training.manifest import Positive
+from training.triplets import NegativeSampler
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,51 @@ def hard_negative_pools(
         keep.sort(key=lambda t: (types[t[0]] != ptype, t[1]))
         pools.append(keep[: cfg.pool])
     return pools
+
+
+def refresh_negatives(
+    positives: Sequence[Positive],
+    query_emb: np.ndarray,
+    pools: Sequence[Sequence[tuple[str, float]]],
+    image_emb: np.ndarray,
+    image_products: Sequence[str],
+    types: Mapping[str, str],
+    *,
+    n_hard: int,
+    n_random: int,
+    margin: float,
+    rng: np.random.Generator,
+) -> tuple[list[Positive], dict[str, float]]:
+    """New negatives per positive: ``n_hard`` sampled from its pool and ``n_random`` random ones
+    of its category; and stats comparing the two (mean d(q, n), share violating the margin).
+
+    query_emb: float32 (Q, D), one row per positive; image_emb: float32 (M, D) with its products.
+    """
+    sampler = NegativeSampler(types)
+    first_row: dict[str, int] = {}
+    for i, pid in enumerate(image_products):
+        first_row.setdefault(pid, i)
+    out, d_hard, d_rand, v_hard, v_rand = [], [], [], [], []
+    for pos, q_emb, pool in zip(positives, query_emb, pools):
+        hard = [pid for pid, _ in pool]
+        hard = rng.choice(np.array(hard), size=min(n_hard, len(hard)), replace=False).tolist() if hard else []
+        rand_in, _ = sampler.draw(pos.product_id, rng, n_random, 0)
+        rand = [p for p in rand_in if p not in hard][:n_random]
+        d_pos = float(np.linalg.norm(q_emb - image_emb[first_row[pos.product_id]]))
+        for group, dists, viol in ((hard, d_hard, v_hard), (rand, d_rand, v_rand)):
+            for pid in group:
+                d = float(np.linalg.norm(q_emb - image_emb[first_row[pid]]))
+                dists.append(d)
+                viol.append(d_pos + margin > d)
+        out.append(replace(pos, negatives=tuple(hard + rand), negative_kinds=tuple(["hard"] * len(hard) + ["random"] * len(rand))))
+
+    def mean(values: list) -> float:
+        return float(np.mean(values)) if values else float("nan")
+
+    stats = {
+        "positives": len(out), "hard_negatives": len(d_hard), "random_negatives": len(d_rand),
+        "mean_d_hard": mean(d_hard), "mean_d_random": mean(d_rand),
+        "margin_violations_hard": mean(v_hard), "margin_violations_random": mean(v_rand),
+        "mean_pool_size": float(np.mean([len(p) for p in pools])) if len(pools) else 0.0,
+    }
+    return out, stats

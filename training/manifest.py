@@ -17,11 +17,11 @@ Files are written atomically (temp file, then rename).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.files import write_json_atomic
 
 FORMAT = "showroom.triplets"
 VERSION = 1
@@ -69,20 +69,6 @@ class Manifest:
     def image_path(self, pos: Positive) -> Path:
         p = Path(pos.image)
         return p if p.is_absolute() else Path(self.catalog) / p
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_manifest(manifest: Manifest, path: Path) -> None:

@@ -17,14 +17,24 @@ One round of the loop::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
+from engine.catalog import load_catalog
+from engine.embed import Embedder
+from engine.files import file_sha256
+from engine.images import load_image, query_crop, to_square
 from engine.runtime import run_cli
+from training.hard_negatives import HardNegativeConfig, hard_negative_pools, refresh_negatives
+from training.manifest import Manifest, load_manifest, save_manifest
+from training.model_ref import resolve_model
+from training.tracking import mlflow_run
+from training.training_set import QueryItem, queries_from_manifest
 
 logger = logging.getLogger("training.mine_hard_negatives")
 
@@ -43,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negatives-per-positive", type=int, default=24, help="negatives listed per positive (fit samples from them each epoch)")
     p.add_argument("--hard-ratio", type=float, default=0.5, help="share of a positive's listed negatives that are hard (the rest random)")
     p.add_argument("--dup-distance", type=float, default=0.05, help="embedding distance under which another product counts as the same item")
-    p.add_argument("--crop-padding", type=float, default=0.0625, help="padding around query boxes, fraction of the longer side")
+    p.add_argument("--crop-padding", type=float, default=None, help="padding around query boxes, fraction of the longer side (default: the model's)")
     p.add_argument("--margin", type=float, default=1.0, help="margin m for the share of margin-violating triplets")
     p.add_argument("--seed", type=int, default=1234, help="seed for sampling from the pools and random negatives")
     p.add_argument("--no-mlflow", action="store_true", help="do not log an MLflow run")
@@ -56,83 +66,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.hard_ratio <= 1:
         parser.error("--hard-ratio must be in [0, 1]")
-    return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
+    return run_cli(lambda home: _run(args, home), verbose=args.verbose, logger_name=logger.name)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from engine.catalog import load_catalog
-    from engine.embed import embed_images, input_size, load_embedder
-    from engine.images import load_image, query_crop, to_square
-    from training.dataset import queries_from_manifest
-    from training.hard_negatives import HardNegativeConfig, hard_negative_pools
-    from training.manifest import Manifest, Positive, load_manifest, save_manifest
-    from training.model_ref import resolve_model
-    from training.triplets import TripletSampler
-
+def _run(args: argparse.Namespace, home: Path) -> int:
     t0 = time.perf_counter()
     manifest = load_manifest(args.triplets)
     catalog = load_catalog(args.catalog or manifest.catalog)
     queries = queries_from_manifest(manifest, catalog)
-    model = load_embedder(resolve_model(args.model))
-    size = input_size(model)
-
+    embedder = Embedder.load(resolve_model(args.model).path)
+    padding = embedder.preprocessing.crop_padding if args.crop_padding is None else args.crop_padding
     logger.info("embedding %d catalog images and %d queries", len(catalog.products), len(queries))
-    image_emb = embed_images(model, np.stack([to_square(load_image(p.image), size) for p in catalog.products]))
+    image_emb = embedder(to_square(load_image(p.image), embedder.size) for p in catalog.products)
     image_products = [p.product_id for p in catalog.products]
-    image_hashes = [hashlib.sha256(p.image.read_bytes()).hexdigest() for p in catalog.products]
-    crops: dict[tuple, np.ndarray] = {}
-    loaded: dict[Path, np.ndarray] = {}
-    for q in queries:
-        key = (q.image, q.box)
-        if key not in crops:
-            if q.image not in loaded:
-                loaded = {q.image: load_image(q.image)}  # queries are grouped by scene: keep one decoded
-            crops[key] = query_crop(loaded[q.image], q.box, size, args.crop_padding)
-    keys = list(crops)
-    crop_emb = embed_images(model, np.stack([crops[k] for k in keys]))
-    row = {k: i for i, k in enumerate(keys)}
-    query_emb = crop_emb[[row[(q.image, q.box)] for q in queries]]
-
+    image_hashes = [file_sha256(p.image) for p in catalog.products]
+    query_emb = _embed_queries(embedder, queries, padding)
     cfg = HardNegativeConfig(pool=args.pool, dup_distance=args.dup_distance)
     pools = hard_negative_pools(query_emb, [q.product_id for q in queries], image_emb, image_products, image_hashes, catalog.types, cfg)
-
-    rng = np.random.default_rng(args.seed)
     n_hard = round(args.hard_ratio * args.negatives_per_positive)
-    n_rand = args.negatives_per_positive - n_hard
-    sampler = TripletSampler([], {p: [0] for p in catalog.product_ids}, catalog.types, in_class=n_rand, out_class=0)
-    first_row = {}
-    for i, pid in enumerate(image_products):
-        first_row.setdefault(pid, i)
-    new_positives, d_hard, d_rand, v_hard, v_rand = [], [], [], [], []
-    for pos, q_emb, pool in zip(manifest.positives, query_emb, pools):
-        hard = [pid for pid, _ in pool]
-        hard = rng.choice(np.array(hard), size=min(n_hard, len(hard)), replace=False).tolist() if hard else []
-        rand_in, _ = sampler.negatives_for(pos.product_id, rng)
-        rand = [p for p in rand_in if p not in hard][:n_rand]
-        d_pos = float(np.linalg.norm(q_emb - image_emb[first_row[pos.product_id]]))
-        for group, dists, viol in ((hard, d_hard, v_hard), (rand, d_rand, v_rand)):
-            for pid in group:
-                d = float(np.linalg.norm(q_emb - image_emb[first_row[pid]]))
-                dists.append(d)
-                viol.append(d_pos + args.margin > d)
-        new_positives.append(Positive(**{**pos.__dict__, "negatives": tuple(hard + rand),
-                                         "negative_kinds": tuple(["hard"] * len(hard) + ["random"] * len(rand))}))
-    stats = {
-        "positives": len(new_positives), "pool": args.pool, "hard_negatives": len(d_hard), "random_negatives": len(d_rand),
-        "mean_d_hard": float(np.mean(d_hard)) if d_hard else float("nan"),
-        "mean_d_random": float(np.mean(d_rand)) if d_rand else float("nan"),
-        "margin_violations_hard": float(np.mean(v_hard)) if v_hard else float("nan"),
-        "margin_violations_random": float(np.mean(v_rand)) if v_rand else float("nan"),
-        "mean_pool_size": float(np.mean([len(p) for p in pools])) if pools else 0.0,
-        "seconds": time.perf_counter() - t0,
-    }
+    positives, stats = refresh_negatives(manifest.positives, query_emb, pools, image_emb, image_products, catalog.types,
+                                         n_hard=n_hard, n_random=args.negatives_per_positive - n_hard, margin=args.margin,
+                                         rng=np.random.default_rng(args.seed))
+    stats.update(pool=args.pool, seconds=time.perf_counter() - t0)
     out = Manifest(
-        catalog=manifest.catalog, catalog_fingerprint=manifest.catalog_fingerprint, positives=new_positives,
+        catalog=manifest.catalog, catalog_fingerprint=manifest.catalog_fingerprint, positives=positives,
         producer={"tool": "training.mine_hard_negatives", "model": args.model, "from": str(args.triplets),
                   "pool": args.pool, "hard_ratio": args.hard_ratio, "negatives_per_positive": args.negatives_per_positive,
-                  "dup_distance": args.dup_distance, "seed": args.seed, "parent": manifest.producer,
+                  "dup_distance": args.dup_distance, "seed": args.seed, "crop_padding": padding, "parent": manifest.producer,
                   "holdout_scenes": list(manifest.holdout_scenes)},
         stats={**manifest.stats, "hard_negatives": stats},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -143,17 +103,35 @@ def _run(args: argparse.Namespace) -> int:
             f"triplets; {stats['hard_negatives']} hard + {stats['random_negatives']} random negatives for {stats['positives']} positives "
             f"in {stats['seconds']:.1f}s -> {args.out}")
     if not args.no_mlflow:
-        from training.tracking import mlflow_run
-
-        with mlflow_run(run_name="mine-hard-negatives") as tracker:
-            tracker.set_tags({"showroom.kind": "mine_hard_negatives", "showroom.model": args.model})
-            tracker.log_params({k: v for k, v in out.producer.items() if k not in ("parent", "holdout_scenes")})
-            tracker.log_params({"holdout_scenes": len(manifest.holdout_scenes)})
-            tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=0)
-            tracker.log_artifact(args.out, "manifest")
-            line += f"\nMLflow run {tracker.run_id}"
+        line += "\n" + _log_run(args, out, manifest, stats)
     print(line)
     return 0
+
+
+def _embed_queries(embedder: Embedder, queries: list[QueryItem], padding: float) -> np.ndarray:
+    """float32 (Q, D): each query's padded crop, decoded once per scene (queries are grouped by scene)."""
+    crops: dict[tuple, np.ndarray] = {}
+    loaded: dict[Path, np.ndarray] = {}
+    for q in queries:
+        key = (q.image, q.box)
+        if key not in crops:
+            if q.image not in loaded:
+                loaded = {q.image: load_image(q.image)}  # keep one scene decoded
+            crops[key] = query_crop(loaded[q.image], q.box, embedder.size, padding)
+    keys = list(crops)
+    crop_emb = embedder(np.stack([crops[k] for k in keys]))
+    row = {k: i for i, k in enumerate(keys)}
+    return crop_emb[[row[(q.image, q.box)] for q in queries]]
+
+
+def _log_run(args: argparse.Namespace, out: Manifest, source: Manifest, stats: dict) -> str:
+    with mlflow_run(run_name="mine-hard-negatives") as tracker:
+        tracker.set_tags({"showroom.kind": "mine_hard_negatives", "showroom.model": args.model})
+        tracker.log_params({k: v for k, v in out.producer.items() if k not in ("parent", "holdout_scenes")})
+        tracker.log_params({"holdout_scenes": len(source.holdout_scenes)})
+        tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=0)
+        tracker.log_artifact(args.out, "manifest")
+        return f"MLflow run {tracker.run_id}"
 
 
 if __name__ == "__main__":

@@ -8,23 +8,31 @@ manifest atomically, prints per-category stats and logs them with a contact shee
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
-import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 
-from engine.config import BACKBONES
+import cv2
+
+from detectors.category_map import DEFAULT_MAP, load_category_map
+from detectors.yolo import YoloDetector, default_weights
+from engine.catalog import load_catalog
+from engine.config import BACKBONES, ModelConfig
+from engine.embed import Embedder
+from engine.iconic import IconicTest
 from engine.runtime import run_cli
+from engine.splits import read_scene_list
+from training.manifest import Manifest, save_manifest
+from training.mining import DROP_REASONS, MiningConfig, MiningResult, contact_sheet, mine_catalog
+from training.model_ref import resolve_model
+from training.tracking import mlflow_run
 
 logger = logging.getLogger("training.mine_triplets")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.mining import MiningConfig
-
     d = MiningConfig()
     p = argparse.ArgumentParser(
         prog="python -m training.mine_triplets",
@@ -58,101 +66,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(lambda home: _run(args, home), verbose=args.verbose, logger_name=logger.name)
 
 
-def make_embed(args: argparse.Namespace):
-    """The embedding used to choose among several crops: a trained embedder or pretrained features."""
-    from engine.config import ModelConfig
-    from engine.embed import embed_images, load_embedder
-    from engine.model import backbone_features_model, build_embedder
-    from training.model_ref import resolve_model
-
+def make_embedder(args: argparse.Namespace) -> Embedder:
+    """The embedding that chooses among several crops: a trained embedder, or pretrained features."""
     if args.model:
-        model = load_embedder(resolve_model(args.model))
+        embedder = Embedder.load(resolve_model(args.model).path)
     else:
-        model = backbone_features_model(build_embedder(ModelConfig(backbone=args.backbone, weights=args.weights, image_size=args.image_size)))
-    size = int(model.input_shape[1])
-
-    def embed(images):
-        import cv2
-        import numpy as np
-
-        if images.shape[1] != size:
-            images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
-        return embed_images(model, images)
-
-    return embed
+        embedder = Embedder.imagenet(ModelConfig(backbone=args.backbone, weights=args.weights, image_size=args.image_size))
+    return replace(embedder, name=args.model or f"{args.backbone}:{args.weights}")
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
-    import cv2
-
-    from detectors.category_map import DEFAULT_MAP, load_category_map
-    from detectors.yolo import YoloDetector, default_weights
-    from engine.catalog import load_catalog
-    from engine.iconic import IconicTest
-    from training.manifest import Manifest, save_manifest
-    from training.mining import DetectionCache, MiningConfig, contact_sheet, mine_positives, totals
-
     cfg = MiningConfig(
         min_confidence=args.min_confidence, min_area=args.min_area, crop_padding=args.crop_padding,
         in_class_negatives=args.in_class_negatives, out_class_negatives=args.out_class_negatives, seed=args.seed,
         iconic=IconicTest(white_level=args.white_level, min_white_share=args.white_share),
     )
     catalog = load_catalog(args.catalog)
-    holdout: tuple[str, ...] = ()
-    if args.holdout_scenes:
-        from engine.splits import read_scene_list, restrict_scenes
-
-        holdout = read_scene_list(args.holdout_scenes)
-        catalog = restrict_scenes(catalog, drop=holdout)
-        logger.info("holding out %d scenes of %s: their pairs are not mined", len(holdout), args.holdout_scenes)
+    holdout = read_scene_list(args.holdout_scenes) if args.holdout_scenes else ()
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
     detector = YoloDetector(args.detector_weights or default_weights())
-    embed = make_embed(args)
-    t0 = time.perf_counter()
-    result = mine_positives(catalog, detector, cmap, cfg, embed=embed, image_size=args.image_size,
-                            cache=DetectionCache(detector, home / "cache" / "detections"))
-    seconds = time.perf_counter() - t0
+    manifest, result = mine_catalog(catalog, detector, cmap, cfg, embedder=make_embedder(args),
+                                    cache_dir=home / "cache" / "detections", holdout=holdout)
     out = args.out or home / "mined" / f"{catalog.root.name}-{catalog.fingerprint}.json"
-    tot = totals(result.stats)
-    manifest = Manifest(
-        catalog=str(catalog.root), catalog_fingerprint=catalog.fingerprint, positives=result.positives,
-        producer={"tool": "training.mine_triplets", "detector": detector.fingerprint, "category_map": cmap.source,
-                  "category_map_version": cmap.version, "model": args.model or f"{args.backbone}:{args.weights}",
-                  "config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__)),
-                  "holdout_scenes": list(holdout)},
-        stats={"per_type": result.stats, "totals": tot, "iconic": {k: v for k, v in result.iconic.items()}, "seconds": seconds},
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
     save_manifest(manifest, out)
+    tot = manifest.stats["totals"]
     table = _table(result.stats, tot)
     ic = result.iconic
     summary = (
         f"white-background test: {ic['products_iconic']}/{ic['products']} product images iconic ({ic['products_iconic_share']:.2%}), "
         f"{ic['scenes_lifestyle']}/{ic['scenes']} scenes lifestyle ({ic['scenes_lifestyle_share']:.2%})\n"
         f"mined {len(result.positives)} positives ({tot['kept']} from {tot['pairs']} pairs, "
-        f"{sum(p.source == 'product_lifestyle' for p in result.positives)} lifestyle product images) in {seconds:.1f}s -> {out}"
+        f"{sum(p.source == 'product_lifestyle' for p in result.positives)} lifestyle product images) in {manifest.stats['seconds']:.1f}s -> {out}"
     )
     if not args.no_mlflow:
-        from training.tracking import mlflow_run
-
-        with mlflow_run(run_name=f"mine-{catalog.root.name}") as tracker, tempfile.TemporaryDirectory() as tmp:
-            tracker.set_tags({"showroom.kind": "mine_triplets", "showroom.catalog": catalog.root.name})
-            tracker.log_params({"catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint, "detector": detector.fingerprint,
-                                "category_map_version": cmap.version, "min_confidence": cfg.min_confidence, "min_area": cfg.min_area,
-                                "crop_padding": cfg.crop_padding, "seed": cfg.seed, "model": manifest.producer["model"],
-                                "white_level": cfg.iconic.white_level, "white_share": cfg.iconic.min_white_share,
-                                "holdout_scenes": len(holdout)})
-            metrics = {f"total_{k}": v for k, v in tot.items()}
-            metrics.update({"positives": len(result.positives), "seconds": seconds,
-                            "products_iconic_share": ic["products_iconic_share"], "scenes_lifestyle_share": ic["scenes_lifestyle_share"]})
-            tracker.log_metrics(metrics, step=0)
-            tmp = Path(tmp)
-            cv2.imwrite(str(tmp / "contact_sheet.png"), cv2.cvtColor(contact_sheet(result.samples), cv2.COLOR_RGB2BGR))
-            (tmp / "stats.txt").write_text(table + "\n" + summary + "\n")
-            for name in ("contact_sheet.png", "stats.txt"):
-                tracker.log_artifact(tmp / name)
-            tracker.log_artifact(out, "manifest")
-            summary += f"\nMLflow run {tracker.run_id}: artifacts contact_sheet.png, stats.txt, manifest/{out.name}"
+        summary += "\n" + _log_run(manifest, result, cfg, table, summary, out)
     print(table)
     print(summary)
     if ic["products_judged_lifestyle"] or ic["scenes_judged_iconic"]:
@@ -164,9 +111,30 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _table(stats: dict[str, dict[str, int]], tot: dict[str, int]) -> str:
-    from training.mining import DROP_REASONS
+def _log_run(manifest: Manifest, result: MiningResult, cfg: MiningConfig, table: str, summary: str, out: Path) -> str:
+    """One MLflow run with the mining params, counts, contact sheet, stats and the manifest; a line naming it."""
+    producer, ic = manifest.producer, result.iconic
+    with mlflow_run(run_name=f"mine-{Path(manifest.catalog).name}") as tracker, tempfile.TemporaryDirectory() as tmp:
+        tracker.set_tags({"showroom.kind": "mine_triplets", "showroom.catalog": Path(manifest.catalog).name})
+        tracker.log_params({"catalog": manifest.catalog, "catalog_fingerprint": manifest.catalog_fingerprint, "detector": producer["detector"],
+                            "category_map_version": producer["category_map_version"], "min_confidence": cfg.min_confidence,
+                            "min_area": cfg.min_area, "crop_padding": cfg.crop_padding, "seed": cfg.seed, "model": producer["model"],
+                            "white_level": cfg.iconic.white_level, "white_share": cfg.iconic.min_white_share,
+                            "holdout_scenes": len(producer["holdout_scenes"])})
+        metrics = {f"total_{k}": v for k, v in manifest.stats["totals"].items()}
+        metrics.update({"positives": len(result.positives), "seconds": manifest.stats["seconds"],
+                        "products_iconic_share": ic["products_iconic_share"], "scenes_lifestyle_share": ic["scenes_lifestyle_share"]})
+        tracker.log_metrics(metrics, step=0)
+        tmp = Path(tmp)
+        cv2.imwrite(str(tmp / "contact_sheet.png"), cv2.cvtColor(contact_sheet(result.samples), cv2.COLOR_RGB2BGR))
+        (tmp / "stats.txt").write_text(table + "\n" + summary + "\n")
+        for name in ("contact_sheet.png", "stats.txt"):
+            tracker.log_artifact(tmp / name)
+        tracker.log_artifact(out, "manifest")
+        return f"MLflow run {tracker.run_id}: artifacts contact_sheet.png, stats.txt, manifest/{out.name}"
 
+
+def _table(stats: dict[str, dict[str, int]], tot: dict[str, int]) -> str:
     cols = ("pairs", "reachable", "kept", *DROP_REASONS)
     rows = [(t, c) for t, c in stats.items() if c.get("pairs")]
     width = max([len(t) for t, _ in rows] + [8])

@@ -13,27 +13,35 @@ Product images that fail the white-background test become extra queries of their
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
+from tqdm import tqdm
 
-from detectors.base import Detection, Detector
-from detectors.cache import DetectionCache  # noqa: F401  (re-exported: mining callers build one)
+from detectors.cache import DetectionCache
 from detectors.category_map import CategoryMap
 from engine.catalog import Catalog
+from engine.config import DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE
+from engine.detection import Detector
+from engine.embed import Embed, Embedder
 from engine.iconic import IconicTest
 from engine.images import ImageError, load_image, query_crop, to_square
-from training.manifest import Positive
-from training.triplets import TripletSampler
+from engine.proposals import SceneProposals, catalog_proposals, confident
+from engine.splits import restrict_scenes
+from training.manifest import Manifest, Positive
+from training.triplets import NegativeSampler
 
 logger = logging.getLogger(__name__)
 
 DROP_REASONS = ("unreachable_type", "no_detection_of_class", "below_confidence", "too_small", "scene_unreadable")
-Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> float32 (N, D)
 
 
 @dataclass(frozen=True)
@@ -41,9 +49,9 @@ class MiningConfig:
     """min_confidence: detector score a crop needs; min_area: crop area / scene area;
     crop_padding: padding around a crop as a fraction of its longer side (Bell & Bala: 16 px per 256)."""
 
-    min_confidence: float = 0.3
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
     min_area: float = 0.01
-    crop_padding: float = 0.0625
+    crop_padding: float = DEFAULT_CROP_PADDING
     in_class_negatives: int = 10
     out_class_negatives: int = 2
     seed: int = 1234
@@ -109,106 +117,116 @@ def mine_positives(
     cache: DetectionCache | None = None,
     sample_count: int = 24,
 ) -> MiningResult:
-    """Mine positives (and their negatives) from a catalog; see the module docstring."""
+    """Mine positives (and their negatives) from a catalog; see the module docstring.
+
+    ``embed`` (uint8 (N, S, S, 3) → float (N, D), S = ``image_size``) chooses among several
+    detections of a pair's class; without it the most confident one is kept.
+    """
     category_map.check_classes(detector.class_names)
     cache = cache or DetectionCache(detector, None)
     rng = np.random.default_rng(cfg.seed)
-    stats: dict[str, Counter] = defaultdict(Counter)
-    positives: list[Positive] = []
-    samples: list[tuple[np.ndarray, np.ndarray, str]] = []
-    iconic_cache: dict[str, np.ndarray] = {}
-    iconic_emb: dict[str, np.ndarray] = {}
-
-    def iconic_of(pid: str) -> np.ndarray:
-        if pid not in iconic_cache:
-            iconic_cache[pid] = to_square(load_image(catalog.images_of(pid)[0].image), image_size)
-        return iconic_cache[pid]
-
     report = iconic_report(catalog, cfg.iconic)
-    lifestyle_products = set(report["products_judged_lifestyle"])
-    for p in catalog.products:
-        if _rel(p.image, catalog.root) in lifestyle_products:
-            positives.append(Positive(p.product_id, p.type, None, _rel(p.image, catalog.root), None, "product_lifestyle"))
-
-    by_scene: dict[str, list] = defaultdict(list)
-    for pair in catalog.pairs:
-        by_scene[pair.scene].append(pair)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        def tqdm(x, **_):
-            return x
-    for scene_name, pairs in tqdm(sorted(by_scene.items()), desc="mining scenes", unit="scene"):
-        scene = catalog.scene(scene_name)
-        try:
-            image = load_image(scene.image)
-        except ImageError as exc:
-            logger.warning("skipping scene %s: %s", scene_name, exc)
-            for pair in pairs:
-                stats[catalog.product_type(pair.product_id)].update(pairs=1, scene_unreadable=1)
-            continue
-        h, w = image.shape[:2]
-        detections: list[Detection] | None = None
-        for pair in pairs:
-            ptype = catalog.product_type(pair.product_id)
-            st = stats[ptype]
-            st["pairs"] += 1
-            if pair.box is not None:
-                st.update(reachable=1, kept=1)
-                positives.append(Positive(pair.product_id, ptype, scene_name, _rel(scene.image, catalog.root), pair.box, "catalog_box"))
-                continue
-            cls = category_map.class_for(ptype)
-            if cls is None:
-                st["unreachable_type"] += 1
-                continue
-            st["reachable"] += 1
-            if detections is None:
-                detections = cache.detect(scene.image, image)
-            cands = [d for d in detections if d.label == cls]
-            if not cands:
-                st["no_detection_of_class"] += 1
-                continue
-            cands = [d for d in cands if d.confidence >= cfg.min_confidence]
-            if not cands:
-                st["below_confidence"] += 1
-                continue
-            cands = [d for d in cands if d.area >= cfg.min_area * w * h]
-            if not cands:
-                st["too_small"] += 1
-                continue
-            crops = np.stack([query_crop(image, d.box, image_size, cfg.crop_padding) for d in cands])
-            similarity = 0.0
-            best = 0  # highest confidence first
-            if embed is not None and len(cands) > 1:
-                key = pair.product_id
-                if key not in iconic_emb:
-                    iconic_emb[key] = embed(iconic_of(key)[None])[0]
-                q = embed(crops)
-                ref = iconic_emb[key]
-                sims = (q @ ref) / (np.linalg.norm(q, axis=1) * np.linalg.norm(ref) + 1e-12)
-                best = int(np.argmax(sims))
-                similarity = float(sims[best])
-            d = cands[best]
-            st["kept"] += 1
-            positives.append(Positive(pair.product_id, ptype, scene_name, _rel(scene.image, catalog.root), d.box, "detector",
-                                      d.label, round(d.confidence, 4), round(similarity, 4)))
-            if len(samples) < sample_count * 4:
-                samples.append((crops[best], iconic_of(pair.product_id), f"{ptype[:14]} {d.label} {d.confidence:.2f}"))
-
+    miner = _SceneMiner(catalog, category_map, cfg, embed, image_size, sample_count * 4)
+    positives = _lifestyle_positives(catalog, report)
+    with_pairs = sorted({p.scene for p in catalog.pairs})
+    scenes = replace(catalog, scenes=tuple(catalog.scene(name) for name in with_pairs), _types=catalog.types)
+    proposals = catalog_proposals(scenes, cache.detect, cfg.min_confidence)
+    for proposal in tqdm(proposals, total=len(with_pairs), desc="mining scenes", unit="scene"):
+        positives += miner.mine(proposal)
     positives = attach_negatives(positives, catalog, cfg, rng)
-    keep = rng.permutation(len(samples))[:sample_count] if samples else []
-    return MiningResult(positives, {t: dict(c) for t, c in sorted(stats.items())}, report, [samples[i] for i in sorted(keep)])
+    keep = rng.permutation(len(miner.samples))[:sample_count] if miner.samples else []
+    return MiningResult(positives, {t: dict(c) for t, c in sorted(miner.stats.items())}, report, [miner.samples[i] for i in sorted(keep)])
+
+
+def _lifestyle_positives(catalog: Catalog, report: dict[str, object]) -> list[Positive]:
+    """Product images judged not iconic become queries of their own product."""
+    lifestyle = set(report["products_judged_lifestyle"])
+    return [Positive(p.product_id, p.type, None, _rel(p.image, catalog.root), None, "product_lifestyle")
+            for p in catalog.products if _rel(p.image, catalog.root) in lifestyle]
+
+
+class _SceneMiner:
+    """Turns one scene's proposals into positives, counting per type why pairs were dropped."""
+
+    def __init__(self, catalog: Catalog, category_map: CategoryMap, cfg: MiningConfig, embed: Embed | None,
+                 image_size: int, max_samples: int) -> None:
+        self.catalog, self.category_map, self.cfg = catalog, category_map, cfg
+        self.embed, self.image_size, self.max_samples = embed, image_size, max_samples
+        self.stats: dict[str, Counter] = defaultdict(Counter)
+        self.samples: list[tuple[np.ndarray, np.ndarray, str]] = []
+        self._iconic: dict[str, np.ndarray] = {}
+        self._iconic_emb: dict[str, np.ndarray] = {}
+
+    def iconic_of(self, pid: str) -> np.ndarray:
+        if pid not in self._iconic:
+            self._iconic[pid] = to_square(load_image(self.catalog.images_of(pid)[0].image), self.image_size)
+        return self._iconic[pid]
+
+    def mine(self, proposal: SceneProposals) -> list[Positive]:
+        scene = proposal.scene
+        rel = _rel(scene.image, self.catalog.root)
+        out = []
+        for pair in proposal.pairs:
+            ptype = self.catalog.product_type(pair.product_id)
+            st = self.stats[ptype]
+            st["pairs"] += 1
+            if proposal.image is None:
+                st["scene_unreadable"] += 1
+            elif pair.box is not None:
+                st.update(reachable=1, kept=1)
+                out.append(Positive(pair.product_id, ptype, scene.scene, rel, pair.box, "catalog_box"))
+            elif (cls := self.category_map.class_for(ptype)) is None:
+                st["unreachable_type"] += 1
+            else:
+                st["reachable"] += 1
+                positive = self._detected(pair.product_id, ptype, cls, proposal, rel)
+                if positive is not None:
+                    st["kept"] += 1
+                    out.append(positive)
+        return out
+
+    def _detected(self, pid: str, ptype: str, cls: str, proposal: SceneProposals, rel: str) -> Positive | None:
+        """The best confident, large-enough detection of ``cls`` for product ``pid``, or None (reason counted)."""
+        st = self.stats[ptype]
+        h, w = proposal.image.shape[:2]
+        if not any(d.label == cls for d in proposal.detections):
+            st["no_detection_of_class"] += 1
+            return None
+        cands = [d for d in confident(proposal.detections, self.cfg.min_confidence) if d.label == cls]
+        if not cands:
+            st["below_confidence"] += 1
+            return None
+        cands = [d for d in cands if d.area >= self.cfg.min_area * w * h]
+        if not cands:
+            st["too_small"] += 1
+            return None
+        crops = np.stack([query_crop(proposal.image, d.box, self.image_size, self.cfg.crop_padding) for d in cands])
+        best, similarity = self._most_similar(pid, crops)
+        d = cands[best]
+        if len(self.samples) < self.max_samples:
+            self.samples.append((crops[best], self.iconic_of(pid), f"{ptype[:14]} {d.label} {d.confidence:.2f}"))
+        return Positive(pid, ptype, proposal.scene.scene, rel, d.box, "detector", d.label, round(d.confidence, 4), round(similarity, 4))
+
+    def _most_similar(self, pid: str, crops: np.ndarray) -> tuple[int, float]:
+        """(index, cosine similarity) of the crop closest to the product's iconic image; the first
+        (most confident) with similarity 0 when there is one crop or no embedding."""
+        if self.embed is None or len(crops) == 1:
+            return 0, 0.0
+        if pid not in self._iconic_emb:
+            self._iconic_emb[pid] = self.embed(self.iconic_of(pid)[None])[0]
+        q, ref = self.embed(crops), self._iconic_emb[pid]
+        sims = (q @ ref) / (np.linalg.norm(q, axis=1) * np.linalg.norm(ref) + 1e-12)
+        best = int(np.argmax(sims))
+        return best, float(sims[best])
 
 
 def attach_negatives(positives: list[Positive], catalog: Catalog, cfg: MiningConfig, rng: np.random.Generator) -> list[Positive]:
     """Give each positive ``in_class_negatives`` + ``out_class_negatives`` random negative products."""
-    images = {pid: [0] for pid in catalog.product_ids}  # the sampler only needs product ids here
-    sampler = TripletSampler([], images, catalog.types, in_class=cfg.in_class_negatives, out_class=cfg.out_class_negatives)
+    sampler = NegativeSampler(catalog.types)
     out = []
     for p in positives:
-        same, other = sampler.negatives_for(p.product_id, rng)
-        out.append(Positive(**{**p.__dict__, "negatives": tuple(same + other),
-                               "negative_kinds": tuple(["in_class"] * len(same) + ["out_class"] * len(other))}))
+        same, other = sampler.draw(p.product_id, rng, cfg.in_class_negatives, cfg.out_class_negatives)
+        out.append(replace(p, negatives=tuple(same + other), negative_kinds=tuple(["in_class"] * len(same) + ["out_class"] * len(other))))
     return out
 
 
@@ -222,8 +240,6 @@ def totals(stats: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def contact_sheet(samples: list[tuple[np.ndarray, np.ndarray, str]], columns: int = 4) -> np.ndarray:
     """Mined crops beside their products' iconic images, ``uint8 (H, W, 3)``."""
-    import cv2
-
     if not samples:
         return np.full((40, 200, 3), 255, np.uint8)
     s = samples[0][0].shape[0]
@@ -237,3 +253,36 @@ def contact_sheet(samples: list[tuple[np.ndarray, np.ndarray, str]], columns: in
         sheet[y + label_h : y + label_h + s, x + s : x + 2 * s] = icon
         cv2.putText(sheet, caption[:30], (x + 2, y + 12), cv2.FONT_HERSHEY_SIMPLEX, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
     return sheet
+
+
+def mine_catalog(
+    catalog: Catalog,
+    detector: Detector,
+    category_map: CategoryMap,
+    cfg: MiningConfig,
+    *,
+    embedder: Embedder | None,
+    cache_dir: Path | None,
+    holdout: Sequence[str] = (),
+) -> tuple[Manifest, MiningResult]:
+    """Mine ``catalog`` without its ``holdout`` scenes into a versioned manifest (not yet saved).
+
+    ``embedder`` chooses among several detections of a pair's class (None: the most confident);
+    detections are cached under ``cache_dir`` (None: not cached).
+    """
+    t0 = time.perf_counter()
+    if holdout:
+        catalog = restrict_scenes(catalog, drop=holdout)
+        logger.info("holding out %d scenes: their pairs are not mined", len(holdout))
+    result = mine_positives(catalog, detector, category_map, cfg, embed=embedder, image_size=embedder.size if embedder else 128,
+                            cache=DetectionCache(detector, cache_dir))
+    seconds = time.perf_counter() - t0
+    manifest = Manifest(
+        catalog=str(catalog.root), catalog_fingerprint=catalog.fingerprint, positives=result.positives,
+        producer={"tool": "training.mine_triplets", "detector": detector.fingerprint, "category_map": category_map.source,
+                  "category_map_version": category_map.version, "model": embedder.name if embedder else "none",
+                  "config": json.loads(json.dumps(cfg, default=lambda o: o.__dict__)), "holdout_scenes": list(holdout)},
+        stats={"per_type": result.stats, "totals": totals(result.stats), "iconic": dict(result.iconic), "seconds": seconds},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    return manifest, result

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -43,6 +45,11 @@ def tracking_uri() -> str:
     store = PROJECT_ROOT / "mlruns"
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def metric_key(text: str) -> str:
+    """A string made safe for an MLflow metric name."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text).strip().replace(" ", "_")
 
 
 def git_commit() -> str:
@@ -216,8 +223,6 @@ def download_registered(uri: str, dst: Path) -> tuple[Path, str, str]:
     if not local.is_dir():
         mlflow.set_tracking_uri(tracking_uri())
         tmp = local.with_name(f".{mv.version}.tmp")
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         got = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp)))

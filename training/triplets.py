@@ -32,6 +32,38 @@ class Triplets:
         return Triplets(*(getattr(self, f)[idx] for f in ("query", "positive", "negative", "label_p", "label_n", "in_class")))
 
 
+class NegativeSampler:
+    """Draws negative products for a positive product: some of its own type (in-class, the hard
+    ones for Bell & Bala) and some of other types; never the product itself.
+
+    product_types: product id → category, for every product that may be drawn.
+    """
+
+    def __init__(self, product_types: Mapping[str, str]) -> None:
+        self.types = dict(product_types)
+        self.products = np.array(sorted(self.types))
+        by_type: dict[str, list[str]] = {}
+        for p in self.products:
+            by_type.setdefault(self.types[p], []).append(str(p))
+        self.by_type = {t: np.array(v) for t, v in by_type.items()}
+        self._other: dict[str, np.ndarray] = {}
+
+    def draw(self, product: str, rng: np.random.Generator, in_class: int, out_class: int) -> tuple[list[str], list[str]]:
+        """(in-class, out-of-class) negative ids for ``product``, without replacement; fewer when a
+        pool is smaller than asked."""
+        ptype = self.types[product]
+        same = self.by_type[ptype]
+        same = same[same != product]
+        if ptype not in self._other:
+            self._other[ptype] = self.products[np.array([self.types[p] != ptype for p in self.products])]
+        other = self._other[ptype]
+        k_in, k_out = min(in_class, len(same)), min(out_class, len(other))
+        return (
+            rng.choice(same, size=k_in, replace=False).tolist() if k_in else [],
+            rng.choice(other, size=k_out, replace=False).tolist() if k_out else [],
+        )
+
+
 class TripletSampler:
     """Samples, per positive pair, in-class and out-of-class negative products, with a seed.
 
@@ -73,26 +105,7 @@ class TripletSampler:
         self.candidates = [list(c) for c in candidates] if candidates is not None else [[] for _ in self.query_products]
         if len(self.candidates) != len(self.query_products):
             raise ValueError("candidates and query_products differ in length")
-        by_type: dict[str, list[str]] = {}
-        for p in self.products:
-            by_type.setdefault(self.types[p], []).append(p)
-        self.by_type = {t: np.array(v) for t, v in by_type.items()}
-        self.all_products = np.array(self.products)
-        self._other: dict[str, np.ndarray] = {}
-
-    def negatives_for(self, product: str, rng: np.random.Generator) -> tuple[list[str], list[str]]:
-        """In-class and out-of-class negative product ids for one positive product."""
-        ptype = self.types[product]
-        same = self.by_type[ptype]
-        same = same[same != product]
-        if ptype not in self._other:
-            self._other[ptype] = self.all_products[np.array([self.types[p] != ptype for p in self.all_products])]
-        other = self._other[ptype]
-        k_in, k_out = min(self.in_class, len(same)), min(self.out_class, len(other))
-        return (
-            rng.choice(same, size=k_in, replace=False).tolist() if k_in else [],
-            rng.choice(other, size=k_out, replace=False).tolist() if k_out else [],
-        )
+        self.negatives = NegativeSampler({p: self.types[p] for p in self.products})
 
     def sample(self, seed: int) -> Triplets:
         """All triplets of one epoch, shuffled, capped at ``max_triplets`` (0 = no cap)."""
@@ -105,7 +118,7 @@ class TripletSampler:
                 picked = rng.choice(np.array(pool), size=k, replace=False).tolist()
                 negs = [(n, self.types[n] == self.types[product]) for n in picked]
             else:
-                in_neg, out_neg = self.negatives_for(product, rng)
+                in_neg, out_neg = self.negatives.draw(product, rng, self.in_class, self.out_class)
                 negs = [(n, True) for n in in_neg] + [(n, False) for n in out_neg]
             for neg, same in negs:
                 cols["query"].append(self.query_index[qi])

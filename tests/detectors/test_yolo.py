@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from detectors.base import DetectorError
 from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector
+from engine.detection import DetectorError
 from engine.images import load_image
-from tests.conftest import SHARED
-
-TFLITE = SHARED / "weights" / "yolov8n_coco_int8.tflite"
 
 
 def test_weights_of_the_wrong_kind_or_missing(tmp_path: Path):
@@ -28,12 +25,11 @@ def test_weights_of_the_wrong_kind_or_missing(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def shared_detector() -> YoloDetector:
-    if not TFLITE.is_file():
-        pytest.skip(f"needs {TFLITE} (the ../shared folder beside the project); absent here")
-    return YoloDetector(TFLITE)
+def shared_detector(yolo_weights: Path) -> YoloDetector:
+    return YoloDetector(yolo_weights)
 
 
+@pytest.mark.slow
 def test_real_ikea_scenes(shared_detector: YoloDetector, ikea_catalog: Path):
     load_category_map().check_classes(shared_detector.class_names)
     assert len(shared_detector.class_names) == 80 and "couch" in shared_detector.class_names
@@ -54,6 +50,7 @@ def test_real_ikea_scenes(shared_detector: YoloDetector, ikea_catalog: Path):
     assert found >= 2
 
 
+@pytest.mark.slow
 def test_loading_ultralytics_leaves_pillow_alone(shared_detector: YoloDetector, tmp_path: Path):
     """Ultralytics patches PIL.Image.open to pip-install a HEIF plugin on unknown files; we undo that."""
     import PIL.Image

@@ -109,6 +109,7 @@ def test_imagenet_resolves_to_local_mirror(monkeypatch, tmp_path: Path):
     assert resolve_weights(cfg) == tmp_path / "mobilenet_v2_0.35_224_imagenet_no_top.weights.h5"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,size", [("xception", 71), ("inception_resnet_v2", 75)])
 def test_big_backbones_build_and_embed(backbone: str, size: int):
     model = build_embedder(ModelConfig(backbone=backbone, weights="none", image_size=size, embedding_dim=256))

@@ -1,4 +1,4 @@
-"""Held-out scenes → fit → evaluate → promote, through the CLIs, on the tiny demo catalog."""
+"""Held-out scenes, then evaluate → promote → serve the champion through the CLIs, on the shared tiny trained run."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ import mlflow
 import pytest
 
 from engine.catalog import CatalogError, load_catalog
+from engine.embed import load_embedder
 from engine.splits import holdout_scenes, read_scene_list, restrict_scenes, write_scene_list
-from evaluation import evaluate, holdout, promote
-from training import fit
+from evaluation import evaluate, promote
+from serving import create_app
+from training.model_ref import resolve_model
 from training.tracking import tracking_uri
-
-TINY = ["--image-size", "48", "--embedding-dim", "16", "--batch-size", "8", "--in-class-negatives", "2",
-        "--out-class-negatives", "1", "--val-fraction", "0.25"]
 
 
 def test_holdout_is_seeded_stratified_and_round_trips(tiny_catalog: Path, tmp_path: Path):
@@ -35,23 +34,11 @@ def test_holdout_is_seeded_stratified_and_round_trips(tiny_catalog: Path, tmp_pa
         read_scene_list(tmp_path / "empty.txt")
 
 
-def test_holdout_fit_evaluate_promote(tiny_catalog: Path, tmp_path: Path, capsys):
-    held = tmp_path / "holdout.txt"
-    assert holdout.main(["--catalog", str(tiny_catalog), "--fraction", "0.25", "--seed", "0", "--out", str(held)]) == 0
-    names = set(read_scene_list(held))
-
-    assert fit.main(["--catalog", str(tiny_catalog), "--weights", "none", "--epochs", "1", "--run-name", "t-holdout",
-                     "--holdout-scenes", str(held), *TINY]) == 0
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
-    exp = client.get_experiment_by_name("showroom")
-    fit_run = client.search_runs([exp.experiment_id], "attributes.run_name = 't-holdout'")[0]
-    split = json.loads(Path(client.download_artifacts(fit_run.info.run_id, "split.json", str(tmp_path))).read_text())
-    assert not names & (set(split["train"]) | set(split["val"]))  # never trained or validated on
-    assert fit_run.data.params["holdout_scenes"] == str(len(names))
-    capsys.readouterr()
-
+@pytest.mark.slow
+def test_evaluate_promote_and_serve_the_champion(trained_run, tiny_catalog: Path, tmp_path: Path, capsys):
+    names = set(read_scene_list(trained_run.holdout))
     out = tmp_path / "eval"
-    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", fit_run.info.run_id, "--scenes", str(held),
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", trained_run.run_id, "--scenes", str(trained_run.holdout),
                           "--weights", "none", "--out", str(out), "--tsne-products", "10", "--grid-queries", "3",
                           "--run-name", "t-eval"]) == 0
     printed = capsys.readouterr().out
@@ -59,14 +46,18 @@ def test_holdout_fit_evaluate_promote(tiny_catalog: Path, tmp_path: Path, capsys
     report = json.loads((out / "metrics.json").read_text())
     proto = report["summary"]["protocol"]
     assert proto["scenes"] == len(names) and proto["boxes"] == "pairs.csv"
+    assert proto["image_size"] == 48 and proto["crop_padding"] == 0.0625  # the model's own preprocessing
     assert proto["reachable_pairs"] == sum(p.scene in names for p in load_catalog(tiny_catalog).pairs)
     assert report["baseline"]["summary"]["protocol"]["reachable_pairs"] == proto["reachable_pairs"]
     for k in ("1", "5", "10", "20", "50"):
         assert 0.0 <= report["summary"]["scene_to_product"]["recall"][k] <= 1.0
     assert len(report["curves"]["scene_to_product"]) == 100
 
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    exp = client.get_experiment_by_name("showroom")
+    fit_run = client.get_run(trained_run.run_id)
     ev = client.search_runs([exp.experiment_id], "attributes.run_name = 't-eval'")[0]
-    assert ev.data.tags["showroom.kind"] == "evaluate" and ev.data.tags["showroom.model_run"] == fit_run.info.run_id
+    assert ev.data.tags["showroom.kind"] == "evaluate" and ev.data.tags["showroom.model_run"] == trained_run.run_id
     for key in ("model.backbone", "model.image_size", "model.embedding_dim", "train.loss", "catalog_fingerprint", "scenes_sha"):
         assert key in ev.data.params, key
     assert ev.data.params["model.image_size"] == fit_run.data.params["model.image_size"]  # same names as the fit run
@@ -78,17 +69,15 @@ def test_holdout_fit_evaluate_promote(tiny_catalog: Path, tmp_path: Path, capsys
 
     assert promote.main(["--metric", "s2p_recall_at_10"]) == 0
     assert "models:/showroom@champion -> version" in capsys.readouterr().out
-    from training.model_ref import resolve_model
-    from engine.embed import load_embedder
-
-    model = load_embedder(resolve_model("models:/showroom@champion"))
+    ref = resolve_model("models:/showroom@champion")
+    assert ref.run_id == trained_run.run_id and ref.version == "1"
+    model = load_embedder(ref.path)
     assert model.input_shape[1] == 48 and model.output_shape[-1] == 16
-
-    from serving import create_app
 
     app = create_app({"SHOWROOM_INDEX": "models:/showroom@champion", "TESTING": True})
     health = app.test_client().get("/healthz").get_json()
     assert health["products"] == 18 and health["source"].endswith("1")  # registry version 1, downloaded
+    assert health["preprocessing"]["image_size"] == 48
 
 
 def test_evaluate_errors_are_clear(tiny_catalog: Path, tmp_path: Path, caplog):

@@ -15,11 +15,14 @@ import cv2
 import numpy as np
 import pytest
 
-from detectors.base import Detection
 from detectors.category_map import load_category_map
-from engine.catalog import load_catalog
+from engine.catalog import CatalogError, load_catalog
+from engine.config import Preprocessing
+from engine.detection import Detection
 from engine.splits import restrict_scenes
 from evaluation.protocol import EvalConfig, flat_metrics, prepare, score
+
+P48 = Preprocessing(image_size=48)
 
 MAP = """version: 1
 exact: {}
@@ -103,8 +106,8 @@ def _by_pair(result):
 
 def test_detected_crops_give_the_hand_computed_ranks(tmp_path: Path, category_map):
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
-    cfg = EvalConfig(ks=(1, 5, 50), min_confidence=0.25)
-    inputs = prepare(catalog, 48, detector=BoxDetector(), category_map=category_map, cfg=cfg)
+    cfg = EvalConfig(ks=(1, 5, 50))
+    inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25), detector=BoxDetector(), category_map=category_map)
     result = score(inputs, _embed, cfg)
     pairs = _by_pair(result)
 
@@ -142,7 +145,7 @@ def test_detected_crops_give_the_hand_computed_ranks(tmp_path: Path, category_ma
 
 def test_boxes_in_pairs_csv_replace_the_detector(tmp_path: Path, category_map):
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
-    inputs = prepare(catalog, 48, detector=None, category_map=category_map)
+    inputs = prepare(catalog, P48, detector=None, category_map=category_map)
     result = score(inputs, _embed)
     proto = result.summary["protocol"]
     assert proto["boxes"] == "pairs.csv" and proto["unreachable_pairs"] == 0  # a given box needs no class
@@ -154,7 +157,7 @@ def test_boxes_in_pairs_csv_replace_the_detector(tmp_path: Path, category_map):
 
 def test_a_collapsed_embedding_ranks_everything_last(tmp_path: Path, category_map):
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
-    inputs = prepare(catalog, 48, detector=None, category_map=category_map)
+    inputs = prepare(catalog, P48, detector=None, category_map=category_map)
     result = score(inputs, lambda ims: np.zeros((len(ims), 4), np.float32))
     assert {r.rank for r in result.pairs} == {5.0}  # every product ties: pessimistic rank = catalog size
     assert result.summary["scene_to_product"]["recall"][1] == 0.0
@@ -163,21 +166,19 @@ def test_a_collapsed_embedding_ranks_everything_last(tmp_path: Path, category_ma
 def test_restricted_scenes_and_empty_query_sets(tmp_path: Path, category_map):
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
     only_s3 = restrict_scenes(catalog, keep=["s3"])
-    result = score(prepare(only_s3, 48, detector=BoxDetector(), category_map=category_map), _embed)
+    result = score(prepare(only_s3, P48, detector=BoxDetector(), category_map=category_map), _embed)
     s = result.summary
     assert s["protocol"]["scenes"] == 1 and s["protocol"]["reachable_pairs"] == 1
     assert s["scene_to_product"]["recall"][1] == 0.0
     assert s["distance_accuracy"] is None  # no matched crop: no evidence, reported as null
 
     no_pairs = restrict_scenes(catalog, keep=["s1"], drop=["s1"])
-    empty = score(prepare(no_pairs, 48, detector=BoxDetector(), category_map=category_map), _embed)
+    empty = score(prepare(no_pairs, P48, detector=BoxDetector(), category_map=category_map), _embed)
     assert empty.summary["protocol"]["pairs"] == 0
     assert empty.summary["scene_to_product"]["recall"][1] is None
 
 
 def test_pairs_without_boxes_need_a_detector(tmp_path: Path, category_map):
-    from engine.catalog import CatalogError
-
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
     with pytest.raises(CatalogError, match="detector"):
-        prepare(catalog, 48, detector=None, category_map=category_map)
+        prepare(catalog, P48, detector=None, category_map=category_map)

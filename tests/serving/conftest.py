@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from detectors.base import Detection
+from engine.build_indexes import build_catalog_indexes
 from engine.catalog import load_catalog
-from engine.config import ModelConfig
+from engine.config import ModelConfig, Preprocessing
+from engine.detection import Detection
+from engine.embed import Embedder, save_embedder
 from engine.model import build_embedder
-from engine.search import model_fingerprint
-from engine.indexing import build_catalog_indexes
 
 
 class BoxDetector:
@@ -29,8 +29,8 @@ class BoxDetector:
 def index_folder(tiny_catalog: Path, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("index")
     model = build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=16))
-    model.save(folder / "model.keras")
-    build_catalog_indexes(load_catalog(tiny_catalog), model, model_fingerprint(folder / "model.keras"), folder, detector=None)
+    save_embedder(model, folder / "model.keras", Preprocessing(image_size=48))
+    build_catalog_indexes(load_catalog(tiny_catalog), Embedder.load(folder / "model.keras"), folder)
     return folder
 
 

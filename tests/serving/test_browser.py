@@ -24,6 +24,7 @@ def live_server(app):
     thread.join()
 
 
+@pytest.mark.slow
 def test_upload_pick_a_box_and_see_results(live_server: str, tiny_catalog: Path, tmp_path: Path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements.txt)")
     if CHROMIUM is None:

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import keras
 import mlflow
 import pytest
 
-from training import checkpoint
-from training import fit
+from engine.catalog import load_catalog
+from engine.embed import Embedder, load_preprocessing
+from engine.index_folder import CatalogIndex
+from engine.runtime import state_dir
+from engine.splits import read_scene_list
+from training import checkpoint, fit
 from training.tracking import run_metrics, tracking_uri
 
-TINY = ["--image-size", "48", "--embedding-dim", "16", "--batch-size", "8", "--in-class-negatives", "2",
-        "--out-class-negatives", "1", "--val-fraction", "0.25"]
-
-
-def last_run() -> mlflow.entities.Run:
+@pytest.mark.slow
+def test_fit_logs_run_metrics_and_artifacts(trained_run, tiny_catalog: Path, tmp_path: Path):
     client = mlflow.MlflowClient(tracking_uri=tracking_uri())
-    exp = client.get_experiment_by_name("showroom")
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-
-
-def test_fit_logs_run_metrics_and_artifacts(tiny_catalog: Path, tmp_path: Path, capsys):
-    out = tmp_path / "embedder.keras"
-    assert fit.main(["--catalog", str(tiny_catalog), "--weights", "none", "--epochs", "2", "--run-name", "t-fit", "--out", str(out), *TINY]) == 0
-    run = last_run()
+    run = client.get_run(trained_run.run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "t-fit"
     params = run.data.params
     assert params["model.image_size"] == "48" and params["train.epochs"] == "2" and params["seed"] == "1234"
@@ -36,39 +32,65 @@ def test_fit_logs_run_metrics_and_artifacts(tiny_catalog: Path, tmp_path: Path, 
                 "zero_loss_share", "val_mean_product_distance", "triplets_per_second"):
         assert key in hist, key
     assert any(k.startswith("val_distance_accuracy/") for k in hist)
-    arts = {a.path for a in mlflow.MlflowClient(tracking_uri=tracking_uri()).list_artifacts(run.info.run_id)}
-    assert {"model", "config.json", "split.json", "triplets_sheet.png", "index"} <= arts
-    from engine.catalog_index import CatalogIndex
-    from engine.runtime import state_dir
-    from engine.search import model_fingerprint
-
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "config.json", "split.json", "triplets_sheet.png", "index", "holdout_scenes.txt"} <= arts
+    # the held-out scenes were neither trained nor validated on
+    names = set(read_scene_list(trained_run.holdout))
+    split = json.loads(Path(client.download_artifacts(run.info.run_id, "split.json", str(tmp_path))).read_text())
+    assert not names & (set(split["train"]) | set(split["val"]))
+    assert params["holdout_scenes"] == str(len(names))
+    # the serving folder: the model with its preprocessing, and indexes that verify against it
     folder = state_dir() / "models" / run.info.run_id / "index"
-    products = CatalogIndex.load(folder / "products", model_fingerprint=model_fingerprint(folder / "model.keras"))
-    from engine.catalog import load_catalog
+    embedder = Embedder.load(folder / "model.keras")
+    assert embedder.size == 48 and embedder.preprocessing.crop_padding == 0.0625
+    products = CatalogIndex.load(folder / "products", model_fingerprint=embedder.fingerprint)
+    assert len(products) == 18 and products.preprocessing["image_size"] == 48
+    assert len(CatalogIndex.load(folder / "scenes")) == len(load_catalog(tiny_catalog).pairs)
+    assert load_preprocessing(trained_run.out).image_size == 48
+    assert run.info.run_id in trained_run.stdout
+    assert not checkpoint.run_folder(state_dir(), run.info.run_id).exists()  # a finished run leaves no checkpoint
 
-    assert len(products) == 18 and len(CatalogIndex.load(folder / "scenes")) == len(load_catalog(tiny_catalog).pairs)
-    assert out.is_file()
-    assert run.info.run_id in capsys.readouterr().out
+
+class KillAfterBackup(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the end of epoch ``epoch`` (1-based), after every other callback ran."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt  # the process is killed right after the epoch's backup
 
 
-def test_killed_run_resumes_from_its_checkpoint(tiny_catalog: Path, monkeypatch):
-    real_save = checkpoint.save_checkpoint
-    calls = []
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint(tiny_catalog: Path, monkeypatch, last_run, tiny_fit):
+    real = checkpoint.backup_callback
 
-    def save_then_die(root, epoch, *a, **kw):
-        path = real_save(root, epoch, *a, **kw)
-        calls.append(epoch)
-        if epoch == 1:
-            raise KeyboardInterrupt  # the process is killed right after epoch 1's checkpoint
-        return path
+    class Dying(keras.callbacks.Callback):
+        def __init__(self, folder):
+            super().__init__()
+            self.backup, self.kill = real(folder), KillAfterBackup(1)
 
-    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+        def set_model(self, model):
+            super().set_model(model)
+            self.backup.set_model(model)
+
+        def on_train_begin(self, logs=None):
+            self.backup.on_train_begin(logs)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.backup.on_epoch_end(epoch, logs)
+            self.kill.on_epoch_end(epoch, logs)
+
+    monkeypatch.setattr(checkpoint, "backup_callback", Dying)
     with pytest.raises(KeyboardInterrupt):
-        fit.main(["--catalog", str(tiny_catalog), "--weights", "none", "--epochs", "2", "--run-name", "t-kill", *TINY])
+        fit.main(["--catalog", str(tiny_catalog), "--weights", "none", "--epochs", "2", "--run-name", "t-kill", "--no-index", *tiny_fit])
     killed = last_run()
     assert killed.info.status in ("FAILED", "KILLED")
-    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
-    assert fit.main(["--resume", killed.info.run_id]) == 0
+    assert checkpoint.epochs_done(checkpoint.run_folder(state_dir(), killed.info.run_id)) == 1
+    monkeypatch.setattr(checkpoint, "backup_callback", real)
+    assert fit.main(["--resume", "last"]) == 0
     run = mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(killed.info.run_id)
     assert run.info.status == "FINISHED"
     hist = run_metrics(killed.info.run_id)
@@ -76,9 +98,14 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_catalog: Path, monkeypatch)
     assert [s for s, _ in hist["val_distance_accuracy"]] == [0, 1, 2]
 
 
-def test_bad_catalog_is_a_clear_error(tmp_path: Path, caplog):
+def test_resume_without_a_checkpoint_is_a_clear_error(caplog):
+    assert fit.main(["--resume", "0" * 32]) == 2
+    assert "start it again without --resume" in caplog.text
+
+
+def test_bad_catalog_is_a_clear_error(tmp_path: Path, caplog, tiny_fit):
     (tmp_path / "products.csv").write_text("product_id,name\n1,x\n")
-    assert fit.main(["--catalog", str(tmp_path), "--weights", "none", *TINY]) == 2
+    assert fit.main(["--catalog", str(tmp_path), "--weights", "none", *tiny_fit]) == 2
     assert "missing column(s) type, image" in caplog.text
 
 

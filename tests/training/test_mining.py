@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from detectors.base import Detection
+from detectors.cache import DetectionCache
 from detectors.category_map import load_category_map
 from engine.catalog import load_catalog
+from engine.detection import Detection, DetectorError
 from training.manifest import Manifest, load_manifest, save_manifest
-from training.mining import DetectionCache, MiningConfig, mine_positives, totals
+from training.mining import MiningConfig, mine_positives, totals
 
 MAP = """version: 3
 exact: {}
@@ -126,8 +127,6 @@ def test_unknown_class_in_map_stops_mining(synthetic, tmp_path: Path):
     catalog, det, _ = synthetic
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nrules:\n  - {match: chair, class: armchair}\n")
-    from detectors.base import DetectorError
-
     with pytest.raises(DetectorError, match="armchair"):
         mine_positives(catalog, det, load_category_map(bad), MiningConfig())
 

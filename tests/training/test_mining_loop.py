@@ -9,21 +9,18 @@ from pathlib import Path
 import pytest
 
 from detectors.category_map import load_category_map
-from tests.conftest import SHARED
+from engine.config import DEFAULT_MIN_CONFIDENCE
 from training import fit, mine_hard_negatives, mine_triplets
 from training.manifest import load_manifest
 from training.tracking import run_metrics
-from tests.training.test_fit import last_run
 
-TFLITE = SHARED / "weights" / "yolov8n_coco_int8.tflite"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ikea_subset(tmp_path_factory) -> Path:
+def ikea_subset(tmp_path_factory, ikea_catalog: Path) -> Path:
     """8 IKEA scenes with reachable pairs, their products and a few more of the same types."""
-    src = SHARED / "data" / "ikea"
-    if not (src / "pairs.csv").is_file() or not TFLITE.is_file():
-        pytest.skip(f"needs the IKEA data and {TFLITE.name} in {SHARED} (the ../shared folder beside the project); absent here")
+    src = ikea_catalog
     cmap = load_category_map()
     products = list(csv.DictReader(open(src / "products.csv")))
     types = {p["product_id"]: p["type"] for p in products}
@@ -59,16 +56,16 @@ def ikea_subset(tmp_path_factory) -> Path:
     return dst
 
 
-def test_mine_fit_mine_hard_fit(ikea_subset: Path, tmp_path: Path, capsys):
+def test_mine_fit_mine_hard_fit(ikea_subset: Path, yolo_weights: Path, tmp_path: Path, capsys, last_run):
     mined = tmp_path / "mined.json"
-    assert mine_triplets.main(["--catalog", str(ikea_subset), "--detector-weights", str(TFLITE), "--weights", "none",
+    assert mine_triplets.main(["--catalog", str(ikea_subset), "--detector-weights", str(yolo_weights), "--weights", "none",
                                "--image-size", "64", "--out", str(mined), "--in-class-negatives", "3", "--out-class-negatives", "1"]) == 0
     out = capsys.readouterr().out
     assert "white-background test" in out and "TOTAL" in out and "contact_sheet.png" in out
     manifest = load_manifest(mined)
     detected = [p for p in manifest.positives if p.source == "detector"]
     assert len(detected) >= 5
-    assert all(p.box and p.confidence >= 0.3 and p.product_id not in p.negatives for p in detected)
+    assert all(p.box and p.confidence >= DEFAULT_MIN_CONFIDENCE and p.product_id not in p.negatives for p in detected)
     assert manifest.stats["totals"]["pairs"] == manifest.stats["totals"]["kept"] + sum(
         manifest.stats["totals"][r] for r in ("unreachable_type", "no_detection_of_class", "below_confidence", "too_small", "scene_unreadable"))
 
@@ -104,8 +101,8 @@ def test_bad_detector_weights_is_a_clear_error(ikea_subset: Path, tmp_path: Path
     assert not (tmp_path / "m.json").exists()
 
 
-def test_fit_mines_box_less_pairs_itself(ikea_subset: Path):
-    assert fit.main(["--catalog", str(ikea_subset), "--detector-weights", str(TFLITE), "--weights", "none", "--image-size", "48",
+def test_fit_mines_box_less_pairs_itself(ikea_subset: Path, yolo_weights: Path, last_run):
+    assert fit.main(["--catalog", str(ikea_subset), "--detector-weights", str(yolo_weights), "--weights", "none", "--image-size", "48",
                      "--embedding-dim", "16", "--batch-size", "8", "--epochs", "1", "--in-class-negatives", "2",
                      "--out-class-negatives", "1", "--val-fraction", "0.3", "--run-name", "auto-mine"]) == 0
     params = last_run().data.params

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.index import BruteForceIndex
+from engine.ann import BruteForceIndex
 
 
 def test_brute_force_matches_loop():
@@ -35,7 +35,7 @@ def clustered(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_scann_recall_against_brute_force():
-    from engine.index import ScannIndex, ScannParams
+    from engine.ann import ScannIndex, ScannParams
 
     db, q = clustered(6000, 32, 1)
     exact = BruteForceIndex(db).search(q, 10)
@@ -47,7 +47,7 @@ def test_scann_recall_against_brute_force():
 
 
 def test_build_index_uses_brute_force_for_small_catalogs():
-    from engine.index import ScannIndex, ScannParams, build_index
+    from engine.ann import ScannIndex, ScannParams, build_index
 
     db, _ = clustered(300, 8, 2)
     assert isinstance(build_index(db), BruteForceIndex)

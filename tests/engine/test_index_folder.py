@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.catalog_index import CatalogIndex, IndexError_, Item
-from engine.index import ScannParams
+from engine.index_folder import CatalogIndex, IndexFolderError, Item
+from engine.ann import ScannParams
 
 
 def make(n: int = 3000, d: int = 16, seed: int = 0, params: ScannParams = ScannParams()) -> CatalogIndex:
@@ -43,13 +43,13 @@ def test_type_filter_returns_only_chosen_types(tmp_path: Path):
 
 def test_refuses_other_model_and_damage(tmp_path: Path):
     make(n=100).save(tmp_path / "idx")
-    with pytest.raises(IndexError_, match="built with model model-A.*rebuild it with python -m serving.build_index"):
+    with pytest.raises(IndexFolderError, match="built with model model-A.*rebuild it with python -m serving.build_index"):
         CatalogIndex.load(tmp_path / "idx", model_fingerprint="model-B")
     vec = tmp_path / "idx" / "vectors.npy"
     vec.write_bytes(vec.read_bytes()[:-8] + b"\0" * 8)
-    with pytest.raises(IndexError_, match="vectors.npy is missing or damaged"):
+    with pytest.raises(IndexFolderError, match="vectors.npy is missing or damaged"):
         CatalogIndex.load(tmp_path / "idx")
-    with pytest.raises(IndexError_, match="no manifest.json"):
+    with pytest.raises(IndexFolderError, match="no manifest.json"):
         CatalogIndex.load(tmp_path / "nowhere")
 
 

@@ -3,7 +3,8 @@
 Folder layout (written to a temporary folder, then renamed into place)::
 
     manifest.json   model fingerprint, embedding dim, distance, item count, item ids, kind and
-                    settings of the index, creation time, sha256 of every other file
+                    settings of the index, the preprocessing the crops were cut with, creation
+                    time, sha256 of every other file
     vectors.npy     float32 (N, D) embeddings
     items.json      one metadata record per vector (product id, name, type, image, scene, box)
     index/          the ANN engine's own files (ScaNN), empty for brute force
@@ -14,24 +15,21 @@ with another model is refused with a message that says what to rebuild.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from engine.index import ScannParams, SearchIndex, build_index, load_index
+from engine.ann import BruteForceIndex, ScannParams, SearchIndex, build_index, load_index
+from engine.files import atomic_folder, file_sha256
 
 FORMAT = "showroom.index"
 VERSION = 1
 
 
-class IndexError_(ValueError):
+class IndexFolderError(ValueError):
     """An index folder that is missing, damaged, or built with another model."""
 
 
@@ -57,18 +55,11 @@ class Match:
     distance: float
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class CatalogIndex:
     """Vectors + metadata. ``search`` can restrict results to chosen types."""
 
-    def __init__(self, vectors: np.ndarray, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "") -> None:
+    def __init__(self, vectors: np.ndarray, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
+                 preprocessing: dict | None = None) -> None:
         if len(vectors) != len(items):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         self.vectors = np.asarray(vectors, np.float32)
@@ -76,6 +67,7 @@ class CatalogIndex:
         self.index = index
         self.model_fingerprint = model_fingerprint
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.preprocessing = dict(preprocessing or {})  # how the indexed crops were cut (engine.config.Preprocessing)
         self._types = np.array([it.type for it in items])
         self._by_product: dict[str, list[int]] = {}
         for i, it in enumerate(items):
@@ -90,8 +82,9 @@ class CatalogIndex:
         return list(self._by_product.get(product_id, []))
 
     @classmethod
-    def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams()) -> CatalogIndex:
-        return cls(vectors, items, build_index(vectors, params), model_fingerprint)
+    def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams(),
+              preprocessing: dict | None = None) -> CatalogIndex:
+        return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -114,8 +107,6 @@ class CatalogIndex:
             if len(rows) == 0:
                 return [[] for _ in queries]
             if len(rows) <= 50_000:
-                from engine.index import BruteForceIndex
-
                 nn = BruteForceIndex(self.vectors[rows]).search(queries, k)
                 return [[Match(self.items[rows[j]], float(d)) for j, d in zip(ix, ds)] for ix, ds in zip(nn.indices, nn.distances)]
             nn = self.index.search(queries, min(len(self.items), k * 20))
@@ -130,9 +121,7 @@ class CatalogIndex:
     def save(self, folder: Path) -> Path:
         """Write atomically: a temporary sibling folder, renamed into place (replacing an old index)."""
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as tmp:
             np.save(tmp / "vectors.npy", self.vectors)
             (tmp / "items.json").write_text(json.dumps([asdict(it) for it in self.items]))
             (tmp / "index").mkdir()
@@ -142,20 +131,10 @@ class CatalogIndex:
                 "format": FORMAT, "version": VERSION, "created": self.created,
                 "model_fingerprint": self.model_fingerprint, "dim": int(self.vectors.shape[1]) if len(self.vectors) else 0,
                 "distance": "euclidean", "count": len(self.items), "item_ids": [it.item_id for it in self.items],
-                "index_kind": self.index.kind, "index_params": self.index.describe(),
+                "index_kind": self.index.kind, "index_params": self.index.describe(), "preprocessing": self.preprocessing,
                 "checksums": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            old = None
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     @classmethod
@@ -165,25 +144,25 @@ class CatalogIndex:
         rebuild = "rebuild it with python -m serving.build_index"
         mpath = folder / "manifest.json"
         if not mpath.is_file():
-            raise IndexError_(f"{folder} is not a Showroom index (no manifest.json); {rebuild}")
+            raise IndexFolderError(f"{folder} is not a Showroom index (no manifest.json); {rebuild}")
         try:
             manifest = json.loads(mpath.read_text())
         except json.JSONDecodeError as exc:
-            raise IndexError_(f"{mpath} is damaged ({exc}); {rebuild}") from None
+            raise IndexFolderError(f"{mpath} is damaged ({exc}); {rebuild}") from None
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise IndexError_(f"{folder} is a {manifest.get('format')} v{manifest.get('version')} index, expected {FORMAT} v{VERSION}; {rebuild}")
+            raise IndexFolderError(f"{folder} is a {manifest.get('format')} v{manifest.get('version')} index, expected {FORMAT} v{VERSION}; {rebuild}")
         for rel, digest in manifest["checksums"].items():
             p = folder / rel
             if not p.is_file() or file_sha256(p) != digest:
-                raise IndexError_(f"{folder}: {rel} is missing or damaged (checksum mismatch); {rebuild}")
+                raise IndexFolderError(f"{folder}: {rel} is missing or damaged (checksum mismatch); {rebuild}")
         if model_fingerprint is not None and manifest["model_fingerprint"] != model_fingerprint:
-            raise IndexError_(
+            raise IndexFolderError(
                 f"{folder} was built with model {manifest['model_fingerprint'][:12]}, but the loaded model is "
                 f"{model_fingerprint[:12]}; {rebuild} --model <the model you serve>"
             )
         vectors = np.load(folder / "vectors.npy")
         items = [Item(**{**it, "box": tuple(it["box"]) if it.get("box") else None}) for it in json.loads((folder / "items.json").read_text())]
         if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
-            raise IndexError_(f"{folder}: items do not match the manifest; {rebuild}")
+            raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
         index = load_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"])
-        return cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"])
+        return cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"))

@@ -1,4 +1,8 @@
-"""The detector boundary: a frozen ``Detection`` and the ``Detector`` protocol every backend implements."""
+"""The detector boundary: a frozen ``Detection`` and the ``Detector`` protocol every backend implements.
+
+The engine consumes detections through this protocol; the backends live in ``detectors/`` (YOLO)
+and tests pass fakes.
+"""
 
 from __future__ import annotations
 

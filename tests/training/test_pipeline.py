@@ -8,8 +8,8 @@ import numpy as np
 
 from engine.catalog import load_catalog
 from engine.config import TrainConfig
-from training.data import triplet_dataset, triplet_sheet, steps_per_epoch
-from training.dataset import build_training_set, queries_from_pairs, split_queries
+from training.pipeline import triplet_dataset, triplet_sheet, steps_per_epoch
+from training.training_set import build_training_set, queries_from_pairs, split_queries
 
 
 def test_split_is_by_scene_and_seeded(tiny_catalog: Path):

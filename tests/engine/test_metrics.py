@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.metrics import distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve, true_ranks
+from engine.metrics import distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve, true_ranks
 
 
 def test_true_ranks_with_ties_are_pessimistic():
@@ -94,7 +94,7 @@ def test_recall_curve_counts_missing_ranks_as_misses_at_every_k():
 
 
 def test_bootstrap_recall_resamples_scenes_and_pairs_differences():
-    from evaluation.metrics import bootstrap_recall
+    from engine.metrics import bootstrap_recall
 
     ranks = np.array([1.0, 1.0, 1.0, 1.0])
     assert bootstrap_recall(ranks, ["a", "a", "b", "b"], [1]) == {1: (1.0, 1.0)}  # no variation, no width

@@ -7,7 +7,6 @@ the padded crop of its box, or the whole scene when the pair has no box.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +14,10 @@ import numpy as np
 
 from engine.catalog import Box, Catalog, CatalogError
 from engine.config import TrainConfig
-from evaluation.metrics import distance_accuracy, euclidean_distances
-from training.data import ImageSpec, build_bank
+from engine.metrics import distance_accuracy, euclidean_distances
+from training.pipeline import ImageSpec, build_bank
 from training.manifest import Manifest, ManifestError
+from training.tracking import metric_key
 from training.triplets import TripletSampler
 
 logger = logging.getLogger(__name__)
@@ -162,11 +162,6 @@ def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int, quer
         len(split.train), len(train_q), len(split.val), len(val_q), len(ids), "listed" if any(train_neg) else "random",
     )
     return ts
-
-
-def metric_key(text: str) -> str:
-    """A string made safe for an MLflow metric name."""
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text).strip().replace(" ", "_")
 
 
 def probe_metrics(

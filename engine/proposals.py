@@ -1,0 +1,94 @@
+"""Where the products in a scene are: the one rule that proposes scene crops, for indexing,
+evaluation, mining and the search service.
+
+The rule, per scene: the boxes its ``pairs.csv`` rows give; the detector's boxes at or above
+``min_confidence`` when some pair of the scene has no box (or the scene has no pairs); the whole
+scene when nothing else was found.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.catalog import Box, Catalog, Pair, Scene
+from engine.detection import Detection
+from engine.images import ImageError, load_image
+
+logger = logging.getLogger(__name__)
+
+Detect = Callable[[Path, np.ndarray], list[Detection]]  # (image file, its pixels) -> detections
+
+
+@dataclass(frozen=True)
+class SceneCrop:
+    """One proposed crop of a scene: a ``pairs.csv`` box (``source='pairs.csv'``, ``label`` = the
+    pair's product type), a detection (``source='detector'``, ``label`` = its class) or the whole
+    scene when nothing else was found (``source='scene'``, ``box`` None)."""
+
+    scene: str
+    box: Box | None
+    label: str
+    source: str
+    confidence: float = 1.0
+
+
+@dataclass(frozen=True)
+class SceneProposals:
+    """A scene's decoded photo and its crops; ``image`` is None (and ``error`` says why) when the
+    photo could not be read. ``detections`` are all the detector returned, before the confidence
+    filter (empty when the detector did not run)."""
+
+    scene: Scene
+    image: np.ndarray | None
+    pairs: tuple[Pair, ...]
+    crops: tuple[SceneCrop, ...]
+    detections: tuple[Detection, ...] = ()
+    error: str = ""
+
+
+def confident(detections: Sequence[Detection], min_confidence: float) -> list[Detection]:
+    """The detections at or above ``min_confidence``, most confident first."""
+    return sorted((d for d in detections if d.confidence >= min_confidence), key=lambda d: -d.confidence)
+
+
+def needs_detection(pairs: Sequence[Pair]) -> bool:
+    """A scene is searched by the detector unless every one of its pairs has a box."""
+    return not pairs or any(p.box is None for p in pairs)
+
+
+def propose_crops(scene: str, pair_boxes: Sequence[tuple[Box, str]], detections: Sequence[Detection],
+                  min_confidence: float) -> list[SceneCrop]:
+    """The crops of one scene: ``pair_boxes`` (box, product type) first, then the confident
+    detections, else the whole scene."""
+    crops = [SceneCrop(scene, box, label, "pairs.csv") for box, label in pair_boxes]
+    crops += [SceneCrop(scene, d.box, d.label, "detector", float(d.confidence)) for d in confident(detections, min_confidence)]
+    return crops or [SceneCrop(scene, None, "scene", "scene")]
+
+
+def catalog_proposals(catalog: Catalog, detect: Detect | None, min_confidence: float) -> Iterator[SceneProposals]:
+    """Decode each scene of ``catalog`` once and propose its crops, in ``scenes.csv`` order.
+
+    ``detect`` may be None only when every pair has a box (a scene without pairs is then the
+    whole photo). An unreadable scene is logged and yielded with ``image`` None and no crops.
+    """
+    types = catalog.types
+    pairs_of: dict[str, list[Pair]] = defaultdict(list)
+    for pair in catalog.pairs:
+        pairs_of[pair.scene].append(pair)
+    for scene in catalog.scenes:
+        pairs = tuple(pairs_of.get(scene.scene, ()))
+        try:
+            image = load_image(scene.image)
+        except ImageError as exc:
+            logger.warning("skipping scene %s: %s", scene.scene, exc)
+            yield SceneProposals(scene, None, pairs, (), error=str(exc))
+            continue
+        detections = detect(scene.image, image) if detect is not None and needs_detection(pairs) else []
+        boxes = [(p.box, types[p.product_id]) for p in pairs if p.box is not None]
+        yield SceneProposals(scene, image, pairs, tuple(propose_crops(scene.scene, boxes, detections, min_confidence)), tuple(detections))
