@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,12 +29,13 @@ def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = Sc
     return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing))
 
 
-def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams()) -> CatalogIndex:
+def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
+                classes: Collection[str] | None = None) -> CatalogIndex:
     """One item per proposed crop of each scene (``engine.proposals``: pairs.csv boxes, confident
-    detections, else the whole scene); unreadable scenes are skipped."""
+    detections, missing ``classes`` filled in, else the whole scene); unreadable scenes are skipped."""
     prep = embedder.preprocessing
     items, crops = [], []
-    for proposal in catalog_proposals(catalog, detect, prep.min_confidence):
+    for proposal in catalog_proposals(catalog, detect, prep, classes):
         if proposal.image is None:
             continue
         scene = proposal.scene
@@ -45,13 +47,13 @@ def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, par
 
 
 def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,
-                          params: ScannParams = ScannParams()) -> dict[str, CatalogIndex]:
+                          params: ScannParams = ScannParams(), classes: Collection[str] | None = None) -> dict[str, CatalogIndex]:
     """Build and save ``out/products`` and ``out/scenes``; ``embedder`` must be saved (it has a fingerprint)."""
     if not embedder.fingerprint:
         raise ValueError("indexes need a saved embedder (its fingerprint ties them to it); load it with Embedder.load")
     built = {PRODUCTS: product_index(catalog, embedder, params)}
     if catalog.scenes:
-        built[SCENES] = scene_index(catalog, embedder, detect, params)
+        built[SCENES] = scene_index(catalog, embedder, detect, params, classes)
     for name, index in built.items():
         index.save(Path(out) / name)
         logger.info("%s index: %d items (%s) -> %s", name, len(index), index.index.kind, Path(out) / name)
@@ -59,11 +61,11 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
 
 
 def build_serving_folder(model_path: Path, catalog: Catalog, out: Path, detect: Detect | None = None,
-                         params: ScannParams = ScannParams()) -> dict[str, CatalogIndex]:
+                         params: ScannParams = ScannParams(), classes: Collection[str] | None = None) -> dict[str, CatalogIndex]:
     """Everything the search service needs in ``out``: ``model.keras`` (a copy of ``model_path``)
     and the ``products`` and ``scenes`` indexes built with it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "model.keras") as tmp:
         shutil.copyfile(model_path, tmp)
-    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params)
+    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes)

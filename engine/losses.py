@@ -1,4 +1,5 @@
-"""Triplet losses in pure ``keras.ops``: the margin hinge loss and the two in-batch mining losses.
+"""Losses in pure ``keras.ops``: the margin hinge triplet loss, the two in-batch mining losses, and
+the proxy softmax over all catalog products.
 
 The in-batch losses reproduce ``tensorflow_addons.losses.triplet_semihard_loss`` and
 ``triplet_hard_loss`` (Euclidean ``"L2"`` distance), which cannot be used any more: the package is
@@ -104,3 +105,19 @@ def semi_hard_triplet_loss(labels, embeddings, margin: float = 1.0):
     loss_mat = (margin + pdist - negatives) * mask_pos
     num_pos = ops.sum(mask_pos)
     return ops.sum(ops.maximum(loss_mat, 0.0)) / ops.maximum(num_pos, 1.0)
+
+
+def proxy_softmax_loss(embeddings, labels, proxies, temperature: float = 0.05):
+    """NormSoftmax / proxy softmax loss (Zhai & Wu 2018): cross-entropy of cosine logits / temperature.
+
+    Each class has one learnable proxy; the logit of class j for a row is
+    ``cos(e, proxy_j) / temperature``, so every row is scored against every class at once (the
+    whole catalog when the classes are products). ``embeddings``: float (N, D); ``labels``:
+    int (N,) in [0, C); ``proxies``: float (C, D). Returns the mean over rows.
+    """
+    e = ops.cast(embeddings, "float32")
+    e = e / ops.sqrt(ops.maximum(ops.sum(ops.square(e), axis=-1, keepdims=True), _EPS))
+    p = ops.cast(proxies, "float32")
+    p = p / ops.sqrt(ops.maximum(ops.sum(ops.square(p), axis=-1, keepdims=True), _EPS))
+    logits = ops.matmul(e, ops.transpose(p)) / temperature
+    return ops.mean(ops.sparse_categorical_crossentropy(ops.cast(labels, "int32"), logits, from_logits=True))

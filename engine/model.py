@@ -15,7 +15,7 @@ import keras
 from keras import layers, ops
 
 from engine.config import ModelConfig
-from engine.losses import batch_hard_triplet_loss, semi_hard_triplet_loss, triplet_distances, triplet_hinge_loss
+from engine.losses import batch_hard_triplet_loss, proxy_softmax_loss, semi_hard_triplet_loss, triplet_distances, triplet_hinge_loss
 
 logger = logging.getLogger(__name__)
 
@@ -137,39 +137,81 @@ def backbone_features_model(embedder: keras.Model) -> keras.Model:
 
 
 class TripletModel(keras.Model):
-    """Training-only wrapper: embeds query, positive and negative with one shared embedder.
+    """Training-only wrapper: embeds query, positive and negative with one shared embedder and
+    trains it with a weighted sum of a triplet term and, optionally, catalog-wide softmax terms.
 
     Inputs: dict with ``query``, ``positive``, ``negative`` (``float32 (B, S, S, 3)``) and
-    ``label_p``, ``label_n`` (``int32 (B,)`` product labels, used by the in-batch losses).
-    Output of ``call``: ``float32 (3, B, D)``.
+    ``label_p``, ``label_n`` (``int32 (B,)`` product labels). Output of ``call``: ``float32 (3, B, D)``.
+
+    Loss = ``triplet_weight`` x (hinge, batch-hard or semi-hard triplet loss)
+         + ``softmax_weight`` x proxy softmax of all 3B embeddings over one proxy per product
+         + ``type_weight`` x proxy softmax over one proxy per product type.
+    ``proxies``: float (P, D) initial product proxies (e.g. the untrained embedder's iconic
+    embeddings), required when ``softmax_weight`` > 0; ``product_types``: int (P,) type index of
+    each product and ``type_proxies`` float (T, D), required when ``type_weight`` > 0. Proxies learn
+    ``proxy_lr_scale`` times faster than the embedder (they are stored divided by it).
     """
 
-    def __init__(self, embedder: keras.Model, *, margin: float = 1.0, loss: str = "hinge", **kwargs):
+    def __init__(self, embedder: keras.Model, *, margin: float = 1.0, loss: str = "hinge", triplet_weight: float = 1.0,
+                 softmax_weight: float = 0.0, temperature: float = 0.05, proxies=None, type_weight: float = 0.0,
+                 product_types=None, type_proxies=None, proxy_lr_scale: float = 10.0, **kwargs):
         super().__init__(**kwargs)
         self.embedder = embedder
         self.margin = float(margin)
         self.loss_name = loss
+        self.triplet_weight, self.softmax_weight, self.type_weight = float(triplet_weight), float(softmax_weight), float(type_weight)
+        self.temperature = float(temperature)
+        self.proxy_lr_scale = float(proxy_lr_scale)
+        self.proxies = self.type_proxies = self.product_types = None
+        if self.softmax_weight > 0:
+            if proxies is None:
+                raise ValueError("softmax_weight > 0 needs initial proxies (one row per product)")
+            self.proxies = self._proxy_variable("product_proxies", proxies)
+        if self.type_weight > 0:
+            if type_proxies is None or product_types is None:
+                raise ValueError("type_weight > 0 needs type_proxies and product_types")
+            self.type_proxies = self._proxy_variable("type_proxies", type_proxies)
+            self.product_types = ops.convert_to_tensor(product_types, dtype="int32")
         self.absolute_accuracy = keras.metrics.Mean(name="absolute_accuracy")
         self.zero_loss_share = keras.metrics.Mean(name="zero_loss_share")
         self.mean_d_pos = keras.metrics.Mean(name="mean_d_pos")
         self.mean_d_neg = keras.metrics.Mean(name="mean_d_neg")
+        self.triplet_term = keras.metrics.Mean(name="triplet_loss")
+        self.softmax_term = keras.metrics.Mean(name="softmax_loss")
+        self.proxy_accuracy = keras.metrics.Mean(name="proxy_accuracy")
+
+    def _proxy_variable(self, name: str, init):
+        init = ops.convert_to_numpy(init).astype("float32") / self.proxy_lr_scale
+        return self.add_weight(name=name, shape=init.shape, initializer=keras.initializers.Constant(init), trainable=True)
 
     def call(self, inputs, training=False):
-        q = self.embedder(inputs["query"], training=training)
-        p = self.embedder(inputs["positive"], training=training)
-        n = self.embedder(inputs["negative"], training=training)
-        return ops.stack([q, p, n])
+        b = ops.shape(inputs["query"])[0]
+        both = ops.concatenate([inputs["query"], inputs["positive"], inputs["negative"]], axis=0)
+        e = self.embedder(both, training=training)  # one pass over 3B images
+        return ops.stack([e[:b], e[b : 2 * b], e[2 * b :]])
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The one loss computation shared by ``train_step`` and ``test_step``."""
         q, p, n = y_pred[0], y_pred[1], y_pred[2]
+        emb = ops.concatenate([q, p, n], axis=0)
+        labels = ops.concatenate([x["label_p"], x["label_p"], x["label_n"]], axis=0)
         if self.loss_name == "hinge":
-            loss = triplet_hinge_loss(q, p, n, self.margin)
+            triplet = triplet_hinge_loss(q, p, n, self.margin)
         else:
-            emb = ops.concatenate([q, p, n], axis=0)
-            labels = ops.concatenate([x["label_p"], x["label_p"], x["label_n"]], axis=0)
             fn = batch_hard_triplet_loss if self.loss_name == "batch_hard" else semi_hard_triplet_loss
-            loss = fn(labels, emb, margin=self.margin)
+            triplet = fn(labels, emb, margin=self.margin)
+        loss = self.triplet_weight * triplet
+        self.triplet_term.update_state(triplet)
+        if self.proxies is not None:
+            proxies = self.proxies * self.proxy_lr_scale
+            softmax = proxy_softmax_loss(emb, labels, proxies, self.temperature)
+            loss = loss + self.softmax_weight * softmax
+            self.softmax_term.update_state(softmax)
+            logits = ops.matmul(q, ops.transpose(proxies))
+            self.proxy_accuracy.update_state(ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(x["label_p"], "int64")), "float32"))
+        if self.type_proxies is not None:
+            type_labels = ops.take(self.product_types, ops.cast(labels, "int32"))
+            loss = loss + self.type_weight * proxy_softmax_loss(emb, type_labels, self.type_proxies * self.proxy_lr_scale, self.temperature)
         d_pos, d_neg = triplet_distances(q, p, n)
         self.absolute_accuracy.update_state(ops.cast(d_pos < d_neg, "float32"))
         self.zero_loss_share.update_state(ops.cast(self.margin + d_pos - d_neg <= 0.0, "float32"))

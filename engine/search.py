@@ -35,12 +35,14 @@ class SearchEngine:
     products: CatalogIndex
     scenes: CatalogIndex | None = None
     detector: Detector | None = None
+    classes: frozenset[str] | None = None  # whose missing boxes are filled in (the category map's)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Confident detections in ``uint8 (H, W, 3)``, most confident first; empty without a detector."""
         if self.detector is None:
             return []
-        return confident(self.detector.detect(image), self.embedder.preprocessing.min_confidence)
+        prep = self.embedder.preprocessing
+        return confident(self.detector.detect(image), prep.min_confidence, prep.fill_confidence, self.classes)
 
     def embed_crop(self, image: np.ndarray, box: Box | None) -> np.ndarray:
         """Embedding ``float32 (D,)`` of the padded square crop of ``box`` (whole image when None)."""

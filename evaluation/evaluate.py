@@ -32,7 +32,8 @@ from engine.splits import read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.protocol import EvalConfig, EvalInputs, EvalResult, flat_metrics, paired_difference, prepare, score, table
 from training.model_ref import resolve_model
-from training.tracking import git_commit, metric_key, mlflow_run, run_params, run_tags
+from training.manifest import read_seen_products
+from training.tracking import download_artifact, git_commit, metric_key, mlflow_run, run_params, run_tags
 
 logger = logging.getLogger("evaluation.evaluate")
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help=f"input side for --model imagenet (default {ModelConfig().image_size}; a trained model uses its own)")
     p.add_argument("--min-confidence", type=float, default=None, help=f"detector confidence a proposed crop needs (default: the model's; {DEFAULT_MIN_CONFIDENCE} for imagenet)")
     p.add_argument("--crop-padding", type=float, default=None, help=f"padding around a crop, fraction of its longer side (default: the model's, as in training; {DEFAULT_CROP_PADDING} for imagenet)")
+    p.add_argument("--seen-products", type=Path, default=None, help="split recall by products seen / not seen in training pairs: a product list (one id per line) or a triplet manifest (its real positives); default: the evaluated run's seen_products.txt")
     p.add_argument("--ks", default=",".join(map(str, d.ks)), help="comma-separated k of recall@k")
     p.add_argument("--grid-queries", type=int, default=12, help="random queries shown in each results grid")
     p.add_argument("--tsne-products", type=int, default=600, help="products drawn on the t-SNE map (0 = no map)")
@@ -94,13 +96,13 @@ class Target:
 
 def _run(args: argparse.Namespace, home: Path) -> int:
     t_start = time.perf_counter()
-    cfg = EvalConfig(ks=_parse_ks(args.ks))
     compare = [_earlier_evaluation(path, "--compare") for path in args.compare]
     # (name, summary, curves) of the baseline: read now from a file, or scored below on the same crops
     baseline = None if args.baseline in ("none", "imagenet") else _earlier_evaluation(args.baseline, "--baseline")
     catalog = load_catalog(args.catalog)
     eval_catalog, scenes_param = _scenes(catalog, args.scenes)
     target = _target(args)
+    cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home))
     inputs = _prepare(args, eval_catalog, target.embedder.preprocessing, home)
     result = score(inputs, target.embedder, cfg)
     if args.baseline == "imagenet" and args.model != "imagenet":
@@ -177,6 +179,20 @@ def _target(args: argparse.Namespace) -> Target:
     return Target(name, embedder, ref.run_id or None, params, backbone, alpha)
 
 
+def _seen_products(path: Path | None, run_id: str | None, home: Path) -> frozenset[str] | None:
+    """The products of the training pairs: from ``path`` (a list or a manifest), else from the
+    training run's ``seen_products.txt``; None when neither is known."""
+    if path is None and run_id:
+        try:
+            path = download_artifact(run_id, "seen_products.txt", home / "downloads" / run_id)
+        except Exception:  # MLflow raises several kinds for a missing artifact
+            logger.info("run %s has no seen_products.txt: no seen / unseen split", run_id)
+            return None
+    if path is None:
+        return None
+    return frozenset(read_seen_products(path))
+
+
 def _fit_params(run_id: str) -> dict[str, str]:
     """The params of the training run (empty when unknown)."""
     if not run_id:
@@ -192,7 +208,7 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
     """Decode, detect (cached) and crop once for every model scored in this call."""
     detector, detect = None, None
     if any(p.box is None for p in catalog.pairs):
-        detector = YoloDetector(args.detector_weights or default_weights())
+        detector = YoloDetector(args.detector_weights or default_weights(), conf=prep.detector_confidence)
         detect = DetectionCache(detector, home / "cache" / "detections").detect
     inputs = prepare(catalog, prep, detector=detector, category_map=load_category_map(args.category_map or DEFAULT_MAP), detect=detect)
     logger.info("%d scenes, %d crops, %d pairs (%d reachable) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),

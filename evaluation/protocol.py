@@ -13,6 +13,12 @@
   are ranked by their best crop; recall@k over the pairs.
 - ``distance_accuracy`` (top-1, top-3) as in training, per category of the matched crops (the
   crop that gave rank(p)).
+- Also reported: ``coverage`` (share of reachable pairs whose scene has a crop of the right
+  class: recall@k can never exceed it); the class-agnostic ``fallback`` (a pair with no crop of its
+  class takes its best rank over any crop of its scene); recall split by products ``seen`` /
+  ``unseen`` in the training pairs (``EvalConfig.seen_products``); and scene → product over
+  **all** pairs, whatever their type, with every proposed crop plus a fixed set of multi-scale
+  windows as queries (``engine.proposals.windows``).
 Ranks are pessimistic: a tie with the true item ranks ahead of it.
 
 ``prepare`` decodes, detects and crops once; ``score`` embeds and ranks, so a baseline and a
@@ -36,7 +42,7 @@ from engine.detection import Detector
 from engine.embed import Embed, embed_batches
 from engine.images import load_image, query_crop, to_square
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
-from engine.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals
+from engine.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
 
 logger = logging.getLogger(__name__)
 KS = (1, 5, 10, 20, 50)
@@ -44,10 +50,12 @@ KS = (1, 5, 10, 20, 50)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """ks: the k of recall@k. The crops' preprocessing (size, padding, detector confidence) is the
-    model's (``engine.config.Preprocessing``), passed to ``prepare``."""
+    """ks: the k of recall@k; seen_products: the products of the evaluated model's training pairs
+    (None: no seen / unseen split). The crops' preprocessing (size, padding, detector confidence)
+    is the model's (``engine.config.Preprocessing``), passed to ``prepare``."""
 
     ks: tuple[int, ...] = KS
+    seen_products: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -84,6 +92,8 @@ class EvalInputs:
     crops: list[SceneCrop]
     crop_images: np.ndarray
     scenes: list[str]  # scenes with at least one crop, in catalog order
+    window_scenes: list[str]  # the scene of each fixed window, for the all-pairs score
+    window_images: np.ndarray  # uint8 (W, S, S, 3)
     cases: list[PairCase]
     unreachable_types: dict[str, int]
     detector: str
@@ -121,10 +131,12 @@ def prepare(
     size = preprocessing.image_size
     crops: list[SceneCrop] = []
     crop_images: list[np.ndarray] = []
+    window_scenes: list[str] = []
+    window_images: list[np.ndarray] = []
     scenes, skipped, cases = [], [], []
     unreachable: Counter = Counter()
     seen_pairs: set[tuple[str, str]] = set()
-    for proposal in catalog_proposals(catalog, detect, preprocessing.min_confidence):
+    for proposal in catalog_proposals(catalog, detect, preprocessing, category_map.classes):
         start = len(crops)
         if proposal.image is None:
             skipped.append(proposal.scene.scene)
@@ -132,6 +144,10 @@ def prepare(
             crops += proposal.crops
             crop_images += [query_crop(proposal.image, c.box, size, preprocessing.crop_padding) for c in proposal.crops]
             scenes.append(proposal.scene.scene)
+            h, w = proposal.image.shape[:2]
+            for box in windows(w, h):
+                window_scenes.append(proposal.scene.scene)
+                window_images.append(query_crop(proposal.image, box, size, preprocessing.crop_padding))
         for pair in proposal.pairs:
             if (pair.product_id, pair.scene) not in seen_pairs:
                 seen_pairs.add((pair.product_id, pair.scene))
@@ -150,6 +166,8 @@ def prepare(
         crops=crops,
         crop_images=np.stack(crop_images) if crop_images else empty,
         scenes=scenes,
+        window_scenes=window_scenes,
+        window_images=np.stack(window_images) if window_images else empty,
         cases=cases,
         unreachable_types=dict(sorted(unreachable.items())),
         detector=getattr(detector, "fingerprint", "") if detector is not None else "",
@@ -179,13 +197,20 @@ def _pair_case(pair: Pair, proposal: SceneProposals, crops: list[SceneCrop], sta
 
 @dataclass
 class PairResult:
-    """Ranks of one pair: scene → product (typed crops, any crop), product → scene; ``inf`` = never found."""
+    """Ranks of one pair: scene → product (typed crops, any crop, any crop or window), product →
+    scene; ``inf`` = never found."""
 
     case: PairCase
     rank: float
     rank_any: float
     scene_rank: float
     matched_crop: int | None
+    rank_all: float = float("inf")
+
+    @property
+    def rank_fallback(self) -> float:
+        """The class-agnostic fallback: with no crop of the pair's class, its best over any crop."""
+        return self.rank if self.case.typed_crops else self.rank_any
 
 
 @dataclass
@@ -219,9 +244,10 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     t0 = time.perf_counter()
     image_emb = embed_batches(embed, inputs.product_images, 0, 256)
     crop_emb = embed_batches(embed, inputs.crop_images, 0, 256)
-    results, top = _rank_pairs(inputs, image_emb, crop_emb)
+    window_emb = embed_batches(embed, inputs.window_images, 0, 256)
+    results, top = _rank_pairs(inputs, image_emb, crop_emb, window_emb)
     product_emb = image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb
-    summary = _summary(inputs, results, crop_emb, product_emb, cfg.ks)
+    summary = _summary(inputs, results, crop_emb, product_emb, cfg)
     summary["seconds"] = {"prepare": inputs.seconds, "score": time.perf_counter() - t0}
     reach = np.array([r.rank for r in results if r.case.reachable], np.float64)
     scene_ranks = np.array([r.scene_rank for r in results], np.float64)
@@ -232,10 +258,12 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     return EvalResult(_nan_to_none(summary), results, product_emb, crop_emb, top, curves)
 
 
-def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray) -> tuple[list[PairResult], np.ndarray]:
+def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
+                window_emb: np.ndarray) -> tuple[list[PairResult], np.ndarray]:
     """Every pair's ranks, and the 5 nearest products of each crop (int (C, 5)).
 
-    image_emb: float32 (M, D), one row per catalog image; crop_emb: float32 (C, D).
+    image_emb: float32 (M, D), one row per catalog image; crop_emb: float32 (C, D); window_emb:
+    float32 (W, D), the fixed windows of ``inputs.window_scenes``.
     """
     pid_col = {p: i for i, p in enumerate(inputs.product_ids)}
     n_products = len(inputs.product_ids)
@@ -244,6 +272,14 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray)
     crop_prod = (group_min(euclidean_distances(crop_emb, image_emb), image_group, n_products) if len(crop_emb) and len(image_emb)
                  else np.full((len(crop_emb), n_products), np.inf))
     top = np.argsort(crop_prod, axis=1, kind="stable")[:, :5] if n_products else np.zeros((len(crop_emb), 0), np.int64)
+    win_prod = (group_min(euclidean_distances(window_emb, image_emb), image_group, n_products) if len(window_emb) and len(image_emb)
+                else np.full((len(window_emb), n_products), np.inf))
+    windows_of: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(inputs.window_scenes):
+        windows_of[s].append(i)
+    crops_of: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(inputs.crops):
+        crops_of[c.scene].append(i)
     # product x scene: distance of the product's nearest image to the scene's nearest crop
     scene_col = {s: i for i, s in enumerate(inputs.scenes)}
     crop_scene = np.array([scene_col[c.scene] for c in inputs.crops], np.int64)
@@ -264,12 +300,15 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray)
         rank_any = min(rank_any, best[0])
         found = case.scene in scene_col and case.product_id in prod_scene
         srank = rank_of(prod_scene[case.product_id], scene_col[case.scene]) if found else float("inf")
-        results.append(PairResult(case, best[0], rank_any, srank, best[1]))
+        rank_all = min([rank_of(crop_prod[c], col) for c in crops_of.get(case.scene, [])]
+                       + [rank_of(win_prod[w], col) for w in windows_of.get(case.scene, [])], default=float("inf"))
+        results.append(PairResult(case, best[0], rank_any, srank, best[1], rank_all))
     return results, top
 
 
-def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray, product_emb: np.ndarray, ks: Sequence[int]) -> dict:
+def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray, product_emb: np.ndarray, cfg: EvalConfig) -> dict:
     """Every headline number of one scoring (see the module docstring)."""
+    ks = cfg.ks
     reach = [r for r in results if r.case.reachable]
     ranks = np.array([r.rank for r in reach], np.float64)
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -305,6 +344,15 @@ def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray
             "found": int(np.isfinite(ranks).sum()),
             "median_rank": float(np.median(ranks)) if len(ranks) else float("nan"),
             "per_type": per_type,
+            "coverage": float(np.mean([bool(r.case.typed_crops) for r in reach])) if reach else float("nan"),
+            "covered": sum(bool(r.case.typed_crops) for r in reach),
+            "recall_fallback": recall_curve(np.array([r.rank_fallback for r in reach], np.float64), ks),
+            **_seen_split(reach, cfg),
+        },
+        "scene_to_product_all_pairs": {
+            "pairs": len([r for r in results if r.case.box_source != "unreadable"]),
+            "windows_per_scene": len(inputs.window_scenes) / max(1, len(inputs.scenes)),
+            "recall": recall_curve(np.array([r.rank_all for r in results if r.case.box_source != "unreadable"], np.float64), ks),
         },
         "product_to_scene": {"queries": len(results), "recall": recall_curve(scene_ranks, ks),
                              "recall_ci95": bootstrap_recall(scene_ranks, [r.case.scene for r in results], ks)},
@@ -313,6 +361,18 @@ def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray
         "distance_accuracy_per_type": {t: {"top1": v[0], "top3": v[1], "queries": v[2], "products": v[3]}
                                        for t, v in (da.per_category.items() if da else [])},
     }
+
+
+def _seen_split(reach: list[PairResult], cfg: EvalConfig) -> dict:
+    """Recall of the pairs whose product was / was not in the model's training pairs."""
+    if cfg.seen_products is None:
+        return {}
+    out = {}
+    for name, keep in (("seen", True), ("unseen", False)):
+        ranks = np.array([r.rank for r in reach if (r.case.product_id in cfg.seen_products) == keep], np.float64)
+        out[f"{name}_pairs"] = len(ranks)
+        out[f"recall_{name}"] = recall_curve(ranks, cfg.ks)
+    return out
 
 
 def paired_difference(a: EvalResult, b: EvalResult, ks: Sequence[int]) -> dict[str, dict[int, dict[str, object]]]:
@@ -347,6 +407,12 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
         out[f"s2p_any_crop_recall_at_{k}"] = v
     for k, v in p2s["recall"].items():
         out[f"p2s_recall_at_{k}"] = v
+    for key, name in (("recall_fallback", "s2p_fallback"), ("recall_seen", "s2p_seen"), ("recall_unseen", "s2p_unseen")):
+        for k, v in s2p.get(key, {}).items():
+            out[f"{name}_recall_at_{k}"] = v
+    for k, v in summary.get("scene_to_product_all_pairs", {}).get("recall", {}).items():
+        out[f"s2p_all_pairs_recall_at_{k}"] = v
+    out["coverage"] = s2p.get("coverage")
     out["distance_accuracy"] = summary["distance_accuracy"]
     out["distance_accuracy_top_3"] = summary["distance_accuracy_top_3"]
     out["reachable_pairs"] = summary["protocol"]["reachable_pairs"]
@@ -355,8 +421,9 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
 
 
 def table(rows: Sequence[tuple[str, dict]], ks: Sequence[int] = (1, 5, 10, 20)) -> str:
-    """A text table: one row per (name, summary): scene → product recall@k, product → scene recall@10, DA."""
-    head = ["model"] + [f"s2p@{k}" for k in ks] + ["p2s@10", "DA", "DA@3"]
+    """A text table: one row per (name, summary): scene → product recall@k, product → scene recall@10,
+    DA, right-class crop coverage, unseen-product recall@10 and all-pairs recall@10."""
+    head = ["model"] + [f"s2p@{k}" for k in ks] + ["p2s@10", "DA", "DA@3", "cover", "unseen", "all@10"]
     lines = []
     for name, s in rows:
         r, p = s["scene_to_product"]["recall"], s["product_to_scene"]["recall"]
@@ -364,7 +431,12 @@ def table(rows: Sequence[tuple[str, dict]], ks: Sequence[int] = (1, 5, 10, 20)) 
         def f(v):
             return "   -  " if v is None else f"{v:6.3f}"
 
-        lines.append([name] + [f(r.get(k, r.get(str(k)))) for k in ks] + [f(p.get(10, p.get("10"))), f(s["distance_accuracy"]), f(s["distance_accuracy_top_3"])])
+        s2p = s["scene_to_product"]
+        unseen = s2p.get("recall_unseen") or {}
+        everything = (s.get("scene_to_product_all_pairs") or {}).get("recall") or {}
+        lines.append([name] + [f(r.get(k, r.get(str(k)))) for k in ks]
+                     + [f(p.get(10, p.get("10"))), f(s["distance_accuracy"]), f(s["distance_accuracy_top_3"]), f(s2p.get("coverage")),
+                        f(unseen.get(10, unseen.get("10"))), f(everything.get(10, everything.get("10")))])
     width = max([len(h) for h in [head[0]] + [n for n, _ in rows]])
     out = [f"{head[0]:<{width}} " + " ".join(f"{h:>6}" for h in head[1:])]
     out.append("-" * len(out[0]))

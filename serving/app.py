@@ -20,7 +20,9 @@ from typing import Any
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector
+from engine.config import Preprocessing
 from engine.runtime import configure_runtime
 from serving.api import bp as api_bp
 from serving.errors import ApiError
@@ -76,7 +78,8 @@ def _load_state(app: Flask) -> ServingState:
         raise RuntimeError("set SHOWROOM_INDEX to a folder built by `python -m serving.build_index`")
     detector = app.config["SHOWROOM_DETECTOR"]
     if detector is None and app.config["SHOWROOM_DETECTOR_WEIGHTS"]:
-        detector = YoloDetector(app.config["SHOWROOM_DETECTOR_WEIGHTS"])
+        # low enough for any model's fill-in threshold; each model filters by its own preprocessing
+        detector = YoloDetector(app.config["SHOWROOM_DETECTOR_WEIGHTS"], conf=Preprocessing().detector_confidence)
         detector.class_names  # load now, not on the first request
 
     def loader():
@@ -86,6 +89,6 @@ def _load_state(app: Flask) -> ServingState:
             if not (local / "products").is_dir():
                 raise RuntimeError(f"{folder} holds a model without indexes (its run had no index/ artifact): build a folder with "
                                    f"`python -m serving.build_index --model {folder} --catalog DIR --out DIR` and serve that")
-        return load_from_folder(local, detector)
+        return load_from_folder(local, detector, frozenset(load_category_map().classes))
 
     return ServingState(loader(), loader)

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from detectors.cache import DetectionCache
+from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector, default_weights
 from engine.ann import ScannParams
 from engine.build_indexes import build_serving_folder
 from engine.catalog import load_catalog
+from engine.embed import load_preprocessing
 from engine.runtime import run_cli, state_dir
 from training.model_ref import resolve_model
 
@@ -51,9 +53,10 @@ def _run(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
     detect = None
     if not args.no_detector:
-        detect = DetectionCache(YoloDetector(args.detector_weights or default_weights()), state_dir() / "cache" / "detections").detect
+        detector = YoloDetector(args.detector_weights or default_weights(), conf=load_preprocessing(model.path).detector_confidence)
+        detect = DetectionCache(detector, state_dir() / "cache" / "detections").detect
     params = ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves, leaves_to_search=args.leaves_to_search, reorder=args.reorder)
-    built = build_serving_folder(model.path, catalog, args.out, detect, params)
+    built = build_serving_folder(model.path, catalog, args.out, detect, params, load_category_map().classes)
     print(", ".join(f"{k}: {len(v)} items ({v.index.kind})" for k, v in built.items()) + f" in {time.perf_counter() - t0:.1f}s -> {args.out}")
     return 0
 

@@ -26,14 +26,14 @@ class Loaded:
     source: str
 
 
-def load_from_folder(folder: Path, detector: Detector | None = None) -> Loaded:
+def load_from_folder(folder: Path, detector: Detector | None = None, classes: frozenset[str] | None = None) -> Loaded:
     """Load ``folder/model.keras`` (with its preprocessing) and the verified indexes built with it."""
     folder = Path(folder)
     embedder = Embedder.load(folder / "model.keras")
     fp = embedder.fingerprint
     products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp)
     scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp) if (folder / SCENES).exists() else None
-    return Loaded(SearchEngine(embedder, products, scenes, detector), fp, str(folder))
+    return Loaded(SearchEngine(embedder, products, scenes, detector, classes), fp, str(folder))
 
 
 class ServingState:

@@ -32,7 +32,7 @@ from detectors.yolo import WEIGHTS_ENV, YoloDetector, default_weights
 from engine.build_indexes import build_serving_folder
 from engine.catalog import Catalog, CatalogError, load_catalog
 from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, Preprocessing, TrainConfig, flatten, from_dict
-from engine.embed import Embedder, ModelError, embed_images, input_size, load_embedder, save_embedder
+from engine.embed import Embedder, ModelError, embed_images, input_size, load_embedder, load_preprocessing, save_embedder
 from engine.files import atomic_file
 from engine.model import TripletModel, build_embedder
 from engine.runtime import run_cli
@@ -341,8 +341,9 @@ def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog,
     detect = None
     weights = args.detector_weights or os.environ.get(WEIGHTS_ENV)
     if weights and any(p.box is None for p in catalog.pairs):
-        detect = DetectionCache(YoloDetector(weights), home / "cache" / "detections").detect
-    build_serving_folder(model_path, catalog, out, detect)
+        detector = YoloDetector(weights, conf=load_preprocessing(model_path).detector_confidence)
+        detect = DetectionCache(detector, home / "cache" / "detections").detect
+    build_serving_folder(model_path, catalog, out, detect, classes=load_category_map().classes)
     return out
 
 
@@ -359,7 +360,7 @@ def _auto_mine(args: argparse.Namespace, mcfg: ModelConfig, tcfg: TrainConfig, c
     cfg = MiningConfig(crop_padding=tcfg.crop_padding, in_class_negatives=tcfg.in_class_negatives,
                        out_class_negatives=tcfg.out_class_negatives, seed=tcfg.seed)
     embedder = replace(Embedder.imagenet(replace(mcfg, train_backbone="all")), name=f"{mcfg.backbone}:{mcfg.weights}")
-    manifest, _ = mine_catalog(catalog, YoloDetector(weights), load_category_map(), cfg, embedder=embedder,
+    manifest, _ = mine_catalog(catalog, YoloDetector(weights, conf=cfg.detector_confidence), load_category_map(), cfg, embedder=embedder,
                                cache_dir=home / "cache" / "detections", holdout=sorted(holdout))
     save_manifest(manifest, out)
     return out

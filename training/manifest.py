@@ -99,3 +99,19 @@ def load_manifest(path: Path) -> Manifest:
         except TypeError as exc:
             raise ManifestError(f"{path}: positive {i} is malformed ({exc})") from None
     return Manifest(data["catalog"], data["catalog_fingerprint"], positives, data.get("producer", {}), data.get("stats", {}), data.get("created", ""))
+
+
+REAL_SOURCES = ("catalog_box", "detector")  # positives cut from room photos (not product photos, not synthetic)
+
+
+def read_seen_products(path: str | Path) -> list[str]:
+    """Product ids "seen in training pairs": a text list (one id per line, ``#`` comments), or the
+    products of a triplet manifest's real positives (pairs.csv boxes and mined detections)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"seen-products file {path} cannot be read ({exc})") from None
+    if path.suffix == ".json":
+        return sorted({p.product_id for p in load_manifest(path).positives if p.source in REAL_SOURCES})
+    return sorted({line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")})

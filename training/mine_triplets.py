@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="imagenet", help="weights of that backbone: 'imagenet', or a .weights.h5 path")
     p.add_argument("--image-size", type=int, default=128, help="crop side for the similarity embedding and the contact sheet")
     p.add_argument("--min-confidence", type=float, default=d.min_confidence, help="detector confidence a crop needs")
+    p.add_argument("--fill-confidence", type=float, default=d.fill_confidence, help="a mapped class with no crop at --min-confidence in a scene may use its best one down to this score (0 = off)")
     p.add_argument("--min-area", type=float, default=d.min_area, help="minimum crop area as a share of the scene")
     p.add_argument("--crop-padding", type=float, default=d.crop_padding, help="padding around a crop, fraction of its longer side")
     p.add_argument("--in-class-negatives", type=int, default=d.in_class_negatives, help="negatives per positive from its category")
@@ -77,14 +78,14 @@ def make_embedder(args: argparse.Namespace) -> Embedder:
 
 def _run(args: argparse.Namespace, home: Path) -> int:
     cfg = MiningConfig(
-        min_confidence=args.min_confidence, min_area=args.min_area, crop_padding=args.crop_padding,
+        min_confidence=args.min_confidence, fill_confidence=args.fill_confidence, min_area=args.min_area, crop_padding=args.crop_padding,
         in_class_negatives=args.in_class_negatives, out_class_negatives=args.out_class_negatives, seed=args.seed,
         iconic=IconicTest(white_level=args.white_level, min_white_share=args.white_share),
     )
     catalog = load_catalog(args.catalog)
     holdout = read_scene_list(args.holdout_scenes) if args.holdout_scenes else ()
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
-    detector = YoloDetector(args.detector_weights or default_weights())
+    detector = YoloDetector(args.detector_weights or default_weights(), conf=cfg.detector_confidence)
     manifest, result = mine_catalog(catalog, detector, cmap, cfg, embedder=make_embedder(args),
                                     cache_dir=home / "cache" / "detections", holdout=holdout)
     out = args.out or home / "mined" / f"{catalog.root.name}-{catalog.fingerprint}.json"

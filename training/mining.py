@@ -29,7 +29,7 @@ from tqdm import tqdm
 from detectors.cache import DetectionCache
 from detectors.category_map import CategoryMap
 from engine.catalog import Catalog
-from engine.config import DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE
+from engine.config import DEFAULT_CROP_PADDING, DEFAULT_FILL_CONFIDENCE, DEFAULT_MIN_CONFIDENCE, Preprocessing, detector_floor
 from engine.detection import Detector
 from engine.embed import Embed, Embedder
 from engine.iconic import IconicTest
@@ -46,10 +46,13 @@ DROP_REASONS = ("unreachable_type", "no_detection_of_class", "below_confidence",
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """min_confidence: detector score a crop needs; min_area: crop area / scene area;
+    """min_confidence: detector score a crop needs; fill_confidence: a mapped class with no such crop
+    in a scene may use its best one down to this score (``engine.proposals.confident``); min_area:
+    crop area / scene area;
     crop_padding: padding around a crop as a fraction of its longer side (Bell & Bala: 16 px per 256)."""
 
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    fill_confidence: float = DEFAULT_FILL_CONFIDENCE
     min_area: float = 0.01
     crop_padding: float = DEFAULT_CROP_PADDING
     in_class_negatives: int = 10
@@ -60,10 +63,17 @@ class MiningConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.min_confidence <= 1:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0 <= self.fill_confidence <= 1:
+            raise ValueError(f"fill_confidence must be in [0, 1], got {self.fill_confidence}")
         if not 0 <= self.min_area < 1:
             raise ValueError(f"min_area must be in [0, 1), got {self.min_area}")
         if not 0 <= self.crop_padding <= 1:
             raise ValueError(f"crop_padding must be in [0, 1], got {self.crop_padding}")
+
+    @property
+    def detector_confidence(self) -> float:
+        """The lowest score the detector must report for mining."""
+        return detector_floor(self.min_confidence, self.fill_confidence)
 
 
 @dataclass
@@ -130,7 +140,9 @@ def mine_positives(
     positives = _lifestyle_positives(catalog, report)
     with_pairs = sorted({p.scene for p in catalog.pairs})
     scenes = replace(catalog, scenes=tuple(catalog.scene(name) for name in with_pairs), _types=catalog.types)
-    proposals = catalog_proposals(scenes, cache.detect, cfg.min_confidence)
+    prep = Preprocessing(image_size=image_size, crop_padding=cfg.crop_padding, min_confidence=cfg.min_confidence,
+                         fill_confidence=cfg.fill_confidence)
+    proposals = catalog_proposals(scenes, cache.detect, prep, category_map.classes)
     for proposal in tqdm(proposals, total=len(with_pairs), desc="mining scenes", unit="scene"):
         positives += miner.mine(proposal)
     positives = attach_negatives(positives, catalog, cfg, rng)
@@ -192,7 +204,8 @@ class _SceneMiner:
         if not any(d.label == cls for d in proposal.detections):
             st["no_detection_of_class"] += 1
             return None
-        cands = [d for d in confident(proposal.detections, self.cfg.min_confidence) if d.label == cls]
+        chosen = confident(proposal.detections, self.cfg.min_confidence, self.cfg.fill_confidence, self.category_map.classes)
+        cands = [d for d in chosen if d.label == cls]
         if not cands:
             st["below_confidence"] += 1
             return None

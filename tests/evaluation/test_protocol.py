@@ -22,7 +22,7 @@ from engine.detection import Detection
 from engine.splits import restrict_scenes
 from evaluation.protocol import EvalConfig, flat_metrics, prepare, score
 
-P48 = Preprocessing(image_size=48)
+P48 = Preprocessing(image_size=48, fill_confidence=0.0)  # the hand-computed ranks assume no fill-in
 
 MAP = """version: 1
 exact: {}
@@ -106,8 +106,8 @@ def _by_pair(result):
 
 def test_detected_crops_give_the_hand_computed_ranks(tmp_path: Path, category_map):
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
-    cfg = EvalConfig(ks=(1, 5, 50))
-    inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25), detector=BoxDetector(), category_map=category_map)
+    cfg = EvalConfig(ks=(1, 5, 50), seen_products=frozenset({"C1", "T1"}))
+    inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25, fill_confidence=0.0), detector=BoxDetector(), category_map=category_map)
     result = score(inputs, _embed, cfg)
     pairs = _by_pair(result)
 
@@ -139,8 +139,29 @@ def test_detected_crops_give_the_hand_computed_ranks(tmp_path: Path, category_ma
     # distance accuracy on the matched crops: Chair has 3 products among its queries, all nearest
     assert s["distance_accuracy"] == 1.0 and s["distance_accuracy_top_3"] == 1.0
     assert set(s["distance_accuracy_per_type"]) == {"Chair"}
+    # coverage caps recall: C2 in s2 and C3 in s3 have no chair crop; the fallback takes C2's table crop
+    assert s2p["coverage"] == pytest.approx(4 / 6) and s2p["covered"] == 4
+    assert s2p["recall_fallback"][1] == pytest.approx(5 / 6)
+    # seen (C1, T1: both found) and unseen products (C2, C3: 2 of 4 found)
+    assert (s2p["seen_pairs"], s2p["unseen_pairs"]) == (2, 4)
+    assert s2p["recall_seen"][1] == 1.0 and s2p["recall_unseen"][1] == 0.5
+    # all 7 pairs, the unreachable lamp too, with 14 fixed windows a scene: every product's colour fills some window's centre
+    everything = s["scene_to_product_all_pairs"]
+    assert everything["pairs"] == 7 and everything["windows_per_scene"] == 14 and everything["recall"][1] == 1.0
     metrics = flat_metrics(s)
     assert metrics["s2p_recall_at_1"] == pytest.approx(4 / 6) and metrics["unreachable_pairs"] == 1.0
+    assert metrics["coverage"] == pytest.approx(4 / 6) and metrics["s2p_unseen_recall_at_1"] == 0.5
+
+
+def test_a_missing_class_is_filled_in_from_below_the_threshold(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    prep = Preprocessing(48, min_confidence=0.25, fill_confidence=0.05)
+    result = score(prepare(catalog, prep, detector=BoxDetector(), category_map=category_map), _embed, EvalConfig(ks=(1,)))
+    pairs = _by_pair(result)
+    assert pairs[("C3", "s3")].rank == 1  # its 0.1 chair box fills in: s3 had no chair at 0.25
+    assert math.isinf(pairs[("C2", "s2")].rank)  # no chair box at all in s2: nothing to fill in
+    assert result.summary["scene_to_product"]["coverage"] == pytest.approx(5 / 6)
+    assert result.summary["protocol"]["crops_by_source"] == {"detector": 6}
 
 
 def test_boxes_in_pairs_csv_replace_the_detector(tmp_path: Path, category_map):

@@ -101,7 +101,7 @@ def synthetic(tmp_path: Path):
 
 def test_mining_keeps_right_crops_and_counts_drops(synthetic, tmp_path: Path):
     catalog, det, cmap = synthetic
-    cfg = MiningConfig(min_confidence=0.3, min_area=0.01, crop_padding=0.0, in_class_negatives=2, out_class_negatives=1)
+    cfg = MiningConfig(min_confidence=0.3, fill_confidence=0.0, min_area=0.01, crop_padding=0.0, in_class_negatives=2, out_class_negatives=1)
     res = mine_positives(catalog, det, cmap, cfg, embed=pixels, image_size=32)
     by_product = {p.product_id: p for p in res.positives if p.source == "detector"}
     # Two chairs in one scene: each product gets the crop that looks like it, not the most confident one.
@@ -123,6 +123,16 @@ def test_mining_keeps_right_crops_and_counts_drops(synthetic, tmp_path: Path):
     assert load_manifest(path).positives == res.positives
 
 
+def test_a_missing_class_fills_in_from_below_the_threshold(synthetic):
+    catalog, det, cmap = synthetic
+    res = mine_positives(catalog, det, cmap, MiningConfig(min_confidence=0.3, fill_confidence=0.05), image_size=32)
+    sofa = [p for p in res.positives if p.product_id == "s"]
+    assert len(sofa) == 1 and sofa[0].label == "couch" and sofa[0].confidence == 0.1  # no couch at 0.3: its best box
+    assert res.stats["sofa"]["kept"] == 1
+    res = mine_positives(catalog, det, cmap, MiningConfig(min_confidence=0.3, fill_confidence=0.2), image_size=32)
+    assert res.stats["sofa"]["below_confidence"] == 1  # 0.1 is below the fill-in floor too
+
+
 def test_unknown_class_in_map_stops_mining(synthetic, tmp_path: Path):
     catalog, det, _ = synthetic
     bad = tmp_path / "bad.yaml"
@@ -139,7 +149,7 @@ def test_detections_are_cached_per_image_and_detector(synthetic, tmp_path: Path)
     assert first == 2
     again = mine_positives(catalog, det, cmap, MiningConfig(), cache=DetectionCache(det, tmp_path / "cache"), image_size=32)
     assert det.calls == first  # every scene came from the cache
-    assert totals(again.stats)["kept"] == 3
+    assert totals(again.stats)["kept"] == 4  # two chairs and the vase at >= 0.25, the sofa filled in at 0.1
 
 
 def test_unreadable_scene_is_skipped_and_counted(synthetic):
