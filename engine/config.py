@@ -16,6 +16,7 @@ DEFAULT_MIN_CONFIDENCE = 0.25  # detector score a proposed crop needs (also the 
 DEFAULT_FILL_CONFIDENCE = 0.05
 LOSSES = ("hinge", "batch_hard", "semi_hard")
 DISTRIBUTE = ("auto", "none", "mirrored")
+MIX_SOURCES = ("real", "synthetic", "lifestyle")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,15 @@ class TrainConfig:
         longer side (Bell & Bala: 16 px per 256 = 0.0625).
     val_fraction: share of scenes held out for validation (split by scene).
     max_triplets_per_epoch: cap on the triplets of one epoch (0 = no cap), sampled with the seed.
+    triplet_weight, softmax_weight, type_softmax_weight: the loss is their weighted sum of the
+        triplet loss (``loss``), the proxy softmax over every catalog product and the proxy softmax
+        over product types (``engine.model.TripletModel``); temperature: of both softmaxes.
+    mix: shares of each epoch's queries by source, ``"real=1,synthetic=1,lifestyle=0.25"``
+        (real room-photo crops, synthetic views, product photos not on white); "" = every query
+        once per epoch. queries_per_epoch: how many (0 = the number of training queries); a
+        source with fewer queries than its share repeats them.
+    batch_products: P > 0 makes class-balanced batches: P products x (batch_size / P) triplets
+        each, so in-batch losses have positives to mine; 0 = shuffled.
     """
 
     epochs: int = 4
@@ -101,6 +111,13 @@ class TrainConfig:
     val_fraction: float = 0.2
     max_triplets_per_epoch: int = 0
     augment: bool = True
+    triplet_weight: float = 1.0
+    softmax_weight: float = 0.0
+    type_softmax_weight: float = 0.0
+    temperature: float = 0.05
+    mix: str = ""
+    queries_per_epoch: int = 0
+    batch_products: int = 0
     seed: int = 1234
     mixed_precision: bool = False
     distribute: str = "auto"
@@ -128,6 +145,37 @@ class TrainConfig:
             raise ValueError("max_triplets_per_epoch must be >= 0")
         if self.distribute not in DISTRIBUTE:
             raise ValueError(f"distribute must be one of {DISTRIBUTE}, got {self.distribute!r}")
+        if min(self.triplet_weight, self.softmax_weight, self.type_softmax_weight) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.triplet_weight + self.softmax_weight + self.type_softmax_weight == 0:
+            raise ValueError("at least one loss weight must be > 0")
+        if not 0 < self.temperature <= 10:
+            raise ValueError(f"temperature must be in (0, 10], got {self.temperature}")
+        if self.queries_per_epoch < 0:
+            raise ValueError(f"queries_per_epoch must be >= 0, got {self.queries_per_epoch}")
+        if self.batch_products < 0 or (self.batch_products and self.batch_size % self.batch_products):
+            raise ValueError(f"batch_products must be 0 or divide batch_size {self.batch_size}, got {self.batch_products}")
+        self.mix_weights()  # validates mix
+
+    def mix_weights(self) -> dict[str, float] | None:
+        """``mix`` as {source: weight}, or None when empty."""
+        if not self.mix.strip():
+            return None
+        out = {}
+        for part in self.mix.split(","):
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or name not in MIX_SOURCES:
+                raise ValueError(f"mix must look like 'real=1,synthetic=1,lifestyle=0.25' (sources {MIX_SOURCES}), got {self.mix!r}")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                raise ValueError(f"mix weight of {name!r} must be a number, got {value!r}") from None
+            if out[name] < 0:
+                raise ValueError(f"mix weight of {name!r} must be >= 0, got {out[name]}")
+        if not sum(out.values()):
+            raise ValueError(f"mix {self.mix!r} gives every source weight 0")
+        return out
 
 
 @dataclass(frozen=True)

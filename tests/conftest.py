@@ -40,7 +40,7 @@ YOLO_TFLITE = SHARED / "weights" / "yolov8n_coco_int8.tflite"
 IKEA = SHARED / "data" / "ikea"
 
 TINY_FIT = ["--image-size", "48", "--embedding-dim", "16", "--batch-size", "8", "--in-class-negatives", "2",
-            "--out-class-negatives", "1", "--val-fraction", "0.25"]
+            "--out-class-negatives", "1", "--val-fraction", "0.25", "--queries-per-epoch", "0"]
 
 
 def _needs(path: Path, what: str) -> Path:

@@ -45,10 +45,19 @@ from training.mining import MiningConfig, mine_catalog
 from training.model_ref import resolve_model
 from training.pipeline import steps_per_epoch, triplet_dataset, triplet_sheet
 from training.tracking import Tracker, git_commit, mlflow_run, run_metrics
-from training.training_set import TrainingSet, build_training_set, probe_metrics, queries_from_manifest
+from training.synthesis import load_synthetic_manifest
+from training.training_set import TrainingSet, build_training_set, probe_metrics, queries_from_manifest, queries_from_pairs, queries_from_synthetic
 from training.triplets import Triplets
 
 logger = logging.getLogger("training.fit")
+
+# Defaults of the flags left unset: for a real catalog those the IKEA ablation chose (README
+# "Results"); the demo keeps small, fast settings so its default run stays near 10 minutes on 2 cores.
+CATALOG_DEFAULTS = {"image_size": 224, "train_backbone": "30", "epochs": 6, "in_class_negatives": 1, "out_class_negatives": 1,
+                    "softmax_weight": 1.0, "mix": "real=1,synthetic=2,lifestyle=0.05", "queries_per_epoch": 3000}
+DEMO_DEFAULTS = {"image_size": ModelConfig.image_size, "train_backbone": ModelConfig.train_backbone, "epochs": TrainConfig.epochs,
+                 "in_class_negatives": TrainConfig.in_class_negatives, "out_class_negatives": TrainConfig.out_class_negatives,
+                 "softmax_weight": TrainConfig.softmax_weight, "mix": TrainConfig.mix, "queries_per_epoch": TrainConfig.queries_per_epoch}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,23 +75,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--whole-scene-queries", action="store_true", help="do not mine: pairs without a box use the whole scene as the query")
     g.add_argument("--holdout-scenes", type=Path, default=None, metavar="FILE", help="scene list (python -m evaluation.holdout) never used here, neither for training nor validation: the evaluation split. Scenes a --triplets manifest was mined without are held out too")
     g.add_argument("--init-from", default=None, metavar="RUN_OR_PATH", help="start from a trained embedder (.keras path or MLflow run id) instead of --weights; image size and D are taken from it")
+    g.add_argument("--synthetic", type=Path, default=None, metavar="MANIFEST", help="synthetic in-room views of the catalog's products (python -m training.synthesize): extra training queries; views pasted into validation or held-out scenes are left out")
+    g.add_argument("--mix", default=None, help=f"shares of each epoch's queries by source: real room-photo crops, synthetic views, product photos not on white ('' = every query once per epoch; default: {CATALOG_DEFAULTS['mix']!r} for a catalog, {DEMO_DEFAULTS['mix']!r} for the demo)")
+    g.add_argument("--queries-per-epoch", type=int, default=None, help=f"queries drawn per epoch by --mix (0 = the number of training queries; default: {CATALOG_DEFAULTS['queries_per_epoch']} for a catalog, {DEMO_DEFAULTS['queries_per_epoch']} for the demo)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="ImageNet CNN: mobilenet_v2 for CPU; xception or inception_resnet_v2 on a GPU")
     g.add_argument("--weights", default=m.weights, help="backbone init: 'imagenet' (Keras download, or $SHOWROOM_WEIGHTS_DIR mirror), 'none', or a .weights.h5 path")
-    g.add_argument("--image-size", type=int, default=m.image_size, help="square input side in pixels (299 suits the big backbones on a GPU)")
+    g.add_argument("--image-size", type=int, default=None, help=f"square input side in pixels (default: {CATALOG_DEFAULTS['image_size']} for a catalog, {DEMO_DEFAULTS['image_size']} for the demo; 299 suits the big backbones on a GPU)")
     g.add_argument("--alpha", type=float, default=m.alpha, help="MobileNetV2 width multiplier")
     g.add_argument("--embedding-dim", type=int, default=m.embedding_dim, help="D, the embedding size")
     g.add_argument("--no-low-level-branch", action="store_true", help="ablation: drop the shallow conv branch on the downsampled image")
     g.add_argument("--no-l2-normalize", action="store_true", help="do not L2-normalise embeddings")
-    g.add_argument("--train-backbone", default=m.train_backbone, help="which backbone layers train: 'all', 'none', or N (the last N layers)")
+    g.add_argument("--train-backbone", default=None, help=f"which backbone layers train: 'all', 'none', or N (the last N layers) (default: {CATALOG_DEFAULTS['train_backbone']} for a catalog, {DEMO_DEFAULTS['train_backbone']} for the demo)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=t.epochs, help="epochs over freshly sampled triplets")
+    g.add_argument("--epochs", type=int, default=None, help=f"epochs over freshly sampled triplets (default: {CATALOG_DEFAULTS['epochs']} for a catalog, {DEMO_DEFAULTS['epochs']} for the demo)")
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="triplets per step (global batch under tf.distribute)")
     g.add_argument("--learning-rate", type=float, default=t.learning_rate, help="Adam learning rate")
     g.add_argument("--margin", type=float, default=t.margin, help="triplet margin m")
-    g.add_argument("--loss", choices=LOSSES, default=t.loss, help="hinge: mean(max(0, m + d(q,p) - d(q,n))); batch_hard / semi_hard: in-batch mining (TFA semantics)")
-    g.add_argument("--in-class-negatives", type=int, default=t.in_class_negatives, help="negatives per positive from the same category, resampled each epoch")
-    g.add_argument("--out-class-negatives", type=int, default=t.out_class_negatives, help="negatives per positive from other categories, resampled each epoch")
+    g.add_argument("--loss", choices=LOSSES, default=t.loss, help="the triplet term: hinge: mean(max(0, m + d(q,p) - d(q,n))); batch_hard / semi_hard: in-batch mining (TFA semantics)")
+    g.add_argument("--triplet-weight", type=float, default=t.triplet_weight, help="weight of the triplet term")
+    g.add_argument("--softmax-weight", type=float, default=None, help=f"weight of the proxy softmax over every catalog product (one proxy per product, initialised from its catalog photo's embedding; 0 = off; default: {CATALOG_DEFAULTS['softmax_weight']} for a catalog, {DEMO_DEFAULTS['softmax_weight']} for the demo)")
+    g.add_argument("--type-softmax-weight", type=float, default=t.type_softmax_weight, help="weight of the proxy softmax over product types (0 = off)")
+    g.add_argument("--temperature", type=float, default=t.temperature, help="temperature of the softmax terms (cosine logits / T)")
+    g.add_argument("--batch-products", type=int, default=t.batch_products, help="P > 0: class-balanced batches of P products x batch-size/P triplets (for batch_hard / semi_hard); 0 = shuffled")
+    g.add_argument("--in-class-negatives", type=int, default=None, help=f"negatives per positive from the same category, resampled each epoch (default: {CATALOG_DEFAULTS['in_class_negatives']} for a catalog, {DEMO_DEFAULTS['in_class_negatives']} for the demo)")
+    g.add_argument("--out-class-negatives", type=int, default=None, help=f"negatives per positive from other categories, resampled each epoch (default: {CATALOG_DEFAULTS['out_class_negatives']} for a catalog, {DEMO_DEFAULTS['out_class_negatives']} for the demo)")
     g.add_argument("--crop-padding", type=float, default=t.crop_padding, help="padding around a query box, as a fraction of its longer side")
     g.add_argument("--val-fraction", type=float, default=t.val_fraction, help="share of scenes held out for validation")
     g.add_argument("--max-triplets-per-epoch", type=int, default=t.max_triplets_per_epoch, help="cap on triplets per epoch (0 = all)")
@@ -100,17 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+def configs_from_args(args: argparse.Namespace, demo: bool = False) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of the flags; flags left unset take the catalog or the demo default."""
+    defaults = DEMO_DEFAULTS if demo else CATALOG_DEFAULTS
+
+    def pick(name: str):
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
     model = ModelConfig(
-        backbone=args.backbone, weights=args.weights, image_size=args.image_size, alpha=args.alpha,
+        backbone=args.backbone, weights=args.weights, image_size=pick("image_size"), alpha=args.alpha,
         embedding_dim=args.embedding_dim, low_level_branch=not args.no_low_level_branch,
-        l2_normalize=not args.no_l2_normalize, train_backbone=args.train_backbone,
+        l2_normalize=not args.no_l2_normalize, train_backbone=pick("train_backbone"),
     )
     train = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, margin=args.margin,
-        loss=args.loss, in_class_negatives=args.in_class_negatives, out_class_negatives=args.out_class_negatives,
+        epochs=pick("epochs"), batch_size=args.batch_size, learning_rate=args.learning_rate, margin=args.margin,
+        loss=args.loss, in_class_negatives=pick("in_class_negatives"), out_class_negatives=pick("out_class_negatives"),
         crop_padding=args.crop_padding, val_fraction=args.val_fraction, max_triplets_per_epoch=args.max_triplets_per_epoch,
         augment=not args.no_augment, seed=args.seed, mixed_precision=args.mixed_precision, distribute=args.distribute,
+        triplet_weight=args.triplet_weight, softmax_weight=pick("softmax_weight"), type_softmax_weight=args.type_softmax_weight,
+        temperature=args.temperature, mix=pick("mix"), queries_per_epoch=pick("queries_per_epoch"), batch_products=args.batch_products,
     )
     return model, train
 
@@ -128,6 +154,7 @@ class RunPlan:
     catalog: Catalog
     triplets: Path | None
     holdout: set[str]
+    synthetic: Path | None = None
     init_from: str = ""
     init_model: keras.Model | None = None
     resume: dict | None = None
@@ -141,6 +168,7 @@ class RunPlan:
         """What a resume needs to rebuild this run."""
         return {"run_id": run_id, "model": asdict(self.model), "train": asdict(self.train), "catalog": str(self.catalog.root),
                 "catalog_fingerprint": self.catalog.fingerprint, "triplets": str(self.triplets) if self.triplets else None,
+                "synthetic": str(self.synthetic) if self.synthetic else None,
                 "holdout_scenes": sorted(self.holdout), "init_from": self.init_from}
 
 
@@ -159,7 +187,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     val_ds = triplet_dataset(ts.bank, [val_trip], batch_size=plan.train.batch_size, augment=False, seed=plan.train.seed)
     run_kwargs = {"run_id": plan.resume["run_id"]} if plan.resume else {"run_name": args.run_name, "experiment": args.experiment}
     with mlflow_run(**run_kwargs) as tracker:
-        embedder, model = _compile(plan, _strategy(plan.train.distribute))
+        embedder, model = _compile(plan, _strategy(plan.train.distribute), ts)
         folder = ckpt.run_folder(home, tracker.run_id)
         probes = _probes(embedder, ts, plan.train.seed)
         if plan.resume:
@@ -179,12 +207,14 @@ def _run(args: argparse.Namespace, home: Path) -> int:
 def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
     """Configs from the flags; the catalog (the demo one by default); triplets mined first when
     pairs have no boxes; held-out scenes; the model to start from."""
-    mcfg, tcfg = configs_from_args(args)
     holdout = set(read_scene_list(args.holdout_scenes)) if args.holdout_scenes else set()
     triplets = args.triplets
     catalog_dir = args.catalog
     if catalog_dir is None and triplets is not None:
         catalog_dir = Path(load_manifest(triplets).catalog)
+    if catalog_dir is None and args.synthetic is not None:
+        catalog_dir = Path(load_synthetic_manifest(args.synthetic).catalog)
+    mcfg, tcfg = configs_from_args(args, demo=catalog_dir is None)
     if catalog_dir is None:
         catalog_dir = ensure_demo_catalog(home, DemoSpec(seed=args.demo_seed))
     init_model = None
@@ -195,7 +225,7 @@ def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
     catalog = load_catalog(catalog_dir)
     if triplets is None and not args.whole_scene_queries and any(p.box is None for p in catalog.pairs):
         triplets = _auto_mine(args, mcfg, tcfg, catalog, holdout, home)
-    return RunPlan(mcfg, tcfg, catalog, triplets, holdout, args.init_from or "", init_model)
+    return RunPlan(mcfg, tcfg, catalog, triplets, holdout, args.synthetic, args.init_from or "", init_model)
 
 
 def _resume_plan(args: argparse.Namespace, home: Path) -> RunPlan:
@@ -211,12 +241,14 @@ def _resume_plan(args: argparse.Namespace, home: Path) -> RunPlan:
     mcfg, tcfg = from_dict(ModelConfig, state["model"]), from_dict(TrainConfig, state["train"])
     logger.info("resuming run %s after epoch %d of %d", run_id, state["epochs_done"], tcfg.epochs)
     triplets = Path(state["triplets"]) if state.get("triplets") else None
+    synthetic = Path(state["synthetic"]) if state.get("synthetic") else None
     return RunPlan(replace(mcfg, weights="none"), tcfg, catalog, triplets, set(state.get("holdout_scenes") or ()),
-                   state.get("init_from", ""), resume=state)
+                   synthetic, state.get("init_from", ""), resume=state)
 
 
 def _training_set(plan: RunPlan) -> TrainingSet:
-    """Queries (mined triplets or pairs.csv), without held-out scenes; split, image bank, samplers."""
+    """Queries (mined triplets or pairs.csv, and synthetic views), without held-out scenes (neither
+    as photos nor as backgrounds); split, image bank, samplers."""
     queries = None
     if plan.triplets:
         manifest = load_manifest(plan.triplets)
@@ -228,6 +260,12 @@ def _training_set(plan: RunPlan) -> TrainingSet:
         if queries is not None:
             queries = [q for q in queries if q.scene not in plan.holdout]
         logger.info("holding out %d scenes for evaluation: never trained or validated on", len(plan.holdout))
+    if plan.synthetic:
+        views = queries_from_synthetic(load_synthetic_manifest(plan.synthetic), plan.catalog)
+        leaked = sum(v.background in plan.holdout for v in views)
+        if leaked:
+            logger.warning("%d synthetic views are pasted into held-out scenes: left out (synthesize with the same --holdout-scenes)", leaked)
+        queries = (queries if queries is not None else queries_from_pairs(train_catalog)) + [v for v in views if v.background not in plan.holdout]
     return build_training_set(train_catalog, plan.train, plan.model.image_size, queries)
 
 
@@ -240,12 +278,12 @@ def _strategy(kind: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
-def _compile(plan: RunPlan, strategy: tf.distribute.Strategy) -> tuple[keras.Model, TripletModel]:
-    """The embedder (from --init-from's weights when given) and its compiled training wrapper."""
+def _compile(plan: RunPlan, strategy: tf.distribute.Strategy, ts: TrainingSet) -> tuple[keras.Model, TripletModel]:
+    """The embedder (from --init-from's weights when given) and its compiled training wrapper, with
+    product (and type) proxies initialised from the embedder's view of each product's first photo."""
+    tcfg = plan.train
     with strategy.scope():
         embedder = build_embedder(plan.model)
-        model = TripletModel(embedder, margin=plan.train.margin, loss=plan.train.loss)
-        model.compile(optimizer=keras.optimizers.Adam(plan.train.learning_rate))
         if plan.init_model is not None:
             try:
                 embedder.set_weights(plan.init_model.get_weights())
@@ -254,7 +292,25 @@ def _compile(plan: RunPlan, strategy: tf.distribute.Strategy) -> tuple[keras.Mod
                     f"--init-from {plan.init_from} has a different architecture ({exc}); pass the same --backbone, "
                     "--alpha and --no-low-level-branch/--no-l2-normalize as the run that trained it"
                 ) from None
+        proxies = type_index = type_proxies = None
+        if tcfg.softmax_weight > 0 or tcfg.type_softmax_weight > 0:
+            proxies = _initial_proxies(embedder, ts, zeros=plan.resume is not None)  # a resume restores the trained ones
+            types = sorted(set(ts.product_types))
+            type_index = np.array([types.index(t) for t in ts.product_types], np.int32)
+            type_proxies = np.stack([proxies[type_index == i].mean(0) for i in range(len(types))])
+        model = TripletModel(embedder, margin=tcfg.margin, loss=tcfg.loss, triplet_weight=tcfg.triplet_weight,
+                             softmax_weight=tcfg.softmax_weight, temperature=tcfg.temperature, proxies=proxies,
+                             type_weight=tcfg.type_softmax_weight, product_types=type_index, type_proxies=type_proxies)
+        model.compile(optimizer=keras.optimizers.Adam(tcfg.learning_rate))
     return embedder, model
+
+
+def _initial_proxies(embedder: keras.Model, ts: TrainingSet, zeros: bool) -> np.ndarray:
+    """float32 (P, D): each product's first catalog photo embedded by the untrained embedder, in label order."""
+    if zeros:
+        return np.zeros((len(ts.product_ids), int(embedder.output_shape[-1])), np.float32)
+    logger.info("initialising %d product proxies from their catalog photos", len(ts.product_ids))
+    return embed_images(embedder, ts.bank[[ts.first_image(p) for p in ts.product_ids]])
 
 
 def _probes(embedder: keras.Model, ts: TrainingSet, seed: int) -> Callable[[int], dict[str, float]]:
@@ -265,7 +321,7 @@ def _probes(embedder: keras.Model, ts: TrainingSet, seed: int) -> Callable[[int]
 
     def probes(step: int) -> dict[str, float]:
         out = probe_metrics(embed, ts, ts.val_queries, "val_", seed=seed)
-        out.update(probe_metrics(embed, ts, ts.train_queries, "train_", seed=seed))
+        out.update(probe_metrics(embed, ts, ts.real_train_queries, "train_", seed=seed))
         return out
 
     return probes
@@ -281,7 +337,11 @@ def _log_start(tracker: Tracker, plan: RunPlan, ts: TrainingSet, n_val_triplets:
          "n_products": len(ts.product_ids), "n_train_queries": len(ts.train_queries),
          "n_val_queries": len(ts.val_queries), "n_val_triplets": n_val_triplets,
          "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices(),
-         "triplets": str(plan.triplets or ""), "init_from": plan.init_from, "holdout_scenes": len(plan.holdout)}
+         "triplets": str(plan.triplets or ""), "init_from": plan.init_from, "holdout_scenes": len(plan.holdout),
+         "synthetic": str(plan.synthetic or ""), "dropped_synthetic_val_backgrounds": ts.dropped_synthetic,
+         "seen_products": len(ts.seen_products),
+         **{f"train_queries_{k}": v for k, v in ts.source_counts().items()},
+         **{f"epoch_queries_{k}": v for k, v in ts.train_sampler.epoch_counts(plan.train.seed).items()}}
     )
     tracker.set_tags({"showroom.kind": "fit", "showroom.catalog": catalog.root.name})
     logger.info("epoch 0 (before training): evaluating")
@@ -325,6 +385,10 @@ def _save_outputs(args: argparse.Namespace, plan: RunPlan, ts: TrainingSet, embe
             tracker.log_artifact(write_scene_list(plan.holdout, tmp / "holdout_scenes.txt", "scenes held out of this run"))
         if plan.triplets:
             tracker.log_artifact(plan.triplets, "triplets")
+        if plan.synthetic:
+            tracker.log_artifact(plan.synthetic, "synthetic")
+        (tmp / "seen_products.txt").write_text("# products of the real training pairs\n" + "".join(f"{p}\n" for p in ts.seen_products))
+        tracker.log_artifact(tmp / "seen_products.txt")
         sheet = triplet_sheet(ts.bank, sample, ts.product_ids, seed=plan.train.seed)
         cv2.imwrite(str(tmp / "triplets_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         tracker.log_artifact(tmp / "triplets_sheet.png")

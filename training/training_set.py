@@ -17,10 +17,13 @@ from engine.config import TrainConfig
 from engine.metrics import distance_accuracy, euclidean_distances
 from training.pipeline import ImageSpec, build_bank
 from training.manifest import Manifest, ManifestError
+from training.synthesis import SyntheticManifest, SyntheticManifestError
 from training.tracking import metric_key
 from training.triplets import TripletSampler
 
 logger = logging.getLogger(__name__)
+
+SOURCES = ("real", "synthetic", "lifestyle")
 
 
 @dataclass(frozen=True)
@@ -46,25 +49,46 @@ class TrainingSet:
     product_bank: dict[str, list[int]]
     train_queries: list[tuple[int, str]]  # (bank index, product id)
     val_queries: list[tuple[int, str]]
+    train_sources: list[str]  # source of each train query: "real", "synthetic" or "lifestyle"
     train_sampler: TripletSampler
     val_sampler: TripletSampler
     split: Split
     whole_scene_queries: int
 
+    dropped_synthetic: int = 0  # synthetic views left out: their background is a validation scene
+
     def first_image(self, product_id: str) -> int:
         return self.product_bank[product_id][0]
+
+    @property
+    def real_train_queries(self) -> list[tuple[int, str]]:
+        """The train queries cut from room photos (no product photos, no synthetic views)."""
+        return [q for q, s in zip(self.train_queries, self.train_sources) if s == "real"]
+
+    @property
+    def seen_products(self) -> list[str]:
+        """Products of the real training pairs: the "seen" side of the evaluation's split."""
+        return sorted({p for _, p in self.real_train_queries})
+
+    def source_counts(self) -> dict[str, int]:
+        """Train queries per source."""
+        return {s: self.train_sources.count(s) for s in SOURCES}
 
 
 @dataclass(frozen=True)
 class QueryItem:
     """One positive pair as a query: ``box`` in ``image`` (None = whole image), from ``scene`` (None = a
-    product photo), with optional negative product ids to draw from (hard negatives)."""
+    product photo or a synthetic view), with optional negative product ids to draw from (hard
+    negatives). ``source``: "real" (a room photo), "lifestyle" (a product photo that is not on
+    white) or "synthetic" (pasted into ``background``, a room photo of the catalog)."""
 
     product_id: str
     scene: str | None
     image: Path
     box: Box | None
     negatives: tuple[str, ...] = ()
+    source: str = "real"
+    background: str | None = None
 
 
 def queries_from_pairs(catalog: Catalog) -> list[QueryItem]:
@@ -84,7 +108,23 @@ def queries_from_manifest(manifest: Manifest, catalog: Catalog) -> list[QueryIte
     unknown = sorted({p.product_id for p in manifest.positives if p.product_id not in types})
     if unknown:
         raise ManifestError(f"manifest positives name products missing from the catalog: {unknown[:5]}")
-    return [QueryItem(p.product_id, p.scene, manifest.image_path(p), p.box, p.negatives) for p in manifest.positives]
+    return [QueryItem(p.product_id, p.scene, manifest.image_path(p), p.box, p.negatives,
+                      "lifestyle" if p.source == "product_lifestyle" else "real") for p in manifest.positives]
+
+
+def queries_from_synthetic(manifest: SyntheticManifest, catalog: Catalog) -> list[QueryItem]:
+    """The synthetic views of a manifest as training queries, checked against the catalog."""
+    if manifest.catalog_fingerprint != catalog.fingerprint:
+        raise SyntheticManifestError(
+            f"the synthetic views were made from catalog fingerprint {manifest.catalog_fingerprint}, but {catalog.root} is "
+            f"{catalog.fingerprint}; synthesize them again for this catalog"
+        )
+    types = catalog.types
+    unknown = sorted({v.product_id for v in manifest.views if v.product_id not in types})
+    if unknown:
+        raise SyntheticManifestError(f"synthetic views name products missing from the catalog: {unknown[:5]}")
+    return [QueryItem(v.product_id, None, manifest.image_path(v), v.box, source="synthetic", background=v.background)
+            for v in manifest.views]
 
 
 def split_queries(queries: list[QueryItem], val_fraction: float, seed: int) -> Split:
@@ -115,9 +155,14 @@ def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int, quer
         product_bank.setdefault(p.product_id, []).append(len(specs))
         specs.append(ImageSpec(p.image))
     val_names = set(split.val)
+    dropped = sum(q.background in val_names for q in queries)
+    if dropped:
+        logger.info("%d synthetic views are pasted into validation scenes: left out, validation scenes never train", dropped)
+        queries = [q for q in queries if q.background not in val_names]
     train_q: list[tuple[int, str]] = []
     val_q: list[tuple[int, str]] = []
     train_neg: list[tuple[str, ...]] = []
+    train_src: list[str] = []
     seen: dict[tuple, int] = {}
     whole = 0
     for q in queries:
@@ -131,16 +176,19 @@ def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int, quer
         else:
             train_q.append((seen[key], q.product_id))
             train_neg.append(q.negatives)
+            train_src.append(q.source)
     if whole:
         logger.warning("%d of %d queries have no box: their query is the whole scene image", whole, len(queries))
     bank = build_bank(specs, image_size, cfg.crop_padding)
     types = catalog.types
 
-    def sampler(items: list[tuple[int, str]], max_triplets: int, candidates=None) -> TripletSampler:
+    def sampler(items: list[tuple[int, str]], max_triplets: int, candidates=None, sources=None, mix=None) -> TripletSampler:
         return TripletSampler(
             [p for _, p in items], product_bank, types,
             in_class=cfg.in_class_negatives, out_class=cfg.out_class_negatives, max_triplets=max_triplets,
-            query_index=[i for i, _ in items], candidates=candidates,
+            query_index=[i for i, _ in items], candidates=candidates, sources=sources, mix=mix,
+            queries_per_epoch=cfg.queries_per_epoch if mix else 0,
+            batch_products=cfg.batch_products if sources is not None else 0, batch_size=cfg.batch_size,
         )
 
     ids = sorted(product_bank)
@@ -152,14 +200,17 @@ def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int, quer
         product_bank=product_bank,
         train_queries=train_q,
         val_queries=val_q,
-        train_sampler=sampler(train_q, cfg.max_triplets_per_epoch, train_neg if any(train_neg) else None),
+        train_sources=train_src,
+        train_sampler=sampler(train_q, cfg.max_triplets_per_epoch, train_neg if any(train_neg) else None, train_src, cfg.mix_weights()),
         val_sampler=sampler(val_q, 0),  # validation always uses random negatives, comparable across rounds
         split=split,
         whole_scene_queries=whole,
+        dropped_synthetic=dropped,
     )
     logger.info(
-        "split by scene: %d train scenes (%d queries), %d validation scenes (%d queries); %d products; %s negatives",
-        len(split.train), len(train_q), len(split.val), len(val_q), len(ids), "listed" if any(train_neg) else "random",
+        "split by scene: %d train scenes (%d queries: %s), %d validation scenes (%d queries); %d products; %s negatives",
+        len(split.train), len(train_q), ts.source_counts(), len(split.val), len(val_q), len(ids),
+        "listed" if any(train_neg) else "random",
     )
     return ts
 

@@ -6,6 +6,7 @@ Pure numpy. Images are referred to by their index in an image bank; products by 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -73,6 +74,10 @@ class TripletSampler:
     product_types: product id → category.
     candidates: optional per-query negative product lists (e.g. mined hard negatives); a query with
         a non-empty list draws ``in_class + out_class`` negatives from it instead of the category pools.
+    sources, mix, queries_per_epoch: each query's source and the share of an epoch's queries each
+        source gets (``TrainConfig.mix``); without ``mix`` every query is used once per epoch.
+    batch_products, batch_size: P > 0 orders each epoch in class-balanced batches of P products x
+        (batch_size / P) triplets.
     A negative is never the positive product. When a category has fewer other products than
     ``in_class``, all of them are used; same for ``out_class``.
     """
@@ -88,6 +93,11 @@ class TripletSampler:
         max_triplets: int = 0,
         query_index: Sequence[int] | None = None,
         candidates: Sequence[Sequence[str]] | None = None,
+        sources: Sequence[str] | None = None,
+        mix: Mapping[str, float] | None = None,
+        queries_per_epoch: int = 0,
+        batch_products: int = 0,
+        batch_size: int = 32,
     ) -> None:
         missing = sorted({p for p in query_products if p not in product_images})
         if missing:
@@ -106,12 +116,43 @@ class TripletSampler:
         if len(self.candidates) != len(self.query_products):
             raise ValueError("candidates and query_products differ in length")
         self.negatives = NegativeSampler({p: self.types[p] for p in self.products})
+        self.sources = list(sources) if sources is not None else ["real"] * len(self.query_products)
+        if len(self.sources) != len(self.query_products):
+            raise ValueError("sources and query_products differ in length")
+        self.mix = dict(mix) if mix else None
+        self.queries_per_epoch = queries_per_epoch
+        self.batch_products, self.batch_size = batch_products, batch_size
+
+    def epoch_queries(self, rng: np.random.Generator) -> np.ndarray:
+        """Positions of the queries of one epoch: all once, or drawn per source by ``mix``."""
+        n = len(self.query_products)
+        if not self.mix:
+            return np.arange(n)
+        by_source: dict[str, np.ndarray] = {}
+        for name in sorted(set(self.sources)):
+            by_source[name] = np.flatnonzero(np.array(self.sources) == name)
+        weights = {k: w for k, w in self.mix.items() if w > 0 and k in by_source}
+        if not weights:
+            raise ValueError(f"mix {self.mix} gives weight only to sources with no queries (have {sorted(by_source)})")
+        total = self.queries_per_epoch or n
+        out = []
+        for name, w in sorted(weights.items()):
+            pool, want = by_source[name], int(round(total * w / sum(weights.values())))
+            repeats, rest = divmod(want, len(pool))
+            out += [pool] * repeats + [rng.choice(pool, size=rest, replace=False)]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def epoch_counts(self, seed: int) -> dict[str, int]:
+        """Queries per source in the epoch ``sample(seed)`` draws."""
+        picked = [self.sources[i] for i in self.epoch_queries(np.random.default_rng(seed))]
+        return {name: picked.count(name) for name in sorted(set(self.sources))}
 
     def sample(self, seed: int) -> Triplets:
         """All triplets of one epoch, shuffled, capped at ``max_triplets`` (0 = no cap)."""
         rng = np.random.default_rng(seed)
         cols: dict[str, list] = {k: [] for k in ("query", "positive", "negative", "label_p", "label_n", "in_class")}
-        for qi, product in enumerate(self.query_products):
+        for qi in self.epoch_queries(rng):
+            product = self.query_products[qi]
             pool = [c for c in self.candidates[qi] if c != product and c in self.product_images]
             if pool:
                 k = min(len(pool), self.in_class + self.out_class)
@@ -134,4 +175,43 @@ class TripletSampler:
         order = rng.permutation(len(trip))
         if self.max_triplets and len(order) > self.max_triplets:
             order = order[: self.max_triplets]
+        if self.batch_products:
+            order = balanced_order(trip.label_p[order], self.batch_products, self.batch_size // self.batch_products, rng, order)
         return trip.subset(order)
+
+
+def balanced_order(labels: np.ndarray, products: int, per_product: int, rng: np.random.Generator,
+                   index: np.ndarray | None = None) -> np.ndarray:
+    """Reorder rows into batches of ``products`` distinct labels x ``per_product`` rows each.
+
+    labels: int (T,) label of each row; index: the row ids to return (default ``arange(T)``). Each
+    label's rows are cut into groups of ``per_product``; groups are shuffled and dealt into batches
+    with distinct labels. Leftovers (a label's last short group, and groups no batch could take)
+    go at the end, so every batch but the last few is exactly balanced.
+    """
+    index = np.arange(len(labels)) if index is None else np.asarray(index)
+    full, short = [], []
+    for label in np.unique(labels):
+        rows = index[labels == label]
+        for start in range(0, len(rows), per_product):
+            group = rows[start : start + per_product]
+            (full if len(group) == per_product else short).append((int(label), group))
+    pending = deque(full[i] for i in rng.permutation(len(full)))
+    batches = []
+    while len(pending) >= products:
+        batch, used, skipped = [], set(), []
+        while pending and len(batch) < products:
+            label, group = pending.popleft()
+            if label in used:
+                skipped.append((label, group))
+            else:
+                batch.append(group)
+                used.add(label)
+        pending.extendleft(reversed(skipped))
+        if len(batch) < products:  # the labels left cannot fill a batch: leftovers
+            pending.extendleft(zip([-1] * len(batch), batch))
+            break
+        batches.append(np.concatenate(batch))
+    short += list(pending)
+    tail = [g for _, g in short]
+    return np.concatenate(batches + tail) if batches or tail else index[:0]

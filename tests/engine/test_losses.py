@@ -10,6 +10,7 @@ import tensorflow as tf
 from engine.losses import (
     batch_hard_triplet_loss,
     pairwise_distances,
+    proxy_softmax_loss,
     semi_hard_triplet_loss,
     triplet_hinge_loss,
 )
@@ -112,3 +113,32 @@ def test_pairwise_distances_zero_diagonal_and_finite_gradients():
     d = keras.ops.convert_to_numpy(pairwise_distances(emb))
     assert np.allclose(np.diag(d), 0.0)
     assert d[0, 2] == pytest.approx(np.sqrt(2.0), rel=1e-6)
+
+
+def ref_proxy_softmax(emb, labels, proxies, temperature):
+    """Plain numpy: cross-entropy of cosine(e, proxy_j) / T over all classes, averaged."""
+    total = 0.0
+    for e, y in zip(emb, labels):
+        logits = np.array([np.dot(e, p) / (np.linalg.norm(e) * np.linalg.norm(p)) / temperature for p in proxies])
+        logits -= logits.max()
+        total += -(logits[y] - np.log(np.exp(logits).sum()))
+    return total / len(emb)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_proxy_softmax_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(12, 6)).astype(np.float32)
+    proxies = rng.normal(size=(5, 6)).astype(np.float32)
+    labels = rng.integers(0, 5, 12)
+    for t in (0.05, 1.0):
+        assert as_np(proxy_softmax_loss(emb, labels, proxies, t)) == pytest.approx(ref_proxy_softmax(emb, labels, proxies, t), rel=1e-4)
+
+
+def test_proxy_softmax_is_scale_free_and_rewards_the_right_proxy():
+    proxies = np.eye(4, dtype=np.float32)
+    right = np.eye(4, dtype=np.float32)[[0, 1, 2]] * 7.0  # any length: logits are cosines
+    wrong = np.eye(4, dtype=np.float32)[[1, 2, 3]]
+    labels = np.array([0, 1, 2])
+    assert as_np(proxy_softmax_loss(right, labels, proxies, 0.05)) < 1e-6
+    assert as_np(proxy_softmax_loss(wrong, labels, proxies, 0.05)) > 19.0  # (1 - 0) / 0.05 = 20 nats behind

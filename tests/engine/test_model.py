@@ -136,3 +136,30 @@ def test_triplet_model_trains_and_reports_metrics():
     assert {"loss", "absolute_accuracy", "zero_loss_share", "mean_d_pos", "mean_d_neg"} <= set(hist.history)
     assert after["loss"] < before["loss"]
     assert 0.0 <= after["absolute_accuracy"] <= 1.0
+
+
+def test_catalog_softmax_terms_train_the_proxies_and_the_embedder():
+    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="none"))
+    rng = np.random.default_rng(1)
+    proxies = rng.normal(size=(16, 8)).astype("float32")
+    types = np.array([0] * 8 + [1] * 8, np.int32)
+    model = TripletModel(embedder, triplet_weight=1.0, softmax_weight=1.0, temperature=0.1, proxies=proxies,
+                         type_weight=0.5, product_types=types, type_proxies=np.stack([proxies[:8].mean(0), proxies[8:].mean(0)]))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    x = {
+        "query": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+        "positive": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+        "negative": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+        "label_p": np.arange(8, dtype="int32"),
+        "label_n": np.arange(8, 16, dtype="int32"),
+    }
+    before = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    start = keras.ops.convert_to_numpy(model.proxies).copy()
+    hist = model.fit(x, batch_size=8, epochs=15, verbose=0)
+    after = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    assert {"softmax_loss", "proxy_accuracy", "triplet_loss"} <= set(hist.history)
+    assert after["softmax_loss"] < before["softmax_loss"] and after["loss"] < before["loss"]
+    assert not np.allclose(keras.ops.convert_to_numpy(model.proxies), start)  # the proxies learn
+    np.testing.assert_allclose(start * model.proxy_lr_scale, proxies, rtol=1e-6)  # stored scaled down: 10x faster steps
+    with pytest.raises(ValueError, match="proxies"):
+        TripletModel(embedder, softmax_weight=1.0)
