@@ -333,21 +333,7 @@ def _attempt(
         x, y = x + dx, y + dy
     params: dict[str, Any] = {"rel_box": [float(v) for v in rb], "scale": float(scale), "size": [new_w, new_h],
                               "perspective": strength}
-    # push over a frame edge
-    edge, cut = None, 0.0
-    if rng.random() < cfg.edge_prob:
-        edge = ("left", "right", "top", "bottom")[int(rng.integers(4))]
-        cut = float(rng.uniform(*cfg.edge_cut))
-        ax1, ay1, ax2, ay2 = mask_box(a, _EPS) or (0, 0, a.shape[1], a.shape[0])
-        if edge == "left":
-            x = -ax1 - round(cut * (ax2 - ax1))
-        elif edge == "right":
-            x = width - ax2 + round(cut * (ax2 - ax1))
-        elif edge == "top":
-            y = -ay1 - round(cut * (ay2 - ay1))
-        else:
-            y = height - ay2 + round(cut * (ay2 - ay1))
-    params.update(edge=edge, edge_cut=cut, offset=[int(x), int(y)])
+    x, y = _push_over_edge(a, x, y, width, height, rng, cfg, params)
     # re-light: contrast, brightness, the scene's colour cast, a warm/cool shift
     brightness = float(rng.uniform(*cfg.brightness))
     contrast = float(rng.uniform(*cfg.contrast))
@@ -367,28 +353,56 @@ def _attempt(
     a_full = _place(a, x, y, height, width)
     out = out * (1 - a_full[..., None]) + _place(pm, x, y, height, width)
     visible = a_full
-    # an occluder in front of the product's lower part
     params["occluder_box"] = None
     if occ is not None and rng.random() < cfg.occlusion_prob:
-        pbox = mask_box(a, 0.5) or (0, 0, a.shape[1], a.shape[0])
-        p_w, p_h = pbox[2] - pbox[0], pbox[3] - pbox[1]
-        o_pm, o_a = occ
-        o_scale = rng.uniform(*cfg.occluder_scale) * p_h / o_a.shape[0]
-        o_w, o_h = max(2, round(o_a.shape[1] * o_scale)), max(2, round(o_a.shape[0] * o_scale))
-        o_pm, o_a = _resize(o_pm, o_a, o_w, o_h)
-        o_pm = _relight(o_pm, o_a, gains, contrast)
-        o_cx = x + pbox[0] + rng.uniform(0, p_w)
-        o_bottom = y + pbox[3] + rng.uniform(0, 0.15) * p_h
-        o_x, o_y = round(o_cx - o_w / 2), round(o_bottom - o_h)
-        o_full = _place(o_a, o_x, o_y, height, width)
-        out = out * (1 - o_full[..., None]) + _place(o_pm, o_x, o_y, height, width)
+        out, o_full = _occlude(out, a, x, y, occ, gains, contrast, rng, cfg, params)
         visible = a_full * (1 - o_full)
-        params["occluder_box"] = [o_x, o_y, o_x + o_w, o_y + o_h]
     params["visible_share"] = float(visible.sum() / max(float(a.sum()), _EPS))
     box = mask_box(visible, cfg.box_threshold)
     if box is None:
         return None
     return out, box, params
+
+
+def _push_over_edge(a: np.ndarray, x: int, y: int, width: int, height: int, rng: np.random.Generator,
+                    cfg: CompositeConfig, params: dict[str, Any]) -> tuple[int, int]:
+    """With probability ``cfg.edge_prob``, move the cut-out (alpha ``a`` at ``x, y``) so a share of it is beyond a frame edge."""
+    edge, cut = None, 0.0
+    if rng.random() < cfg.edge_prob:
+        edge = ("left", "right", "top", "bottom")[int(rng.integers(4))]
+        cut = float(rng.uniform(*cfg.edge_cut))
+        ax1, ay1, ax2, ay2 = mask_box(a, _EPS) or (0, 0, a.shape[1], a.shape[0])
+        if edge == "left":
+            x = -ax1 - round(cut * (ax2 - ax1))
+        elif edge == "right":
+            x = width - ax2 + round(cut * (ax2 - ax1))
+        elif edge == "top":
+            y = -ay1 - round(cut * (ay2 - ay1))
+        else:
+            y = height - ay2 + round(cut * (ay2 - ay1))
+    params.update(edge=edge, edge_cut=cut, offset=[int(x), int(y)])
+    return x, y
+
+
+def _occlude(out: np.ndarray, a: np.ndarray, x: int, y: int, occ: tuple[np.ndarray, np.ndarray], gains: np.ndarray,
+             contrast: float, rng: np.random.Generator, cfg: CompositeConfig, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Paste the occluder cut-out in front of the product's lower part (re-lit like it); the new
+    float scene and the occluder's full-frame alpha."""
+    height, width = out.shape[:2]
+    pbox = mask_box(a, 0.5) or (0, 0, a.shape[1], a.shape[0])
+    p_w, p_h = pbox[2] - pbox[0], pbox[3] - pbox[1]
+    o_pm, o_a = occ
+    o_scale = rng.uniform(*cfg.occluder_scale) * p_h / o_a.shape[0]
+    o_w, o_h = max(2, round(o_a.shape[1] * o_scale)), max(2, round(o_a.shape[0] * o_scale))
+    o_pm, o_a = _resize(o_pm, o_a, o_w, o_h)
+    o_pm = _relight(o_pm, o_a, gains, contrast)
+    o_cx = x + pbox[0] + rng.uniform(0, p_w)
+    o_bottom = y + pbox[3] + rng.uniform(0, 0.15) * p_h
+    o_x, o_y = round(o_cx - o_w / 2), round(o_bottom - o_h)
+    o_full = _place(o_a, o_x, o_y, height, width)
+    out = out * (1 - o_full[..., None]) + _place(o_pm, o_x, o_y, height, width)
+    params["occluder_box"] = [o_x, o_y, o_x + o_w, o_y + o_h]
+    return out, o_full
 
 
 def _finish(image: np.ndarray, rng: np.random.Generator, cfg: CompositeConfig, params: dict[str, Any]) -> np.ndarray:

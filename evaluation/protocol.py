@@ -144,10 +144,9 @@ def prepare(
             crops += proposal.crops
             crop_images += [query_crop(proposal.image, c.box, size, preprocessing.crop_padding) for c in proposal.crops]
             scenes.append(proposal.scene.scene)
-            h, w = proposal.image.shape[:2]
-            for box in windows(w, h):
-                window_scenes.append(proposal.scene.scene)
-                window_images.append(query_crop(proposal.image, box, size, preprocessing.crop_padding))
+            boxes = windows(proposal.image.shape[1], proposal.image.shape[0])
+            window_scenes += [proposal.scene.scene] * len(boxes)
+            window_images += [query_crop(proposal.image, box, size, preprocessing.crop_padding) for box in boxes]
         for pair in proposal.pairs:
             if (pair.product_id, pair.scene) not in seen_pairs:
                 seen_pairs.add((pair.product_id, pair.scene))
@@ -155,19 +154,22 @@ def prepare(
     first_image: dict[str, int] = {}
     for i, p in enumerate(catalog.products):
         first_image.setdefault(p.product_id, i)
-    empty = np.zeros((0, size, size, 3), np.uint8)
+
+    def stack(images: list[np.ndarray]) -> np.ndarray:
+        return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+
     return EvalInputs(
         preprocessing=preprocessing,
-        product_images=np.stack([to_square(load_image(p.image), size) for p in catalog.products]) if catalog.products else empty,
+        product_images=stack([to_square(load_image(p.image), size) for p in catalog.products]),
         image_products=[p.product_id for p in catalog.products],
         product_ids=catalog.product_ids,
         first_image=first_image,
         types=catalog.types,
         crops=crops,
-        crop_images=np.stack(crop_images) if crop_images else empty,
+        crop_images=stack(crop_images),
         scenes=scenes,
         window_scenes=window_scenes,
-        window_images=np.stack(window_images) if window_images else empty,
+        window_images=stack(window_images),
         cases=cases,
         unreachable_types=dict(sorted(unreachable.items())),
         detector=getattr(detector, "fingerprint", "") if detector is not None else "",

@@ -358,6 +358,9 @@ def _train(plan: RunPlan, ts: TrainingSet, model: TripletModel, val_ds: tf.data.
     start = plan.resume["epochs_done"] if plan.resume else 0
     epochs = [ts.train_sampler.sample(tcfg.seed + e) for e in range(start, tcfg.epochs)]
     if epochs:
+        # a mixed epoch's triplet count varies a little (pool sizes differ by category): one length for all
+        shortest = min(len(t) for t in epochs)
+        epochs = [t.subset(np.arange(shortest)) for t in epochs]
         ds = triplet_dataset(ts.bank, epochs, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + start)
         model.fit(
             ds, validation_data=val_ds, initial_epoch=start, epochs=tcfg.epochs, shuffle=False,

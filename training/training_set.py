@@ -139,6 +139,39 @@ def split_queries(queries: list[QueryItem], val_fraction: float, seed: int) -> S
     return Split(tuple(sorted(scenes[i] for i in order[n_val:])), tuple(sorted(scenes[i] for i in order[:n_val])))
 
 
+@dataclass
+class _Sides:
+    """Queries as (bank index, product id) on each side of the split, with the train side's listed
+    negatives and sources; the number of whole-scene queries."""
+
+    train: list[tuple[int, str]]
+    val: list[tuple[int, str]]
+    negatives: list[tuple[str, ...]]
+    sources: list[str]
+    whole_scene: int
+
+
+def _assign(queries: list[QueryItem], val_names: set[str], specs: list[ImageSpec]) -> _Sides:
+    """Put each query on its side of the split, adding each distinct crop to ``specs`` once."""
+    sides = _Sides([], [], [], [], 0)
+    seen: dict[tuple, int] = {}
+    for q in queries:
+        key = (q.image, q.box)
+        if key not in seen:
+            seen[key] = len(specs)
+            specs.append(ImageSpec(q.image, q.box, is_query=True))
+        sides.whole_scene += q.box is None and q.scene is not None
+        if q.scene in val_names:
+            sides.val.append((seen[key], q.product_id))
+        else:
+            sides.train.append((seen[key], q.product_id))
+            sides.negatives.append(q.negatives)
+            sides.sources.append(q.source)
+    if sides.whole_scene:
+        logger.warning("%d of %d queries have no box: their query is the whole scene image", sides.whole_scene, len(queries))
+    return sides
+
+
 def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int, queries: list[QueryItem] | None = None) -> TrainingSet:
     """Split, decode the bank and make the samplers for one run (queries default to pairs.csv)."""
     if queries is None:
@@ -159,26 +192,9 @@ def build_training_set(catalog: Catalog, cfg: TrainConfig, image_size: int, quer
     if dropped:
         logger.info("%d synthetic views are pasted into validation scenes: left out, validation scenes never train", dropped)
         queries = [q for q in queries if q.background not in val_names]
-    train_q: list[tuple[int, str]] = []
-    val_q: list[tuple[int, str]] = []
-    train_neg: list[tuple[str, ...]] = []
-    train_src: list[str] = []
-    seen: dict[tuple, int] = {}
-    whole = 0
-    for q in queries:
-        key = (q.image, q.box)
-        if key not in seen:
-            seen[key] = len(specs)
-            specs.append(ImageSpec(q.image, q.box, is_query=True))
-        whole += q.box is None and q.scene is not None
-        if q.scene in val_names:
-            val_q.append((seen[key], q.product_id))
-        else:
-            train_q.append((seen[key], q.product_id))
-            train_neg.append(q.negatives)
-            train_src.append(q.source)
-    if whole:
-        logger.warning("%d of %d queries have no box: their query is the whole scene image", whole, len(queries))
+    sides = _assign(queries, val_names, specs)
+    train_q, val_q, train_neg, train_src = sides.train, sides.val, sides.negatives, sides.sources
+    whole = sides.whole_scene
     bank = build_bank(specs, image_size, cfg.crop_padding)
     types = catalog.types
 
