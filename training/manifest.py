@@ -81,16 +81,24 @@ def save_manifest(manifest: Manifest, path: Path) -> None:
     write_json_atomic(path, data)
 
 
+def read_versioned_json(path: Path, fmt: str, version: int, error: type[ValueError], what: str, make: str) -> dict[str, Any]:
+    """The JSON object at ``path`` whose ``format``/``version`` are ``fmt``/``version``; else
+    ``error`` naming ``what`` it should be and the command that ``make``s one."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{what} {path} not found; write one with {make}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {path} is not valid JSON ({exc}); write it again with {make}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt or data.get("version") != version:
+        found = (data.get("format"), data.get("version")) if isinstance(data, dict) else (type(data).__name__, None)
+        raise error(f"{path} is not a {fmt} v{version} {what} (format={found[0]!r}, version={found[1]!r}); write it again with {make}")
+    return data
+
+
 def load_manifest(path: Path) -> Manifest:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ManifestError(f"triplet manifest {path} not found; write one with python -m training.mine_triplets") from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"triplet manifest {path} is not valid JSON ({exc}); mine it again") from None
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ManifestError(f"{path} is not a {FORMAT} v{VERSION} manifest (format={data.get('format')!r}, version={data.get('version')!r})")
+    data = read_versioned_json(path, FORMAT, VERSION, ManifestError, "triplet manifest", "python -m training.mine_triplets")
     positives = []
     for i, p in enumerate(data["positives"]):
         try:

@@ -42,6 +42,7 @@ from engine.files import atomic_file, write_json_atomic
 from engine.iconic import IconicTest
 from engine.images import Box, ImageError, load_image
 from engine.proposals import Detect
+from training.manifest import read_versioned_json
 
 logger = logging.getLogger(__name__)
 
@@ -127,14 +128,7 @@ def save_synthetic_manifest(manifest: SyntheticManifest, path: Path) -> Path:
 
 def load_synthetic_manifest(path: Path) -> SyntheticManifest:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SyntheticManifestError(f"synthetic-views manifest {path} not found; write one with python -m training.synthesize") from None
-    except json.JSONDecodeError as exc:
-        raise SyntheticManifestError(f"synthetic-views manifest {path} is not valid JSON ({exc}); synthesize again") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise SyntheticManifestError(f"{path} is not a {FORMAT} v{VERSION} manifest; synthesize again")
+    data = read_versioned_json(path, FORMAT, VERSION, SyntheticManifestError, "synthetic-views manifest", "python -m training.synthesize")
     try:
         views = [SyntheticView(**{**v, "box": tuple(v["box"])}) for v in data["views"]]
     except (TypeError, KeyError) as exc:

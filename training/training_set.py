@@ -97,32 +97,27 @@ def queries_from_pairs(catalog: Catalog) -> list[QueryItem]:
     return [QueryItem(p.product_id, p.scene, scenes[p.scene].image, p.box) for p in catalog.pairs]
 
 
+def _check_fits(catalog: Catalog, fingerprint: str, product_ids: list[str], error: type[ValueError], made: str, fix: str) -> None:
+    """Raise ``error`` when a manifest was made from another catalog or names unknown products."""
+    if fingerprint != catalog.fingerprint:
+        raise error(f"{made} catalog fingerprint {fingerprint}, but {catalog.root} is {catalog.fingerprint}; {fix}")
+    unknown = sorted(set(product_ids) - set(catalog.types))
+    if unknown:
+        raise error(f"{made} a catalog with products missing from {catalog.root}: {unknown[:5]}; {fix}")
+
+
 def queries_from_manifest(manifest: Manifest, catalog: Catalog) -> list[QueryItem]:
     """The mined positives of a manifest, checked against the catalog they were mined from."""
-    if manifest.catalog_fingerprint != catalog.fingerprint:
-        raise ManifestError(
-            f"the manifest was mined from catalog fingerprint {manifest.catalog_fingerprint}, but {catalog.root} is "
-            f"{catalog.fingerprint}; mine it again for this catalog"
-        )
-    types = catalog.types
-    unknown = sorted({p.product_id for p in manifest.positives if p.product_id not in types})
-    if unknown:
-        raise ManifestError(f"manifest positives name products missing from the catalog: {unknown[:5]}")
+    _check_fits(catalog, manifest.catalog_fingerprint, [p.product_id for p in manifest.positives], ManifestError,
+                "the manifest was mined from", "mine it again for this catalog")
     return [QueryItem(p.product_id, p.scene, manifest.image_path(p), p.box, p.negatives,
                       "lifestyle" if p.source == "product_lifestyle" else "real") for p in manifest.positives]
 
 
 def queries_from_synthetic(manifest: SyntheticManifest, catalog: Catalog) -> list[QueryItem]:
     """The synthetic views of a manifest as training queries, checked against the catalog."""
-    if manifest.catalog_fingerprint != catalog.fingerprint:
-        raise SyntheticManifestError(
-            f"the synthetic views were made from catalog fingerprint {manifest.catalog_fingerprint}, but {catalog.root} is "
-            f"{catalog.fingerprint}; synthesize them again for this catalog"
-        )
-    types = catalog.types
-    unknown = sorted({v.product_id for v in manifest.views if v.product_id not in types})
-    if unknown:
-        raise SyntheticManifestError(f"synthetic views name products missing from the catalog: {unknown[:5]}")
+    _check_fits(catalog, manifest.catalog_fingerprint, [v.product_id for v in manifest.views], SyntheticManifestError,
+                "the synthetic views were made from", "synthesize them again for this catalog")
     return [QueryItem(v.product_id, None, manifest.image_path(v), v.box, source="synthetic", background=v.background)
             for v in manifest.views]
 
