@@ -70,7 +70,7 @@ def test_mine_fit_mine_hard_fit(ikea_subset: Path, yolo_weights: Path, tmp_path:
         manifest.stats["totals"][r] for r in ("unreachable_type", "no_detection_of_class", "below_confidence", "too_small", "scene_unreadable"))
 
     tiny = ["--weights", "none", "--image-size", "48", "--embedding-dim", "16", "--batch-size", "8", "--epochs", "1",
-            "--in-class-negatives", "2", "--out-class-negatives", "1", "--val-fraction", "0.3"]
+            "--in-class-negatives", "2", "--out-class-negatives", "1", "--val-fraction", "0.3", "--queries-per-epoch", "0"]
     assert fit.main(["--triplets", str(mined), "--run-name", "round1", *tiny]) == 0
     round1 = last_run().info.run_id
 
@@ -104,7 +104,7 @@ def test_bad_detector_weights_is_a_clear_error(ikea_subset: Path, tmp_path: Path
 def test_fit_mines_box_less_pairs_itself(ikea_subset: Path, yolo_weights: Path, last_run):
     assert fit.main(["--catalog", str(ikea_subset), "--detector-weights", str(yolo_weights), "--weights", "none", "--image-size", "48",
                      "--embedding-dim", "16", "--batch-size", "8", "--epochs", "1", "--in-class-negatives", "2",
-                     "--out-class-negatives", "1", "--val-fraction", "0.3", "--run-name", "auto-mine"]) == 0
+                     "--out-class-negatives", "1", "--val-fraction", "0.3", "--queries-per-epoch", "0", "--run-name", "auto-mine"]) == 0
     params = last_run().data.params
     assert params["triplets"].endswith(".json") and "-auto-" in params["triplets"]
     assert params["whole_scene_queries"] == "0"
