@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from detectors.category_map import load_category_map
-from engine.config import DEFAULT_MIN_CONFIDENCE
+from engine.config import DEFAULT_FILL_CONFIDENCE
 from training import fit, mine_hard_negatives, mine_triplets
 from training.manifest import load_manifest
 from training.tracking import run_metrics
@@ -65,7 +65,7 @@ def test_mine_fit_mine_hard_fit(ikea_subset: Path, yolo_weights: Path, tmp_path:
     manifest = load_manifest(mined)
     detected = [p for p in manifest.positives if p.source == "detector"]
     assert len(detected) >= 5
-    assert all(p.box and p.confidence >= DEFAULT_MIN_CONFIDENCE and p.product_id not in p.negatives for p in detected)
+    assert all(p.box and p.confidence >= DEFAULT_FILL_CONFIDENCE and p.product_id not in p.negatives for p in detected)
     assert manifest.stats["totals"]["pairs"] == manifest.stats["totals"]["kept"] + sum(
         manifest.stats["totals"][r] for r in ("unreachable_type", "no_detection_of_class", "below_confidence", "too_small", "scene_unreadable"))
 
