@@ -68,7 +68,8 @@ def _run(args: argparse.Namespace) -> int:
         model_run = tags.get("showroom.model_run")
         if tags.get("showroom.kind") != "evaluate" or not model_run:
             raise ValueError(f"run {args.eval_run} is not an evaluation of a trained model (tags showroom.kind=evaluate, showroom.model_run)")
-        winner = {"run_id": args.eval_run, "tags": tags, "metrics": {}}
+        found = [r for r in find_runs("evaluate", args.experiment) if r["run_id"] == args.eval_run]
+        winner = found[0] if found else {"run_id": args.eval_run, "tags": tags, "metrics": {}}
         ranking = [winner]
     else:
         winner, ranking = choose(find_runs("evaluate", args.experiment), args.metric, args.catalog_fingerprint)
