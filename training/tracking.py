@@ -110,9 +110,8 @@ def mlflow_run(*, run_name: str | None = None, run_id: str | None = None, experi
     if run_id is None:
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
-            location = None
-            if uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-                location = (PROJECT_ROOT / "mlruns" / "artifacts").as_uri()
+            # a sqlite store keeps its artifacts beside its database (MLflow's default is ./mlruns of the cwd)
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
     try:

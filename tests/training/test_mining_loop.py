@@ -89,7 +89,7 @@ def test_mine_fit_mine_hard_fit(ikea_subset: Path, yolo_weights: Path, tmp_path:
     assert fit.main(["--triplets", str(hard), "--init-from", round1, "--run-name", "round2", *tiny]) == 0
     round2 = last_run()
     assert round2.data.params["init_from"] == round1
-    assert "val_distance_accuracy" in run_metrics(round2.info.run_id)
+    assert {"val_loss", "val_absolute_accuracy"} <= set(run_metrics(round2.info.run_id))  # (too few validation queries here for distance_accuracy)
 
 
 def test_bad_detector_weights_is_a_clear_error(ikea_subset: Path, tmp_path: Path, caplog):
