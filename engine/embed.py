@@ -113,7 +113,7 @@ class Embedder:
         if prep.image_size != cfg.image_size:
             raise ValueError(f"preprocessing image_size {prep.image_size} differs from the model's {cfg.image_size}")
         model = backbone_features_model(build_embedder(cfg))
-        return cls(model, prep, normalize=True, name=f"imagenet-{cfg.backbone}")
+        return cls(model, prep, normalize=True, name=f"imagenet-{cfg.backbone}-{cfg.image_size}px")
 
 
 def model_fingerprint(path: str | Path) -> str:
