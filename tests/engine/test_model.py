@@ -118,18 +118,23 @@ def test_big_backbones_build_and_embed(backbone: str, size: int):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
 
 
-def test_triplet_model_trains_and_reports_metrics():
-    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="none"))
-    model = TripletModel(embedder, margin=1.0, loss="hinge")
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    rng = np.random.default_rng(0)
-    x = {
+def triplet_batch(rng: np.random.Generator) -> dict:
+    """8 random 32-px triplets; query and positive share labels 0..7, negatives 8..15."""
+    return {
         "query": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
         "positive": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
         "negative": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
         "label_p": np.arange(8, dtype="int32"),
         "label_n": np.arange(8, 16, dtype="int32"),
     }
+
+
+def test_triplet_model_trains_and_reports_metrics():
+    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="none"))
+    model = TripletModel(embedder, margin=1.0, loss="hinge")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    rng = np.random.default_rng(0)
+    x = triplet_batch(rng)
     before = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
     hist = model.fit(x, batch_size=8, epochs=10, verbose=0)
     after = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
@@ -146,13 +151,7 @@ def test_catalog_softmax_terms_train_the_proxies_and_the_embedder():
     model = TripletModel(embedder, triplet_weight=1.0, softmax_weight=1.0, temperature=0.1, proxies=proxies,
                          type_weight=0.5, product_types=types, type_proxies=np.stack([proxies[:8].mean(0), proxies[8:].mean(0)]))
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    x = {
-        "query": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
-        "positive": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
-        "negative": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
-        "label_p": np.arange(8, dtype="int32"),
-        "label_n": np.arange(8, 16, dtype="int32"),
-    }
+    x = triplet_batch(rng)
     before = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
     start = keras.ops.convert_to_numpy(model.proxies).copy()
     hist = model.fit(x, batch_size=8, epochs=15, verbose=0)
