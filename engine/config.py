@@ -98,6 +98,10 @@ class TrainConfig:
         source with fewer queries than its share repeats them.
     batch_products: P > 0 makes class-balanced batches: P products x (batch_size / P) triplets
         each, so in-batch losses have positives to mine; 0 = shuffled.
+    one_pass: embed query, positive and negative as one batch of 3B images, so batch norm
+        normalises all three with the same statistics (as inference does); False = three batches of
+        B, each normalised by its own statistics while training (room crops apart from product
+        photos). Matters only where batch-norm layers train.
     """
 
     epochs: int = 4
@@ -118,6 +122,7 @@ class TrainConfig:
     mix: str = ""
     queries_per_epoch: int = 0
     batch_products: int = 0
+    one_pass: bool = False
     seed: int = 1234
     mixed_precision: bool = False
     distribute: str = "auto"

@@ -150,11 +150,13 @@ class TripletModel(keras.Model):
     embeddings), required when ``softmax_weight`` > 0; ``product_types``: int (P,) type index of
     each product and ``type_proxies`` float (T, D), required when ``type_weight`` > 0. Proxies learn
     ``proxy_lr_scale`` times faster than the embedder (they are stored divided by it).
+    ``one_pass``: embed the 3B images as one batch (shared batch-norm statistics) instead of three
+    batches of B (see ``TrainConfig.one_pass``).
     """
 
     def __init__(self, embedder: keras.Model, *, margin: float = 1.0, loss: str = "hinge", triplet_weight: float = 1.0,
                  softmax_weight: float = 0.0, temperature: float = 0.05, proxies=None, type_weight: float = 0.0,
-                 product_types=None, type_proxies=None, proxy_lr_scale: float = 10.0, **kwargs):
+                 product_types=None, type_proxies=None, proxy_lr_scale: float = 10.0, one_pass: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.embedder = embedder
         self.margin = float(margin)
@@ -162,6 +164,7 @@ class TripletModel(keras.Model):
         self.triplet_weight, self.softmax_weight, self.type_weight = float(triplet_weight), float(softmax_weight), float(type_weight)
         self.temperature = float(temperature)
         self.proxy_lr_scale = float(proxy_lr_scale)
+        self.one_pass = bool(one_pass)
         self.proxies = self.type_proxies = self.product_types = None
         if self.softmax_weight > 0:
             if proxies is None:
@@ -185,6 +188,8 @@ class TripletModel(keras.Model):
         return self.add_weight(name=name, shape=init.shape, initializer=keras.initializers.Constant(init), trainable=True)
 
     def call(self, inputs, training=False):
+        if not self.one_pass:
+            return ops.stack([self.embedder(inputs[k], training=training) for k in ("query", "positive", "negative")])
         b = ops.shape(inputs["query"])[0]
         both = ops.concatenate([inputs["query"], inputs["positive"], inputs["negative"]], axis=0)
         e = self.embedder(both, training=training)  # one pass over 3B images

@@ -54,10 +54,12 @@ logger = logging.getLogger("training.fit")
 # Defaults of the flags left unset: for a real catalog those the IKEA ablation chose (README
 # "Results"); the demo keeps small, fast settings so its default run stays near 10 minutes on 2 cores.
 CATALOG_DEFAULTS = {"image_size": 224, "train_backbone": "30", "epochs": 6, "in_class_negatives": 1, "out_class_negatives": 1,
-                    "softmax_weight": 1.0, "mix": "real=1,synthetic=2,lifestyle=0.05", "queries_per_epoch": 3000}
+                    "softmax_weight": 1.0, "mix": "real=1,synthetic=2,lifestyle=0.05", "queries_per_epoch": 3000,
+                    "one_pass": True}
 DEMO_DEFAULTS = {"image_size": ModelConfig.image_size, "train_backbone": ModelConfig.train_backbone, "epochs": TrainConfig.epochs,
                  "in_class_negatives": TrainConfig.in_class_negatives, "out_class_negatives": TrainConfig.out_class_negatives,
-                 "softmax_weight": TrainConfig.softmax_weight, "mix": TrainConfig.mix, "queries_per_epoch": TrainConfig.queries_per_epoch}
+                 "softmax_weight": TrainConfig.softmax_weight, "mix": TrainConfig.mix, "queries_per_epoch": TrainConfig.queries_per_epoch,
+                 "one_pass": TrainConfig.one_pass}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--softmax-weight", type=float, default=None, help=f"weight of the proxy softmax over every catalog product (one proxy per product, initialised from its catalog photo's embedding; 0 = off; default: {CATALOG_DEFAULTS['softmax_weight']} for a catalog, {DEMO_DEFAULTS['softmax_weight']} for the demo)")
     g.add_argument("--type-softmax-weight", type=float, default=t.type_softmax_weight, help="weight of the proxy softmax over product types (0 = off)")
     g.add_argument("--temperature", type=float, default=t.temperature, help="temperature of the softmax terms (cosine logits / T)")
+    g.add_argument("--one-pass", action=argparse.BooleanOptionalAction, default=None,
+                   help="embed query, positive and negative as one batch (shared batch-norm statistics) rather than three "
+                        f"(default: {CATALOG_DEFAULTS['one_pass']} for a catalog, {DEMO_DEFAULTS['one_pass']} for the demo)")
     g.add_argument("--batch-products", type=int, default=t.batch_products, help="P > 0: class-balanced batches of P products x batch-size/P triplets (for batch_hard / semi_hard); 0 = shuffled")
     g.add_argument("--in-class-negatives", type=int, default=None, help=f"negatives per positive from the same category, resampled each epoch (default: {CATALOG_DEFAULTS['in_class_negatives']} for a catalog, {DEMO_DEFAULTS['in_class_negatives']} for the demo)")
     g.add_argument("--out-class-negatives", type=int, default=None, help=f"negatives per positive from other categories, resampled each epoch (default: {CATALOG_DEFAULTS['out_class_negatives']} for a catalog, {DEMO_DEFAULTS['out_class_negatives']} for the demo)")
@@ -137,6 +142,7 @@ def configs_from_args(args: argparse.Namespace, demo: bool = False) -> tuple[Mod
         augment=not args.no_augment, seed=args.seed, mixed_precision=args.mixed_precision, distribute=args.distribute,
         triplet_weight=args.triplet_weight, softmax_weight=pick("softmax_weight"), type_softmax_weight=args.type_softmax_weight,
         temperature=args.temperature, mix=pick("mix"), queries_per_epoch=pick("queries_per_epoch"), batch_products=args.batch_products,
+        one_pass=pick("one_pass"),
     )
     return model, train
 
@@ -300,7 +306,8 @@ def _compile(plan: RunPlan, strategy: tf.distribute.Strategy, ts: TrainingSet) -
             type_proxies = np.stack([proxies[type_index == i].mean(0) for i in range(len(types))])
         model = TripletModel(embedder, margin=tcfg.margin, loss=tcfg.loss, triplet_weight=tcfg.triplet_weight,
                              softmax_weight=tcfg.softmax_weight, temperature=tcfg.temperature, proxies=proxies,
-                             type_weight=tcfg.type_softmax_weight, product_types=type_index, type_proxies=type_proxies)
+                             type_weight=tcfg.type_softmax_weight, product_types=type_index, type_proxies=type_proxies,
+                             one_pass=tcfg.one_pass)
         model.compile(optimizer=keras.optimizers.Adam(tcfg.learning_rate))
     return embedder, model
 

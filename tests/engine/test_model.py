@@ -162,3 +162,22 @@ def test_catalog_softmax_terms_train_the_proxies_and_the_embedder():
     np.testing.assert_allclose(start * model.proxy_lr_scale, proxies, rtol=1e-6)  # stored scaled down: 10x faster steps
     with pytest.raises(ValueError, match="proxies"):
         TripletModel(embedder, softmax_weight=1.0)
+
+
+def test_one_pass_shares_batch_norm_statistics_only_while_training():
+    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="all"))
+    x = triplet_batch(np.random.default_rng(2))
+    batch = {k: v[:4] for k, v in x.items()}
+    three, one = TripletModel(embedder), TripletModel(embedder, one_pass=True)
+    joint = keras.ops.convert_to_numpy(embedder(np.concatenate([batch[k] for k in ("query", "positive", "negative")]), training=True))
+    for training in (False, True):
+        out3 = keras.ops.convert_to_numpy(three(batch, training=training))
+        out1 = keras.ops.convert_to_numpy(one(batch, training=training))
+        assert out3.shape == out1.shape == (3, 4, 8)
+        own = [keras.ops.convert_to_numpy(embedder(batch[k], training=training)) for k in ("query", "positive", "negative")]
+        np.testing.assert_allclose(out3, np.stack(own), atol=1e-5)  # each of q, p, n normalised by its own batch
+        if training:
+            np.testing.assert_allclose(out1, joint.reshape(3, 4, 8), atol=1e-5)  # all 3B by the same statistics
+            assert not np.allclose(out1, out3, atol=1e-3)
+        else:
+            np.testing.assert_allclose(out1, out3, atol=1e-5)  # inference: moving statistics, the same either way

@@ -116,3 +116,13 @@ def test_help_explains_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--catalog", "--backbone", "--weights", "--loss", "--resume", "--no-low-level-branch", "--train-backbone"):
         assert flag in text
+
+
+def test_unset_flags_take_the_catalog_or_the_demo_default():
+    parser = fit.build_parser()
+    _, catalog = fit.configs_from_args(parser.parse_args(["--catalog", "x"]))
+    _, demo = fit.configs_from_args(parser.parse_args([]), demo=True)
+    assert catalog.one_pass and catalog.softmax_weight == 1.0 and catalog.queries_per_epoch == 3000
+    assert not demo.one_pass and demo.softmax_weight == 0.0 and demo.mix == ""
+    _, forced = fit.configs_from_args(parser.parse_args(["--no-one-pass", "--epochs", "2"]))
+    assert not forced.one_pass and forced.epochs == 2
