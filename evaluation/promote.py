@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 
 from engine.runtime import run_cli
-from training.tracking import find_runs, register_model, run_tags
+from training.tracking import find_runs, register_model, run_record
 
 logger = logging.getLogger("evaluation.promote")
 
@@ -64,12 +64,9 @@ def choose(runs: list[dict], metric: str, catalog_fingerprint: str | None = None
 
 def _run(args: argparse.Namespace) -> int:
     if args.eval_run:
-        tags = run_tags(args.eval_run)
-        model_run = tags.get("showroom.model_run")
-        if tags.get("showroom.kind") != "evaluate" or not model_run:
+        winner = run_record(args.eval_run)
+        if winner["tags"].get("showroom.kind") != "evaluate" or not winner["tags"].get("showroom.model_run"):
             raise ValueError(f"run {args.eval_run} is not an evaluation of a trained model (tags showroom.kind=evaluate, showroom.model_run)")
-        found = [r for r in find_runs("evaluate", args.experiment) if r["run_id"] == args.eval_run]
-        winner = found[0] if found else {"run_id": args.eval_run, "tags": tags, "metrics": {}}
         ranking = [winner]
     else:
         winner, ranking = choose(find_runs("evaluate", args.experiment), args.metric, args.catalog_fingerprint)

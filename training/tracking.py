@@ -111,7 +111,7 @@ def mlflow_run(*, run_name: str | None = None, run_id: str | None = None, experi
         exp = mlflow.get_experiment_by_name(experiment)
         if exp is None:
             # a sqlite store keeps its artifacts beside its database (MLflow's default is ./mlruns of the cwd)
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
+            location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
     try:
@@ -175,8 +175,23 @@ def find_runs(kind: str, experiment: str = EXPERIMENT) -> list[dict[str, Any]]:
         return []
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`showroom.kind` = '{kind}' and attributes.status = 'FINISHED'",
                               max_results=5000)
-    return [{"run_id": r.info.run_id, "params": dict(r.data.params), "metrics": dict(r.data.metrics),
-             "tags": dict(r.data.tags), "start": r.info.start_time, "name": r.info.run_name} for r in runs]
+    return [_record(r) for r in runs]
+
+
+def run_record(run_id: str) -> dict[str, Any]:
+    """One run as ``find_runs`` gives it (``ValueError`` for an unknown run)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _record(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id))
+    except MlflowException as exc:
+        raise ValueError(f"no MLflow run {run_id} at {tracking_uri()} ({exc.message})") from None
+
+
+def _record(run) -> dict[str, Any]:
+    return {"run_id": run.info.run_id, "params": dict(run.data.params), "metrics": dict(run.data.metrics),
+            "tags": dict(run.data.tags), "start": run.info.start_time, "name": run.info.run_name}
 
 
 def register_model(run_id: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:

@@ -79,6 +79,12 @@ def test_evaluate_promote_and_serve_the_champion(trained_run, tiny_catalog: Path
     assert health["products"] == 18 and health["source"].endswith("1")  # registry version 1, downloaded
     assert health["preprocessing"]["image_size"] == 48
 
+    # promoting one chosen evaluation run shows its metric and registers its model run
+    assert promote.main(["--eval-run", ev.info.run_id, "--alias", "chosen"]) == 0
+    shown = capsys.readouterr().out
+    assert f"eval {ev.info.run_id}" in shown and f"{ev.data.metrics['s2p_recall_at_10']:.4f}" in shown
+    assert resolve_model("models:/showroom@chosen").run_id == trained_run.run_id
+
 
 def test_evaluate_errors_are_clear(tiny_catalog: Path, tmp_path: Path, caplog):
     assert evaluate.main(["--catalog", str(tiny_catalog), "--model", str(tmp_path / "missing.keras"), "--no-mlflow"]) == 2
