@@ -24,9 +24,10 @@ PRODUCTS, SCENES = "products", "scenes"
 def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = ScannParams()) -> CatalogIndex:
     """One item per product image of ``products.csv``."""
     size = embedder.size
-    items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, str(p.image)) for i, p in enumerate(catalog.products)]
+    items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, _relative(p.image, catalog.root), details=p.details)
+             for i, p in enumerate(catalog.products)]
     vectors = embedder(to_square(load_image(p.image), size) for p in catalog.products)
-    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing))
+    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root))
 
 
 def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
@@ -41,9 +42,16 @@ def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, par
         scene = proposal.scene
         for j, c in enumerate(proposal.crops):
             label = "pairs.csv" if c.source == "pairs.csv" else c.label
-            items.append(Item(f"{scene.scene}#{j}", "", scene.scene, c.label, str(scene.image), scene.scene, c.box, label))
+            items.append(Item(f"{scene.scene}#{j}", "", scene.scene, c.label, _relative(scene.image, catalog.root), scene.scene, c.box,
+                              label, room_type=scene.room_type))
             crops.append(query_crop(proposal.image, c.box, prep.image_size, prep.crop_padding))
-    return CatalogIndex.build(embedder(iter(crops)), items, embedder.fingerprint, params, asdict(prep))
+    return CatalogIndex.build(embedder(iter(crops)), items, embedder.fingerprint, params, asdict(prep), str(catalog.root))
+
+
+def _relative(image: Path, root: Path) -> str:
+    """An image path as the index stores it: relative to the catalog root (POSIX), so the index
+    serves on another machine or after the catalog moves; absolute only if outside the root."""
+    return image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image)
 
 
 def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,

@@ -48,6 +48,7 @@ class ProductImage:
     type: str
     image: Path
     row: int
+    details: tuple[tuple[str, str], ...] = ()  # the row's other non-empty columns (color, size, desc, price, url ...)
 
 
 @dataclass(frozen=True)
@@ -215,7 +216,8 @@ def _read_products(root: Path) -> tuple[list[ProductImage], dict[str, str]]:
         types.setdefault(pid, ptype)
         type_line.setdefault(pid, line)
         image = _resolve_image(root, products_csv, line, row["image"])
-        products.append(ProductImage(pid, row["name"] or pid, ptype, image, line))
+        details = tuple((k, v) for k, v in row.items() if k not in PRODUCT_COLUMNS and v)
+        products.append(ProductImage(pid, row["name"] or pid, ptype, image, line, details))
     return products, types
 
 

@@ -20,6 +20,25 @@ MIX_SOURCES = ("real", "synthetic", "lifestyle")
 
 
 @dataclass(frozen=True)
+class ImageLimits:
+    """What an untrusted image may declare in its header before any pixel is decoded.
+
+    max_pixels: width x height above this is refused (a decompression bomb declares 30000 x 30000
+        in a few KB); 40 MP covers every phone camera.
+    min_side: a shorter side below this holds no product to find.
+    max_aspect: longer side / shorter side above this is a strip, not a photo.
+    """
+
+    max_pixels: int = 40_000_000
+    min_side: int = 32
+    max_aspect: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.min_side < 1 or self.max_aspect < 1:
+            raise ValueError(f"image limits must be positive (aspect >= 1), got {self}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """How the embedder is built.
 

@@ -138,6 +138,9 @@ def load_embedder(path: str | Path) -> keras.Model:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file {path} not found; pass a .keras file written by training.fit")
+    if not zipfile.is_zipfile(path):
+        raise ModelError(f"{path} is damaged: not a complete .keras archive (truncated or overwritten?); "
+                         "copy or build it again")
     try:
         return keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:

@@ -1,31 +1,127 @@
 """Image decode, box padding, cropping and square resizing shared by training, serving and evaluation.
 
-All images are ``uint8 (H, W, 3)`` RGB numpy arrays. Boxes are ``(x1, y1, x2, y2)`` integer
-pixels with x2/y2 exclusive.
+All images are ``uint8 (H, W, 3)`` RGB numpy arrays, upright as a browser shows them (EXIF
+orientation applied). Boxes are ``(x1, y1, x2, y2)`` integer pixels with x2/y2 exclusive.
 """
 
 from __future__ import annotations
 
+import io
+import struct
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from engine.config import ImageLimits
 
 Box = tuple[int, int, int, int]
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(ValueError):
     """Bytes that are not a decodable image, or a box that does not fit the image."""
 
 
-def decode_image(data: bytes, *, source: str = "image") -> np.ndarray:
-    """Decode JPEG/PNG/WebP/BMP bytes into ``uint8 (H, W, 3)`` RGB (alpha composited on white)."""
+class ImageTooLarge(ImageError):
+    """An image whose header declares more pixels than the limit (nothing was decoded)."""
+
+
+class ImageShapeError(ImageError):
+    """An image too small or too elongated to search (nothing was decoded)."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file declares before decoding: format, stored size, EXIF orientation (1-8)."""
+
+    format: str
+    width: int
+    height: int
+    orientation: int = 1
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(width, height) once the orientation is applied: 5-8 swap the sides."""
+        return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
+
+
+def read_header(data: bytes, *, source: str = "image") -> ImageHeader:
+    """Parse only the header of ``data`` (PIL reads lazily): no pixel is decoded here."""
     if not data:
         raise ImageError(f"{source}: empty file")
-    buf = np.frombuffer(data, dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                try:
+                    orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+                except Exception:  # a damaged EXIF block: show the pixels as stored, as browsers do
+                    orientation = 1
+                return ImageHeader(im.format or "", int(im.width), int(im.height), orientation if 1 <= orientation <= 8 else 1)
+    except Image.DecompressionBombError:
+        # PIL itself refuses absurd sizes before we can read them; report it as too large
+        raise ImageTooLarge(f"{source}: the image declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
+                            "send a smaller photo (any phone photo fits)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
+        raise ImageError(f"{source}: not a decodable image (JPEG, PNG, WebP or BMP expected): {type(exc).__name__}") from None
+
+
+def check_limits(header: ImageHeader, limits: ImageLimits, *, source: str = "image") -> None:
+    """Refuse, from the header alone, an image over ``limits.max_pixels`` (``ImageTooLarge``) or
+    with a side under ``limits.min_side`` or an aspect ratio over ``limits.max_aspect`` (``ImageShapeError``)."""
+    w, h = header.upright_size
+    if w * h > limits.max_pixels:
+        raise ImageTooLarge(f"{source}: {w}x{h} is {w * h / 1e6:.1f} megapixels; the limit is {limits.max_pixels / 1e6:g} MP: "
+                            "send a smaller photo (any phone photo fits)")
+    if min(w, h) < limits.min_side:
+        raise ImageShapeError(f"{source}: {w}x{h} is too small; each side needs at least {limits.min_side} pixels")
+    if max(w, h) > limits.max_aspect * min(w, h):
+        raise ImageShapeError(f"{source}: {w}x{h} is too elongated (aspect over {limits.max_aspect:g}:1); crop it to the product")
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to stored pixels ``(H, W, C)``, as browsers and PIL's
+    ``ImageOps.exif_transpose`` do; returns a contiguous array."""
+    ops = {
+        1: lambda a: a,
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops.get(orientation, ops[1])(image))
+
+
+def decode_image(data: bytes, *, source: str = "image", limits: ImageLimits | None = None) -> np.ndarray:
+    """Decode JPEG/PNG/WebP/BMP/GIF bytes into upright ``uint8 (H, W, 3)`` RGB (alpha composited on white).
+
+    The header is read first: with ``limits`` (untrusted uploads) an oversized, tiny or elongated
+    image is refused before any pixel is decoded. EXIF orientation is applied, so the pixels are
+    those a browser shows.
+    """
+    header = read_header(data, source=source)
+    if limits is not None:
+        check_limits(header, limits, source=source)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
     if img is None or img.size == 0:
-        raise ImageError(f"{source}: not a decodable image (JPEG, PNG, WebP or BMP expected)")
+        img = _decode_with_pil(data, source)  # formats OpenCV lacks (GIF on some builds); already RGB
+    else:
+        img = _to_rgb(img)
+    return orient(img, header.orientation)
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A)/gray of any depth to ``uint8 (H, W, 3)`` RGB."""
     if img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img, alpha=255.0 / max(1.0, float(img.max())))
     if img.ndim == 2:
@@ -35,6 +131,18 @@ def decode_image(data: bytes, *, source: str = "image") -> np.ndarray:
         alpha = img[..., 3:4].astype(np.float32) / 255.0
         img = (rgb * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
     return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def _decode_with_pil(data: bytes, source: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(0)
+            rgba = im.convert("RGBA")
+    except Exception as exc:  # PIL raises many types on damaged files
+        raise ImageError(f"{source}: not a decodable image (JPEG, PNG, WebP or BMP expected): {type(exc).__name__}") from None
+    arr = np.asarray(rgba, np.float32)
+    alpha = arr[..., 3:4] / 255.0
+    return (arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
 
 
 def load_image(path: str | Path) -> np.ndarray:

@@ -41,10 +41,12 @@ class Item:
     product_id: str
     name: str
     type: str
-    image: str
+    image: str  # relative to the catalog root (absolute in indexes built before portable paths)
     scene: str | None = None
     box: tuple[int, int, int, int] | None = None
     label: str = ""
+    room_type: str = ""
+    details: tuple[tuple[str, str], ...] = ()  # the catalog's own fields: color, size, desc, price, url ...
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class CatalogIndex:
     """Vectors + metadata. ``search`` can restrict results to chosen types."""
 
     def __init__(self, vectors: np.ndarray, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
-                 preprocessing: dict | None = None) -> None:
+                 preprocessing: dict | None = None, catalog_root: str = "") -> None:
         if len(vectors) != len(items):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         self.vectors = np.asarray(vectors, np.float32)
@@ -68,14 +70,53 @@ class CatalogIndex:
         self.model_fingerprint = model_fingerprint
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.preprocessing = dict(preprocessing or {})  # how the indexed crops were cut (engine.config.Preprocessing)
+        self.catalog_root = catalog_root  # where items' relative image paths were, when it was built
         self._types = np.array([it.type for it in items])
         self._by_product: dict[str, list[int]] = {}
+        self._row: dict[str, int] = {}
         for i, it in enumerate(items):
             self._by_product.setdefault(it.product_id, []).append(i)
+            self._row[it.item_id] = i
+        # rows with identical vectors are one image (the same photo under several product ids)
+        self._image_group = (np.unique(self.vectors, axis=0, return_inverse=True)[1].reshape(-1) if len(items)
+                             else np.zeros(0, np.int64))
 
     def items_of(self, product_id: str) -> list[Item]:
         """The items (images) of one product, in index order; empty if unknown."""
         return [self.items[i] for i in self._by_product.get(product_id, [])]
+
+    def image_path(self, item: Item, root: str | Path | None = None) -> Path:
+        """Where ``item``'s image is: under ``root`` (a moved catalog), else the build-time catalog root."""
+        return Path(root or self.catalog_root) / item.image
+
+    def image_number(self, item: Item) -> int:
+        """Which of its product's images ``item`` is (0 for the first)."""
+        return self._by_product.get(item.product_id, []).index(self._row[item.item_id]) if item.item_id in self._row else 0
+
+    def same_image(self, item: Item) -> list[Item]:
+        """Other items whose image is identical to ``item``'s (equal embeddings)."""
+        row = self._row.get(item.item_id)
+        if row is None:
+            return []
+        return [self.items[j] for j in np.flatnonzero(self._image_group == self._image_group[row]) if j != row]
+
+    def search_distinct(self, queries: np.ndarray, k: int, types: set[str] | None = None, *, overfetch: int = 4) -> list[list[Match]]:
+        """Like ``search``, but each product and each distinct image at most once: the best match of a
+        product with several images, and one of several products sharing the same photo."""
+        out = []
+        for matches in self.search(queries, min(len(self.items), k * overfetch), types):
+            seen_products, seen_images, keep = set(), set(), []
+            for m in matches:
+                group = self._image_group[self._row[m.item.item_id]]
+                if m.item.product_id in seen_products or group in seen_images:
+                    continue
+                seen_products.add(m.item.product_id)
+                seen_images.add(group)
+                keep.append(m)
+                if len(keep) == k:
+                    break
+            out.append(keep)
+        return out
 
     def rows_of(self, product_id: str) -> list[int]:
         """Row numbers of one product's vectors."""
@@ -83,8 +124,8 @@ class CatalogIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams(),
-              preprocessing: dict | None = None) -> CatalogIndex:
-        return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing)
+              preprocessing: dict | None = None, catalog_root: str = "") -> CatalogIndex:
+        return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -132,6 +173,7 @@ class CatalogIndex:
                 "model_fingerprint": self.model_fingerprint, "dim": int(self.vectors.shape[1]) if len(self.vectors) else 0,
                 "distance": "euclidean", "count": len(self.items), "item_ids": [it.item_id for it in self.items],
                 "index_kind": self.index.kind, "index_params": self.index.describe(), "preprocessing": self.preprocessing,
+                "catalog_root": self.catalog_root,
                 "checksums": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -151,6 +193,9 @@ class CatalogIndex:
             raise IndexFolderError(f"{mpath} is damaged ({exc}); {rebuild}") from None
         if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
             raise IndexFolderError(f"{folder} is a {manifest.get('format')} v{manifest.get('version')} index, expected {FORMAT} v{VERSION}; {rebuild}")
+        missing = [k for k in ("checksums", "model_fingerprint", "count", "item_ids", "index_kind", "index_params", "created") if k not in manifest]
+        if missing:
+            raise IndexFolderError(f"{mpath} lacks {', '.join(missing)}: it is damaged or not written by Showroom; {rebuild}")
         for rel, digest in manifest["checksums"].items():
             p = folder / rel
             if not p.is_file() or file_sha256(p) != digest:
@@ -161,8 +206,10 @@ class CatalogIndex:
                 f"{model_fingerprint[:12]}; {rebuild} --model <the model you serve>"
             )
         vectors = np.load(folder / "vectors.npy")
-        items = [Item(**{**it, "box": tuple(it["box"]) if it.get("box") else None}) for it in json.loads((folder / "items.json").read_text())]
+        items = [Item(**{**it, "box": tuple(it["box"]) if it.get("box") else None, "details": tuple(tuple(kv) for kv in it.get("details", ()))})
+                 for it in json.loads((folder / "items.json").read_text())]
         if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
             raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
         index = load_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"])
-        return cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"))
+        return cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
+                   manifest.get("catalog_root", ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -36,13 +37,24 @@ class SearchEngine:
     scenes: CatalogIndex | None = None
     detector: Detector | None = None
     classes: frozenset[str] | None = None  # whose missing boxes are filled in (the category map's)
+    _detect_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Confident detections in ``uint8 (H, W, 3)``, most confident first; empty without a detector."""
+    def detect(self, image: np.ndarray, timings: Timings | None = None) -> list[Detection]:
+        """Confident detections in ``uint8 (H, W, 3)``, most confident first; empty without a detector.
+
+        One detection runs at a time (detectors are not thread-safe); ``timings`` gets the wait for
+        that turn (``detect_wait``) apart from the detection itself (``detect``).
+        """
         if self.detector is None:
             return []
+        timings = timings if timings is not None else Timings()
+        t = time.perf_counter()
+        with self._detect_lock:
+            t = timings.add("detect_wait", t)
+            found = self.detector.detect(image)
+            timings.add("detect", t)
         prep = self.embedder.preprocessing
-        return confident(self.detector.detect(image), prep.min_confidence, prep.fill_confidence, self.classes)
+        return confident(found, prep.min_confidence, prep.fill_confidence, self.classes)
 
     def embed_crop(self, image: np.ndarray, box: Box | None) -> np.ndarray:
         """Embedding ``float32 (D,)`` of the padded square crop of ``box`` (whole image when None)."""
@@ -54,12 +66,13 @@ class SearchEngine:
 
     def search(self, image: np.ndarray, box: Box | None, k: int = 10, types: set[str] | None = None,
                timings: Timings | None = None) -> list[Match]:
-        """The k products nearest to the crop of ``box`` in ``image``, optionally only of ``types``."""
+        """The k products nearest to the crop of ``box`` in ``image``, optionally only of ``types``;
+        each product and each distinct catalog photo once."""
         timings = timings if timings is not None else Timings()
         t = time.perf_counter()
         vec = self.embed_crop(image, box)
         t = timings.add("embed", t)
-        matches = self.products.search(vec[None], k, types)[0]
+        matches = self.products.search_distinct(vec[None], k, types)[0]
         timings.add("search", t)
         return matches
 

@@ -1,12 +1,21 @@
 """``create_app``: the Flask factory. Model, detector and indexes load once here, never per request.
 
 Configuration (``test_config`` or environment):
-- ``SHOWROOM_INDEX``: folder written by ``python -m serving.build_index`` (model + indexes), or a
-  registered version such as ``models:/showroom@champion`` (``python -m evaluation.promote``),
-  resolved again on every reload.
+- ``SHOWROOM_INDEX``: serving folder written by ``python -m serving.build_index`` (its ``CURRENT``
+  generation is served), or a registered version such as ``models:/showroom@champion``
+  (``python -m evaluation.promote``); resolved again on every reload.
+- ``SHOWROOM_CATALOG_ROOT``: where the catalog's images are on this machine (default: where they
+  were when the index was built); indexes store image paths relative to it.
 - ``SHOWROOM_DETECTOR_WEIGHTS``: YOLO weights for detecting products in uploads (none: no detection).
-- ``MAX_CONTENT_LENGTH``: upload limit in bytes (default 10 MB).
+- ``SHOWROOM_MAX_UPLOAD``: upload limit in bytes (default 10 MB).
+- ``SHOWROOM_MAX_PIXELS`` (default 40,000,000), ``SHOWROOM_MIN_SIDE`` (32), ``SHOWROOM_MAX_ASPECT``
+  (10): what an uploaded image's header may declare; checked before any pixel is decoded.
 - ``SHOWROOM_RELOAD_TOKEN``: enables ``POST /api/reload`` for clients that send it (no default secret).
+- ``SHOWROOM_GENERATION_FILE``: the record the workers of one server share (default under
+  gunicorn: one per master process in the temp folder), see ``serving.state``.
+- ``SHOWROOM_RATE_LIMIT`` (default ``2 per second;60 per minute`` per client on search and detect;
+  empty: off), ``SHOWROOM_RATE_LIMIT_STORAGE``; ``SHOWROOM_PROXY_HOPS``: trust that many
+  ``X-Forwarded-*`` hops (behind a reverse proxy), see ``serving.observability``.
 - ``SHOWROOM_DETECTOR``: a ready ``Detector`` object (tests inject one); overrides the weights.
 - ``SHOWROOM_STATE``: a ready ``ServingState`` (tests inject one).
 """
@@ -15,32 +24,47 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector
-from engine.config import Preprocessing
-from engine.runtime import configure_runtime
+from engine.config import ImageLimits, Preprocessing
+from engine.generations import resolve_serving_folder
+from engine.runtime import configure_runtime, setup_logging
 from serving.api import bp as api_bp
-from serving.errors import ApiError
+from serving.errors import register_error_handlers
+from serving.observability import install
 from serving.pages import bp as pages_bp
-from serving.state import ServingState, load_from_folder
+from serving.state import ServingState, SharedGeneration, load_from_folder
 from training.model_ref import is_registered, resolve_model
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_RATE_LIMIT = "2 per second;60 per minute"
+
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    if not logging.getLogger().handlers:  # gunicorn and `flask run` configure no logging of ours
+        setup_logging()
     configure_runtime()
     app = Flask(__name__)
+    env = os.environ.get
     app.config.update(
-        MAX_CONTENT_LENGTH=int(os.environ.get("SHOWROOM_MAX_UPLOAD", 10 * 1024 * 1024)),
-        SHOWROOM_INDEX=os.environ.get("SHOWROOM_INDEX"),
-        SHOWROOM_DETECTOR_WEIGHTS=os.environ.get("SHOWROOM_DETECTOR_WEIGHTS"),
-        SHOWROOM_RELOAD_TOKEN=os.environ.get("SHOWROOM_RELOAD_TOKEN"),
+        MAX_CONTENT_LENGTH=int(env("SHOWROOM_MAX_UPLOAD", 10 * 1024 * 1024)),
+        SHOWROOM_INDEX=env("SHOWROOM_INDEX"),
+        SHOWROOM_CATALOG_ROOT=env("SHOWROOM_CATALOG_ROOT"),
+        SHOWROOM_DETECTOR_WEIGHTS=env("SHOWROOM_DETECTOR_WEIGHTS"),
+        SHOWROOM_RELOAD_TOKEN=env("SHOWROOM_RELOAD_TOKEN"),
+        SHOWROOM_IMAGE_LIMITS=ImageLimits(int(env("SHOWROOM_MAX_PIXELS", ImageLimits.max_pixels)),
+                                          int(env("SHOWROOM_MIN_SIDE", ImageLimits.min_side)),
+                                          float(env("SHOWROOM_MAX_ASPECT", ImageLimits.max_aspect))),
+        SHOWROOM_RATE_LIMIT=env("SHOWROOM_RATE_LIMIT", DEFAULT_RATE_LIMIT),
+        SHOWROOM_RATE_LIMIT_STORAGE=env("SHOWROOM_RATE_LIMIT_STORAGE", "memory://"),
+        SHOWROOM_PROXY_HOPS=int(env("SHOWROOM_PROXY_HOPS", 0)),
         SHOWROOM_STATE=None,
         SHOWROOM_DETECTOR=None,
         DEFAULT_K=12,
@@ -50,45 +74,43 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     state = app.config["SHOWROOM_STATE"]
     if state is None:
-        state = _load_state(app)
+        state = _start_state(app)
     app.extensions["showroom"] = state
+    hops = app.config["SHOWROOM_PROXY_HOPS"]
+    if hops:  # behind a reverse proxy: the client address (for rate limits and logs) is in X-Forwarded-For
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
     app.register_blueprint(api_bp)
     app.register_blueprint(pages_bp)
-
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        return jsonify(error=exc.message), exc.status
-
-    @app.errorhandler(RequestEntityTooLarge)
-    def _too_large(exc):
-        limit = app.config["MAX_CONTENT_LENGTH"]
-        return jsonify(error=f"upload too large: the limit is {limit // (1024 * 1024)} MB"), 413
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException):
-        return jsonify(error=exc.description), exc.code
-
+    register_error_handlers(app)
+    install(app, lambda: state.current.generation)
     return app
 
 
-def _load_state(app: Flask) -> ServingState:
-    folder = app.config["SHOWROOM_INDEX"]
-    if not folder:
-        raise RuntimeError("set SHOWROOM_INDEX to a folder built by `python -m serving.build_index`")
+def _start_state(app: Flask) -> ServingState:
+    index = app.config["SHOWROOM_INDEX"]
+    if not index:
+        raise RuntimeError("set SHOWROOM_INDEX to a folder built by `python -m serving.build_index` or to models:/NAME@ALIAS")
     detector = app.config["SHOWROOM_DETECTOR"]
     if detector is None and app.config["SHOWROOM_DETECTOR_WEIGHTS"]:
         # low enough for any model's fill-in threshold; each model filters by its own preprocessing
         detector = YoloDetector(app.config["SHOWROOM_DETECTOR_WEIGHTS"], conf=Preprocessing().detector_confidence)
         detector.class_names  # load now, not on the first request
+    classes = frozenset(load_category_map().classes)
 
-    def loader():
-        local = folder
-        if is_registered(str(folder)):  # a registered version: re-resolved on every reload
-            local = resolve_model(str(folder)).folder
+    def resolve() -> Path:
+        if is_registered(str(index)):  # a registered version: re-resolved on every reload
+            local = resolve_model(str(index)).folder
             if not (local / "products").is_dir():
-                raise RuntimeError(f"{folder} holds a model without indexes (its run had no index/ artifact): build a folder with "
-                                   f"`python -m serving.build_index --model {folder} --catalog DIR --out DIR` and serve that")
-        return load_from_folder(local, detector, frozenset(load_category_map().classes))
+                raise ValueError(f"{index} holds a model without indexes (its run had no index/ artifact): build a folder with "
+                                 f"`python -m serving.build_index --model {index} --catalog DIR --out DIR` and serve that")
+            return local
+        return resolve_serving_folder(index)
 
-    return ServingState(loader(), loader)
+    def load(folder: Path, generation: int):
+        return load_from_folder(folder, detector, classes, generation)
+
+    try:
+        return ServingState.start(resolve, load, SharedGeneration.for_server(str(index)))
+    except (ValueError, OSError) as exc:
+        raise RuntimeError(f"SHOWROOM_INDEX={index}: {exc}") from None

@@ -1,8 +1,10 @@
 """``python -m serving.build_index``: embed a catalog with a trained model and save its search indexes.
 
-Writes ``OUT/products`` (catalog product images), ``OUT/scenes`` (detected crops of scenes.csv,
-for "where is it used?") and ``OUT/model.keras`` (the model they were built with), so ``OUT`` is
-all the app needs: ``SHOWROOM_INDEX=OUT flask --app serving run``.
+Writes a new generation ``OUT/g-.../`` holding ``products`` (catalog product images), ``scenes``
+(detected crops of scenes.csv, for "where is it used?") and ``model.keras`` (the model they were
+built with), then points ``OUT/CURRENT`` at it in one atomic step (``engine.generations``): a
+server keeps serving the previous generation until it reloads, and a build killed at any moment
+leaves it loadable. ``OUT`` is all the app needs: ``SHOWROOM_INDEX=OUT flask --app serving run``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from engine.ann import ScannParams
 from engine.build_indexes import build_serving_folder
 from engine.catalog import load_catalog
 from engine.embed import load_preprocessing
+from engine.generations import publish_generation
 from engine.runtime import run_cli, state_dir
 from training.model_ref import resolve_model
 
@@ -31,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="trained embedder: .keras path or MLflow run id")
     p.add_argument("--catalog", type=Path, required=True, help="catalog directory")
-    p.add_argument("--out", type=Path, required=True, help="index folder to write (replaced atomically)")
+    p.add_argument("--out", type=Path, required=True, help="serving folder: a new generation is built inside it and made current atomically")
+    p.add_argument("--keep", type=int, default=3, help="generations kept in --out: the current one and the newest before it")
     p.add_argument("--detector-weights", default=None, help="YOLO weights for scene crops (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
     p.add_argument("--no-detector", action="store_true", help="index whole scenes (and pairs.csv boxes) without a detector")
     p.add_argument("--brute-force-below", type=int, default=ScannParams().brute_force_below, help="exact search under this many items, ScaNN above")
@@ -56,8 +60,13 @@ def _run(args: argparse.Namespace) -> int:
         detector = YoloDetector(args.detector_weights or default_weights(), conf=load_preprocessing(model.path).detector_confidence)
         detect = DetectionCache(detector, state_dir() / "cache" / "detections").detect
     params = ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves, leaves_to_search=args.leaves_to_search, reorder=args.reorder)
-    built = build_serving_folder(model.path, catalog, args.out, detect, params, load_category_map().classes)
-    print(", ".join(f"{k}: {len(v)} items ({v.index.kind})" for k, v in built.items()) + f" in {time.perf_counter() - t0:.1f}s -> {args.out}")
+    built: dict = {}
+
+    def write(tmp: Path) -> None:
+        built.update(build_serving_folder(model.path, catalog, tmp, detect, params, load_category_map().classes))
+
+    generation = publish_generation(args.out, write, keep=args.keep)
+    print(", ".join(f"{k}: {len(v)} items ({v.index.kind})" for k, v in built.items()) + f" in {time.perf_counter() - t0:.1f}s -> {generation}")
     return 0
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
 
-from engine.images import ImageError, crop, decode_image, pad_box, query_crop, to_square
+from engine.config import ImageLimits
+from engine.images import ImageError, ImageShapeError, ImageTooLarge, crop, decode_image, pad_box, query_crop, read_header, to_square
 
 
 def png_bytes(img: np.ndarray) -> bytes:
@@ -53,3 +56,70 @@ def test_query_crop_whole_image_or_box():
     assert query_crop(img, None, 32, 0.1).shape == (32, 32, 3)
     q = query_crop(img, (10, 10, 20, 20), 32, 0.0)
     assert q.mean() == pytest.approx(200, abs=1)
+
+
+def _png_header(width: int, height: int, idat: bytes = b"") -> bytes:
+    """A PNG that declares ``width`` x ``height`` in its IHDR, with whatever pixel data follows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width,height,error,words", [
+    (30000, 30000, ImageTooLarge, "megapixels"),   # a classic decompression bomb
+    (60000, 60000, ImageTooLarge, "megapixels"),   # over OpenCV's own pixel limit too
+    (8000, 6000, ImageTooLarge, "the limit is 40 MP"),
+    (1, 1, ImageShapeError, "too small"),
+    (31, 400, ImageShapeError, "at least 32"),
+    (20000, 1, ImageShapeError, "too small"),
+    (4000, 300, ImageShapeError, "elongated"),
+])
+def test_limits_refuse_from_the_header_before_decoding(width, height, error, words, monkeypatch):
+    import zlib
+
+    import engine.images
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("pixels were decoded")  # a 30000 x 30000 decode takes ~20 s and 2.7 GB
+
+    monkeypatch.setattr(engine.images.cv2, "imdecode", no_decoding)
+    monkeypatch.setattr(engine.images, "_decode_with_pil", no_decoding)
+    data = _png_header(width, height, zlib.compress(b"\0" * 100_000))  # pixel data far short of what is declared
+    with pytest.raises(error, match=words):
+        decode_image(data, limits=ImageLimits())
+
+
+def test_limits_pass_a_normal_photo_and_catalog_loads_have_none():
+    img = np.random.default_rng(0).integers(0, 255, (40, 400, 3), dtype=np.uint8)
+    data = cv2.imencode(".png", img)[1].tobytes()
+    assert decode_image(data).shape == (40, 400, 3)  # no limits: a catalog image is never refused for its shape
+    with pytest.raises(ImageShapeError):
+        decode_image(data, limits=ImageLimits(max_aspect=5))
+    assert decode_image(data, limits=ImageLimits()).shape == (40, 400, 3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_is_applied_as_browsers_do(orientation, fmt):
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(orientation)
+    base = np.kron(rng.integers(0, 255, (30, 40, 3)).astype(np.uint8), np.ones((8, 8, 1), np.uint8))  # 240 x 320
+    im = Image.fromarray(base)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    data = buf.getvalue()
+    header = read_header(data)
+    assert header.orientation == orientation and (header.width, header.height) == (320, 240)
+    ours = decode_image(data)
+    reference = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    assert ours.shape == reference.shape == ((320, 240, 3) if orientation >= 5 else (240, 320, 3))
+    assert header.upright_size == (ours.shape[1], ours.shape[0])
+    assert np.abs(ours.astype(int) - reference.astype(int)).mean() < 1.0

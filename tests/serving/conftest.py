@@ -39,7 +39,8 @@ def app(index_folder: Path):
     from serving import create_app
 
     return create_app({"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True,
-                       "MAX_CONTENT_LENGTH": 200_000, "SHOWROOM_RELOAD_TOKEN": "s3cret"})
+                       "MAX_CONTENT_LENGTH": 200_000, "SHOWROOM_RELOAD_TOKEN": "s3cret",
+                       "SHOWROOM_RATE_LIMIT": ""})
 
 
 @pytest.fixture()

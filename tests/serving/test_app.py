@@ -41,7 +41,7 @@ def test_detect(client):
     body = r.get_json()
     assert body["width"] == 160 and body["height"] == 120
     assert body["detections"][0] == {"box": [40, 30, 120, 90], "label": "chair", "confidence": 0.9}
-    assert set(body["timings_ms"]) == {"decode", "detect"}
+    assert set(body["timings_ms"]) == {"decode", "detect_wait", "detect"}
 
 
 def test_search_with_box_and_timings(client, tiny_catalog: Path):
@@ -74,12 +74,15 @@ def test_type_filter(client):
 @pytest.mark.parametrize("data,form,status,message", [
     (None, {}, 400, "no file"),
     (b"", {}, 400, "empty file"),
-    (b"hello, I am text", {}, 400, "not a readable image"),
-    (jpeg()[:40], {}, 400, "not a readable image"),
-    (jpeg(), {"box": "0,0,500,50"}, 400, "outside"),
-    (jpeg(), {"box": "1,2,3"}, 400, "four numbers"),
-    (jpeg(), {"k": "0"}, 400, "k must be between"),
+    (b"hello, I am text", {}, 400, "not a decodable image"),
+    (jpeg()[:40], {}, 400, "not a decodable image"),
+    (jpeg(), {"box": "0,0,500,50"}, 422, "outside"),
+    (jpeg(), {"box": "1,2,3"}, 400, "four finite numbers"),
+    (jpeg(), {"box": "inf,0,10,10"}, 400, "four finite numbers"),
+    (jpeg(), {"k": "0"}, 400, "from 1 to 100"),
     (jpeg(), {"k": "many"}, 400, "whole number"),
+    (jpeg(), {"k": " 5 "}, 400, "digits only"),
+    (jpeg(), {"k": "\u0663"}, 400, "digits only"),
 ])
 def test_search_errors(client, data, form, status, message):
     r = upload(client, "/api/search", data, **form)
@@ -150,7 +153,7 @@ def test_reload_refuses_a_damaged_index_and_keeps_serving(app, client, index_fol
     shutil.copytree(index_folder, broken)
     from serving.state import ServingState, load_from_folder
 
-    state = ServingState(load_from_folder(broken), lambda: load_from_folder(broken))
+    state = ServingState(load_from_folder(broken), lambda: broken, lambda folder, n: load_from_folder(folder, generation=n))
     app.extensions["showroom"] = state
     items = json.loads((broken / "products" / "items.json").read_text())
     items[0]["name"] = "tampered"
