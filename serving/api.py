@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import asdict
@@ -238,7 +239,7 @@ def healthz():
     loaded = request_loaded()
     e = loaded.engine
     root = current_app.config.get("SHOWROOM_CATALOG_ROOT") or e.products.catalog_root
-    return jsonify(status="ok", generation=loaded.generation, model=loaded.model_fingerprint[:12], index_created=e.products.created,
+    return jsonify(status="ok", generation=loaded.generation, pid=os.getpid(), model=loaded.model_fingerprint[:12], index_created=e.products.created,
                    catalog_root=root, catalog_images_found=bool(len(e.products)) and e.products.image_path(e.products.items[0], root).is_file(),
                    products=len(e.products), scene_crops=len(e.scenes) if e.scenes is not None else 0,
                    index_kind=e.products.index.kind, detector=e.detector.fingerprint if e.detector is not None else None,

@@ -1,0 +1,69 @@
+"""``python -m serving.build_index`` killed at any moment leaves the served index loadable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.generations import current_generation, resolve_serving_folder
+from serving.state import load_from_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build(model: Path, catalog: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "serving.build_index", "--model", str(model), "--catalog", str(catalog),
+                             "--out", str(out), "--no-detector"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def building(out: Path) -> Path | None:
+    return next((p for p in out.iterdir() if p.name.startswith(".build-")), None)
+
+
+# Where to kill: a condition on the serving folder, polled every 2 ms while the build runs.
+POINTS = {
+    "while importing (1 s in)": lambda out, t: t > 1.0,
+    "build folder created": lambda out, t: building(out) is not None,
+    "model copied, before any index": lambda out, t: (b := building(out)) is not None and (b / "model.keras").exists(),
+    "products index written, scenes not yet": lambda out, t: (b := building(out)) is not None and (b / "products").exists(),
+    "scenes index written, before the switch": lambda out, t: (b := building(out)) is not None and (b / "scenes").exists(),
+}
+
+
+@pytest.mark.slow
+def test_killing_a_build_at_any_point_leaves_the_served_index_loadable(index_folder: Path, tiny_catalog: Path, tmp_path: Path):
+    out = tmp_path / "serve"
+    first = build(index_folder / "model.keras", tiny_catalog, out)
+    assert first.wait(timeout=300) == 0, first.stdout.read().decode()
+    served = resolve_serving_folder(out)
+    fingerprint = load_from_folder(served).model_fingerprint
+    report = {}
+    for name, condition in POINTS.items():
+        proc, t0, seen = build(index_folder / "model.keras", tiny_catalog, out), time.monotonic(), None
+        while proc.poll() is None and time.monotonic() - t0 < 300:
+            if condition(out, time.monotonic() - t0):
+                seen = sorted(p.name for p in building(out).iterdir()) if building(out) else []
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=60)
+        assert seen is not None, f"{name}: the build finished before the kill point"
+        report[name] = seen
+        # the served index is the complete previous generation, and it loads
+        assert current_generation(out) == served.name, name
+        loaded = load_from_folder(resolve_serving_folder(out))
+        assert loaded.model_fingerprint == fingerprint and len(loaded.engine.products) == 18, name
+    # the next build clears the debris and switches in one step
+    last = build(index_folder / "model.keras", tiny_catalog, out)
+    assert last.wait(timeout=300) == 0
+    assert building(out) is None and current_generation(out) != served.name
+    assert len(load_from_folder(resolve_serving_folder(out)).engine.products) == 18
+    print({k: v for k, v in report.items()})
