@@ -18,6 +18,10 @@ workers = int(os.environ.get("SHOWROOM_WORKERS", "2"))
 timeout = 120  # the first request of a worker may load a new index generation
 graceful_timeout = 30
 preload_app = False
+# the largest request line and header gunicorn lets through to the app (which answers JSON);
+# beyond these gunicorn itself answers a plain-text 400 / 431
+limit_request_line = 8190
+limit_request_field_size = 16384
 
 
 def on_starting(server) -> None:
