@@ -96,3 +96,13 @@ def test_reload_under_load_reaches_every_worker(gunicorn, index_folder: Path, ti
     lines = [json.loads(x[x.index("{"):]) for x in log.read_text().splitlines() if '"route":' in x]
     assert sum(1 for x in lines if x["route"] == "/api/search" and x["status"] == 200) == tally.served
     assert all("generation" in x and "stages_ms" in x for x in lines)
+
+
+@pytest.mark.slow
+def test_an_oversize_upload_gets_its_413_through_gunicorn(gunicorn):
+    from benchmarks.reload_load import multipart
+
+    url, _, _ = gunicorn
+    body, ctype = multipart(b"\xff" * (10 * 1024 * 1024 + 512 * 1024), {"k": "3"})  # over the 10 MB default
+    status, _, answer = request(url + "/api/search", body, {"Content-Type": ctype})
+    assert status == 413 and "upload too large" in json.loads(answer)["error"]
