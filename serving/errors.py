@@ -36,20 +36,20 @@ def error_response(status: int, message: str):
     return jsonify(error=message), status
 
 
-def _drain(cap: int) -> None:
-    """Read and drop the rest of a refused upload (up to ``cap`` bytes), so the client, still
-    sending, reads our 413 instead of a reset connection (gunicorn closes it on a pending body)."""
+def _drain(limit: int, cap: int) -> None:
+    """Read and drop a refused upload's body (up to ``cap`` bytes), so the client, still sending,
+    reads our 413 instead of a reset connection (gunicorn closes it on a pending body). Only when
+    the refusal came from the declared length, before any of the body was read."""
     stream = request.environ.get("wsgi.input")
     length = request.content_length
-    if stream is None or length is None or length > cap:  # unknown length: reading could block
+    if stream is None or length is None or not limit < length <= cap:
         return
     try:
-        left = length
-        while left > 0:
-            chunk = stream.read(min(left, 1 << 16))
+        while length > 0:
+            chunk = stream.read(min(length, 1 << 16))
             if not chunk:
                 break
-            left -= len(chunk)
+            length -= len(chunk)
     except (OSError, ValueError):  # the client went away: nothing to answer
         pass
 
@@ -65,7 +65,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
         limit = app.config["MAX_CONTENT_LENGTH"]
-        _drain(4 * limit)
+        _drain(limit, 4 * limit)
         return error_response(413, f"upload too large: the limit is {limit / (1024 * 1024):.3g} MB; send a smaller photo")
 
     @app.errorhandler(HTTPException)

@@ -79,7 +79,7 @@ def test_load_embedder_errors(tmp_path: Path):
         load_embedder(tmp_path / "missing.keras")
     bad = tmp_path / "bad.keras"
     bad.write_bytes(b"not a zip")
-    with pytest.raises(ModelError, match="not a loadable"):
+    with pytest.raises(ModelError, match="damaged: not a complete .keras archive"):
         load_embedder(bad)
 
 
