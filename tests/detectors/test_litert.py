@@ -1,0 +1,60 @@
+"""The direct LiteRT detector gives the boxes Ultralytics gives on the same ``.tflite`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors.litert import LiteRTDetector, letterbox, nms, read_class_names
+from detectors.open import open_detector
+from engine.detection import DetectorError
+from engine.images import load_image
+
+
+def test_letterbox_centres_and_scales():
+    image = np.zeros((100, 200, 3), np.uint8)
+    boxed, scale, (left, top) = letterbox(image, 64)
+    assert boxed.shape == (64, 64, 3) and scale == pytest.approx(0.32) and (left, top) == (0, 16)
+    assert (boxed[:16] == 114).all() and (boxed[16:48] == 0).all() and (boxed[48:] == 114).all()
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], np.float32)
+    scores = np.array([0.5, 0.9, 0.7, 0.8], np.float32)
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.95).tolist() == [1, 3, 2, 0]
+
+
+def test_names_and_errors(yolo_weights: Path, tmp_path: Path):
+    names = read_class_names(yolo_weights)
+    assert len(names) == 80 and names[56] == "chair"
+    with pytest.raises(DetectorError, match="existing .tflite"):
+        LiteRTDetector(tmp_path / "missing.tflite")
+    with pytest.raises(DetectorError, match="runtime"):
+        open_detector(yolo_weights, runtime="tensorrt")
+
+
+@pytest.mark.slow
+def test_same_boxes_as_ultralytics(yolo_weights: Path, ikea_catalog: Path):
+    from engine.catalog import load_catalog
+
+    scenes = [s.image for s in load_catalog(ikea_catalog).scenes[:6]]
+    ours, theirs = open_detector(yolo_weights, conf=0.05), open_detector(yolo_weights, conf=0.05, runtime="ultralytics")
+    assert isinstance(ours, LiteRTDetector) and ours.class_names == theirs.class_names
+    for path in scenes:
+        image = load_image(path)
+        a, b = theirs.detect(image), ours.detect(image)
+        assert len(a) == len(b) and [d.label for d in a if d.confidence >= 0.25] == [d.label for d in b if d.confidence >= 0.25]
+        for x in a:  # every Ultralytics box has its twin: same class, same place, same score within rounding
+            best = max((y for y in b if y.label == x.label), key=lambda y: _iou(x.box, y.box))
+            assert _iou(x.box, best.box) > 0.8 and abs(x.confidence - best.confidence) < 0.05
+            if x.confidence >= 0.25:
+                assert _iou(x.box, best.box) > 0.95
+
+
+def _iou(a, b) -> float:
+    ix, iy = max(0, min(a[2], b[2]) - max(a[0], b[0])), max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
