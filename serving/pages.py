@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template, request, send_file
+from flask import Blueprint, current_app, render_template, request, send_file, url_for
 
 from serving.api import healthz as api_healthz
-from serving.api import product_record, read_index, scenes_json
+from serving.api import product_record, read_index, scene_title, scenes_json
 from serving.errors import ApiError
 from serving.state import request_loaded
 
@@ -26,9 +26,40 @@ def _send(path, what: str):
     return send_file(path, max_age=3600)
 
 
+EXAMPLES = 4  # room photos offered on the upload page to try without a photo of one's own
+
+
+def _example_scenes(n: int = EXAMPLES) -> list[dict]:
+    """A few indexed room photos to try: from the most common room types, in each the photo with
+    the most kinds of objects found (the same ones on every visit)."""
+    scenes = _engine().scenes
+    if scenes is None:
+        return []
+    labels: dict[str, set[str]] = {}
+    room: dict[str, str] = {}
+    for it in scenes.items:
+        if it.scene:
+            labels.setdefault(it.scene, set()).add(it.label)
+            room[it.scene] = it.room_type
+    by_room: dict[str, list[str]] = {}
+    for scene in sorted(labels, key=lambda s: (-len(labels[s]), s)):
+        by_room.setdefault(room[scene], []).append(scene)
+    rooms = sorted(by_room, key=lambda r: (-len(by_room[r]), r))
+    picked: list[str] = []
+    while len(picked) < n and any(by_room.values()):
+        for r in rooms:
+            if by_room[r] and len(picked) < n:
+                picked.append(by_room[r].pop(0))
+    return [{"scene": s, "title": scene_title(s), "room_type": room[s], "url": url_for("pages.scene_image", scene=s)}
+            for s in picked]
+
+
 @bp.get("/")
 def index():
-    return render_template("index.html", types=_engine().products.types)
+    engine = _engine()
+    return render_template("index.html", types=engine.products.types, examples=_example_scenes(),
+                           min_confidence=engine.embedder.preprocessing.min_confidence,
+                           classes=sorted(engine.classes or ()))
 
 
 @bp.get("/products/<product_id>")

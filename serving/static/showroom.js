@@ -1,144 +1,715 @@
-// Showroom upload page and product page. No framework: fetch + canvas.
+// Showroom upload page: photo -> detected objects outlined -> pick one (or draw a box) -> matching products.
+// No framework: fetch + canvas. Every box is kept in the coordinates of the upright image the server
+// decoded (its `width` x `height`), and only scaled to the canvas when drawn.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
+  const app = $("app");
+  if (!app) return;
 
-  // ---- product page: "where is it used?" scenes with the matching crop outlined ----
-  const scenesEl = $("scenes");
-  if (scenesEl) {
-    fetch(scenesEl.dataset.url).then((r) => r.json()).then((data) => {
-      if (!data.scenes || !data.scenes.length) { scenesEl.textContent = "No scenes found."; return; }
-      for (const s of data.scenes) {
-        const card = document.createElement("div");
-        card.className = "card";
-        const canvas = document.createElement("canvas");
-        const img = new Image();
-        img.onload = () => {
-          canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-          const ctx = canvas.getContext("2d");
-          ctx.drawImage(img, 0, 0);
-          if (s.box) {
-            ctx.lineWidth = Math.max(3, img.naturalWidth / 200); ctx.strokeStyle = "#ff3b30";
-            ctx.strokeRect(s.box[0], s.box[1], s.box[2] - s.box[0], s.box[3] - s.box[1]);
-          }
-        };
-        img.src = s.image_url;
-        const meta = document.createElement("div");
-        meta.className = "meta";
-        meta.textContent = `${s.scene} · d=${s.distance.toFixed(3)}`;
-        card.append(canvas, meta);
-        scenesEl.append(card);
-      }
-    });
-    return;
+  const MAX_UPLOAD_BYTES = 8 * 1024 * 1024;  // larger photos are re-encoded smaller before upload
+  const MAX_UPLOAD_PIXELS = 16e6;
+  const RESIZE_LONG_SIDE = 2560;
+  const MAX_BOXES = 8;
+  const K = 12;
+  const minConfidence = parseFloat(app.dataset.minConfidence) || 0.25;
+  // The catalog's types, from the page's <datalist> (the browser's own suggestions without this
+  // script); the searchable list below replaces those suggestions.
+  const allTypes = Array.from(document.querySelectorAll("#type-list option"), (o) => o.value);
+  const catalogClasses = new Set(JSON.parse(($("classes-data") || {}).textContent || "[]"));  // what the catalog sells
+
+  const drop = $("drop"), stage = $("stage"), canvas = $("canvas"), wrap = $("canvas-wrap");
+  const busy = $("photo-busy"), busyText = $("photo-busy-text"), statusEl = $("status");
+  const objectsEl = $("objects");
+  const drawBtn = $("draw"), results = $("results"), resultsTitle = $("results-title"), resultsMeta = $("results-meta");
+  const typeInput = $("type-input"), typeList = $("type-options"), chips = $("type-chips");
+  typeInput.removeAttribute("list");
+  const fileInputs = [$("file"), $("camera"), $("again")];
+  const ctx = canvas.getContext("2d");
+
+  const state = {
+    upload: null,        // the Blob sent to the server
+    bitmap: null,        // the upright photo as the browser decoded it
+    width: 0, height: 0, // the upright image size, in the server's pixels once it has answered
+    boxes: [],           // [{box, label, confidence}] shown on the photo
+    selected: null,      // the box searched for: [x1, y1, x2, y2] in image pixels
+    selectedLabel: "",
+    hover: -1,
+    drag: null,          // {start: [x, y], box} while drawing
+    drawMode: false,
+    types: [],           // chosen type filter
+    lastResults: [],
+    busy: false,
+    token: 0,            // increases with each new photo: stale answers are dropped
+    search: null,        // AbortController of the search in flight
+  };
+
+  // ---------- status and busy states ----------
+  function setStatus(text, kind) {
+    statusEl.textContent = text || "";
+    statusEl.className = "status" + (kind ? " " + kind : "");
+    statusEl.setAttribute("role", kind === "error" ? "alert" : "status");
   }
 
-  // ---- upload page ----
-  const drop = $("drop"), fileInput = $("file"), stage = $("stage"), canvas = $("canvas");
-  const statusEl = $("status"), results = $("results"), typesEl = $("types");
-  const ctx = canvas.getContext("2d");
-  let file = null, image = null, detections = [], selected = null, dragStart = null, dragBox = null;
+  // While busy the photo shows a spinner and the photo controls are off. While searching
+  // (phase "search") the type filter stays usable: changing it starts a new search.
+  function setBusy(on, text, phase) {
+    state.busy = on;
+    busy.hidden = !on;
+    busy.classList.toggle("soft", on && phase === "search");
+    if (text) busyText.textContent = text;
+    wrap.classList.toggle("is-busy", on);
+    for (const input of fileInputs) if (input) { input.disabled = on; input.parentElement.classList.toggle("disabled", on); }
+    drawBtn.disabled = on;
+    const filterOff = on && phase !== "search";
+    typeInput.disabled = filterOff;
+    for (const b of chips.querySelectorAll("button")) b.disabled = filterOff;
+    for (const b of document.querySelectorAll(".example")) b.disabled = on;
+    for (const b of objectsEl.querySelectorAll("button")) b.disabled = on;
+    app.setAttribute("aria-busy", on ? "true" : "false");
+  }
 
-  function setStatus(text, isError) { statusEl.textContent = text; statusEl.className = isError ? "error" : ""; }
-
-  function draw() {
-    if (!image) return;
-    ctx.drawImage(image, 0, 0);
-    ctx.lineWidth = Math.max(2, image.naturalWidth / 300);
-    detections.forEach((d, i) => {
-      ctx.strokeStyle = selected === i ? "#ff3b30" : "#34c759";
-      ctx.strokeRect(d.box[0], d.box[1], d.box[2] - d.box[0], d.box[3] - d.box[1]);
-      ctx.fillStyle = ctx.strokeStyle;
-      ctx.font = `${Math.max(14, image.naturalWidth / 60)}px system-ui`;
-      ctx.fillText(`${d.label} ${(d.confidence * 100).toFixed(0)}%`, d.box[0] + 4, d.box[1] + Math.max(16, image.naturalWidth / 55));
+  // ---------- loading a photo ----------
+  async function decode(blob) {
+    if (window.createImageBitmap) {
+      try { return await createImageBitmap(blob, { imageOrientation: "from-image" }); } catch (e) { /* fall through */ }
+      try { return await createImageBitmap(blob); } catch (e) { /* fall through */ }
+    }
+    return new Promise((resolve, reject) => {  // an <img> applies EXIF orientation as well
+      const img = new Image();
+      img.onload = () => resolve(img);
+      img.onerror = () => reject(new Error("This file is not a photo your browser can open. Try a JPEG or PNG."));
+      img.src = URL.createObjectURL(blob);
     });
-    if (dragBox) {
-      ctx.strokeStyle = "#ff9500";
-      ctx.strokeRect(dragBox[0], dragBox[1], dragBox[2] - dragBox[0], dragBox[3] - dragBox[1]);
+  }
+
+  const sizeOf = (bmp) => [bmp.naturalWidth || bmp.width, bmp.naturalHeight || bmp.height];
+
+  // Phone cameras make 12-50 MP photos: send big ones re-encoded (upright, long side 2560 px).
+  async function forUpload(file, bitmap) {
+    const [w, h] = sizeOf(bitmap);
+    if (file.size <= MAX_UPLOAD_BYTES && w * h <= MAX_UPLOAD_PIXELS) return file;
+    const scale = Math.min(1, RESIZE_LONG_SIDE / Math.max(w, h));
+    const c = document.createElement("canvas");
+    c.width = Math.round(w * scale); c.height = Math.round(h * scale);
+    c.getContext("2d").drawImage(bitmap, 0, 0, c.width, c.height);
+    const blob = await new Promise((resolve) => c.toBlob(resolve, "image/jpeg", 0.9));
+    return blob || file;
+  }
+
+  async function loadPhoto(file) {
+    if (!file) return;
+    if (file.type && !file.type.startsWith("image/")) { setStatus("That is not a photo: choose an image file.", "error"); return; }
+    const token = ++state.token;
+    if (state.search) state.search.abort();
+    Object.assign(state, { boxes: [], selected: null, selectedLabel: "", hover: -1, drag: null, lastResults: [] });
+    objectsEl.replaceChildren();
+    drop.hidden = true; stage.hidden = false;
+    clearResults();
+    setBusy(true, "Opening your photo…");
+    setStatus("");
+    let bitmap;
+    try { bitmap = await decode(file); } catch (e) {
+      setBusy(false); drop.hidden = false; stage.hidden = true; showError(e.message); return;
+    }
+    if (token !== state.token) return;
+    state.bitmap = bitmap;
+    [state.width, state.height] = sizeOf(bitmap);
+    layout();
+    state.upload = await forUpload(file, bitmap);
+    setBusy(true, "Detecting objects…");
+    setStatus("Looking for furniture and decor in your photo…");
+    showSkeletons("Finding the objects in your photo…");
+    try {
+      const data = await post("/api/detect", {});
+      if (token !== state.token) return;
+      adoptSize(data.width, data.height);
+      state.boxes = pickBoxes(data.detections);
+      renderObjects();
+      setBusy(false);
+      layout();
+      if (!state.boxes.length) {
+        clearResults();
+        setStatus("We did not recognise an object here: drag a box around the product you want.", "hint");
+        setDrawMode(true);
+        return;
+      }
+      const n = state.boxes.length;
+      setStatus(`${n} object${n === 1 ? "" : "s"} found. Tap another one, or drag a box around anything.`);
+      const best = bestBox(state.boxes);
+      select(best.box, best.label);
+    } catch (e) {
+      if (token !== state.token) return;
+      setBusy(false);
+      if (e.name === "AbortError") return;
+      setStatus(e.message, "error");
+      showError(e.message);
     }
   }
 
-  function toImageXY(ev) {
-    const r = canvas.getBoundingClientRect();
-    return [(ev.clientX - r.left) * canvas.width / r.width, (ev.clientY - r.top) * canvas.height / r.height];
+  // The server's width x height are the truth (it applies EXIF orientation like the browser does).
+  function adoptSize(w, h) {
+    if (!w || !h) return;
+    if (w !== state.width || h !== state.height) {
+      const [bw, bh] = sizeOf(state.bitmap);
+      if (Math.abs(bw / bh - w / h) > 0.02) console.warn(`photo shown ${bw}x${bh}, server sees ${w}x${h}`);
+    }
+    state.width = w; state.height = h;
   }
 
-  async function postForm(url, extra) {
+  // Boxes worth showing: objects of classes the catalog sells (others only when there are none),
+  // confident ones first, without near-copies of a stronger box, at most MAX_BOXES.
+  function pickBoxes(dets) {
+    const sorted = [...dets].sort((a, b) => b.confidence - a.confidence);
+    const sells = catalogClasses.size ? sorted.filter((d) => catalogClasses.has(d.label)) : sorted;
+    const pool = [sells.filter((d) => d.confidence >= minConfidence), sells.slice(0, 3),
+                  sorted.filter((d) => d.confidence >= minConfidence), sorted.slice(0, 3)].find((p) => p.length) || [];
+    const kept = [];
+    for (const d of pool) {
+      if (kept.some((k) => iou(k.box, d.box) > 0.7 || (k.label === d.label && inside(d.box, k.box) > 0.8))) continue;
+      kept.push(d);
+      if (kept.length >= MAX_BOXES) break;
+    }
+    return kept;
+  }
+
+  function inside(a, b) {  // the share of box a that lies inside box b
+    const ix = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0]));
+    const iy = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
+    return (ix * iy) / (((a[2] - a[0]) * (a[3] - a[1])) || 1);
+  }
+
+  function iou(a, b) {
+    const ix = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0]));
+    const iy = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
+    const inter = ix * iy, area = (r) => (r[2] - r[0]) * (r[3] - r[1]);
+    return inter / (area(a) + area(b) - inter || 1);
+  }
+
+  // The object a shopper most likely means: confident and large.
+  function bestBox(boxes) {
+    const score = (d) => d.confidence * Math.sqrt((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]));
+    return boxes.reduce((a, b) => (score(b) > score(a) ? b : a));
+  }
+
+  // ---------- the photo canvas ----------
+  let view = { scale: 1, dpr: 1, cssW: 0, cssH: 0 };
+
+  function layout() {
+    if (!state.bitmap || stage.hidden) return;
+    const W = state.width, H = state.height;
+    const availW = wrap.clientWidth || stage.clientWidth;
+    const top = wrap.getBoundingClientRect().top + window.scrollY;
+    const desktop = window.matchMedia("(min-width: 900px)").matches;
+    const availH = desktop ? Math.max(260, window.innerHeight - top - 130) : Math.max(220, window.innerHeight * 0.5);
+    const scale = Math.min(availW / W, availH / H);
+    const cssW = Math.max(1, Math.floor(W * scale)), cssH = Math.max(1, Math.floor(H * scale));
+    const dpr = Math.min(window.devicePixelRatio || 1, 3);
+    canvas.style.width = cssW + "px";
+    canvas.style.height = cssH + "px";
+    canvas.width = Math.round(cssW * dpr);
+    canvas.height = Math.round(cssH * dpr);
+    view = { scale: canvas.width / W, dpr, cssW, cssH };
+    draw();
+  }
+
+  const COLORS = { box: "#3ddc97", hover: "#ffd166", selected: "#ff5a5f", drag: "#ffd166" };
+
+  function draw() {
+    if (!state.bitmap) return;
+    const s = view.scale, dpr = view.dpr;
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(state.bitmap, 0, 0, canvas.width, canvas.height);
+    const sel = state.drag ? state.drag.box : state.selected;
+    if (sel) {  // dim everything but the chosen region
+      const [x1, y1, x2, y2] = sel.map((v) => v * s);
+      ctx.fillStyle = "rgba(10, 14, 25, 0.45)";
+      ctx.beginPath();
+      ctx.rect(0, 0, canvas.width, canvas.height);
+      ctx.rect(x1, y1, x2 - x1, y2 - y1);
+      ctx.fill("evenodd");
+    }
+    const placed = [];
+    state.boxes.forEach((d, i) => {
+      const isSel = !state.drag && state.selected && sameBox(state.selected, d.box);
+      const color = isSel ? COLORS.selected : i === state.hover ? COLORS.hover : COLORS.box;
+      outline(d.box, color, isSel ? 3 : 2);
+    });
+    // Labels after all outlines, so no outline crosses a label.
+    state.boxes.forEach((d, i) => {
+      const isSel = !state.drag && state.selected && sameBox(state.selected, d.box);
+      label(d.box, pretty(d.label), isSel ? COLORS.selected : i === state.hover ? COLORS.hover : COLORS.box, placed);
+    });
+    if (state.drag) outline(state.drag.box, COLORS.drag, 2.5, true);
+    else if (state.selected && !state.boxes.some((d) => sameBox(d.box, state.selected))) {
+      outline(state.selected, COLORS.selected, 3);
+      label(state.selected, "Your box", COLORS.selected, placed);
+    }
+    // Where the labels are, in CSS pixels of the canvas (for tests and tools; not used here).
+    canvas.dataset.labels = JSON.stringify(placed.map((p) => ({ text: p.text, x: p.x / dpr, y: p.y / dpr, w: p.w / dpr, h: p.h / dpr })));
+    syncObjects();
+    function outline(box, color, width, dashed) {
+      const [x1, y1, x2, y2] = box.map((v) => v * s);
+      ctx.setLineDash(dashed ? [6 * dpr, 4 * dpr] : []);
+      ctx.lineJoin = "round";
+      ctx.strokeStyle = "rgba(0, 0, 0, 0.55)";  // a dark halo: visible on light and dark photos
+      ctx.lineWidth = (width + 2) * dpr;
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      ctx.strokeStyle = color;
+      ctx.lineWidth = width * dpr;
+      ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      ctx.setLineDash([]);
+    }
+  }
+
+  // A label chip: white text on a dark rounded pill with a coloured dot, always inside the canvas,
+  // placed above the box, else inside its top, else inside its bottom, avoiding earlier chips.
+  function label(box, text, color, placed) {
+    const s = view.scale, dpr = view.dpr;
+    const font = Math.round(Math.max(11, Math.min(14, view.cssW / 48)) * dpr);
+    ctx.font = `600 ${font}px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif`;
+    const padX = 6 * dpr, dot = 7 * dpr, h = Math.round(font * 1.65);
+    const w = Math.min(canvas.width, ctx.measureText(text).width + padX * 3 + dot);
+    const [x1, y1, x2, y2] = box.map((v) => v * s);
+    const x = Math.max(0, Math.min(x1, canvas.width - w));
+    const candidates = [y1 - h - 2 * dpr, y1 + 3 * dpr, y2 - h - 3 * dpr, y2 + 2 * dpr]
+      .map((y) => Math.max(0, Math.min(y, canvas.height - h)));
+    const overlaps = (y) => placed.some((p) => x < p.x + p.w && p.x < x + w && y < p.y + p.h && p.y < y + h);
+    const y = candidates.find((c) => !overlaps(c)) ?? candidates[0];
+    placed.push({ x, y, w, h, text });
+    ctx.fillStyle = "rgba(17, 20, 28, 0.86)";
+    roundRect(x, y, w, h, h / 2);
+    ctx.fill();
+    ctx.fillStyle = color;
+    ctx.beginPath();
+    ctx.arc(x + padX + dot / 2, y + h / 2, dot / 2, 0, Math.PI * 2);
+    ctx.fill();
+    ctx.fillStyle = "#fff";
+    ctx.textBaseline = "middle";
+    ctx.fillText(text, x + padX * 2 + dot, y + h / 2 + dpr * 0.5, w - padX * 3 - dot);
+  }
+
+  function roundRect(x, y, w, h, r) {
+    ctx.beginPath();
+    ctx.moveTo(x + r, y);
+    ctx.arcTo(x + w, y, x + w, y + h, r);
+    ctx.arcTo(x + w, y + h, x, y + h, r);
+    ctx.arcTo(x, y + h, x, y, r);
+    ctx.arcTo(x, y, x + w, y, r);
+    ctx.closePath();
+  }
+
+  const pretty = (label) => (label ? label[0].toUpperCase() + label.slice(1) : "Object");
+  const sameBox = (a, b) => a && b && a.every((v, i) => Math.abs(v - b[i]) < 0.5);
+
+  // ---------- picking and drawing boxes ----------
+  function toImage(ev) {
+    const r = canvas.getBoundingClientRect();
+    const x = ((ev.clientX - r.left) / r.width) * state.width;
+    const y = ((ev.clientY - r.top) / r.height) * state.height;
+    return [Math.max(0, Math.min(state.width, x)), Math.max(0, Math.min(state.height, y))];
+  }
+
+  function hitTest([x, y]) {  // the smallest box under the point: nested objects stay reachable
+    let best = -1, bestArea = Infinity;
+    state.boxes.forEach((d, i) => {
+      const [x1, y1, x2, y2] = d.box;
+      const area = (x2 - x1) * (y2 - y1);
+      if (x >= x1 && x <= x2 && y >= y1 && y <= y2 && area < bestArea) { best = i; bestArea = area; }
+    });
+    return best;
+  }
+
+  canvas.addEventListener("pointerdown", (ev) => {
+    if (state.busy || !state.bitmap || ev.button > 0) return;
+    const canDraw = ev.pointerType === "mouse" || state.drawMode;
+    state.drag = { start: toImage(ev), box: null, canDraw, id: ev.pointerId };
+    if (canDraw) { canvas.setPointerCapture(ev.pointerId); ev.preventDefault(); }
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    if (!state.bitmap) return;
+    const p = toImage(ev);
+    if (state.drag && state.drag.canDraw) {
+      const [sx, sy] = state.drag.start;
+      const box = [Math.min(sx, p[0]), Math.min(sy, p[1]), Math.max(sx, p[0]), Math.max(sy, p[1])];
+      const minSide = 6 / (view.scale / view.dpr);  // 6 CSS pixels
+      if (state.drag.box || (box[2] - box[0] > minSide && box[3] - box[1] > minSide)) { state.drag.box = box; draw(); }
+      return;
+    }
+    if (ev.pointerType === "mouse" && !state.busy) {
+      const hit = hitTest(p);
+      if (hit !== state.hover) { state.hover = hit; canvas.classList.toggle("over-box", hit >= 0); draw(); }
+    }
+  });
+  const endDrag = (ev) => {
+    const drag = state.drag;
+    state.drag = null;
+    if (!drag || state.busy) return;
+    if (drag.box) {
+      const box = drag.box.map(Math.round);
+      const minSide = 12 / (view.scale / view.dpr);
+      if (box[2] - box[0] >= minSide && box[3] - box[1] >= minSide) { select(box, ""); setDrawMode(false); return; }
+      draw();
+      setStatus("That box is too small: drag across the whole object.", "hint");
+      return;
+    }
+    if (ev.type === "pointercancel") { draw(); return; }
+    const hit = hitTest(toImage(ev));
+    if (hit >= 0) select(state.boxes[hit].box, state.boxes[hit].label);
+    else draw();
+  };
+  canvas.addEventListener("pointerup", endDrag);
+  canvas.addEventListener("pointercancel", endDrag);
+  canvas.addEventListener("pointerleave", () => { if (state.hover !== -1 && !state.drag) { state.hover = -1; draw(); } });
+
+  // The objects found, also as buttons under the photo: reachable by keyboard and easy to tap.
+  function renderObjects() {
+    objectsEl.replaceChildren();
+    const count = {}, seen = {};
+    for (const d of state.boxes) count[d.label] = (count[d.label] || 0) + 1;
+    state.boxes.forEach((d, i) => {
+      seen[d.label] = (seen[d.label] || 0) + 1;
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "object-chip"; b.dataset.index = String(i);
+      b.textContent = pretty(d.label) + (count[d.label] > 1 ? ` ${seen[d.label]}` : "");
+      b.addEventListener("click", () => { if (!state.busy) select(d.box, d.label); });
+      b.addEventListener("mouseenter", () => { state.hover = i; draw(); });
+      b.addEventListener("mouseleave", () => { state.hover = -1; draw(); });
+      li.append(b);
+      objectsEl.append(li);
+    });
+  }
+
+  function syncObjects() {
+    for (const b of objectsEl.querySelectorAll(".object-chip")) {
+      const d = state.boxes[Number(b.dataset.index)];
+      b.setAttribute("aria-pressed", d && sameBox(d.box, state.selected || []) ? "true" : "false");
+      b.disabled = state.busy;
+    }
+  }
+
+  function setDrawMode(on) {
+    state.drawMode = on;
+    drawBtn.setAttribute("aria-pressed", on ? "true" : "false");
+    drawBtn.textContent = on ? "Drawing: drag on the photo" : "Draw a box";
+    canvas.classList.toggle("draw-mode", on);
+  }
+  drawBtn.addEventListener("click", () => setDrawMode(!state.drawMode));
+
+  function select(box, labelText) {
+    state.selected = box.map((v) => Math.round(v));
+    state.selectedLabel = labelText;
+    draw();
+    search();
+  }
+
+  // ---------- search ----------
+  async function post(url, fields, signal) {
     const form = new FormData();
-    form.append("image", file);
-    for (const [k, v] of Object.entries(extra || {})) form.append(k, v);
-    const res = await fetch(url, { method: "POST", body: form });
-    const data = await res.json();
-    if (!res.ok) throw new Error(data.error || res.statusText);
+    form.append("image", state.upload, state.upload.name || "photo.jpg");
+    for (const [k, v] of Object.entries(fields)) form.append(k, v);
+    let res;
+    try { res = await fetch(url, { method: "POST", body: form, signal }); } catch (e) {
+      if (e.name === "AbortError") throw e;
+      throw new Error("Could not reach Showroom: check your connection and try again.");
+    }
+    let data = null;
+    try { data = await res.json(); } catch (e) { /* not JSON */ }
+    if (!res.ok) {
+      const why = (data && data.error) || res.statusText || `error ${res.status}`;
+      const lead = { 413: "This photo is too large. ", 422: "", 429: "Too many searches at once. " }[res.status] || "";
+      throw new Error(lead + why[0].toUpperCase() + why.slice(1));
+    }
     return data;
   }
 
-  async function load(f) {
-    file = f; selected = null; dragBox = null; results.innerHTML = "";
-    image = new Image();
-    image.onload = async () => {
-      canvas.width = image.naturalWidth; canvas.height = image.naturalHeight;
-      stage.hidden = false; draw();
-      setStatus("Finding products…");
-      try {
-        const data = await postForm("/api/detect");
-        detections = data.detections;
-        draw();
-        setStatus(detections.length ? `${detections.length} objects found (${data.timings_ms.detect} ms). Click one.` :
-          "No objects detected: drag a box around the product.");
-      } catch (e) { setStatus(e.message, true); }
-    };
-    image.onerror = () => setStatus("That file is not an image this browser can show.", true);
-    image.src = URL.createObjectURL(f);
-  }
-
-  async function search(box) {
-    setStatus("Searching…");
-    const extra = { box: box.map(Math.round).join(","), k: "12" };
-    const types = Array.from(typesEl.selectedOptions).map((o) => o.value);
-    if (types.length) extra.types = types.join("|");
+  async function search() {
+    if (!state.selected || !state.upload) return;
+    if (state.search) state.search.abort();
+    const controller = new AbortController();
+    state.search = controller;
+    const token = state.token;
+    showSkeletons();
+    setBusy(true, "Searching the catalog…", "search");
+    setStatus(`Searching for products like ${state.selectedLabel ? "the " + state.selectedLabel : "your box"}…`);
+    const fields = { box: state.selected.join(","), k: String(K), detect: "0" };
+    if (state.types.length) fields.types = state.types.join("|");
     try {
-      const data = await postForm("/api/search", extra);
-      results.innerHTML = "";
-      for (const r of data.results) {
-        const a = document.createElement("a");
-        a.className = "card result"; a.href = r.product_url;
-        a.innerHTML = `<img alt=""><div class="name"></div><div class="meta"></div>`;
-        a.querySelector("img").src = r.image_url;
-        a.querySelector(".name").textContent = r.name;
-        a.querySelector(".meta").textContent = `${r.type} · d=${r.distance.toFixed(3)}`;
-        results.append(a);
-      }
-      const t = data.timings_ms;
-      setStatus(`${data.results.length} matches (embed ${t.embed} ms, search ${t.search} ms).`);
-    } catch (e) { setStatus(e.message, true); }
+      const data = await post("/api/search", fields, controller.signal);
+      if (token !== state.token || controller !== state.search) return;
+      showResults(data);
+      const what = state.selectedLabel ? `the ${state.selectedLabel}` : "your box";
+      setStatus(`Showing products like ${what}. Tap another object, or drag a box around anything.`);
+    } catch (e) {
+      if (e.name === "AbortError") return;
+      showError(e.message);
+      setStatus(e.message, "error");
+    } finally {
+      if (controller === state.search) { state.search = null; setBusy(false); }
+    }
   }
 
-  canvas.addEventListener("mousedown", (ev) => { dragStart = toImageXY(ev); dragBox = null; });
-  canvas.addEventListener("mousemove", (ev) => {
-    if (!dragStart) return;
-    const [x, y] = toImageXY(ev);
-    dragBox = [Math.min(dragStart[0], x), Math.min(dragStart[1], y), Math.max(dragStart[0], x), Math.max(dragStart[1], y)];
-    draw();
-  });
-  canvas.addEventListener("mouseup", (ev) => {
-    const [x, y] = toImageXY(ev);
-    const start = dragStart; dragStart = null;
-    if (dragBox && dragBox[2] - dragBox[0] > 8 && dragBox[3] - dragBox[1] > 8) {
-      selected = null; draw(); search(dragBox.map((v, i) => Math.max(0, Math.min(v, i % 2 ? canvas.height : canvas.width))));
+  function clearResults() {
+    results.replaceChildren();
+    results.classList.remove("is-loading");
+    results.removeAttribute("aria-busy");
+    resultsTitle.textContent = "Matching products";
+    resultsMeta.textContent = "";
+  }
+
+  function showSkeletons(title) {
+    results.replaceChildren();
+    results.classList.add("is-loading");
+    results.setAttribute("aria-busy", "true");
+    resultsTitle.textContent = title || "Searching…";
+    resultsMeta.textContent = "";
+    for (let i = 0; i < 6; i++) {
+      const sk = document.createElement("div");
+      sk.className = "card skeleton";
+      sk.innerHTML = '<div class="thumb"></div><div class="line"></div><div class="line short"></div>';
+      results.append(sk);
+    }
+  }
+
+  function showError(message) {
+    results.replaceChildren();
+    results.classList.remove("is-loading");
+    results.removeAttribute("aria-busy");
+    resultsTitle.textContent = "Something went wrong";
+    const p = document.createElement("p");
+    p.className = "notice error";
+    p.textContent = message;
+    results.append(p);
+  }
+
+  const tidy = (text) => String(text).replace(/,(?=\S)/g, ", ");  // "Black-brown,beige" -> "Black-brown, beige"
+  const percent = (s) => `${Math.round(Math.max(0, Math.min(1, s)) * 100)}%`;
+
+  function showResults(data) {
+    state.lastResults = data.results;
+    results.replaceChildren();
+    results.classList.remove("is-loading");
+    results.removeAttribute("aria-busy");
+    const n = data.results.length;
+    const what = (state.selectedLabel || "").toLowerCase();
+    resultsTitle.textContent = !n ? "No matches" : state.selectedLabel ? `Products like this ${what}` : "Products like your box";
+    const t = data.timings_ms || {};
+    resultsMeta.textContent = n ? `${n} closest, best first${state.types.length ? ` · ${state.types.join(", ")}` : ""}` +
+      (t.total ? ` · ${Math.round(t.total)} ms` : "") : "";
+    if (!n) {
+      const p = document.createElement("p");
+      p.className = "notice";
+      p.textContent = state.types.length ? "Nothing of the chosen types matches: remove a type filter." : "No products matched.";
+      results.append(p);
       return;
     }
-    dragBox = null;
-    const hit = detections.findIndex((d) => x >= d.box[0] && x <= d.box[2] && y >= d.box[1] && y <= d.box[3]);
-    if (hit >= 0 && start) { selected = hit; draw(); search(detections[hit].box); }
+    for (const r of data.results) results.append(card(r));
+    if (!window.matchMedia("(min-width: 900px)").matches) {  // phone: bring the results into view
+      const head = resultsTitle.getBoundingClientRect();
+      if (head.top > window.innerHeight - 60) resultsTitle.scrollIntoView({ behavior: "smooth", block: "start" });
+    }
+  }
+
+  function card(r) {
+    const a = document.createElement("a");
+    a.className = "card result";
+    a.href = r.product_url;
+    const figure = document.createElement("div");
+    figure.className = "thumb";
+    const img = document.createElement("img");
+    img.alt = r.name; img.loading = "lazy"; img.src = r.image_url;
+    img.addEventListener("error", () => figure.classList.add("missing"), { once: true });
+    const match = document.createElement("span");
+    match.className = "match " + (r.similarity >= 0.7 ? "high" : r.similarity >= 0.5 ? "mid" : "low");
+    match.textContent = `${percent(r.similarity)} match`;
+    figure.append(img, match);
+    const body = document.createElement("div");
+    body.className = "card-body";
+    const name = document.createElement("div");
+    name.className = "name"; name.textContent = tidy(r.name);
+    const type = document.createElement("div");
+    type.className = "type"; type.textContent = r.type;
+    body.append(name, type);
+    const d = r.details || {};
+    const facts = [d.color || d.colour, d.size].filter(Boolean).map(tidy).join(" · ");
+    if (facts) {
+      const f = document.createElement("div");
+      f.className = "facts";
+      const color = String(d.color || d.colour || "");
+      if (/^#[0-9a-f]{3}([0-9a-f]{3})?$/i.test(color)) {  // a colour given as a hex code: show it
+        const sw = document.createElement("span");
+        sw.className = "swatch"; sw.style.backgroundColor = color;
+        f.append(sw);
+      }
+      f.append(document.createTextNode(facts));
+      body.append(f);
+    }
+    if (d.price) { const p = document.createElement("div"); p.className = "price"; p.textContent = d.price; body.append(p); }
+    if (r.same_image_as && r.same_image_as.length) {
+      const s = document.createElement("div");
+      s.className = "same";
+      const m = r.same_image_as.length;
+      s.textContent = `Same photo as ${m} other product${m === 1 ? "" : "s"}`;
+      body.append(s);
+    }
+    a.append(figure, body);
+    return a;
+  }
+
+  // ---------- the type filter: a searchable list of the catalog's types + chips ----------
+  let active = -1, shown = [];
+
+  function matches(query) {
+    const q = query.trim().toLowerCase();
+    const chosen = new Set(state.types);
+    if (!q) {  // nothing typed: the types of the current results first, then the rest
+      const inResults = [...new Set(state.lastResults.map((r) => r.type))].filter((t) => !chosen.has(t));
+      const rest = allTypes.filter((t) => !chosen.has(t) && !inResults.includes(t));
+      return inResults.concat(rest).slice(0, 60);
+    }
+    const starts = [], words = [], contains = [];
+    for (const t of allTypes) {
+      if (chosen.has(t)) continue;
+      const l = t.toLowerCase();
+      if (l.startsWith(q)) starts.push(t);
+      else if (l.split(/[\s,/-]+/).some((w) => w.startsWith(q))) words.push(t);
+      else if (l.includes(q)) contains.push(t);
+    }
+    return starts.concat(words, contains).slice(0, 60);
+  }
+
+  function openList() {
+    shown = matches(typeInput.value);
+    typeList.replaceChildren();
+    if (!shown.length) {
+      const li = document.createElement("li");
+      li.className = "combo-empty";
+      li.textContent = "No type matches";
+      typeList.append(li);
+    }
+    const inResults = new Set(state.lastResults.map((r) => r.type));
+    shown.forEach((t, i) => {
+      const li = document.createElement("li");
+      li.id = `type-opt-${i}`;
+      li.setAttribute("role", "option");
+      li.className = "combo-option" + (i === active ? " active" : "");
+      li.textContent = t;
+      if (!typeInput.value.trim() && inResults.has(t)) li.classList.add("in-results");
+      li.addEventListener("mousedown", (ev) => { ev.preventDefault(); addType(t); });
+      typeList.append(li);
+    });
+    typeList.hidden = false;
+    typeInput.setAttribute("aria-expanded", "true");
+    typeInput.setAttribute("aria-activedescendant", active >= 0 ? `type-opt-${active}` : "");
+  }
+
+  function closeList() {
+    typeList.hidden = true; active = -1;
+    typeInput.setAttribute("aria-expanded", "false");
+    typeInput.removeAttribute("aria-activedescendant");
+  }
+
+  function addType(t) {
+    if (!allTypes.includes(t) || state.types.includes(t)) return;
+    state.types.push(t);
+    typeInput.value = "";
+    closeList();
+    renderChips();
+    search();
+  }
+
+  function removeType(t) {
+    state.types = state.types.filter((x) => x !== t);
+    renderChips();
+    search();
+  }
+
+  function renderChips() {
+    chips.replaceChildren();
+    for (const t of state.types) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "chip"; b.title = `Remove ${t}`;
+      b.setAttribute("aria-label", `Remove type ${t}`);
+      b.append(document.createTextNode(t));
+      const x = document.createElement("span"); x.className = "chip-x"; x.setAttribute("aria-hidden", "true"); x.textContent = "×";
+      b.append(x);
+      b.addEventListener("click", () => removeType(t));
+      li.append(b);
+      chips.append(li);
+    }
+    if (state.types.length > 1) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "chip clear"; b.textContent = "Clear all";
+      b.addEventListener("click", () => { state.types = []; renderChips(); search(); });
+      li.append(b); chips.append(li);
+    }
+    typeInput.placeholder = state.types.length ? "Add another type…" : `Any type — search ${allTypes.length}`;
+  }
+
+  typeInput.addEventListener("focus", () => { active = -1; openList(); });
+  typeInput.addEventListener("input", () => { active = typeInput.value.trim() && matches(typeInput.value).length ? 0 : -1; openList(); });
+  typeInput.addEventListener("blur", closeList);
+  typeInput.addEventListener("keydown", (ev) => {
+    if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+      ev.preventDefault();
+      if (typeList.hidden) openList();
+      const n = shown.length;
+      if (!n) return;
+      active = ev.key === "ArrowDown" ? (active + 1) % n : (active - 1 + n) % n;
+      openList();
+      const el = $(`type-opt-${active}`);
+      if (el) el.scrollIntoView({ block: "nearest" });
+    } else if (ev.key === "Enter") {
+      ev.preventDefault();
+      const exact = allTypes.find((t) => t.toLowerCase() === typeInput.value.trim().toLowerCase());
+      const pick = active >= 0 ? shown[active] : exact || shown[0];
+      if (pick) addType(pick);
+    } else if (ev.key === "Escape") {
+      closeList();
+    } else if (ev.key === "Backspace" && !typeInput.value && state.types.length) {
+      removeType(state.types[state.types.length - 1]);
+    }
   });
 
-  fileInput.addEventListener("change", () => fileInput.files[0] && load(fileInput.files[0]));
-  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (ev) => {
-    ev.preventDefault(); drop.classList.remove("over");
-    if (ev.dataTransfer.files[0]) load(ev.dataTransfer.files[0]);
+  // ---------- getting a photo in ----------
+  for (const input of fileInputs) {
+    if (!input) continue;
+    input.addEventListener("change", () => { const f = input.files[0]; input.value = ""; loadPhoto(f); });
+  }
+  for (const target of [drop, stage]) {
+    target.addEventListener("dragover", (ev) => { ev.preventDefault(); target.classList.add("over"); });
+    target.addEventListener("dragleave", () => target.classList.remove("over"));
+    target.addEventListener("drop", (ev) => {
+      ev.preventDefault(); target.classList.remove("over");
+      if (!state.busy && ev.dataTransfer.files[0]) loadPhoto(ev.dataTransfer.files[0]);
+    });
+  }
+  drop.addEventListener("keydown", (ev) => {
+    if ((ev.key === "Enter" || ev.key === " ") && ev.target === drop) { ev.preventDefault(); $("file").click(); }
   });
+  document.addEventListener("paste", (ev) => {
+    if (state.busy || ev.target === typeInput) return;
+    const item = [...(ev.clipboardData ? ev.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
+    if (item) loadPhoto(item);
+  });
+  for (const b of document.querySelectorAll(".example")) {
+    b.addEventListener("click", async () => {
+      if (state.busy) return;
+      try {
+        const res = await fetch(b.dataset.url);
+        if (!res.ok) throw new Error("That example photo is not available right now.");
+        const blob = await res.blob();
+        loadPhoto(new File([blob], b.dataset.name || "room.jpg", { type: blob.type || "image/jpeg" }));
+      } catch (e) { showError(e.message); }
+    });
+  }
+
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(layout, 80); });
+  renderChips();
 })();
