@@ -8,17 +8,12 @@ exactly as training did. The file's sha256 is the model fingerprint that ties in
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import os
 import zipfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import keras
 import numpy as np
@@ -31,8 +26,6 @@ logger = logging.getLogger(__name__)
 
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> float32 (N, D)
 PREPROCESSING_MEMBER = "showroom.json"
-T = TypeVar("T")
-_END = object()
 
 
 class ModelError(ValueError):
@@ -42,21 +35,6 @@ class ModelError(ValueError):
 def input_size(model: keras.Model) -> int:
     """Square side S the model expects (its input is ``(B, S, S, 3)``)."""
     return int(model.input_shape[1])
-
-
-def decode_ahead(load: Callable[[T], np.ndarray], items: Iterable[T], *, workers: int | None = None, ahead: int = 128) -> Iterator[np.ndarray]:
-    """``load(item)`` for every item, in order, computed by a thread pool up to ``ahead`` items in
-    advance (OpenCV decoding and resizing release the GIL), so decoding overlaps the model's work
-    instead of alternating with it. At most ``ahead`` results are held at once."""
-    it = iter(items)
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        pending = deque(pool.submit(load, item) for item in itertools.islice(it, ahead))
-        while pending:
-            result = pending.popleft().result()
-            nxt = next(it, _END)
-            if nxt is not _END:
-                pending.append(pool.submit(load, nxt))
-            yield result
 
 
 def embed_batches(embed: Embed, images: Iterable[np.ndarray], dim: int, batch_size: int = 64) -> np.ndarray:

@@ -6,7 +6,8 @@ Configuration (``test_config`` or environment):
   (``python -m evaluation.promote``); resolved again on every reload.
 - ``SHOWROOM_CATALOG_ROOT``: where the catalog's images are on this machine (default: where they
   were when the index was built); indexes store image paths relative to it.
-- ``SHOWROOM_DETECTOR_WEIGHTS``: YOLO weights for detecting products in uploads (none: no detection).
+- ``SHOWROOM_DETECTOR_WEIGHTS``: YOLO weights for detecting products in uploads (none: no detection);
+  a ``.tflite`` export runs directly on LiteRT (``detectors.open``), others through Ultralytics.
 - ``SHOWROOM_MAX_UPLOAD``: upload limit in bytes (default 10 MB).
 - ``SHOWROOM_MAX_PIXELS`` (default 40,000,000), ``SHOWROOM_MIN_SIDE`` (32), ``SHOWROOM_MAX_ASPECT``
   (10): what an uploaded image's header may declare; checked before any pixel is decoded.
@@ -31,7 +32,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from detectors.category_map import load_category_map
-from detectors.yolo import YoloDetector
+from detectors.open import open_detector
 from engine.config import ImageLimits, Preprocessing
 from engine.generations import resolve_serving_folder
 from engine.runtime import configure_runtime, setup_logging
@@ -94,8 +95,9 @@ def _start_state(app: Flask) -> ServingState:
     detector = app.config["SHOWROOM_DETECTOR"]
     if detector is None and app.config["SHOWROOM_DETECTOR_WEIGHTS"]:
         # low enough for any model's fill-in threshold; each model filters by its own preprocessing
-        detector = YoloDetector(app.config["SHOWROOM_DETECTOR_WEIGHTS"], conf=Preprocessing().detector_confidence)
-        detector.class_names  # load now, not on the first request
+        # a .tflite runs directly on LiteRT (no torch in the server); SHOWROOM_DETECTOR_RUNTIME=ultralytics to force the other
+        detector = open_detector(app.config["SHOWROOM_DETECTOR_WEIGHTS"], conf=Preprocessing().detector_confidence)
+        _ = detector.class_names  # load now, not on the first request
     classes = frozenset(load_category_map().classes)
 
     def resolve() -> Path:
