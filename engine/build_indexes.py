@@ -1,15 +1,23 @@
-"""Build the two search indexes of a catalog with a trained embedder: products and scene crops."""
+"""Build the two search indexes of a catalog with a trained embedder: products and scene crops.
+
+With a ``TuningConfig`` each index is tuned to its recall target (``engine.ann_tuning``): the
+products index on the scene crops' embeddings (the real queries: a crop searched for its product),
+the scenes index on a sample of its own vectors.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from engine.ann import ScannParams
-from engine.catalog import Catalog
+from engine.ann_tuning import TuningConfig
+from engine.catalog import Catalog, ProductImage
 from engine.embed import Embedder
 from engine.files import atomic_file
 from engine.images import load_image, query_crop, to_square
@@ -21,19 +29,29 @@ logger = logging.getLogger(__name__)
 PRODUCTS, SCENES = "products", "scenes"
 
 
-def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = ScannParams()) -> CatalogIndex:
-    """One item per product image of ``products.csv``."""
+def product_images(products: Sequence[ProductImage], size: int) -> Iterator[np.ndarray]:
+    """The product photos as the model sees them, ``uint8 (size, size, 3)`` each, in order, decoded one
+    at a time. (Decoding ahead on a thread pool measured no faster on 2 cores, where the model already
+    uses both: ``python -m benchmarks.pipeline``.)"""
+    return (to_square(load_image(p.image), size) for p in products)
+
+
+def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = ScannParams(), tuning: TuningConfig | None = None,
+                  queries: np.ndarray | None = None) -> CatalogIndex:
+    """One item per product image of ``products.csv``; tuned on ``queries`` (float32 (Q, D)) when given."""
     size = embedder.size
     items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, _relative(p.image, catalog.root), details=p.details)
              for i, p in enumerate(catalog.products)]
-    vectors = embedder(to_square(load_image(p.image), size) for p in catalog.products)
-    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root))
+    vectors = embedder(product_images(catalog.products, size))
+    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning, queries,
+                              "scene-crop embeddings")
 
 
-def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
-                classes: Collection[str] | None = None) -> CatalogIndex:
-    """One item per proposed crop of each scene (``engine.proposals``: pairs.csv boxes, confident
-    detections, missing ``classes`` filled in, else the whole scene); unreadable scenes are skipped."""
+def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,
+               classes: Collection[str] | None = None) -> tuple[np.ndarray, list[Item]]:
+    """The embeddings float32 (N, D) and items of every proposed crop of each scene (``engine.proposals``:
+    pairs.csv boxes, confident detections, missing ``classes`` filled in, else the whole scene);
+    unreadable scenes are skipped."""
     prep = embedder.preprocessing
     items, crops = [], []
     for proposal in catalog_proposals(catalog, detect, prep, classes):
@@ -45,7 +63,14 @@ def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, par
             items.append(Item(f"{scene.scene}#{j}", "", scene.scene, c.label, _relative(scene.image, catalog.root), scene.scene, c.box,
                               label, room_type=scene.room_type))
             crops.append(query_crop(proposal.image, c.box, prep.image_size, prep.crop_padding))
-    return CatalogIndex.build(embedder(iter(crops)), items, embedder.fingerprint, params, asdict(prep), str(catalog.root))
+    return embedder(iter(crops)), items
+
+
+def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
+                classes: Collection[str] | None = None, tuning: TuningConfig | None = None) -> CatalogIndex:
+    """One item per proposed crop of each scene (see ``scene_rows``)."""
+    vectors, items = scene_rows(catalog, embedder, detect, classes)
+    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning)
 
 
 def _relative(image: Path, root: Path) -> str:
@@ -55,25 +80,37 @@ def _relative(image: Path, root: Path) -> str:
 
 
 def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,
-                          params: ScannParams = ScannParams(), classes: Collection[str] | None = None) -> dict[str, CatalogIndex]:
-    """Build and save ``out/products`` and ``out/scenes``; ``embedder`` must be saved (it has a fingerprint)."""
+                          params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
+                          tuning: TuningConfig | None = None) -> dict[str, CatalogIndex]:
+    """Build and save ``out/products`` and ``out/scenes``; ``embedder`` must be saved (it has a fingerprint).
+
+    With ``tuning``, the scene crops are embedded first and serve as the products index's tuning
+    queries; the scenes index is tuned on a sample of its own vectors."""
     if not embedder.fingerprint:
         raise ValueError("indexes need a saved embedder (its fingerprint ties them to it); load it with Embedder.load")
-    built = {PRODUCTS: product_index(catalog, embedder, params)}
+    scenes = None
     if catalog.scenes:
-        built[SCENES] = scene_index(catalog, embedder, detect, params, classes)
+        vectors, items = scene_rows(catalog, embedder, detect, classes)
+        scenes = CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning)
+    queries = scenes.vectors if scenes is not None and len(scenes) else None
+    built = {PRODUCTS: product_index(catalog, embedder, params, tuning, queries)}
+    if scenes is not None:
+        built[SCENES] = scenes
     for name, index in built.items():
         index.save(Path(out) / name)
-        logger.info("%s index: %d items (%s) -> %s", name, len(index), index.index.kind, Path(out) / name)
+        t = index.tuning
+        logger.info("%s index: %d items (%s%s) -> %s", name, len(index), index.index.kind,
+                    f": {t['reason']}" if t else "", Path(out) / name)
     return built
 
 
 def build_serving_folder(model_path: Path, catalog: Catalog, out: Path, detect: Detect | None = None,
-                         params: ScannParams = ScannParams(), classes: Collection[str] | None = None) -> dict[str, CatalogIndex]:
+                         params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
+                         tuning: TuningConfig | None = TuningConfig()) -> dict[str, CatalogIndex]:
     """Everything the search service needs in ``out``: ``model.keras`` (a copy of ``model_path``)
     and the ``products`` and ``scenes`` indexes built with it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "model.keras") as tmp:
         shutil.copyfile(model_path, tmp)
-    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes)
+    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes, tuning)

@@ -3,8 +3,10 @@
 Folder layout (written to a temporary folder, then renamed into place)::
 
     manifest.json   model fingerprint, embedding dim, distance, item count, item ids, kind and
-                    settings of the index, the preprocessing the crops were cut with, creation
-                    time, sha256 of every other file
+                    settings of the index, how they were tuned (``tuning``: engine chosen and why,
+                    recall@k measured against exact search, single-thread queries per second),
+                    the preprocessing the crops were cut with, creation time, sha256 of every
+                    other file
     vectors.npy     float32 (N, D) embeddings
     items.json      one metadata record per vector (product id, name, type, image, scene, box)
     index/          the ANN engine's own files (ScaNN), empty for brute force
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.ann import BruteForceIndex, ScannParams, SearchIndex, build_index, load_index
+from engine.ann_tuning import TuningConfig, tune_index
 from engine.files import atomic_folder, file_sha256
 
 FORMAT = "showroom.index"
@@ -61,7 +64,7 @@ class CatalogIndex:
     """Vectors + metadata. ``search`` can restrict results to chosen types."""
 
     def __init__(self, vectors: np.ndarray, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
-                 preprocessing: dict | None = None, catalog_root: str = "") -> None:
+                 preprocessing: dict | None = None, catalog_root: str = "", tuning: dict | None = None) -> None:
         if len(vectors) != len(items):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         self.vectors = np.asarray(vectors, np.float32)
@@ -71,6 +74,7 @@ class CatalogIndex:
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.preprocessing = dict(preprocessing or {})  # how the indexed crops were cut (engine.config.Preprocessing)
         self.catalog_root = catalog_root  # where items' relative image paths were, when it was built
+        self.tuning = tuning  # engine.ann_tuning.Tuning as a dict (None: settings given, not tuned)
         self._types = np.array([it.type for it in items])
         self._by_product: dict[str, list[int]] = {}
         self._row: dict[str, int] = {}
@@ -124,8 +128,14 @@ class CatalogIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams(),
-              preprocessing: dict | None = None, catalog_root: str = "") -> CatalogIndex:
-        return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root)
+              preprocessing: dict | None = None, catalog_root: str = "", tuning: TuningConfig | None = None,
+              queries: np.ndarray | None = None, queries_label: str = "given query vectors") -> CatalogIndex:
+        """Index ``vectors``: tuned to ``tuning.target_recall`` on ``queries`` (float32 (Q, D); ``None``:
+        a sample of the vectors) when ``tuning`` is given, else with ``params`` as they are."""
+        if tuning is None:
+            return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root)
+        index, result = tune_index(vectors, queries, tuning, params, queries_label=queries_label)
+        return cls(vectors, items, index, model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root, tuning=asdict(result))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -172,7 +182,7 @@ class CatalogIndex:
                 "format": FORMAT, "version": VERSION, "created": self.created,
                 "model_fingerprint": self.model_fingerprint, "dim": int(self.vectors.shape[1]) if len(self.vectors) else 0,
                 "distance": "euclidean", "count": len(self.items), "item_ids": [it.item_id for it in self.items],
-                "index_kind": self.index.kind, "index_params": self.index.describe(), "preprocessing": self.preprocessing,
+                "index_kind": self.index.kind, "index_params": self.index.describe(), "tuning": self.tuning, "preprocessing": self.preprocessing,
                 "catalog_root": self.catalog_root,
                 "checksums": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
             }
@@ -212,4 +222,4 @@ class CatalogIndex:
             raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
         index = load_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"])
         return cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
-                   manifest.get("catalog_root", ""))
+                   manifest.get("catalog_root", ""), manifest.get("tuning"))

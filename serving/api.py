@@ -235,6 +235,12 @@ def healthz_api():
     return healthz()
 
 
+def _tuning_summary(index) -> dict | None:
+    """How an index was tuned (engine.ann_tuning): engine chosen and why, measured recall@k and q/s."""
+    t = index.tuning
+    return None if t is None else {k: v for k, v in t.items() if k != "trees"}
+
+
 def healthz():
     loaded = request_loaded()
     e = loaded.engine
@@ -243,5 +249,6 @@ def healthz():
                    catalog_root=root, catalog_images_found=bool(len(e.products)) and e.products.image_path(e.products.items[0], root).is_file(),
                    products=len(e.products), scene_crops=len(e.scenes) if e.scenes is not None else 0,
                    index_kind=e.products.index.kind, detector=e.detector.fingerprint if e.detector is not None else None,
+                   index_tuning={name: _tuning_summary(ix) for name, ix in (("products", e.products), ("scenes", e.scenes)) if ix is not None},
                    preprocessing=asdict(e.embedder.preprocessing),
                    source=loaded.source)

@@ -29,6 +29,7 @@ import tensorflow as tf
 from detectors.cache import DetectionCache
 from detectors.category_map import load_category_map
 from detectors.yolo import WEIGHTS_ENV, YoloDetector, default_weights
+from engine.ann_tuning import TuningConfig
 from engine.build_indexes import build_serving_folder
 from engine.catalog import Catalog, CatalogError, load_catalog
 from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, Preprocessing, TrainConfig, flatten, from_dict
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="RUN_ID", help="continue a killed run from its last checkpoint ('last' = most recent); other flags are taken from the run")
     g.add_argument("--out", type=Path, default=None, help="also copy the final embedder .keras here")
     g.add_argument("--no-index", action="store_true", help="do not build the search indexes (products, scene crops) at the end")
+    g.add_argument("--target-recall", type=float, default=0.95, help="recall@10 against exact search the built indexes are tuned to (0 = untuned defaults)")
     g.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -417,7 +419,8 @@ def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog,
     if weights and any(p.box is None for p in catalog.pairs):
         detector = YoloDetector(weights, conf=load_preprocessing(model_path).detector_confidence)
         detect = DetectionCache(detector, home / "cache" / "detections").detect
-    build_serving_folder(model_path, catalog, out, detect, classes=load_category_map().classes)
+    build_serving_folder(model_path, catalog, out, detect, classes=load_category_map().classes,
+                         tuning=TuningConfig(target_recall=args.target_recall) if args.target_recall > 0 else None)
     return out
 
 

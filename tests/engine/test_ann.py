@@ -54,3 +54,40 @@ def test_build_index_uses_brute_force_for_small_catalogs():
     assert isinstance(build_index(db, ScannParams(brute_force_below=100)), ScannIndex)
     p = ScannIndex.derive(1_000_000, ScannParams())
     assert p.leaves == 1000 and p.leaves_to_search == 100 and p.reorder == 250
+
+
+def test_scann_on_unit_vectors_scores_dot_products_but_returns_euclidean_distances(tmp_path):
+    from engine.ann import ScannIndex, ScannParams, load_index
+
+    db, q = clustered(4000, 32, 3)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    ann = ScannIndex(db, ScannParams(leaves=60, leaves_to_search=10, reorder=100))
+    assert ann.params.metric == "dot_product" and ann.params.training_sample == 4000
+    exact = BruteForceIndex(db).search(q, 10)
+    for got in (ann.search(q, 10), ann.search(q[:1], 10)):  # the batched and the single-query path
+        same = got.indices[:, 0] == exact.indices[: len(got.indices), 0]
+        assert same.mean() > 0.9
+        np.testing.assert_allclose(got.distances[same, 0], exact.distances[: len(got.indices)][same, 0], rtol=1e-3, atol=1e-3)
+    # per-call knobs: searching every leaf with a deep reorder is exact here
+    full = ann.search(q, 10, leaves_to_search=60, reorder=1000)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(full.indices, exact.indices)]) > 0.99
+    ann.save(tmp_path / "s")
+    loaded = load_index("scann", tmp_path / "s", db, ann.describe())
+    assert loaded.params == ann.params and (loaded.search(q, 10).indices == ann.search(q, 10).indices).all()
+
+
+def test_scann_on_other_vectors_uses_squared_l2_and_old_manifests_load(tmp_path):
+    from engine.ann import ScannIndex, ScannParams, load_index
+
+    db, q = clustered(3000, 16, 4)
+    ann = ScannIndex(db, ScannParams(leaves=50))
+    assert ann.params.metric == "squared_l2"
+    ann.save(tmp_path / "s")
+    old = {k: v for k, v in ann.describe().items() if k in ("brute_force_below", "leaves", "leaves_to_search", "reorder", "dims_per_block",
+                                                             "anisotropic_threshold", "training_sample")}
+    loaded = load_index("scann", tmp_path / "s", db, old)  # an index saved before the metric was recorded
+    assert loaded.params.metric == "squared_l2"
+    np.testing.assert_allclose(loaded.search(q, 5).distances, ann.search(q, 5).distances, rtol=1e-5)
+    with pytest.raises(ValueError, match="metric"):
+        ScannParams(metric="cosine")
