@@ -182,7 +182,7 @@ def run_numpy(data: Data, k: int, truth: np.ndarray, args) -> Row:
     index = BruteForceIndex(data.db)
     build = time.perf_counter() - t
     with threadpool_limits(limits=1):
-        search = lambda q, kk: index.search(q, kk).indices  # noqa: E731
+        search = lambda q, kk: index.search(q, kk).indices
         row = Row("numpy exact", "float32 BLAS, 1 thread", _recall(data, search(data.test_q, k), data.test_q, truth),
                   qps_one(search, data.test_q, k), qps_batched(search, data.test_q[: min(len(data.test_q), 256)], k, repeats=1),
                   build, data.db.nbytes / 2**20)
@@ -201,7 +201,7 @@ def run_scann(data: Data, k: int, truth: np.ndarray, args) -> Row:
     chosen_tree = next(tr for tr in tuning.trees if tr["leaves"] == p.leaves and tr["dims_per_block"] == p.dims_per_block
                        and tr["anisotropic_threshold"] == p.anisotropic_threshold)
     index.set_threads(1)
-    search = lambda q, kk: index.search(q, kk).indices  # noqa: E731  (through the project's SearchIndex)
+    search = lambda q, kk: index.search(q, kk).indices  # through the project's SearchIndex
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp))
         size = folder_mb(Path(tmp))
@@ -210,7 +210,6 @@ def run_scann(data: Data, k: int, truth: np.ndarray, args) -> Row:
               qps_one(search, data.test_q, k), qps_batched(search, data.test_q, k), chosen_tree["build_s"], size,
               f"tuner: {len(tuning.trees)} trees in {tuning_s:.0f}s, tuning recall {tuning.recall:.3f}",
               {"tuning": asdict(tuning), "tuning_s": round(tuning_s, 1)})
-    del index
     return row
 
 
@@ -223,7 +222,7 @@ def run_faiss_flat(data: Data, k: int, truth: np.ndarray, args) -> Row:
     index.add(data.db)
     build = time.perf_counter() - t
     faiss.omp_set_num_threads(1)
-    search = lambda q, kk: index.search(q, kk)[1]  # noqa: E731
+    search = lambda q, kk: index.search(q, kk)[1]
     return Row("faiss Flat", "IndexFlatL2", _recall(data, search(data.test_q, k), data.test_q, truth), qps_one(search, data.test_q, k),
                qps_batched(search, data.test_q, k, repeats=1), build, len(faiss.serialize_index(index)) / 2**20)
 
@@ -233,7 +232,7 @@ def run_faiss_ivfpq(data: Data, k: int, truth: np.ndarray, tune_truth: np.ndarra
     exact re-rank from the stored vectors; each built, swept (nprobe x re-rank depth), the fastest kept."""
     import faiss
 
-    n, d = data.db.shape
+    n = len(data.db)
     nlists = sorted({int(2 ** round(math.log2(max(16, m * math.sqrt(n))))) for m in (1, 2, 4)})  # 1024..4096 at 1M
     best_row, tried = None, []
     for nlist in nlists:
@@ -278,7 +277,7 @@ def _faiss_ivfpq_one(faiss, data: Data, k: int, truth: np.ndarray, tune_truth: n
         return Row("faiss IVF-PQfs+rerank", "", note=f"{key}: target not reached", build_s=build, index_mb=size), 0.0
     p, f, qps_tune = best
     search = at(p, f)
-    row = Row("faiss IVF-PQfs+rerank", f"{key}, nprobe {p}, re-rank {int(round(f * k))}", _recall(data, search(data.test_q, k), data.test_q, truth),
+    row = Row("faiss IVF-PQfs+rerank", f"{key}, nprobe {p}, re-rank {round(f * k)}", _recall(data, search(data.test_q, k), data.test_q, truth),
               qps_one(search, data.test_q, k), qps_batched(search, data.test_q, k), build, size)
     return row, qps_tune
 
@@ -310,7 +309,6 @@ def run_faiss_hnsw(data: Data, k: int, truth: np.ndarray, tune_truth: np.ndarray
     search = at(best[0])
     row = Row(name, f"efConstruction {args.hnsw_ef_construction}, efSearch {best[0]}", _recall(data, search(data.test_q, k), data.test_q, truth),
               qps_one(search, data.test_q, k), qps_batched(search, data.test_q, k), build, size)
-    del index
     return row
 
 
@@ -341,7 +339,6 @@ def run_hnswlib(data: Data, k: int, truth: np.ndarray, tune_truth: np.ndarray, a
     search = at(best[0])
     row = Row(name, f"ef_construction {args.hnsw_ef_construction}, ef {best[0]}", _recall(data, search(data.test_q, k), data.test_q, truth),
               qps_one(search, data.test_q, k), qps_batched(search, data.test_q, k), build, size)
-    del index
     return row
 
 

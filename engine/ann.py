@@ -161,7 +161,8 @@ class ScannIndex:
             self.params = replace(params, metric=params.metric or "squared_l2")  # indexes saved before the metric was stored
             self._searcher = _searcher
             return
-        from scann.scann_ops.py import scann_ops_pybind  # the pybind searcher; `import scann` would load TensorFlow too
+        # the pybind searcher: `import scann` would load TensorFlow too
+        from scann.scann_ops.py import scann_ops_pybind
 
         self.params = self.derive(self._n, params, vectors)
         p = self.params

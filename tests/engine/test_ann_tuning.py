@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from engine.ann import BruteForceIndex, ScannIndex, ScannParams
-from engine.ann_tuning import Tuning, TuningConfig, _neighbours_of, recall_at_k, tune_index
+from engine.ann_tuning import (
+    Tuning,
+    TuningConfig,
+    _neighbours_of,
+    recall_at_k,
+    tune_index,
+)
 from engine.index_folder import CatalogIndex, Item
 
 
@@ -60,7 +66,8 @@ def test_tuned_scann_reaches_the_target_against_exact_search():
     assert (index.params.leaves_to_search, index.params.reorder) == (tuning.params["leaves_to_search"], tuning.params["reorder"])
     exact = BruteForceIndex(db)
     # the recall the tuner reports is the recall of the returned index, recomputed here from scratch
-    assert recall_at_k(index.search(tuning_q, 10).indices, exact.search(tuning_q, 10).indices) == pytest.approx(tuning.recall, abs=1e-4)
+    got, want = index.search(tuning_q, 10).indices, exact.search(tuning_q, 10).indices
+    assert recall_at_k(got, want, queries=tuning_q, vectors=db) == pytest.approx(tuning.recall, abs=1e-4)
     # and it carries over to queries the tuner never saw
     approx, truth = index.search(test_q, 10), exact.search(test_q, 10)
     assert recall_at_k(approx.indices, truth.indices) >= 0.9
@@ -83,7 +90,7 @@ def test_sampled_queries_are_seeded_and_leave_themselves_out():
     got = _neighbours_of(index.search(db[rows], 11, reorder=index.params.reorder + 1).indices, rows, 10)  # as the tuner searched
     want = _neighbours_of(BruteForceIndex(db).search(db[rows], 11).indices, rows, 10)
     assert not (got == rows[:, None]).any() and not (want == rows[:, None]).any()
-    assert recall_at_k(got, want) == pytest.approx(tuning.recall, abs=1e-4)  # the reported recall is the returned index's
+    assert recall_at_k(got, want, queries=db[rows], vectors=db) == pytest.approx(tuning.recall, abs=1e-4)  # the returned index's
 
 
 def test_small_catalogs_stay_exact_and_say_why():
