@@ -84,6 +84,11 @@ class CatalogIndex:
         # rows with identical vectors are one image (the same photo under several product ids)
         self._image_group = (np.unique(self.vectors, axis=0, return_inverse=True)[1].reshape(-1) if len(items)
                              else np.zeros(0, np.int64))
+        # only photos shared by several items, so a result's look-up is a dict hit, not a scan of N rows
+        groups, counts = np.unique(self._image_group, return_counts=True)
+        self._shared: dict[int, list[int]] = {}
+        for row in np.flatnonzero(np.isin(self._image_group, groups[counts > 1])).tolist():
+            self._shared.setdefault(int(self._image_group[row]), []).append(row)
 
     def items_of(self, product_id: str) -> list[Item]:
         """The items (images) of one product, in index order; empty if unknown."""
@@ -102,7 +107,7 @@ class CatalogIndex:
         row = self._row.get(item.item_id)
         if row is None:
             return []
-        return [self.items[j] for j in np.flatnonzero(self._image_group == self._image_group[row]) if j != row]
+        return [self.items[j] for j in self._shared.get(int(self._image_group[row]), ()) if j != row]
 
     def search_distinct(self, queries: np.ndarray, k: int, types: set[str] | None = None, *, overfetch: int = 4) -> list[list[Match]]:
         """Like ``search``, but each product and each distinct image at most once: the best match of a

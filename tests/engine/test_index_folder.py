@@ -58,3 +58,17 @@ def test_saving_over_an_index_replaces_it_whole(tmp_path: Path):
     make(n=50, seed=2).save(tmp_path / "idx")
     assert len(CatalogIndex.load(tmp_path / "idx")) == 50
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp or old folders left
+
+
+def test_search_distinct_shows_each_product_and_each_photo_once():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(5, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    vectors = np.stack([v[0], v[0], v[1], v[2], v[2] * 0.99 + v[3] * 0.01])  # rows 0 and 1: one photo, two products
+    items = [Item("a#0", "a", "A", "T", "a.jpg"), Item("b#0", "b", "B", "T", "b.jpg"), Item("c#0", "c", "C", "T", "c.jpg"),
+             Item("d#0", "d", "D", "T", "d0.jpg"), Item("d#1", "d", "D", "T", "d1.jpg")]
+    index = CatalogIndex.build(vectors, items, "fp")
+    assert [o.product_id for o in index.same_image(items[0])] == ["b"] and index.same_image(items[2]) == []
+    found = [m.item.product_id for m in index.search_distinct(v[0][None], 5)[0]]
+    assert found[0] in {"a", "b"} and sorted(found) == sorted(set(found)) and len(found) == 3  # a|b once, c, d once
+    assert index.image_number(items[4]) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,14 @@ def app(index_folder: Path):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def copy_of() -> Callable[[Path], Callable[[Path], None]]:
+    """``copy_of(folder)``: a ``publish_generation`` writer that copies ``folder``'s contents into the new generation."""
+    def copy_of(folder: Path) -> Callable[[Path], None]:
+        def write(tmp: Path) -> None:
+            for p in folder.iterdir():
+                (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
+        return write
+    return copy_of

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,15 +26,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def copy_of(folder: Path):
-    def write(tmp: Path) -> None:
-        for p in folder.iterdir():
-            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
-    return write
-
-
 @pytest.fixture()
-def gunicorn(index_folder: Path, tmp_path: Path):
+def gunicorn(index_folder: Path, tmp_path: Path, copy_of):
     out = tmp_path / "serve"
     publish_generation(out, copy_of(index_folder))
     port = free_port()
@@ -70,7 +62,7 @@ def gunicorn(index_folder: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_reload_under_load_reaches_every_worker(gunicorn, index_folder: Path, tiny_catalog: Path):
+def test_reload_under_load_reaches_every_worker(gunicorn, index_folder: Path, tiny_catalog: Path, copy_of):
     url, out, log = gunicorn
     from engine.catalog import load_catalog
 

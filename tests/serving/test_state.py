@@ -11,15 +11,8 @@ import pytest
 from engine.generations import publish_generation
 
 
-def copy_of(folder: Path):
-    def write(tmp: Path) -> None:
-        for p in folder.iterdir():
-            (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
-    return write
-
-
 @pytest.fixture()
-def served(index_folder: Path, tmp_path: Path, monkeypatch) -> Path:
+def served(index_folder: Path, tmp_path: Path, monkeypatch, copy_of) -> Path:
     out = tmp_path / "serve"
     publish_generation(out, copy_of(index_folder))
     monkeypatch.setenv("SHOWROOM_GENERATION_FILE", str(tmp_path / "run" / "generation.json"))
@@ -33,7 +26,7 @@ def make_app(out: Path):
                        "SHOWROOM_RELOAD_TOKEN": "s3cret", "SHOWROOM_RATE_LIMIT": ""})
 
 
-def test_two_workers_serve_one_generation_after_a_reload(served: Path, index_folder: Path):
+def test_two_workers_serve_one_generation_after_a_reload(served: Path, index_folder: Path, copy_of):
     a, b = make_app(served).test_client(), make_app(served).test_client()  # two workers of one server
     first = a.get("/healthz").get_json()
     assert first["generation"] == 1 and b.get("/healthz").get_json()["source"] == first["source"]
@@ -47,7 +40,7 @@ def test_two_workers_serve_one_generation_after_a_reload(served: Path, index_fol
         assert h.headers["X-Showroom-Generation"] == "2"
 
 
-def test_a_worker_that_starts_after_a_reload_joins_the_published_generation(served: Path, index_folder: Path):
+def test_a_worker_that_starts_after_a_reload_joins_the_published_generation(served: Path, index_folder: Path, copy_of):
     a = make_app(served).test_client()
     publish_generation(served, copy_of(index_folder))
     assert a.post("/api/reload", headers={"X-Reload-Token": "s3cret"}).get_json()["generation"] == 2
@@ -55,7 +48,7 @@ def test_a_worker_that_starts_after_a_reload_joins_the_published_generation(serv
     assert late.get("/healthz").get_json() == a.get("/healthz").get_json()
 
 
-def test_a_refused_reload_publishes_nothing(served: Path, index_folder: Path):
+def test_a_refused_reload_publishes_nothing(served: Path, index_folder: Path, copy_of):
     a, b = make_app(served).test_client(), make_app(served).test_client()
     broken = publish_generation(served, copy_of(index_folder))
     (broken / "products" / "items.json").write_text("[]")  # damaged after the build
@@ -64,7 +57,7 @@ def test_a_refused_reload_publishes_nothing(served: Path, index_folder: Path):
     assert {a.get("/healthz").get_json()["generation"], b.get("/healthz").get_json()["generation"]} == {1}
 
 
-def test_reload_of_a_manifest_without_checksums_is_a_409(served: Path, index_folder: Path):
+def test_reload_of_a_manifest_without_checksums_is_a_409(served: Path, index_folder: Path, copy_of):
     import json
 
     a = make_app(served).test_client()
