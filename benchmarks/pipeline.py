@@ -81,13 +81,13 @@ def fit_ratio(catalog_dir: Path | None, steps: int, batch_size: int, image_size:
     return {"steps": steps, "batch": batch_size, "size": image_size, "pipeline_ips": images / t_pipe, "raw_ips": images / t_raw}
 
 
-def embed_ratio(catalog_dir: Path, model_path: Path | None, image_size: int, weights: str, limit: int, rounds: int = 2) -> dict:
+def embed_ratio(catalog_dir: Path, model_path: Path | None, image_size: int, weights: str, limit: int, rounds: int = 3) -> dict:
     """(as build_index images/s, raw predict images/s) over the catalog's product photos."""
     from engine.build_indexes import product_images
     from engine.catalog import load_catalog
     from engine.config import ModelConfig, Preprocessing
     from engine.embed import Embedder
-    from engine.images import load_image, to_square
+    from engine.images import load_square
     from engine.model import build_embedder
 
     catalog = load_catalog(catalog_dir)
@@ -100,9 +100,9 @@ def embed_ratio(catalog_dir: Path, model_path: Path | None, image_size: int, wei
     embedder(np.zeros((64, size, size, 3), np.uint8))  # trace once
     for p in products:
         p.image.read_bytes()  # every variant reads from the page cache, none from the disk
-    decoded = np.stack([to_square(load_image(p.image), size) for p in products])
+    decoded = np.stack([load_square(p.image, size, reduced=embedder.preprocessing.catalog_decode == "reduced") for p in products])
     variants = {
-        "pipeline": lambda: embedder(product_images(products, size)),
+        "pipeline": lambda: embedder(product_images(products, embedder.preprocessing)),
         "raw": lambda: embedder(decoded),
     }
     best = {name: float("inf") for name in variants}

@@ -18,9 +18,10 @@ import numpy as np
 from engine.ann import ScannParams
 from engine.ann_tuning import TuningConfig
 from engine.catalog import Catalog, ProductImage
-from engine.embed import Embedder
+from engine.config import Preprocessing
+from engine.embed import Embedder, read_ahead
 from engine.files import atomic_file
-from engine.images import load_image, query_crop, to_square
+from engine.images import load_square, query_crop
 from engine.index_folder import CatalogIndex, Item
 from engine.proposals import Detect, catalog_proposals
 
@@ -29,20 +30,19 @@ logger = logging.getLogger(__name__)
 PRODUCTS, SCENES = "products", "scenes"
 
 
-def product_images(products: Sequence[ProductImage], size: int) -> Iterator[np.ndarray]:
-    """The product photos as the model sees them, ``uint8 (size, size, 3)`` each, in order, decoded one
-    at a time. (Decoding ahead on a thread pool measured no faster on 2 cores, where the model already
-    uses both: ``python -m benchmarks.pipeline``.)"""
-    return (to_square(load_image(p.image), size) for p in products)
+def product_images(products: Sequence[ProductImage], prep: Preprocessing) -> Iterator[np.ndarray]:
+    """The product photos as the model sees them, ``uint8 (size, size, 3)`` each, in order, decoded on a
+    read-ahead thread (at most 128 waiting) while the model embeds the previous batch."""
+    reduced = prep.catalog_decode == "reduced"
+    return read_ahead(load_square(p.image, prep.image_size, reduced=reduced) for p in products)
 
 
 def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = ScannParams(), tuning: TuningConfig | None = None,
                   queries: np.ndarray | None = None) -> CatalogIndex:
     """One item per product image of ``products.csv``; tuned on ``queries`` (float32 (Q, D)) when given."""
-    size = embedder.size
     items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, _relative(p.image, catalog.root), details=p.details)
              for i, p in enumerate(catalog.products)]
-    vectors = embedder(product_images(catalog.products, size))
+    vectors = embedder(product_images(catalog.products, embedder.preprocessing))
     return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning, queries,
                               "scene-crop embeddings")
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import keras
 import numpy as np
@@ -26,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 Embed = Callable[[np.ndarray], np.ndarray]  # uint8 (N, S, S, 3) -> float32 (N, D)
 PREPROCESSING_MEMBER = "showroom.json"
+T = TypeVar("T")
 
 
 class ModelError(ValueError):
@@ -56,6 +60,51 @@ def embed_batches(embed: Embed, images: Iterable[np.ndarray], dim: int, batch_si
         if buf:
             parts.append(np.asarray(embed(np.stack(buf)), np.float32))
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+
+
+def read_ahead(items: Iterable[T], depth: int = 128) -> Iterator[T]:
+    """``items`` in order, produced on one background thread up to ``depth`` ahead of the consumer.
+
+    For a stream of decoded images feeding the model: OpenCV decodes and resizes without the GIL,
+    so decoding fills the gaps the model's own threads leave (``python -m benchmarks.pipeline``).
+    An exception in the producer is raised in the consumer at the item it stopped at; a consumer
+    that stops early (or raises) stops the producer.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def put(entry: tuple[object, object]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((done, exc))
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def embed_images(model: keras.Model, images: Iterable[np.ndarray], batch_size: int = 64) -> np.ndarray:
@@ -153,9 +202,11 @@ def load_preprocessing(path: str | Path, model: keras.Model | None = None) -> Pr
     try:
         with zipfile.ZipFile(path) as zf:
             if PREPROCESSING_MEMBER in zf.namelist():
-                return from_dict(Preprocessing, json.loads(zf.read(PREPROCESSING_MEMBER))["preprocessing"])
+                record = json.loads(zf.read(PREPROCESSING_MEMBER))["preprocessing"]
+                record.setdefault("catalog_decode", "full")  # saved before reduced decoding: trained on full decodes
+                return from_dict(Preprocessing, record)
     except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: cannot read its preprocessing ({exc})") from None
     model = model if model is not None else load_embedder(path)
     logger.warning("%s carries no preprocessing record (saved before it existed): using the defaults at %d px", path, input_size(model))
-    return Preprocessing(image_size=input_size(model))
+    return Preprocessing(image_size=input_size(model), catalog_decode="full")

@@ -155,6 +155,40 @@ def load_image(path: str | Path) -> np.ndarray:
     return decode_image(data, source=str(path))
 
 
+_REDUCED_READ = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def load_square(path: str | Path, size: int, *, fill: int = 255, reduced: bool = True) -> np.ndarray:
+    """A catalog photo as the model sees it, ``uint8 (size, size, 3)``: ``to_square(load_image(path), size)``
+    up to resampling.
+
+    A JPEG at least twice as large as needed is decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder
+    itself (DCT scaling averages each block; the result is never smaller than ``size``), then
+    area-resized as any image: under half the cost of a full decode (``python -m
+    benchmarks.pipeline``). Every iconic image — training's bank, the index, evaluation, mining —
+    goes through here, so they all see the same pixels; ``reduced=False`` (``Preprocessing.catalog_decode``
+    ``full``) decodes every pixel, as models trained before this existed saw them.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+    header = read_header(data, source=str(path))
+    longest = max(header.width, header.height)
+    factor = max((f for f in _REDUCED_READ if longest >= f * size), default=1)
+    img = None
+    if reduced and header.format == "JPEG" and factor > 1:
+        flags = _REDUCED_READ[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+        try:
+            img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
+        except cv2.error:
+            img = None
+    if img is None or img.size == 0:  # not a large JPEG, or one OpenCV cannot read at a reduced scale
+        return to_square(decode_image(data, source=str(path)), size, fill=fill)
+    return to_square(orient(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), header.orientation), size, fill=fill)
+
+
 def check_box(box: Box, width: int, height: int) -> Box:
     """Validate that ``box`` lies inside a ``width`` x ``height`` image and is not empty."""
     x1, y1, x2, y2 = (int(v) for v in box)

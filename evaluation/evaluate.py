@@ -23,7 +23,7 @@ from detectors.cache import DetectionCache
 from detectors.category_map import DEFAULT_MAP, load_category_map
 from detectors.yolo import YoloDetector, default_weights
 from engine.catalog import Catalog, load_catalog
-from engine.config import BACKBONES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
+from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
 from engine.embed import Embedder
 from engine.files import write_json_atomic
 from engine.metrics import euclidean_distances, group_min
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None, help=f"input side for --model imagenet (default {ModelConfig().image_size}; a trained model uses its own)")
     p.add_argument("--min-confidence", type=float, default=None, help=f"detector confidence a proposed crop needs (default: the model's; {DEFAULT_MIN_CONFIDENCE} for imagenet)")
     p.add_argument("--fill-confidence", type=float, default=None, help="a mapped class with no crop at --min-confidence may use its best box down to this score, 0 = off (default: the model's)")
+    p.add_argument("--catalog-decode", choices=CATALOG_DECODES, default=None,
+                   help="read catalog photos 'reduced' (JPEG scaled while decoding) or 'full' (default: the model's)")
     p.add_argument("--crop-padding", type=float, default=None, help=f"padding around a crop, fraction of its longer side (default: the model's, as in training; {DEFAULT_CROP_PADDING} for imagenet)")
     p.add_argument("--seen-products", type=Path, default=None, help="split recall by products seen / not seen in training pairs: a product list (one id per line) or a triplet manifest (its real positives); default: the evaluated run's seen_products.txt")
     p.add_argument("--ks", default=",".join(map(str, d.ks)), help="comma-separated k of recall@k")
@@ -151,7 +153,7 @@ def _target(args: argparse.Namespace) -> Target:
     """The evaluated model, with its preprocessing overridden by --image-size/--crop-padding/--min-confidence
     where given, and what is known of how it was trained."""
     overrides = {k: v for k, v in (("crop_padding", args.crop_padding), ("min_confidence", args.min_confidence),
-                                   ("fill_confidence", args.fill_confidence)) if v is not None}
+                                   ("fill_confidence", args.fill_confidence), ("catalog_decode", args.catalog_decode)) if v is not None}
     if args.model == "imagenet":
         backbone = args.backbone or "mobilenet_v2"
         alpha = args.alpha if args.alpha is not None else ModelConfig().alpha

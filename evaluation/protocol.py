@@ -40,7 +40,7 @@ from engine.catalog import Catalog, CatalogError, Pair
 from engine.config import Preprocessing
 from engine.detection import Detector
 from engine.embed import Embed, embed_batches
-from engine.images import load_image, query_crop, to_square
+from engine.images import load_square, query_crop
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
 from engine.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
 
@@ -160,7 +160,7 @@ def prepare(
 
     return EvalInputs(
         preprocessing=preprocessing,
-        product_images=stack([to_square(load_image(p.image), size) for p in catalog.products]),
+        product_images=stack([load_square(p.image, size, reduced=preprocessing.catalog_decode == "reduced") for p in catalog.products]),
         image_products=[p.product_id for p in catalog.products],
         product_ids=catalog.product_ids,
         first_image=first_image,

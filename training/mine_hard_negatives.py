@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.build_indexes import product_images
 from engine.catalog import load_catalog
 from engine.embed import Embedder
 from engine.files import file_sha256
-from engine.images import load_image, query_crop, to_square
+from engine.images import load_image, query_crop
 from engine.runtime import run_cli
 from training.hard_negatives import HardNegativeConfig, hard_negative_pools, refresh_negatives
 from training.manifest import Manifest, load_manifest, save_manifest
@@ -77,7 +78,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     embedder = Embedder.load(resolve_model(args.model).path)
     padding = embedder.preprocessing.crop_padding if args.crop_padding is None else args.crop_padding
     logger.info("embedding %d catalog images and %d queries", len(catalog.products), len(queries))
-    image_emb = embedder(to_square(load_image(p.image), embedder.size) for p in catalog.products)
+    image_emb = embedder(product_images(catalog.products, embedder.preprocessing))
     image_products = [p.product_id for p in catalog.products]
     image_hashes = [file_sha256(p.image) for p in catalog.products]
     query_emb = _embed_queries(embedder, queries, padding)

@@ -33,7 +33,7 @@ from engine.config import DEFAULT_CROP_PADDING, DEFAULT_FILL_CONFIDENCE, DEFAULT
 from engine.detection import Detector
 from engine.embed import Embed, Embedder
 from engine.iconic import IconicTest
-from engine.images import ImageError, load_image, query_crop, to_square
+from engine.images import ImageError, load_image, load_square, query_crop
 from engine.proposals import SceneProposals, catalog_proposals, confident
 from engine.splits import restrict_scenes
 from training.manifest import Manifest, Positive
@@ -171,7 +171,7 @@ class _SceneMiner:
 
     def iconic_of(self, pid: str) -> np.ndarray:
         if pid not in self._iconic:
-            self._iconic[pid] = to_square(load_image(self.catalog.images_of(pid)[0].image), self.image_size)
+            self._iconic[pid] = load_square(self.catalog.images_of(pid)[0].image, self.image_size)
         return self._iconic[pid]
 
     def mine(self, proposal: SceneProposals) -> list[Positive]:

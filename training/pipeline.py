@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from engine.images import Box, load_image, query_crop, to_square
+from engine.images import Box, load_image, load_square, query_crop
 from training.triplets import Triplets
 
 logger = logging.getLogger(__name__)
@@ -42,10 +42,9 @@ def build_bank(specs: Sequence[ImageSpec], size: int, padding: float) -> np.ndar
 
     def load(i: np.int64) -> np.ndarray:
         spec = specs[int(i)]
-        img = load_image(spec.path)
         if spec.is_query:
-            return query_crop(img, spec.box, size, padding)
-        return to_square(img, size, fill=255)
+            return query_crop(load_image(spec.path), spec.box, size, padding)
+        return load_square(spec.path, size, fill=255)
 
     ds = tf.data.Dataset.range(len(specs)).map(
         lambda i: tf.ensure_shape(tf.numpy_function(load, [i], tf.uint8, stateful=False), (size, size, 3)),

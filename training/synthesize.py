@@ -26,7 +26,7 @@ from detectors.category_map import DEFAULT_MAP, CategoryMap, load_category_map
 from detectors.yolo import YoloDetector, default_weights
 from engine.catalog import Catalog, load_catalog
 from engine.config import DEFAULT_CROP_PADDING
-from engine.images import load_image, query_crop, to_square
+from engine.images import load_image, load_square, query_crop
 from engine.runtime import run_cli
 from engine.splits import read_scene_list, restrict_scenes
 from training.manifest import load_manifest
@@ -140,7 +140,7 @@ def sample_sheet(catalog: Catalog, manifest: SyntheticManifest, n: int, seed: in
     for i in pick:
         v = manifest.views[i]
         crop = query_crop(load_image(manifest.image_path(v)), v.box, size, DEFAULT_CROP_PADDING)
-        samples.append((crop, to_square(load_image(first[v.product_id]), size), f"{v.type[:16]} in {v.background[:10]}"))
+        samples.append((crop, load_square(first[v.product_id], size), f"{v.type[:16]} in {v.background[:10]}"))
     return contact_sheet(samples)
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engine.config import ImageLimits
-from engine.images import ImageError, ImageShapeError, ImageTooLarge, crop, decode_image, pad_box, query_crop, read_header, to_square
+from engine.images import (ImageError, ImageShapeError, ImageTooLarge, crop, decode_image, load_image, load_square, pad_box, query_crop,
+                           read_header, to_square)
 
 
 def png_bytes(img: np.ndarray) -> bytes:
@@ -123,3 +124,48 @@ def test_exif_orientation_is_applied_as_browsers_do(orientation, fmt):
     assert ours.shape == reference.shape == ((320, 240, 3) if orientation >= 5 else (240, 320, 3))
     assert header.upright_size == (ours.shape[1], ours.shape[0])
     assert np.abs(ours.astype(int) - reference.astype(int)).mean() < 1.0
+
+
+def _blocky_jpeg(path, width: int, height: int, orientation: int = 1) -> None:
+    """A JPEG of 8-px colour blocks (so downscaling methods agree closely) with an EXIF orientation."""
+    from PIL import Image
+
+    rng = np.random.default_rng(width + height + orientation)
+    base = np.kron(rng.integers(0, 255, (height // 16, width // 16, 3)).astype(np.uint8), np.ones((16, 16, 1), np.uint8))
+    im = Image.fromarray(base)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(path, "JPEG", quality=95, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+@pytest.mark.parametrize("width, height", [(960, 640), (480, 960), (2048, 1536)])
+def test_load_square_matches_a_full_decode_of_a_large_jpeg(tmp_path, width, height, orientation):
+    path = tmp_path / "p.jpg"
+    _blocky_jpeg(path, width, height, orientation)
+    full = to_square(load_image(path), 112)
+    fast = load_square(path, 112)
+    assert fast.shape == full.shape == (112, 112, 3) and fast.dtype == np.uint8
+    diff = np.abs(fast.astype(int) - full.astype(int))
+    assert diff.mean() < 3.0, diff.mean()  # the same picture, the same way up: a rotation would differ by ~80
+    padded = np.all(full == 255, axis=(1, 2)) if height > width or orientation >= 5 else np.all(full == 255, axis=(0, 2))
+    assert np.array_equal(np.all(fast == 255, axis=(1, 2)) if height > width or orientation >= 5 else np.all(fast == 255, axis=(0, 2)), padded)
+
+
+def test_load_square_small_jpegs_and_pngs_take_the_full_path(tmp_path):
+    from PIL import Image
+
+    jpg, png = tmp_path / "s.jpg", tmp_path / "s.png"
+    _blocky_jpeg(jpg, 200, 160)  # under twice the size: no reduced decode
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 300, 3)).astype(np.uint8)).save(png)
+    for path in (jpg, png):
+        assert np.array_equal(load_square(path, 112), to_square(load_image(path), 112))
+    big = tmp_path / "big.jpg"
+    _blocky_jpeg(big, 960, 640)
+    assert np.array_equal(load_square(big, 112, reduced=False), to_square(load_image(big), 112))  # catalog_decode "full"
+    assert not np.array_equal(load_square(big, 112), to_square(load_image(big), 112))
+    with pytest.raises(ImageError, match="cannot read"):
+        load_square(tmp_path / "missing.jpg", 112)
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageError):
+        load_square(tmp_path / "bad.jpg", 112)
