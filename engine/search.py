@@ -56,6 +56,16 @@ class SearchEngine:
         prep = self.embedder.preprocessing
         return confident(found, prep.min_confidence, prep.fill_confidence, self.classes)
 
+    def warm_up(self) -> float:
+        """Run each stage once on a blank photo so the first real query does not pay for tracing the
+        embedder's graph function or the detector's first invocation (hundreds of ms on a CPU);
+        returns the seconds it took."""
+        t = time.perf_counter()
+        blank = np.full((480, 640, 3), 255, np.uint8)
+        self.detect(blank)
+        self.search(blank, None, k=1)
+        return time.perf_counter() - t
+
     def embed_crop(self, image: np.ndarray, box: Box | None) -> np.ndarray:
         """Embedding ``float32 (D,)`` of the padded square crop of ``box`` (whole image when None)."""
         if box is not None:

@@ -65,7 +65,9 @@ def load_from_folder(folder: Path, detector: Detector | None = None, classes: fr
     fp = embedder.fingerprint
     products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp)
     scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp) if (folder / SCENES).exists() else None
-    return Loaded(SearchEngine(embedder, products, scenes, detector, classes), fp, str(folder), generation)
+    engine = SearchEngine(embedder, products, scenes, detector, classes)
+    logger.info("%s: warmed up in %.2f s", folder, engine.warm_up())  # before it serves (or is published)
+    return Loaded(engine, fp, str(folder), generation)
 
 
 @dataclass(frozen=True)

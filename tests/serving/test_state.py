@@ -107,3 +107,29 @@ def test_images_are_found_under_a_moved_catalog(tiny_catalog: Path, index_folder
     gone = create_app({"SHOWROOM_INDEX": str(index_folder), "TESTING": True, "SHOWROOM_CATALOG_ROOT": str(tmp_path / "missing")})
     r = gone.test_client().get(f"/images/products/{pid}")
     assert r.status_code == 404 and "SHOWROOM_CATALOG_ROOT" in r.get_json()["error"]
+
+
+def test_a_loaded_generation_is_warm_before_it_serves(index_folder: Path):
+    from serving.state import load_from_folder
+
+    seen = []
+
+    class Counting:
+        class_names = ("chair",)
+        fingerprint = "counting:1"
+
+        def detect(self, image):
+            seen.append(image.shape)
+            return []
+
+    loaded = load_from_folder(index_folder, Counting())
+    assert seen == [(480, 640, 3)]  # the detector ran once, on the blank photo
+    model = loaded.engine.embedder.model
+    assert model.predict_function is not None  # the embedder's graph function is traced already
+
+
+def test_the_app_limits_blas_to_one_thread(app):
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas and all(i["num_threads"] == 1 for i in blas)
