@@ -16,7 +16,7 @@ DEFAULT_MIN_CONFIDENCE = 0.25  # detector score a proposed crop needs (also the 
 # to this score (chosen on the development scenes: right-class coverage 0.72 -> 0.88, +2.2 crops a scene).
 DEFAULT_FILL_CONFIDENCE = 0.05
 LOSSES = ("hinge", "batch_hard", "semi_hard")
-DISTRIBUTE = ("auto", "none", "mirrored")
+DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
 MIX_SOURCES = ("real", "synthetic", "lifestyle")
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from engine.config import ModelConfig
@@ -183,6 +184,30 @@ class TripletModel(keras.Model):
         self.softmax_term = keras.metrics.Mean(name="softmax_loss")
         self.proxy_accuracy = keras.metrics.Mean(name="proxy_accuracy")
 
+    # Keras 3.15's fit under MultiWorkerMirroredStrategy (keras-team/keras#20585, tensorflow#72388):
+    # its symbolic build reduces a batch of per-worker values, and its log reduction takes a mean
+    # along axis 0 of scalars; both fail. The build only needs shapes, so it takes this worker's
+    # batch; each log becomes shape (1,), whose mean over the workers is the scalar Keras reports.
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = getattr(self, "_distribute_strategy", None)
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def _worker_logs(self, logs: dict) -> dict:
+        if isinstance(getattr(self, "_distribute_strategy", None), tf.distribute.MultiWorkerMirroredStrategy):
+            return {k: ops.reshape(v, (1,)) for k, v in logs.items()}
+        return logs
+
+    def train_step(self, data):
+        return self._worker_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self._worker_logs(super().test_step(data))
+
     def _proxy_variable(self, name: str, init):
         init = ops.convert_to_numpy(init).astype("float32") / self.proxy_lr_scale
         return self.add_weight(name=name, shape=init.shape, initializer=keras.initializers.Constant(init), trainable=True)
@@ -222,4 +247,7 @@ class TripletModel(keras.Model):
         self.zero_loss_share.update_state(ops.cast(self.margin + d_pos - d_neg <= 0.0, "float32"))
         self.mean_d_pos.update_state(d_pos)
         self.mean_d_neg.update_state(d_neg)
-        return loss
+        # under tf.distribute Keras sums the replicas' gradients and multiplies the reported loss back,
+        # so each replica's loss is divided by their number, as Keras' own losses do
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss / replicas if replicas > 1 else loss

@@ -10,6 +10,7 @@ continues a killed run where it stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from engine.splits import read_scene_list, restrict_scenes, write_scene_list
 from training import checkpoint as ckpt
 from training.callbacks import EpochEnd, log_epoch
 from training.demo_catalog import DemoSpec, ensure_demo_catalog
+from training.distributed import Cluster, JobBackup, NullTracker, job_key, make_cluster, shard_by_data
 from training.manifest import load_manifest, save_manifest
 from training.mining import MiningConfig, mine_catalog
 from training.model_ref import resolve_model
@@ -112,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-augment", action="store_true", help="turn off augmentation")
     g.add_argument("--seed", type=int, default=t.seed, help="seed for the split, sampling, augmentation and initialisation")
     g.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
-    g.add_argument("--distribute", choices=DISTRIBUTE, default=t.distribute, help="tf.distribute: 'auto' mirrors over all GPUs when there are several")
+    g.add_argument("--distribute", choices=DISTRIBUTE, default=t.distribute,
+                   help="tf.distribute: 'auto' mirrors over all GPUs when there are several; 'multi_worker' trains on the "
+                        "workers of TF_CONFIG (every worker runs the same command; --batch-size is the global batch)")
     g = p.add_argument_group("run")
     g.add_argument("--run-name", default=None, help="MLflow run name")
     g.add_argument("--experiment", default="showroom", help="MLflow experiment")
@@ -181,30 +185,48 @@ class RunPlan:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return run_cli(lambda home: _run(args, home), verbose=args.verbose, logger_name=logger.name)
+    return run_cli(lambda home: _run(args, home, argv), verbose=args.verbose, logger_name=logger.name)
 
 
-def _run(args: argparse.Namespace, home: Path) -> int:
-    plan = _resume_plan(args, home) if args.resume else _new_plan(args, home)
+def _run(args: argparse.Namespace, home: Path, argv: Sequence[str]) -> int:
+    cluster = make_cluster(args.distribute)  # before any other TensorFlow call
+    job = ckpt.run_folder(home, job_key(argv)) if cluster.multi_worker else None
+    if job is not None and ckpt.epochs_done(job) > 0:
+        logger.info("%s: resuming multi-worker job %s from its last backup", cluster.task, job.name)
+        plan = _resume_plan(args, home, job)
+    else:
+        plan = _resume_plan(args, home) if args.resume else _new_plan(args, home)
+    if plan.train.batch_size % cluster.strategy.num_replicas_in_sync:
+        raise ValueError(f"--batch-size {plan.train.batch_size} (the global batch) must be a multiple of the "
+                         f"{cluster.strategy.num_replicas_in_sync} replicas")
     ts = _training_set(plan)
     keras.utils.set_random_seed(plan.train.seed)
     if plan.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     val_trip = ts.val_sampler.sample(plan.train.seed + 10_000)  # fixed validation triplets
-    val_ds = triplet_dataset(ts.bank, [val_trip], batch_size=plan.train.batch_size, augment=False, seed=plan.train.seed)
+    val_ds = shard_by_data(triplet_dataset(ts.bank, [val_trip], batch_size=plan.train.batch_size, augment=False, seed=plan.train.seed), cluster)
     run_kwargs = {"run_id": plan.resume["run_id"]} if plan.resume else {"run_name": args.run_name, "experiment": args.experiment}
-    with mlflow_run(**run_kwargs) as tracker:
-        embedder, model = _compile(plan, _strategy(plan.train.distribute), ts)
-        folder = ckpt.run_folder(home, tracker.run_id)
-        probes = _probes(embedder, ts, plan.train.seed)
+    tracking = mlflow_run(**run_kwargs) if cluster.chief else contextlib.nullcontext(NullTracker(f"{job.name}-{cluster.task}"))
+    with tracking as tracker:
+        embedder, model = _compile(plan, cluster, ts)
+        folder = job or ckpt.run_folder(home, tracker.run_id)
+        probes = _probes(embedder, ts, plan.train.seed, cluster)
         if plan.resume:
             model(next(iter(val_ds)))  # BackupAndRestore restores into a built model
         else:
-            ckpt.write_run_state(folder, plan.state(tracker.run_id))
+            if cluster.chief:
+                ckpt.write_run_state(folder, plan.state(tracker.run_id))
             _log_start(tracker, plan, ts, len(val_trip), model, val_ds, probes)
-        epochs = _train(plan, ts, model, val_ds, probes, tracker, folder)
-        local = _save_outputs(args, plan, ts, embedder, tracker, home, epochs[0] if epochs else ts.train_sampler.sample(plan.train.seed))
+        epochs = _train(plan, ts, model, val_ds, probes, tracker, folder, cluster)
+        sample = epochs[0] if epochs else ts.train_sampler.sample(plan.train.seed)
+        if not cluster.chief:  # saved like the chief's (TensorFlow's pattern), to a folder that is then deleted
+            with tempfile.TemporaryDirectory(prefix="showroom-worker-") as tmp:
+                save_embedder(embedder, Path(tmp) / "embedder.keras", plan.preprocessing)
+            print(f"{cluster.task}: done; the chief logged the run and saved the model")
+            return 0
+        local = _save_outputs(args, plan, ts, embedder, tracker, home, sample)
         ckpt.finish(folder)
         final = _final_summary(tracker.run_id)
     print(final)
@@ -236,10 +258,14 @@ def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
     return RunPlan(mcfg, tcfg, catalog, triplets, holdout, args.synthetic, args.init_from or "", init_model)
 
 
-def _resume_plan(args: argparse.Namespace, home: Path) -> RunPlan:
-    """The plan of a killed run, from its checkpoint state; the catalog must not have changed."""
-    run_id = ckpt.latest_run(home) if args.resume == "last" else args.resume
-    state = ckpt.read_run_state(ckpt.run_folder(home, run_id))
+def _resume_plan(args: argparse.Namespace, home: Path, folder: Path | None = None) -> RunPlan:
+    """The plan of a killed run, from its checkpoint state (``folder``: a multi-worker job's); the
+    catalog must not have changed."""
+    if folder is None:
+        run_id = ckpt.latest_run(home) if args.resume == "last" else args.resume
+        folder = ckpt.run_folder(home, run_id)
+    state = ckpt.read_run_state(folder)
+    run_id = state["run_id"]
     catalog = load_catalog(state["catalog"])
     if catalog.fingerprint != state["catalog_fingerprint"]:
         raise CatalogError(
@@ -277,20 +303,11 @@ def _training_set(plan: RunPlan) -> TrainingSet:
     return build_training_set(train_catalog, plan.train, plan.model.image_size, queries)
 
 
-def _strategy(kind: str) -> tf.distribute.Strategy:
-    gpus = tf.config.list_logical_devices("GPU")
-    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
-        strategy = tf.distribute.MirroredStrategy()
-        logger.info("MirroredStrategy over %d replicas", strategy.num_replicas_in_sync)
-        return strategy
-    return tf.distribute.get_strategy()
-
-
-def _compile(plan: RunPlan, strategy: tf.distribute.Strategy, ts: TrainingSet) -> tuple[keras.Model, TripletModel]:
+def _compile(plan: RunPlan, cluster: Cluster, ts: TrainingSet) -> tuple[keras.Model, TripletModel]:
     """The embedder (from --init-from's weights when given) and its compiled training wrapper, with
     product (and type) proxies initialised from the embedder's view of each product's first photo."""
     tcfg = plan.train
-    with strategy.scope():
+    with cluster.strategy.scope():
         embedder = build_embedder(plan.model)
         if plan.init_model is not None:
             try:
@@ -302,7 +319,7 @@ def _compile(plan: RunPlan, strategy: tf.distribute.Strategy, ts: TrainingSet) -
                 ) from None
         proxies = type_index = type_proxies = None
         if tcfg.softmax_weight > 0 or tcfg.type_softmax_weight > 0:
-            proxies = _initial_proxies(embedder, ts, zeros=plan.resume is not None)  # a resume restores the trained ones
+            proxies = _initial_proxies(_embed_fn(embedder, cluster), ts, zeros=plan.resume is not None)  # a resume restores the trained ones
             types = sorted(set(ts.product_types))
             type_index = np.array([types.index(t) for t in ts.product_types], np.int32)
             type_proxies = np.stack([proxies[type_index == i].mean(0) for i in range(len(types))])
@@ -314,19 +331,30 @@ def _compile(plan: RunPlan, strategy: tf.distribute.Strategy, ts: TrainingSet) -
     return embedder, model
 
 
-def _initial_proxies(embedder: keras.Model, ts: TrainingSet, zeros: bool) -> np.ndarray:
+def _embed_fn(embedder: keras.Model, cluster: Cluster) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 (N, S, S, 3) -> float32 (N, D) with the model being trained. Under several workers
+    ``predict`` would gather every worker's copy of the batch, so each worker calls the model itself."""
+    if not cluster.multi_worker:
+        return lambda images: embed_images(embedder, images, batch_size=64)
+
+    def local(images: np.ndarray) -> np.ndarray:
+        parts = [np.asarray(embedder(images[i : i + 64].astype(np.float32), training=False)) for i in range(0, len(images), 64)]
+        return np.concatenate(parts) if parts else np.zeros((0, int(embedder.output_shape[-1])), np.float32)
+
+    return local
+
+
+def _initial_proxies(embed: Callable[[np.ndarray], np.ndarray], ts: TrainingSet, zeros: bool) -> np.ndarray:
     """float32 (P, D): each product's first catalog photo embedded by the untrained embedder, in label order."""
     if zeros:
-        return np.zeros((len(ts.product_ids), int(embedder.output_shape[-1])), np.float32)
+        return np.zeros((len(ts.product_ids), int(embed(ts.bank[:1]).shape[-1])), np.float32)
     logger.info("initialising %d product proxies from their catalog photos", len(ts.product_ids))
-    return embed_images(embedder, ts.bank[[ts.first_image(p) for p in ts.product_ids]])
+    return embed(ts.bank[[ts.first_image(p) for p in ts.product_ids]])
 
 
-def _probes(embedder: keras.Model, ts: TrainingSet, seed: int) -> Callable[[int], dict[str, float]]:
+def _probes(embedder: keras.Model, ts: TrainingSet, seed: int, cluster: Cluster) -> Callable[[int], dict[str, float]]:
     """distance_accuracy and the collapse watch on validation and training queries, for one epoch."""
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        return embed_images(embedder, images, batch_size=64)
+    embed = _embed_fn(embedder, cluster)
 
     def probes(step: int) -> dict[str, float]:
         out = probe_metrics(embed, ts, ts.val_queries, "val_", seed=seed)
@@ -361,7 +389,7 @@ def _log_start(tracker: Tracker, plan: RunPlan, ts: TrainingSet, n_val_triplets:
 
 
 def _train(plan: RunPlan, ts: TrainingSet, model: TripletModel, val_ds: tf.data.Dataset,
-           probes: Callable[[int], dict[str, float]], tracker: Tracker, folder: Path) -> list[Triplets]:
+           probes: Callable[[int], dict[str, float]], tracker: Tracker, folder: Path, cluster: Cluster) -> list[Triplets]:
     """The epochs still to run, each on freshly sampled triplets, in one ``fit`` call; returns their triplets."""
     tcfg = plan.train
     start = plan.resume["epochs_done"] if plan.resume else 0
@@ -370,11 +398,12 @@ def _train(plan: RunPlan, ts: TrainingSet, model: TripletModel, val_ds: tf.data.
         # a mixed epoch's triplet count varies a little (pool sizes differ by category): one length for all
         shortest = min(len(t) for t in epochs)
         epochs = [t.subset(np.arange(shortest)) for t in epochs]
-        ds = triplet_dataset(ts.bank, epochs, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + start)
+        ds = shard_by_data(triplet_dataset(ts.bank, epochs, batch_size=tcfg.batch_size, augment=tcfg.augment, seed=tcfg.seed + start), cluster)
+        backup = JobBackup(folder / "backup", cluster.chief) if cluster.multi_worker else ckpt.backup_callback(folder)
         model.fit(
             ds, validation_data=val_ds, initial_epoch=start, epochs=tcfg.epochs, shuffle=False,
             steps_per_epoch=steps_per_epoch(epochs[0], tcfg.batch_size),
-            callbacks=[EpochEnd(tracker, probes, len(epochs[0])), ckpt.backup_callback(folder)],
+            callbacks=[EpochEnd(tracker, probes, len(epochs[0])), backup],
             verbose="auto" if sys.stdout.isatty() else 2,
         )
     return epochs
