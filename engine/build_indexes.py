@@ -2,16 +2,20 @@
 
 With a ``TuningConfig`` each index is tuned to its recall target (``engine.ann_tuning``): the
 products index on the scene crops' embeddings (the real queries: a crop searched for its product),
-the scenes index on a sample of its own vectors.
+the scenes index on a sample of its own vectors. With ``MilvusSettings`` each index's vectors go
+into a new Milvus collection instead (``<collection>_products``, ``<collection>_scenes``), and
+its recall@10 against exact search is measured on the same queries (``engine.milvus``).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -23,28 +27,54 @@ from engine.embed import Embedder, read_ahead
 from engine.files import atomic_file
 from engine.images import load_square, query_crop
 from engine.index_folder import CatalogIndex, Item
+from engine.milvus import MilvusSettings
 from engine.proposals import Detect, catalog_proposals
 
 logger = logging.getLogger(__name__)
 
 PRODUCTS, SCENES = "products", "scenes"
+# catalog photo files -> float32 (N, D) in their order, computed elsewhere (engine.distributed); None: in process
+EmbedPhotos = Callable[[Sequence[Path]], np.ndarray]
+
+
+class PhotoRunner(Protocol):
+    """Embeds catalog photo files outside this process, e.g. on Ray (``engine.distributed.RayRunner``)."""
+
+    def embed_photos(self, paths: Sequence[Path], model_path: Path) -> np.ndarray:
+        """``paths`` embedded by the saved embedder at ``model_path`` → ``float32 (N, D)`` in their order."""
+        ...
+
+    def describe(self) -> dict:
+        """What the index manifest records about the runner (``embedded_by``)."""
+        ...
 
 
 def product_images(products: Sequence[ProductImage], prep: Preprocessing) -> Iterator[np.ndarray]:
     """The product photos as the model sees them, ``uint8 (size, size, 3)`` each, in order, decoded on a
     read-ahead thread (at most 128 waiting) while the model embeds the previous batch."""
+    return photo_images([p.image for p in products], prep)
+
+
+def photo_images(paths: Sequence[Path], prep: Preprocessing) -> Iterator[np.ndarray]:
+    """Catalog photo files as the model sees them (see ``product_images``): what every runner embeds."""
     reduced = prep.catalog_decode == "reduced"
-    return read_ahead(load_square(p.image, prep.image_size, reduced=reduced) for p in products)
+    return read_ahead(load_square(path, prep.image_size, reduced=reduced) for path in paths)
 
 
 def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = ScannParams(), tuning: TuningConfig | None = None,
-                  queries: np.ndarray | None = None) -> CatalogIndex:
-    """One item per product image of ``products.csv``; tuned on ``queries`` (float32 (Q, D)) when given."""
+                  queries: np.ndarray | None = None, milvus: MilvusSettings | None = None,
+                  embed_photos: EmbedPhotos | None = None) -> CatalogIndex:
+    """One item per product image of ``products.csv``; tuned on ``queries`` (float32 (Q, D)) when given;
+    in Milvus with ``milvus``. The photos are embedded by ``embed_photos`` (a distributed runner, with
+    ``embedder``'s model and preprocessing) when given, else in this process."""
     items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, _relative(p.image, catalog.root), details=p.details)
              for i, p in enumerate(catalog.products)]
-    vectors = embedder(product_images(catalog.products, embedder.preprocessing))
+    if embed_photos is not None:
+        vectors = np.asarray(embed_photos([p.image for p in catalog.products]), np.float32)
+    else:
+        vectors = embedder(product_images(catalog.products, embedder.preprocessing))
     return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning, queries,
-                              "scene-crop embeddings")
+                              "scene-crop embeddings", milvus)
 
 
 def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,
@@ -67,10 +97,11 @@ def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,
 
 
 def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
-                classes: Collection[str] | None = None, tuning: TuningConfig | None = None) -> CatalogIndex:
+                classes: Collection[str] | None = None, tuning: TuningConfig | None = None, milvus: MilvusSettings | None = None) -> CatalogIndex:
     """One item per proposed crop of each scene (see ``scene_rows``)."""
     vectors, items = scene_rows(catalog, embedder, detect, classes)
-    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning)
+    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning,
+                              milvus=milvus)
 
 
 def _relative(image: Path, root: Path) -> str:
@@ -81,21 +112,33 @@ def _relative(image: Path, root: Path) -> str:
 
 def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,
                           params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
-                          tuning: TuningConfig | None = None) -> dict[str, CatalogIndex]:
+                          tuning: TuningConfig | None = None, milvus: MilvusSettings | None = None,
+                          runner: PhotoRunner | None = None, model_path: Path | None = None) -> dict[str, CatalogIndex]:
     """Build and save ``out/products`` and ``out/scenes``; ``embedder`` must be saved (it has a fingerprint).
 
     With ``tuning``, the scene crops are embedded first and serve as the products index's tuning
-    queries; the scenes index is tuned on a sample of its own vectors."""
+    queries; the scenes index is tuned on a sample of its own vectors. With ``milvus``, the vectors
+    go into collections ``<milvus.collection>_products`` and ``_scenes`` (the crops are the
+    products' recall queries there too). With ``runner``, the product photos are embedded on it with
+    the embedder saved at ``model_path`` (the scene crops stay in process); each manifest records
+    which runner computed its vectors (``embedded_by``)."""
     if not embedder.fingerprint:
         raise ValueError("indexes need a saved embedder (its fingerprint ties them to it); load it with Embedder.load")
+    if runner is not None and model_path is None:
+        raise ValueError("a runner embeds with the saved model file: pass model_path (the .keras file embedder was loaded from)")
+    embed_photos = None if runner is None else partial(runner.embed_photos, model_path=Path(model_path))
     scenes = None
     if catalog.scenes:
         vectors, items = scene_rows(catalog, embedder, detect, classes)
-        scenes = CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning)
+        scenes = CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning,
+                                    milvus=milvus.named(SCENES) if milvus is not None and len(items) else None)
     queries = scenes.vectors if scenes is not None and len(scenes) else None
-    built = {PRODUCTS: product_index(catalog, embedder, params, tuning, queries)}
+    built = {PRODUCTS: product_index(catalog, embedder, params, tuning, queries, milvus.named(PRODUCTS) if milvus is not None else None,
+                                     embed_photos)}
+    built[PRODUCTS].embedded_by = {"runner": "local"} if runner is None else runner.describe()
     if scenes is not None:
         built[SCENES] = scenes
+        scenes.embedded_by = {"runner": "local"}
     for name, index in built.items():
         index.save(Path(out) / name)
         t = index.tuning
@@ -106,11 +149,13 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
 
 def build_serving_folder(model_path: Path, catalog: Catalog, out: Path, detect: Detect | None = None,
                          params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
-                         tuning: TuningConfig | None = TuningConfig()) -> dict[str, CatalogIndex]:
+                         tuning: TuningConfig | None = TuningConfig(), milvus: MilvusSettings | None = None,
+                         runner: PhotoRunner | None = None) -> dict[str, CatalogIndex]:
     """Everything the search service needs in ``out``: ``model.keras`` (a copy of ``model_path``)
-    and the ``products`` and ``scenes`` indexes built with it."""
+    and the ``products`` and ``scenes`` indexes built with it (their vectors in Milvus with ``milvus``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "model.keras") as tmp:
         shutil.copyfile(model_path, tmp)
-    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes, tuning)
+    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes, tuning, milvus, runner,
+                                 out / "model.keras")

@@ -9,7 +9,8 @@ Folder layout (written to a temporary folder, then renamed into place)::
                     other file
     vectors.npy     float32 (N, D) embeddings
     items.json      one metadata record per vector (product id, name, type, image, scene, box)
-    index/          the ANN engine's own files (ScaNN), empty for brute force
+    index/          the ANN engine's own files (ScaNN), empty for brute force and Milvus (whose
+                    collection the manifest names, ``engine.milvus``)
 
 Loading checks the checksums and, when asked, the model fingerprint; a damaged index or one built
 with another model is refused with a message that says what to rebuild.
@@ -27,6 +28,7 @@ import numpy as np
 from engine.ann import BruteForceIndex, ScannParams, SearchIndex, build_index, load_index
 from engine.ann_tuning import TuningConfig, tune_index
 from engine.files import atomic_folder, file_sha256
+from engine.milvus import MilvusIndex, MilvusIndexError, MilvusSettings, measure_recall
 
 FORMAT = "showroom.index"
 VERSION = 1
@@ -75,6 +77,7 @@ class CatalogIndex:
         self.preprocessing = dict(preprocessing or {})  # how the indexed crops were cut (engine.config.Preprocessing)
         self.catalog_root = catalog_root  # where items' relative image paths were, when it was built
         self.tuning = tuning  # engine.ann_tuning.Tuning as a dict (None: settings given, not tuned)
+        self.embedded_by: dict = {}  # the runner that computed the vectors ({"runner": "local"|"ray", ...}; {}: not recorded)
         self._types = np.array([it.type for it in items])
         self._by_product: dict[str, list[int]] = {}
         self._row: dict[str, int] = {}
@@ -134,9 +137,18 @@ class CatalogIndex:
     @classmethod
     def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams(),
               preprocessing: dict | None = None, catalog_root: str = "", tuning: TuningConfig | None = None,
-              queries: np.ndarray | None = None, queries_label: str = "given query vectors") -> CatalogIndex:
+              queries: np.ndarray | None = None, queries_label: str = "given query vectors",
+              milvus: MilvusSettings | None = None) -> CatalogIndex:
         """Index ``vectors``: tuned to ``tuning.target_recall`` on ``queries`` (float32 (Q, D); ``None``:
-        a sample of the vectors) when ``tuning`` is given, else with ``params`` as they are."""
+        a sample of the vectors) when ``tuning`` is given, else with ``params`` as they are. With
+        ``milvus``, in a new Milvus collection instead, its recall@k against exact search measured on
+        ``queries`` (or a sample of the vectors; ``tuning``'s k, sample size and seed) and stored as ``tuning``."""
+        if milvus is not None:
+            meta = [{"item_id": it.item_id, "product_id": it.product_id, "type": it.type} for it in items]
+            index = MilvusIndex.create(vectors, milvus, model_fingerprint, meta)
+            sample = {} if tuning is None else {"k": tuning.k, "n_queries": tuning.n_queries, "seed": tuning.seed}
+            return cls(vectors, items, index, model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root,
+                       tuning=measure_recall(index, vectors, queries, queries_label=queries_label, **sample))
         if tuning is None:
             return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root)
         index, result = tune_index(vectors, queries, tuning, params, queries_label=queries_label)
@@ -188,7 +200,7 @@ class CatalogIndex:
                 "model_fingerprint": self.model_fingerprint, "dim": int(self.vectors.shape[1]) if len(self.vectors) else 0,
                 "distance": "euclidean", "count": len(self.items), "item_ids": [it.item_id for it in self.items],
                 "index_kind": self.index.kind, "index_params": self.index.describe(), "tuning": self.tuning, "preprocessing": self.preprocessing,
-                "catalog_root": self.catalog_root,
+                "catalog_root": self.catalog_root, "embedded_by": self.embedded_by,
                 "checksums": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -225,6 +237,15 @@ class CatalogIndex:
                  for it in json.loads((folder / "items.json").read_text())]
         if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
             raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
-        index = load_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"])
-        return cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
-                   manifest.get("catalog_root", ""), manifest.get("tuning"))
+        kind, params = manifest["index_kind"], manifest["index_params"]
+        if kind == MilvusIndex.kind:  # the collection must hold these rows, filled by the manifest's model
+            try:
+                index = MilvusIndex.load(folder / "index", vectors, {**params, "model_fingerprint": manifest["model_fingerprint"]})
+            except MilvusIndexError as exc:
+                raise IndexFolderError(f"{folder}: {exc}") from None
+        else:
+            index = load_index(kind, folder / "index", vectors, params)
+        loaded = cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
+                     manifest.get("catalog_root", ""), manifest.get("tuning"))
+        loaded.embedded_by = manifest.get("embedded_by") or {}
+        return loaded

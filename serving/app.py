@@ -4,6 +4,9 @@ Configuration (``test_config`` or environment):
 - ``SHOWROOM_INDEX``: serving folder written by ``python -m serving.build_index`` (its ``CURRENT``
   generation is served), or a registered version such as ``models:/showroom@champion``
   (``python -m evaluation.promote``); resolved again on every reload.
+- ``SHOWROOM_MILVUS_URI`` / ``SHOWROOM_MILVUS_TOKEN``: for indexes built with ``--backend milvus``, the
+  Milvus to search on this machine (default: the URI they were built with) and its credentials
+  (``engine.milvus``); a collection filled by another model or with other rows is refused.
 - ``SHOWROOM_CATALOG_ROOT``: where the catalog's images are on this machine (default: where they
   were when the index was built); indexes store image paths relative to it.
 - ``SHOWROOM_DETECTOR_WEIGHTS``: YOLO weights for detecting products in uploads (none: no detection);

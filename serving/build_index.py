@@ -10,11 +10,21 @@ Each index is tuned to ``--target-recall`` (recall@10 against exact search; ``en
 the products index on the scene crops' embeddings, the scenes index on a sample of its own vectors.
 The engine and settings chosen, why, and the measured recall and queries per second are stored in
 each index's manifest (``tuning``) and shown by ``/healthz``.
+
+``--runner ray``: the product photos are embedded on Ray Data (``engine.distributed``): ``--workers``
+model actors on a local Ray, or on a cluster with ``--ray-address``; the same vectors as in process,
+and each manifest records the runner (``embedded_by``).
+
+``--backend milvus --milvus-uri URI``: the vectors go into new Milvus collections instead
+(``<prefix>_<build time>_<hex>_products`` and ``_scenes``, ``engine.milvus``), searched by the server;
+the folder keeps the model, items and a manifest naming the collections, and records each one's
+recall@10 against exact search.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -27,8 +37,10 @@ from engine.ann import ScannParams
 from engine.ann_tuning import TuningConfig
 from engine.build_indexes import build_serving_folder
 from engine.catalog import load_catalog
+from engine.distributed import RUNNERS, RayRunner
 from engine.embed import load_preprocessing
 from engine.generations import publish_generation
+from engine.milvus import MilvusSettings, unique_collection
 from engine.runtime import run_cli, state_dir
 from training.model_ref import resolve_model
 
@@ -55,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leaves", type=int, default=0, help="ScaNN tree leaves (0 = tuned; untuned: about sqrt(N))")
     p.add_argument("--leaves-to-search", type=int, default=0, help="ScaNN leaves searched per query (0 = tuned; untuned: leaves/10, at least 16)")
     p.add_argument("--reorder", type=int, default=0, help="ScaNN exact re-ranking depth (0 = tuned; untuned: 250)")
+    p.add_argument("--backend", choices=("local", "milvus"), default="local",
+                   help="local: exact search or ScaNN in the index folder; milvus: the vectors in Milvus collections, searched by Milvus")
+    p.add_argument("--milvus-uri", default=None, help="with --backend milvus: a Milvus Lite file (path ending in .db, one process at a time) "
+                                                      "or a server, http://host:19530 (token from $SHOWROOM_MILVUS_TOKEN)")
+    p.add_argument("--milvus-prefix", default="showroom", help="collection name prefix; each build fills new collections PREFIX_<build>_products "
+                                                               "and PREFIX_<build>_scenes, so a served generation keeps its own")
+    p.add_argument("--milvus-index-type", default="FLAT", help="Milvus vector index: FLAT (exact), or on a server HNSW, IVF_FLAT, IVF_PQ, SCANN ...")
+    p.add_argument("--milvus-index-params", type=json.loads, default={}, help='JSON build parameters of that index, e.g. \'{"M": 16, "efConstruction": 200}\'')
+    p.add_argument("--milvus-search-params", type=json.loads, default={}, help='JSON per-query parameters, e.g. \'{"ef": 64}\' or \'{"nprobe": 16}\'')
+    p.add_argument("--runner", choices=RUNNERS, default="local",
+                   help="where the product photos are embedded: local = in this process; ray = on Ray Data model actors "
+                        "(pip install -r requirements-distributed.txt); the scene crops are embedded in this process either way")
+    p.add_argument("--workers", type=int, default=2, help="with --runner ray: model actors (each loads the model once)")
+    p.add_argument("--threads-per-worker", type=int, default=0,
+                   help="with --runner ray: TensorFlow threads (and Ray CPUs) per actor; 0 = this machine's cores // --workers")
+    p.add_argument("--ray-address", default=None,
+                   help="with --runner ray: an existing cluster ('auto' on a cluster node, or ray://head:10001); default: a local Ray "
+                        "on --workers x --threads-per-worker CPUs. Cluster workers must see the catalog and the model at the same paths")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -64,11 +94,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.target_recall <= 1.0:
         parser.error(f"--target-recall must be between 0 and 1, got {args.target_recall}")
+    if (args.backend == "milvus") != bool(args.milvus_uri):
+        parser.error("--milvus-uri goes with --backend milvus, and --backend milvus needs --milvus-uri")
+    if args.runner == "local" and (args.ray_address or args.threads_per_worker):
+        parser.error("--ray-address and --threads-per-worker go with --runner ray")
+    if args.workers < 1 or args.threads_per_worker < 0:
+        parser.error("--workers must be at least 1 and --threads-per-worker at least 0")
     return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
 
 
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
+    milvus = (MilvusSettings(args.milvus_uri, unique_collection(args.milvus_prefix), args.milvus_index_type.upper(), args.milvus_index_params,
+                             args.milvus_search_params) if args.backend == "milvus" else None)
     model = resolve_model(args.model)
     catalog = load_catalog(args.catalog)
     detect = None
@@ -78,10 +116,12 @@ def _run(args: argparse.Namespace) -> int:
     params = ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves, leaves_to_search=args.leaves_to_search, reorder=args.reorder)
     tuning = (TuningConfig(target_recall=args.target_recall, n_queries=args.tuning_queries, budget_s=args.tuning_budget, seed=args.seed)
               if args.target_recall > 0 else None)
+    runner = (RayRunner(workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.ray_address)
+              if args.runner == "ray" else None)
     built: dict = {}
 
     def write(tmp: Path) -> None:
-        built.update(build_serving_folder(model.path, catalog, tmp, detect, params, load_category_map().classes, tuning))
+        built.update(build_serving_folder(model.path, catalog, tmp, detect, params, load_category_map().classes, tuning, milvus, runner))
 
     generation = publish_generation(args.out, write, keep=args.keep)
     for name, index in built.items():

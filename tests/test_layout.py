@@ -11,7 +11,8 @@ from engine.runtime import PROJECT_ROOT
 
 # A package may import itself and the packages on lower floors, never one on its own floor or above.
 FLOORS = {"engine": 0, "detectors": 1, "training": 2, "evaluation": 3, "serving": 3, "benchmarks": 3}
-THIRD_PARTY_HOMES = {"scann": {"engine/ann.py"}, "ultralytics": {"detectors/yolo.py"}, "mlflow": {"training/tracking.py"}}
+THIRD_PARTY_HOMES = {"scann": {"engine/ann.py"}, "ultralytics": {"detectors/yolo.py"}, "mlflow": {"training/tracking.py"},
+                     "pymilvus": {"engine/milvus.py"}, "ray": {"engine/distributed.py"}}
 
 
 def _imports(path: Path) -> set[str]:

@@ -1,4 +1,5 @@
-"""A real index folder built from the tiny demo catalog with a small untrained model."""
+"""A real index folder built from the tiny demo catalog with a small untrained model (and the same
+with its vectors in Milvus Lite)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from engine.catalog import load_catalog
 from engine.config import ModelConfig, Preprocessing
 from engine.detection import Detection
 from engine.embed import Embedder, save_embedder
+from engine.milvus import MilvusSettings
 from engine.model import build_embedder
 
 
@@ -33,6 +35,16 @@ def index_folder(tiny_catalog: Path, tmp_path_factory) -> Path:
     model = build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=16))
     save_embedder(model, folder / "model.keras", Preprocessing(image_size=48))
     build_catalog_indexes(load_catalog(tiny_catalog), Embedder.load(folder / "model.keras"), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def milvus_index_folder(index_folder: Path, tiny_catalog: Path, tmp_path_factory) -> Path:
+    """``index_folder``'s model and catalog, the vectors in collections of a Milvus Lite file beside it."""
+    folder = tmp_path_factory.mktemp("milvus_index")
+    shutil.copyfile(index_folder / "model.keras", folder / "model.keras")
+    build_catalog_indexes(load_catalog(tiny_catalog), Embedder.load(folder / "model.keras"), folder,
+                          milvus=MilvusSettings(str(folder.parent / f"{folder.name}.db"), "tiny"))
     return folder
 
 

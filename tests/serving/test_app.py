@@ -168,3 +168,25 @@ def test_reload_off_without_token(index_folder: Path):
 
     c = create_app({"SHOWROOM_INDEX": str(index_folder), "TESTING": True}).test_client()
     assert c.post("/api/reload").status_code == 404
+
+
+def test_serves_from_a_milvus_backed_folder_with_the_same_answers(app, client, milvus_index_folder: Path, tiny_catalog: Path):
+    from serving import create_app
+
+    config = {k: app.config[k] for k in ("SHOWROOM_DETECTOR", "SHOWROOM_RELOAD_TOKEN", "SHOWROOM_RATE_LIMIT", "TESTING")}
+    milvus = create_app({**config, "SHOWROOM_INDEX": str(milvus_index_folder)}).test_client()
+    health = milvus.get("/healthz").get_json()
+    assert health["index_kind"] == "milvus" and health["products"] == 18 and health["model"] == client.get("/healthz").get_json()["model"]
+    assert {t["chosen"] for t in health["index_tuning"].values()} == {"milvus"} and health["index_tuning"]["products"]["recall"] == 1.0
+
+    scene = load_catalog(tiny_catalog).scenes[0]
+    for data, form in ((scene.image.read_bytes(), {"box": "10,10,100,100", "k": "5"}), (jpeg(), {"k": "12"})):
+        want, got = (upload(c, "/api/search", data, **form).get_json() for c in (client, milvus))
+        assert set(got) == set(want) and set(got["results"][0]) == set(want["results"][0])
+        assert [r["product_id"] for r in got["results"]] == [r["product_id"] for r in want["results"]]  # FLAT: exact
+        np.testing.assert_allclose([r["distance"] for r in got["results"]], [r["distance"] for r in want["results"]], rtol=1e-4, atol=1e-5)
+        assert {k: v for k, v in got.items() if k not in ("results", "timings_ms")} == {k: v for k, v in want.items() if k not in ("results", "timings_ms")}
+    pid = want["results"][0]["product_id"]
+    assert milvus.get(f"/api/products/{pid}/scenes?k=3").get_json() == client.get(f"/api/products/{pid}/scenes?k=3").get_json()
+    r = milvus.post("/api/reload", headers={"X-Reload-Token": "s3cret"})  # reopens the collections in this process
+    assert r.status_code == 200 and milvus.get("/healthz").get_json()["index_kind"] == "milvus"

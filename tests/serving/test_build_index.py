@@ -74,3 +74,28 @@ def test_killing_a_build_at_any_point_leaves_the_served_index_loadable(index_fol
     assert building(out) is None and current_generation(out) != served.name
     assert len(load_from_folder(resolve_serving_folder(out)).engine.products) == 18
     print({k: v for k, v in report.items()})
+
+
+@pytest.mark.slow
+def test_milvus_backend_fills_new_collections_per_build_and_keeps_the_served_ones(index_folder: Path, tiny_catalog: Path, tmp_path: Path,
+                                                                                  capsys):
+    import json
+
+    from serving.build_index import main
+
+    out = tmp_path / "serve"
+    args = ["--model", str(index_folder / "model.keras"), "--catalog", str(tiny_catalog), "--out", str(out), "--no-detector",
+            "--backend", "milvus", "--milvus-uri", str(tmp_path / "m.db"), "--milvus-prefix", "cli"]
+    assert main(args) == 0
+    first = load_from_folder(resolve_serving_folder(out))  # served while the next build fills its own collections
+    assert main(args) == 0
+    second = load_from_folder(resolve_serving_folder(out))
+    assert first.source != second.source and first.engine.products.index.kind == second.engine.products.index.kind == "milvus"
+    names = [json.loads((Path(g.source) / ix / "manifest.json").read_text())["index_params"]["collection"]
+             for g in (first, second) for ix in ("products", "scenes")]
+    assert len(set(names)) == 4 and all(n.startswith("cli_") for n in names) and names[0].endswith("_products")
+    q = second.engine.products.vectors[:3]
+    assert (first.engine.products.index.search(q, 5).indices == second.engine.products.index.search(q, 5).indices).all()
+    assert "products: 18 items, milvus — Milvus backend chosen at build: FLAT index" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args[:-4])  # --backend milvus without --milvus-uri
