@@ -38,10 +38,16 @@ EmbedPhotos = Callable[[Sequence[Path]], np.ndarray]
 
 
 class PhotoRunner(Protocol):
-    """Embeds catalog photo files outside this process, e.g. on Ray (``engine.distributed.RayRunner``)."""
+    """Embeds catalog photos and scene crops outside this process, e.g. on Ray (``engine.distributed.RayRunner``)."""
 
     def embed_photos(self, paths: Sequence[Path], model_path: Path) -> np.ndarray:
         """``paths`` embedded by the saved embedder at ``model_path`` → ``float32 (N, D)`` in their order."""
+        ...
+
+    def embed_scenes(self, catalog: Catalog, model_path: Path, open_detect: Callable[[], Detect] | None,
+                     classes: Collection[str] | None) -> tuple[np.ndarray, list[Item]]:
+        """``scene_rows`` of ``catalog`` computed by the runner's workers, each opening its own detector
+        with ``open_detect`` (a picklable factory; None: no detector), in ``scenes.csv`` order."""
         ...
 
     def describe(self) -> dict:
@@ -82,7 +88,14 @@ def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,
     """The embeddings float32 (N, D) and items of every proposed crop of each scene (``engine.proposals``:
     pairs.csv boxes, confident detections, missing ``classes`` filled in, else the whole scene);
     unreadable scenes are skipped."""
-    prep = embedder.preprocessing
+    items, crops = scene_crops(catalog, embedder.preprocessing, detect, classes)
+    return embedder(iter(crops)), items
+
+
+def scene_crops(catalog: Catalog, prep: Preprocessing, detect: Detect | None,
+                classes: Collection[str] | None = None) -> tuple[list[Item], list[np.ndarray]]:
+    """The items and ``uint8 (S, S, 3)`` crops of every proposed crop of each scene, in ``scenes.csv``
+    order (see ``scene_rows``); what every runner embeds."""
     items, crops = [], []
     for proposal in catalog_proposals(catalog, detect, prep, classes):
         if proposal.image is None:
@@ -93,7 +106,7 @@ def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,
             items.append(Item(f"{scene.scene}#{j}", "", scene.scene, c.label, _relative(scene.image, catalog.root), scene.scene, c.box,
                               label, room_type=scene.room_type))
             crops.append(query_crop(proposal.image, c.box, prep.image_size, prep.crop_padding))
-    return embedder(iter(crops)), items
+    return items, crops
 
 
 def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
@@ -113,23 +126,30 @@ def _relative(image: Path, root: Path) -> str:
 def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,
                           params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
                           tuning: TuningConfig | None = None, milvus: MilvusSettings | None = None,
-                          runner: PhotoRunner | None = None, model_path: Path | None = None) -> dict[str, CatalogIndex]:
+                          runner: PhotoRunner | None = None, model_path: Path | None = None,
+                          open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
     """Build and save ``out/products`` and ``out/scenes``; ``embedder`` must be saved (it has a fingerprint).
 
     With ``tuning``, the scene crops are embedded first and serve as the products index's tuning
     queries; the scenes index is tuned on a sample of its own vectors. With ``milvus``, the vectors
     go into collections ``<milvus.collection>_products`` and ``_scenes`` (the crops are the
-    products' recall queries there too). With ``runner``, the product photos are embedded on it with
-    the embedder saved at ``model_path`` (the scene crops stay in process); each manifest records
-    which runner computed its vectors (``embedded_by``)."""
+    products' recall queries there too). With ``runner``, the product photos and the scene crops are
+    embedded on it with the embedder saved at ``model_path``, its workers detecting with their own
+    detector from ``open_detect`` (None: no detector; ``detect`` is not used there); each manifest
+    records which runner computed its vectors (``embedded_by``)."""
     if not embedder.fingerprint:
         raise ValueError("indexes need a saved embedder (its fingerprint ties them to it); load it with Embedder.load")
     if runner is not None and model_path is None:
         raise ValueError("a runner embeds with the saved model file: pass model_path (the .keras file embedder was loaded from)")
+    if runner is not None and detect is not None and open_detect is None:
+        raise ValueError("a runner's workers open their own detector: pass open_detect (a picklable factory of detect)")
     embed_photos = None if runner is None else partial(runner.embed_photos, model_path=Path(model_path))
     scenes = None
     if catalog.scenes:
-        vectors, items = scene_rows(catalog, embedder, detect, classes)
+        if runner is None:
+            vectors, items = scene_rows(catalog, embedder, detect, classes)
+        else:
+            vectors, items = runner.embed_scenes(catalog, Path(model_path), open_detect, classes)
         scenes = CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning,
                                     milvus=milvus.named(SCENES) if milvus is not None and len(items) else None)
     queries = scenes.vectors if scenes is not None and len(scenes) else None
@@ -138,7 +158,7 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
     built[PRODUCTS].embedded_by = {"runner": "local"} if runner is None else runner.describe()
     if scenes is not None:
         built[SCENES] = scenes
-        scenes.embedded_by = {"runner": "local"}
+        scenes.embedded_by = built[PRODUCTS].embedded_by
     for name, index in built.items():
         index.save(Path(out) / name)
         t = index.tuning
@@ -150,12 +170,13 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
 def build_serving_folder(model_path: Path, catalog: Catalog, out: Path, detect: Detect | None = None,
                          params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
                          tuning: TuningConfig | None = TuningConfig(), milvus: MilvusSettings | None = None,
-                         runner: PhotoRunner | None = None) -> dict[str, CatalogIndex]:
+                         runner: PhotoRunner | None = None, open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
     """Everything the search service needs in ``out``: ``model.keras`` (a copy of ``model_path``)
-    and the ``products`` and ``scenes`` indexes built with it (their vectors in Milvus with ``milvus``)."""
+    and the ``products`` and ``scenes`` indexes built with it (their vectors in Milvus with ``milvus``;
+    computed on ``runner`` with detectors from ``open_detect`` when given)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "model.keras") as tmp:
         shutil.copyfile(model_path, tmp)
     return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes, tuning, milvus, runner,
-                                 out / "model.keras")
+                                 out / "model.keras", open_detect)

@@ -13,6 +13,7 @@ Ray is the only third-party engine here, imported only in this module (and only 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -120,6 +121,82 @@ class RayRunner:
             ray.init(address=self.address, logging_level=logging.WARNING,
                      runtime_env={"working_dir": str(PROJECT_ROOT), "excludes": _NOT_SHIPPED})
         logger.info("Ray %s: %s, %d workers x %d TensorFlow threads", ray.__version__, self.address or "local", self.workers, self.threads)
+
+
+    def embed_scenes(self, catalog, model_path: Path, open_detect, classes) -> tuple[np.ndarray, list]:
+        """Every scene's proposed crops (``engine.build_indexes.scene_crops``) detected and embedded on
+        Ray, a few scenes per task; each actor opens its own detector with ``open_detect`` (a picklable
+        factory, None: no detector). → ``float32 (M, D)`` and the M items, in ``scenes.csv`` order."""
+        ray = _ray()
+        from engine.index_folder import Item
+
+        names = [s.scene for s in catalog.scenes]
+        if not names:
+            from engine.embed import Embedder
+
+            return np.zeros((0, Embedder.load(model_path).dim), np.float32), []
+        started = not ray.is_initialized()
+        if started:
+            self._start(ray)
+        try:
+            per_task = max(1, min(8, math.ceil(len(names) / (2 * self.workers))))
+            rows = [{"row": i, "scene": n} for i, n in enumerate(names)]
+            ds = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / per_task))
+            ds = ds.map_batches(_SceneEmbedder, fn_constructor_args=(catalog, str(Path(model_path).resolve()), self.threads, open_detect,
+                                                                    None if classes is None else sorted(classes)),
+                                batch_size=per_task, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.workers),
+                                num_cpus=self.threads)
+            parts: dict[int, tuple[np.ndarray, list]] = {}
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for row, vector, item in zip(batch["row"], batch["vector"], batch["item"]):
+                    vecs, items = parts.setdefault(int(row), ([], []))
+                    vecs.append(vector)
+                    items.append(Item.from_dict(json.loads(str(item))))
+            order = sorted(parts)
+            vectors = [v for r in order for v in parts[r][0]]
+            items = [it for r in order for it in parts[r][1]]
+            dim = len(vectors[0]) if vectors else 0
+            return (np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)), items
+        finally:
+            if started:
+                ray.shutdown()
+
+
+class _SceneEmbedder:
+    """The Ray actor for scenes: loads the embedder and opens a detector once, then proposes, crops and
+    embeds batches of scenes.
+
+    batch: ``{"row": int64 (B,), "scene": str (B,)}`` → one output row per crop: ``{"row": int64 (M,)``
+    (its scene's row), ``"vector": float32 (M, D), "item": str (M,)`` (the item's JSON)}.
+    """
+
+    def __init__(self, catalog, model_path: str, threads: int, open_detect, classes) -> None:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        from engine.embed import Embedder
+
+        self.catalog, self.classes = catalog, classes
+        self.embedder = Embedder.load(model_path)
+        self.detect = open_detect() if open_detect is not None else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from dataclasses import asdict
+
+        from engine.build_indexes import scene_crops
+        from engine.splits import restrict_scenes
+
+        rows, vectors, records = [], [], []
+        for row, name in zip(batch["row"], batch["scene"]):
+            items, crops = scene_crops(restrict_scenes(self.catalog, keep=[str(name)]), self.embedder.preprocessing, self.detect, self.classes)
+            if crops:
+                vectors.append(self.embedder(np.stack(crops)))
+            rows += [int(row)] * len(items)
+            records += [json.dumps(asdict(it)) for it in items]
+        dim = self.embedder.dim
+        return {"row": np.asarray(rows, np.int64), "vector": np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
+                "item": np.asarray(records, dtype=object)}
 
 
 class _PhotoEmbedder:

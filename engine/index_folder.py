@@ -53,6 +53,12 @@ class Item:
     room_type: str = ""
     details: tuple[tuple[str, str], ...] = ()  # the catalog's own fields: color, size, desc, price, url ...
 
+    @classmethod
+    def from_dict(cls, record: dict) -> Item:
+        """An item from its JSON record (``dataclasses.asdict`` after a JSON round trip)."""
+        return cls(**{**record, "box": tuple(record["box"]) if record.get("box") else None,
+                      "details": tuple(tuple(kv) for kv in record.get("details", ()))})
+
 
 @dataclass(frozen=True)
 class Match:
@@ -233,8 +239,7 @@ class CatalogIndex:
                 f"{model_fingerprint[:12]}; {rebuild} --model <the model you serve>"
             )
         vectors = np.load(folder / "vectors.npy")
-        items = [Item(**{**it, "box": tuple(it["box"]) if it.get("box") else None, "details": tuple(tuple(kv) for kv in it.get("details", ()))})
-                 for it in json.loads((folder / "items.json").read_text())]
+        items = [Item.from_dict(it) for it in json.loads((folder / "items.json").read_text())]
         if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
             raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
         kind, params = manifest["index_kind"], manifest["index_params"]

@@ -11,9 +11,10 @@ the products index on the scene crops' embeddings, the scenes index on a sample 
 The engine and settings chosen, why, and the measured recall and queries per second are stored in
 each index's manifest (``tuning``) and shown by ``/healthz``.
 
-``--runner ray``: the product photos are embedded on Ray Data (``engine.distributed``): ``--workers``
-model actors on a local Ray, or on a cluster with ``--ray-address``; the same vectors as in process,
-and each manifest records the runner (``embedded_by``).
+``--runner ray``: the product photos and the scene crops (each worker opening its own detector) are
+embedded on Ray Data (``engine.distributed``): ``--workers`` model actors on a local Ray, or on a
+cluster with ``--ray-address``; the same vectors as in process, and each manifest records the
+runner (``embedded_by``).
 
 ``--backend milvus --milvus-uri URI``: the vectors go into new Milvus collections instead
 (``<prefix>_<build time>_<hex>_products`` and ``_scenes``, ``engine.milvus``), searched by the server;
@@ -28,6 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from detectors.cache import DetectionCache
@@ -41,6 +43,7 @@ from engine.distributed import RUNNERS, RayRunner
 from engine.embed import load_preprocessing
 from engine.generations import publish_generation
 from engine.milvus import MilvusSettings, unique_collection
+from engine.proposals import Detect
 from engine.runtime import run_cli, state_dir
 from training.model_ref import resolve_model
 
@@ -103,25 +106,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
 
 
+def cached_detect(weights: str, conf: float, cache_dir: Path) -> Detect:
+    """The detector's ``detect`` behind the detection cache: opened in this process or, pickled as a
+    ``partial``, in each worker of a distributed runner."""
+    return DetectionCache(YoloDetector(weights, conf=conf), cache_dir).detect
+
+
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     milvus = (MilvusSettings(args.milvus_uri, unique_collection(args.milvus_prefix), args.milvus_index_type.upper(), args.milvus_index_params,
                              args.milvus_search_params) if args.backend == "milvus" else None)
     model = resolve_model(args.model)
     catalog = load_catalog(args.catalog)
-    detect = None
+    open_detect = None
     if not args.no_detector:
-        detector = YoloDetector(args.detector_weights or default_weights(), conf=load_preprocessing(model.path).detector_confidence)
-        detect = DetectionCache(detector, state_dir() / "cache" / "detections").detect
+        open_detect = partial(cached_detect, args.detector_weights or default_weights(), load_preprocessing(model.path).detector_confidence,
+                              state_dir() / "cache" / "detections")
     params = ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves, leaves_to_search=args.leaves_to_search, reorder=args.reorder)
     tuning = (TuningConfig(target_recall=args.target_recall, n_queries=args.tuning_queries, budget_s=args.tuning_budget, seed=args.seed)
               if args.target_recall > 0 else None)
     runner = (RayRunner(workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.ray_address)
               if args.runner == "ray" else None)
+    detect = open_detect() if open_detect is not None and runner is None else None  # a runner's workers open their own
     built: dict = {}
 
     def write(tmp: Path) -> None:
-        built.update(build_serving_folder(model.path, catalog, tmp, detect, params, load_category_map().classes, tuning, milvus, runner))
+        built.update(build_serving_folder(model.path, catalog, tmp, detect, params, load_category_map().classes, tuning, milvus, runner,
+                                          open_detect))
 
     generation = publish_generation(args.out, write, keep=args.keep)
     for name, index in built.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.build_indexes import PRODUCTS, SCENES, build_catalog_indexes, build_serving_folder, product_images
+from engine.build_indexes import PRODUCTS, SCENES, build_catalog_indexes, build_serving_folder, product_images, scene_rows
 from engine.catalog import load_catalog
 from engine.distributed import RayRunner
 from engine.embed import Embedder
@@ -30,6 +30,10 @@ class InProcessRunner:
         embedder = Embedder.load(model_path)
         return embedder(product_images([type("P", (), {"image": p}) for p in paths], embedder.preprocessing))
 
+    def embed_scenes(self, catalog, model_path, open_detect, classes):
+        self.calls.append(([s.image for s in catalog.scenes], Path(model_path)))
+        return scene_rows(catalog, Embedder.load(model_path), open_detect() if open_detect else None, classes)
+
     def describe(self) -> dict:
         return {"runner": "in-process-test"}
 
@@ -37,10 +41,19 @@ class InProcessRunner:
 def test_a_runner_embeds_the_products_and_the_manifest_records_it(tiny_catalog: Path, saved_embedder: Path, tmp_path: Path):
     catalog, runner = load_catalog(tiny_catalog), InProcessRunner()
     built = build_catalog_indexes(catalog, Embedder.load(saved_embedder), tmp_path, runner=runner, model_path=saved_embedder)
-    assert runner.calls == [([p.image for p in catalog.products], saved_embedder)]
-    assert json.loads((tmp_path / PRODUCTS / "manifest.json").read_text())["embedded_by"] == {"runner": "in-process-test"}
-    assert json.loads((tmp_path / SCENES / "manifest.json").read_text())["embedded_by"] == {"runner": "local"}
+    assert runner.calls == [([s.image for s in catalog.scenes], saved_embedder), ([p.image for p in catalog.products], saved_embedder)]
+    for name in (PRODUCTS, SCENES):
+        assert json.loads((tmp_path / name / "manifest.json").read_text())["embedded_by"] == {"runner": "in-process-test"}
     assert len(built[PRODUCTS]) == len(catalog.products)
+    local = build_catalog_indexes(catalog, Embedder.load(saved_embedder), tmp_path / "local")
+    assert [it.item_id for it in built[SCENES].items] == [it.item_id for it in local[SCENES].items]
+
+
+def test_a_runner_opens_its_own_detector(tiny_catalog: Path, saved_embedder: Path, tmp_path: Path):
+    catalog = load_catalog(tiny_catalog)
+    with pytest.raises(ValueError, match="open_detect"):  # a detector of this process cannot be shipped to workers
+        build_catalog_indexes(catalog, Embedder.load(saved_embedder), tmp_path, detect=lambda path, image: [], runner=InProcessRunner(),
+                              model_path=saved_embedder)
 
 
 def test_a_runner_needs_the_model_file(tiny_catalog: Path, saved_embedder: Path, tmp_path: Path):
@@ -69,4 +82,7 @@ def test_ray_gives_the_in_process_vectors_in_catalog_order(tiny_catalog: Path, s
     assert [it.item_id for it in ray[PRODUCTS].items] == [it.item_id for it in local[PRODUCTS].items]
     manifest = json.loads((tmp_path / "ray" / PRODUCTS / "manifest.json").read_text())
     assert manifest["embedded_by"]["runner"] == "ray" and manifest["embedded_by"]["workers"] == 2
-    np.testing.assert_array_equal(ray[SCENES].vectors, local[SCENES].vectors)
+    # the scene crops too: proposed, cut and embedded by the actors, a few scenes per task, back in scenes.csv order
+    np.testing.assert_allclose(ray[SCENES].vectors, local[SCENES].vectors, rtol=0, atol=ATOL)
+    assert ray[SCENES].items == local[SCENES].items
+    assert json.loads((tmp_path / "ray" / SCENES / "manifest.json").read_text())["embedded_by"]["runner"] == "ray"
