@@ -132,10 +132,44 @@ class TeamServer:
     artifacts: Path  # its --artifacts-destination
 
 
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct loopback ports free right now (held open together so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM to the process group of ``proc`` (started with ``start_new_session=True``), SIGKILL after ``timeout`` s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[int], list[int]]:
+    """A function giving ``n`` free loopback ports, for servers a test starts."""
+    return _free_ports
+
+
+@pytest.fixture(scope="session")
+def stop_group() -> Callable[..., None]:
+    """A function stopping a subprocess's process group: SIGTERM, then SIGKILL after a timeout."""
+    return _stop_group
 
 
 def _postgres_programs() -> Path | None:
@@ -204,12 +238,7 @@ def _mlflow_server(database: str, artifacts: Path, log: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _stop_group(proc)
 
 
 @pytest.fixture()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +18,11 @@ from engine.generations import publish_generation
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
-def gunicorn(index_folder: Path, tmp_path: Path, copy_of):
+def gunicorn(index_folder: Path, tmp_path: Path, copy_of, free_ports, stop_group):
     out = tmp_path / "serve"
     publish_generation(out, copy_of(index_folder))
-    port = free_port()
+    port = free_ports(1)[0]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SHOWROOM_INDEX": str(out), "SHOWROOM_RELOAD_TOKEN": "s3cret",
            "SHOWROOM_RATE_LIMIT": "", "SHOWROOM_BIND": f"127.0.0.1:{port}", "SHOWROOM_WORKERS": "2",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
@@ -52,12 +44,7 @@ def gunicorn(index_folder: Path, tmp_path: Path, copy_of):
         assert len(pids) == 2, "two workers did not come up"
         yield url, out, tmp_path / "gunicorn.log"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=60)
         log.close()
 
 

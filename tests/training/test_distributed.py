@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,23 +20,12 @@ from training.distributed import NullTracker, make_cluster, read_tf_config
 from training.tracking import run_metrics
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 class Job:
     """Two ``training.fit`` worker processes on loopback; always killed on exit."""
 
-    def __init__(self, args: list[str], tmp: Path, ports: list[int] | None = None) -> None:
+    def __init__(self, args: list[str], tmp: Path, ports: list[int]) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        self.ports = ports or _free_ports(2)
+        self.ports = ports
         cluster = {"worker": [f"127.0.0.1:{p}" for p in self.ports]}
         self.logs = [tmp / f"worker{i}.log" for i in range(2)]
         self.procs = []
@@ -76,12 +64,12 @@ def _run_id(stdout: str) -> str:
 
 
 @pytest.mark.slow
-def test_two_workers_agree_with_one_and_only_the_chief_logs(tiny_catalog: Path, tiny_fit: list[str], tmp_path: Path, last_run):
+def test_two_workers_agree_with_one_and_only_the_chief_logs(tiny_catalog: Path, tiny_fit: list[str], tmp_path: Path, last_run, free_ports):
     args = ["--catalog", str(tiny_catalog), "--weights", "none", "--epochs", "2", "--no-index", "--seed", "5", *tiny_fit]
     assert fit.main([*args, "--distribute", "none", "--run-name", "one-worker"]) == 0
     single = last_run().info.run_id
 
-    with Job([*args, "--distribute", "multi_worker", "--run-name", "two-workers"], tmp_path) as job:
+    with Job([*args, "--distribute", "multi_worker", "--run-name", "two-workers"], tmp_path, free_ports(2)) as job:
         codes = job.wait(timeout=420)
         assert codes == [0, 0], job.log(0)[-3000:] + job.log(1)[-3000:]
         assert "worker:1: done" in job.log(1) and "MLflow run" not in job.log(1)  # the worker logs nothing
@@ -105,11 +93,11 @@ def test_two_workers_agree_with_one_and_only_the_chief_logs(tiny_catalog: Path, 
 
 
 @pytest.mark.slow
-def test_a_killed_job_resumes_from_its_last_epoch(tiny_catalog: Path, tiny_fit: list[str], tmp_path: Path):
+def test_a_killed_job_resumes_from_its_last_epoch(tiny_catalog: Path, tiny_fit: list[str], tmp_path: Path, free_ports):
     args = ["--catalog", str(tiny_catalog), "--weights", "none", "--epochs", "3", "--no-index", "--seed", "6",
             "--distribute", "multi_worker", "--run-name", "resumed", *tiny_fit]
     before = set((state_dir() / "checkpoints").glob("job-*"))
-    with Job(args, tmp_path / "first") as job:
+    with Job(args, tmp_path / "first", free_ports(2)) as job:
         deadline = time.monotonic() + 300
         backups: list[Path] = []
         while not backups and time.monotonic() < deadline and job.procs[0].poll() is None:
