@@ -11,7 +11,7 @@ the table then reports that setting on separate *test* queries: recall@k against
 single-thread queries per second one query per call and in one batch, build seconds (on all
 cores), index size, and each row's ratio to the best other row. Recall counts ties: an item as near
 as the k-th exact neighbour is a hit (the IKEA catalog has one photo under several product ids). ScaNN's settings are chosen by
-Showroom's own tuner (``engine.ann_tuning``), exactly as ``serving.build_index`` does.
+Showroom's own tuner (``engine.index.tuning``), exactly as ``serving.build_index`` does.
 
 Synthetic data: N unit vectors around N/1000 random unit centres with isotropic Gaussian noise
 scaled so that two items of a cluster have cosine 0.65 on average (measured and printed), like a
@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from engine.ann import BruteForceIndex, ScannParams
-from engine.ann_tuning import TuningConfig, recall_at_k, tune_index
+from engine.index.ann import BruteForceIndex, ScannParams
+from engine.index.tuning import TuningConfig, recall_at_k, tune_index
 
 logger = logging.getLogger("benchmarks.ann")
 

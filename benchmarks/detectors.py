@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from detectors.litert import LiteRTDetector
     from detectors.yolo import YoloDetector
-    from engine.images import load_image
+    from engine.data.images import load_image
     from engine.runtime import configure_runtime
 
     configure_runtime()

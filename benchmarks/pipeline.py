@@ -8,7 +8,7 @@
   batches already in memory (the raw train step). Both after one warm-up epoch that traces the
   step. The default: the demo catalog at the demo's image size and batch.
 - **embedding**: images/s of embedding the catalog's product photos as ``serving.build_index``
-  does (decode, square, batch, predict; ``engine.build_indexes.product_images``) against
+  does (decode, square, batch, predict; ``engine.index.serving_folder.product_images``) against
   ``predict_on_batch`` on the same images already decoded in memory. ``--model`` (a ``.keras``):
   the served model; default a fresh MobileNetV2 embedder at 224 px.
 
@@ -50,12 +50,12 @@ def fit_ratio(catalog_dir: Path | None, steps: int, batch_size: int, image_size:
     import keras
     import tensorflow as tf
 
-    from engine.catalog import load_catalog
+    from engine.data.catalog import load_catalog
     from engine.config import ModelConfig, TrainConfig
-    from engine.model import TripletModel, build_embedder
+    from engine.model.network import TripletModel, build_embedder
     from engine.runtime import state_dir
     from training.demo_catalog import ensure_demo_catalog
-    from training.pipeline import triplet_dataset
+    from training.input_pipeline import triplet_dataset
     from training.training_set import build_training_set
 
     catalog = load_catalog(catalog_dir or ensure_demo_catalog(state_dir()))
@@ -83,12 +83,12 @@ def fit_ratio(catalog_dir: Path | None, steps: int, batch_size: int, image_size:
 
 def embed_ratio(catalog_dir: Path, model_path: Path | None, image_size: int, weights: str, limit: int, rounds: int = 3) -> dict:
     """(as build_index images/s, raw predict images/s) over the catalog's product photos."""
-    from engine.build_indexes import product_images
-    from engine.catalog import load_catalog
+    from engine.index.serving_folder import product_images
+    from engine.data.catalog import load_catalog
     from engine.config import ModelConfig, Preprocessing
-    from engine.embed import Embedder
-    from engine.images import load_square
-    from engine.model import build_embedder
+    from engine.model.embedder import Embedder
+    from engine.data.images import load_square
+    from engine.model.network import build_embedder
 
     catalog = load_catalog(catalog_dir)
     if model_path is not None:

@@ -42,9 +42,9 @@ def percentile(values: Sequence[float], q: float) -> float:
 def model_floor(index: Path, weights: str, photos: list[Path], runtime: str) -> dict[str, float]:
     """Median ms of the detector and of one embedder forward per photo, in this process."""
     from detectors.open import open_detector
-    from engine.embed import Embedder
-    from engine.generations import resolve_serving_folder
-    from engine.images import load_image, query_crop
+    from engine.model.embedder import Embedder
+    from engine.index.generations import resolve_serving_folder
+    from engine.data.images import load_image, query_crop
     from engine.runtime import configure_runtime
 
     configure_runtime()

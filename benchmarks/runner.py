@@ -30,10 +30,10 @@ logger = logging.getLogger("benchmarks.runner")
 def compare(catalog_dir: Path, model_path: Path, workers: int, threads_per_worker: int, limit: int = 0) -> dict:
     """Wall seconds of each path and the vectors' largest difference: ``{"n", "local_s", "ray_s",
     "ray_start_s", "max_diff", "runner"}``."""
-    from engine.build_indexes import product_images
-    from engine.catalog import load_catalog
-    from engine.distributed import RayRunner, _ray
-    from engine.embed import Embedder
+    from engine.index.serving_folder import product_images
+    from engine.data.catalog import load_catalog
+    from engine.index.ray_runner import RayRunner, _ray
+    from engine.model.embedder import Embedder
 
     products = load_catalog(catalog_dir).products
     products = products[:limit] if limit else products

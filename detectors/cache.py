@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.detection import Detection, Detector
+from engine.data.detection import Detection, Detector
 from engine.files import write_json_atomic
 
 

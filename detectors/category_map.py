@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from engine.detection import DetectorError
+from engine.data.detection import DetectorError
 
 DEFAULT_MAP = Path(__file__).with_name("category_map.yaml")
 

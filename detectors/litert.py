@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from engine.config import DEFAULT_MIN_CONFIDENCE
-from engine.detection import Detection, DetectorError
+from engine.data.detection import Detection, DetectorError
 
 LETTERBOX_FILL = 114
 MAX_WH = 7680  # class offset for class-aware NMS, as Ultralytics

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from engine.config import DEFAULT_MIN_CONFIDENCE
-from engine.detection import Detector, DetectorError
+from engine.data.detection import Detector, DetectorError
 
 RUNTIMES = ("auto", "litert", "ultralytics")
 RUNTIME_ENV = "SHOWROOM_DETECTOR_RUNTIME"

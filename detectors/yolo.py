@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.config import DEFAULT_MIN_CONFIDENCE
-from engine.detection import Detection, DetectorError
+from engine.data.detection import Detection, DetectorError
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ class ModelConfig:
 
     backbone: one of ``BACKBONES``; the pooled ImageNet CNN.
     weights: ``"imagenet"`` (Keras download, or the ``$SHOWROOM_WEIGHTS_DIR`` mirror, see
-        ``engine.model.resolve_weights``),
+        ``engine.model.network.resolve_weights``),
         ``"none"`` (random init) or a path to a ``.weights.h5``/``.h5`` file for the backbone.
     image_size: side of the square RGB input, pixels.
     alpha: width multiplier, used by ``mobilenet_v2`` only.
@@ -111,7 +111,7 @@ class TrainConfig:
     max_triplets_per_epoch: cap on the triplets of one epoch (0 = no cap), sampled with the seed.
     triplet_weight, softmax_weight, type_softmax_weight: the loss is their weighted sum of the
         triplet loss (``loss``), the proxy softmax over every catalog product and the proxy softmax
-        over product types (``engine.model.TripletModel``); temperature: of both softmaxes.
+        over product types (``engine.model.network.TripletModel``); temperature: of both softmaxes.
     mix: shares of each epoch's queries by source, ``"real=1,synthetic=1,lifestyle=0.25"``
         (real room-photo crops, synthetic views, product photos not on white); "" = every query
         once per epoch. queries_per_epoch: how many (0 = the number of training queries); a
@@ -209,13 +209,13 @@ class Preprocessing:
 
     image_size: side S of the square model input, pixels.
     crop_padding: a query box grows by this share of its longer side on every side, then is
-        squared and clipped to the photo (``engine.images.pad_box``).
+        squared and clipped to the photo (``engine.data.images.pad_box``).
     resize: ``pad_square``: keep the aspect ratio, fit the longer side to S, pad with white.
     min_confidence: detector score a proposed scene crop needs (indexing, evaluation, mining and
         the search service's detections).
     fill_confidence: a class of interest with no box at ``min_confidence`` in a photo gets its
-        single best box down to this score (0 = off; ``engine.proposals.confident``).
-    catalog_decode: how a catalog (iconic) photo is read (``engine.images.load_square``):
+        single best box down to this score (0 = off; ``engine.data.proposals.confident``).
+    catalog_decode: how a catalog (iconic) photo is read (``engine.data.images.load_square``):
         ``reduced`` lets the JPEG decoder scale a large photo down by 2-8 first (4x faster);
         ``full`` decodes every pixel, as models saved before this field existed were trained.
     """

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.detection import Detection, Detector
-from engine.embed import Embedder
-from engine.images import Box, check_box, query_crop
-from engine.index_folder import CatalogIndex, Match
-from engine.proposals import confident
+from engine.data.detection import Detection, Detector
+from engine.model.embedder import Embedder
+from engine.data.images import Box, check_box, query_crop
+from engine.index.catalog_index import CatalogIndex, Match
+from engine.data.proposals import confident
 
 
 @dataclass

@@ -22,13 +22,13 @@ import numpy as np
 from detectors.cache import DetectionCache
 from detectors.category_map import DEFAULT_MAP, load_category_map
 from detectors.yolo import YoloDetector, default_weights
-from engine.catalog import Catalog, load_catalog
+from engine.data.catalog import Catalog, load_catalog
 from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
-from engine.embed import Embedder
+from engine.model.embedder import Embedder
 from engine.files import write_json_atomic
 from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
-from engine.splits import read_scene_list, restrict_scenes
+from engine.data.splits import read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.protocol import EvalConfig, EvalInputs, EvalResult, flat_metrics, paired_difference, prepare, score, table
 from training.model_ref import resolve_model

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.catalog import load_catalog
+from engine.data.catalog import load_catalog
 from engine.runtime import run_cli
-from engine.splits import holdout_scenes, write_scene_list
+from engine.data.splits import holdout_scenes, write_scene_list
 
 logger = logging.getLogger("evaluation.holdout")
 

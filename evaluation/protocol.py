@@ -18,7 +18,7 @@
   class takes its best rank over any crop of its scene); recall split by products ``seen`` /
   ``unseen`` in the training pairs (``EvalConfig.seen_products``); and scene → product over
   **all** pairs, whatever their type, with every proposed crop plus a fixed set of multi-scale
-  windows as queries (``engine.proposals.windows``).
+  windows as queries (``engine.data.proposals.windows``).
 Ranks are pessimistic: a tie with the true item ranks ahead of it.
 
 ``prepare`` decodes, detects and crops once; ``score`` embeds and ranks, so a baseline and a
@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from detectors.category_map import CategoryMap
-from engine.catalog import Catalog, CatalogError, Pair
+from engine.data.catalog import Catalog, CatalogError, Pair
 from engine.config import Preprocessing
-from engine.detection import Detector
-from engine.embed import Embed, embed_batches
-from engine.images import load_square, query_crop
+from engine.data.detection import Detector
+from engine.model.embedder import Embed, embed_batches
+from engine.data.images import load_square, query_crop
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
-from engine.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
+from engine.data.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
 
 logger = logging.getLogger(__name__)
 KS = (1, 5, 10, 20, 50)
@@ -113,7 +113,7 @@ def prepare(
     category_map: CategoryMap,
     detect: Detect | None = None,
 ) -> EvalInputs:
-    """Decode the catalog, propose and cut the scene crops (``engine.proposals``), and list the
+    """Decode the catalog, propose and cut the scene crops (``engine.data.proposals``), and list the
     pairs with the crops that may answer them.
 
     ``detect(path, image) -> list[Detection]`` defaults to ``detector.detect(image)`` (pass a

@@ -13,14 +13,14 @@ from dataclasses import asdict
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 
-from engine.images import (
+from engine.data.images import (
     ImageError,
     ImageShapeError,
     ImageTooLarge,
     check_box,
     decode_image,
 )
-from engine.index_folder import Match
+from engine.index.catalog_index import Match
 from engine.search import Timings
 from serving.errors import ApiError
 from serving.observability import request_timings
@@ -236,7 +236,7 @@ def healthz_api():
 
 
 def _tuning_summary(index) -> dict | None:
-    """How an index was tuned (engine.ann_tuning): engine chosen and why, measured recall@k and q/s."""
+    """How an index was tuned (engine.index.tuning): engine chosen and why, measured recall@k and q/s."""
     t = index.tuning
     return None if t is None else {k: v for k, v in t.items() if k != "trees"}
 

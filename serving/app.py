@@ -6,7 +6,7 @@ Configuration (``test_config`` or environment):
   (``python -m evaluation.promote``); resolved again on every reload.
 - ``SHOWROOM_MILVUS_URI`` / ``SHOWROOM_MILVUS_TOKEN``: for indexes built with ``--backend milvus``, the
   Milvus to search on this machine (default: the URI they were built with) and its credentials
-  (``engine.milvus``); a collection filled by another model or with other rows is refused.
+  (``engine.index.milvus``); a collection filled by another model or with other rows is refused.
 - ``SHOWROOM_CATALOG_ROOT``: where the catalog's images are on this machine (default: where they
   were when the index was built); indexes store image paths relative to it.
 - ``SHOWROOM_DETECTOR_WEIGHTS``: YOLO weights for detecting products in uploads (none: no detection);
@@ -37,7 +37,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from detectors.category_map import load_category_map
 from detectors.open import open_detector
 from engine.config import ImageLimits, Preprocessing
-from engine.generations import resolve_serving_folder
+from engine.index.generations import resolve_serving_folder
 from engine.runtime import configure_runtime, setup_logging
 from serving.api import bp as api_bp
 from serving.errors import register_error_handlers

@@ -2,22 +2,22 @@
 
 Writes a new generation ``OUT/g-.../`` holding ``products`` (catalog product images), ``scenes``
 (detected crops of scenes.csv, for "where is it used?") and ``model.keras`` (the model they were
-built with), then points ``OUT/CURRENT`` at it in one atomic step (``engine.generations``): a
+built with), then points ``OUT/CURRENT`` at it in one atomic step (``engine.index.generations``): a
 server keeps serving the previous generation until it reloads, and a build killed at any moment
 leaves it loadable. ``OUT`` is all the app needs: ``SHOWROOM_INDEX=OUT flask --app serving run``.
 
-Each index is tuned to ``--target-recall`` (recall@10 against exact search; ``engine.ann_tuning``):
+Each index is tuned to ``--target-recall`` (recall@10 against exact search; ``engine.index.tuning``):
 the products index on the scene crops' embeddings, the scenes index on a sample of its own vectors.
 The engine and settings chosen, why, and the measured recall and queries per second are stored in
 each index's manifest (``tuning``) and shown by ``/healthz``.
 
 ``--runner ray``: the product photos and the scene crops (each worker opening its own detector) are
-embedded on Ray Data (``engine.distributed``): ``--workers`` model actors on a local Ray, or on a
+embedded on Ray Data (``engine.index.ray_runner``): ``--workers`` model actors on a local Ray, or on a
 cluster with ``--ray-address``; the same vectors as in process, and each manifest records the
 runner (``embedded_by``).
 
 ``--backend milvus --milvus-uri URI``: the vectors go into new Milvus collections instead
-(``<prefix>_<build time>_<hex>_products`` and ``_scenes``, ``engine.milvus``), searched by the server;
+(``<prefix>_<build time>_<hex>_products`` and ``_scenes``, ``engine.index.milvus``), searched by the server;
 the folder keeps the model, items and a manifest naming the collections, and records each one's
 recall@10 against exact search.
 """
@@ -35,15 +35,15 @@ from pathlib import Path
 from detectors.cache import DetectionCache
 from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector, default_weights
-from engine.ann import ScannParams
-from engine.ann_tuning import TuningConfig
-from engine.build_indexes import build_serving_folder
-from engine.catalog import load_catalog
-from engine.distributed import RUNNERS, RayRunner
-from engine.embed import load_preprocessing
-from engine.generations import publish_generation
-from engine.milvus import MilvusSettings, unique_collection
-from engine.proposals import Detect
+from engine.index.ann import ScannParams
+from engine.index.tuning import TuningConfig
+from engine.index.serving_folder import build_serving_folder
+from engine.data.catalog import load_catalog
+from engine.index.ray_runner import RUNNERS, RayRunner
+from engine.model.embedder import load_preprocessing
+from engine.index.generations import publish_generation
+from engine.index.milvus import MilvusSettings, unique_collection
+from engine.data.proposals import Detect
 from engine.runtime import run_cli, state_dir
 from training.model_ref import resolve_model
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.build_indexes import PRODUCTS, SCENES
-from engine.detection import Detector
-from engine.embed import Embedder
+from engine.index.serving_folder import PRODUCTS, SCENES
+from engine.data.detection import Detector
+from engine.model.embedder import Embedder
 from engine.files import write_json_atomic
-from engine.generations import MODEL_FILE
-from engine.index_folder import CatalogIndex
+from engine.index.generations import MODEL_FILE
+from engine.index.catalog_index import CatalogIndex
 from engine.search import SearchEngine
 
 logger = logging.getLogger(__name__)

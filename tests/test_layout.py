@@ -11,8 +11,8 @@ from engine.runtime import PROJECT_ROOT
 
 # A package may import itself and the packages on lower floors, never one on its own floor or above.
 FLOORS = {"engine": 0, "detectors": 1, "training": 2, "evaluation": 3, "serving": 3, "benchmarks": 3}
-THIRD_PARTY_HOMES = {"scann": {"engine/ann.py"}, "ultralytics": {"detectors/yolo.py"}, "mlflow": {"training/tracking.py"},
-                     "pymilvus": {"engine/milvus.py"}, "ray": {"engine/distributed.py"}}
+THIRD_PARTY_HOMES = {"scann": {"engine/index/ann.py"}, "ultralytics": {"detectors/yolo.py"}, "mlflow": {"training/tracking.py"},
+                     "pymilvus": {"engine/index/milvus.py"}, "ray": {"engine/index/ray_runner.py"}}
 
 
 def _imports(path: Path) -> set[str]:
@@ -37,6 +37,34 @@ def test_imports_point_down(path: Path):
         top = name.split(".")[0]
         if top in FLOORS and top != pkg:
             assert FLOORS[top] < FLOORS[pkg], f"{path.relative_to(PROJECT_ROOT)} imports {name}: {top} is not below {pkg}"
+
+
+# Inside engine/, the same rule one level down: each part imports only itself and the parts below it.
+ENGINE_FLOORS = {"engine.runtime": 0, "engine.files": 0, "engine.config": 0, "engine.metrics": 0, "engine.data": 1,
+                 "engine.model": 2, "engine.synthesis": 2, "engine.index": 3, "engine.search": 4}
+
+
+def _engine_part(module: str) -> str | None:
+    """The ``ENGINE_FLOORS`` key a dotted module name belongs to (``engine.index.tuning`` -> ``engine.index``)."""
+    parts = module.split(".")
+    return next((".".join(parts[:n]) for n in (2, 1) if ".".join(parts[:n]) in ENGINE_FLOORS), None)
+
+
+def test_engine_is_its_parts():
+    """``ls engine`` tells the architecture: every module of engine/ belongs to a part of ENGINE_FLOORS."""
+    for path in sorted((PROJECT_ROOT / "engine").rglob("*.py")):
+        mod = ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__")
+        assert mod == "engine" or _engine_part(mod), f"{mod} belongs to no part of engine/ (tests/test_layout.py ENGINE_FLOORS)"
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "engine").rglob("*.py")), ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+def test_engine_parts_import_down(path: Path):
+    mod = ".".join(path.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__")
+    here = _engine_part(mod)
+    for name in _imports(path):
+        there = _engine_part(name)
+        if here and there and there != here:
+            assert ENGINE_FLOORS[there] < ENGINE_FLOORS[here], f"{mod} imports {name}: {there} is not below {here}"
 
 
 def test_each_engine_is_imported_in_one_module():

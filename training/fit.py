@@ -30,23 +30,23 @@ import tensorflow as tf
 from detectors.cache import DetectionCache
 from detectors.category_map import load_category_map
 from detectors.yolo import WEIGHTS_ENV, YoloDetector, default_weights
-from engine.ann_tuning import TuningConfig
-from engine.build_indexes import build_serving_folder
-from engine.catalog import Catalog, CatalogError, load_catalog
+from engine.index.tuning import TuningConfig
+from engine.index.serving_folder import build_serving_folder
+from engine.data.catalog import Catalog, CatalogError, load_catalog
 from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, Preprocessing, TrainConfig, flatten, from_dict
-from engine.embed import Embedder, ModelError, embed_images, input_size, load_embedder, load_preprocessing, save_embedder
+from engine.model.embedder import Embedder, ModelError, embed_images, input_size, load_embedder, load_preprocessing, save_embedder
 from engine.files import atomic_file
-from engine.model import TripletModel, build_embedder
+from engine.model.network import TripletModel, build_embedder
 from engine.runtime import run_cli
-from engine.splits import read_scene_list, restrict_scenes, write_scene_list
+from engine.data.splits import read_scene_list, restrict_scenes, write_scene_list
 from training import checkpoint as ckpt
 from training.callbacks import EpochEnd, log_epoch
 from training.demo_catalog import DemoSpec, ensure_demo_catalog
-from training.distributed import Cluster, JobBackup, NullTracker, job_key, make_cluster, shard_by_data
+from training.strategy import Cluster, JobBackup, NullTracker, job_key, make_cluster, shard_by_data
 from training.manifest import load_manifest, save_manifest
 from training.mining import MiningConfig, mine_catalog
 from training.model_ref import resolve_model
-from training.pipeline import steps_per_epoch, triplet_dataset, triplet_sheet
+from training.input_pipeline import steps_per_epoch, triplet_dataset, triplet_sheet
 from training.tracking import Tracker, git_commit, mlflow_run, run_metrics
 from training.synthesis import load_synthetic_manifest
 from training.training_set import TrainingSet, build_training_set, probe_metrics, queries_from_manifest, queries_from_pairs, queries_from_synthetic

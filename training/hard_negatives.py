@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.ann import BruteForceIndex, SearchIndex
+from engine.index.ann import BruteForceIndex, SearchIndex
 from training.manifest import Positive
 from training.triplets import NegativeSampler
 

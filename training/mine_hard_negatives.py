@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.build_indexes import product_images
-from engine.catalog import load_catalog
-from engine.embed import Embedder
+from engine.index.serving_folder import product_images
+from engine.data.catalog import load_catalog
+from engine.model.embedder import Embedder
 from engine.files import file_sha256
-from engine.images import load_image, query_crop
+from engine.data.images import load_image, query_crop
 from engine.runtime import run_cli
 from training.hard_negatives import HardNegativeConfig, hard_negative_pools, refresh_negatives
 from training.manifest import Manifest, load_manifest, save_manifest

@@ -18,12 +18,12 @@ import cv2
 
 from detectors.category_map import DEFAULT_MAP, load_category_map
 from detectors.yolo import YoloDetector, default_weights
-from engine.catalog import load_catalog
+from engine.data.catalog import load_catalog
 from engine.config import BACKBONES, ModelConfig
-from engine.embed import Embedder
-from engine.iconic import IconicTest
+from engine.model.embedder import Embedder
+from engine.data.iconic import IconicTest
 from engine.runtime import run_cli
-from engine.splits import read_scene_list
+from engine.data.splits import read_scene_list
 from training.manifest import Manifest, save_manifest
 from training.mining import DROP_REASONS, MiningConfig, MiningResult, contact_sheet, mine_catalog
 from training.model_ref import resolve_model

@@ -28,14 +28,14 @@ from tqdm import tqdm
 
 from detectors.cache import DetectionCache
 from detectors.category_map import CategoryMap
-from engine.catalog import Catalog
+from engine.data.catalog import Catalog
 from engine.config import DEFAULT_CROP_PADDING, DEFAULT_FILL_CONFIDENCE, DEFAULT_MIN_CONFIDENCE, Preprocessing, detector_floor
-from engine.detection import Detector
-from engine.embed import Embed, Embedder
-from engine.iconic import IconicTest
-from engine.images import ImageError, load_image, load_square, query_crop
-from engine.proposals import SceneProposals, catalog_proposals, confident
-from engine.splits import restrict_scenes
+from engine.data.detection import Detector
+from engine.model.embedder import Embed, Embedder
+from engine.data.iconic import IconicTest
+from engine.data.images import ImageError, load_image, load_square, query_crop
+from engine.data.proposals import SceneProposals, catalog_proposals, confident
+from engine.data.splits import restrict_scenes
 from training.manifest import Manifest, Positive
 from training.triplets import NegativeSampler
 
@@ -47,7 +47,7 @@ DROP_REASONS = ("unreachable_type", "no_detection_of_class", "below_confidence",
 @dataclass(frozen=True)
 class MiningConfig:
     """min_confidence: detector score a crop needs; fill_confidence: a mapped class with no such crop
-    in a scene may use its best one down to this score (``engine.proposals.confident``); min_area:
+    in a scene may use its best one down to this score (``engine.data.proposals.confident``); min_area:
     crop area / scene area;
     crop_padding: padding around a crop as a fraction of its longer side (Bell & Bala: 16 px per 256)."""
 

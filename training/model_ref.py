@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.embed import ModelError
+from engine.model.embedder import ModelError
 from engine.runtime import state_dir
 from training.tracking import download_artifact, download_registered
 

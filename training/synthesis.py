@@ -1,7 +1,7 @@
 """Synthetic in-room views of every catalog product, and their versioned manifest.
 
-Each product photo that passes the white-background test is cut out (``engine.cutout``) and pasted
-into room photos of the training scenes (``engine.composite``): at a place and size drawn from the
+Each product photo that passes the white-background test is cut out (``engine.synthesis.cutout``) and pasted
+into room photos of the training scenes (``engine.synthesis.composite``): at a place and size drawn from the
 real detections of the class its type maps to (a floor-standing default otherwise), warped,
 re-lit, shadowed, sometimes partly hidden by another cut-out or the frame edge, blurred and
 JPEG-compressed. A view is cached on disk as the region around the product (its box grown by
@@ -34,14 +34,14 @@ import cv2
 import numpy as np
 
 from detectors.category_map import CategoryMap
-from engine.catalog import Catalog
-from engine.composite import CompositeConfig, CompositeError, PlacementPrior, composite, to_rel_box
+from engine.data.catalog import Catalog
+from engine.synthesis.composite import CompositeConfig, CompositeError, PlacementPrior, composite, to_rel_box
 from engine.config import DEFAULT_MIN_CONFIDENCE
-from engine.cutout import CutoutConfig, CutoutError
+from engine.synthesis.cutout import CutoutConfig, CutoutError
 from engine.files import atomic_file, write_json_atomic
-from engine.iconic import IconicTest
-from engine.images import Box, ImageError, load_image
-from engine.proposals import Detect
+from engine.data.iconic import IconicTest
+from engine.data.images import Box, ImageError, load_image
+from engine.data.proposals import Detect
 from training.manifest import read_versioned_json
 
 logger = logging.getLogger(__name__)

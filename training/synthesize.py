@@ -24,11 +24,11 @@ from tqdm import tqdm
 from detectors.cache import DetectionCache
 from detectors.category_map import DEFAULT_MAP, CategoryMap, load_category_map
 from detectors.yolo import YoloDetector, default_weights
-from engine.catalog import Catalog, load_catalog
+from engine.data.catalog import Catalog, load_catalog
 from engine.config import DEFAULT_CROP_PADDING
-from engine.images import load_image, load_square, query_crop
+from engine.data.images import load_image, load_square, query_crop
 from engine.runtime import run_cli
-from engine.splits import read_scene_list, restrict_scenes
+from engine.data.splits import read_scene_list, restrict_scenes
 from training.manifest import load_manifest
 from training.mining import contact_sheet
 from training.synthesis import (

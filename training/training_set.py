@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.catalog import Box, Catalog, CatalogError
+from engine.data.catalog import Box, Catalog, CatalogError
 from engine.config import TrainConfig
 from engine.metrics import distance_accuracy, euclidean_distances
-from training.pipeline import ImageSpec, build_bank
+from training.input_pipeline import ImageSpec, build_bank
 from training.manifest import Manifest, ManifestError
 from training.synthesis import SyntheticManifest, SyntheticManifestError
 from training.tracking import metric_key

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.detection import DetectorError
+from engine.data.detection import DetectorError
 from detectors.category_map import load_category_map
 
 COCO_FURNITURE = ["chair", "couch", "bed", "dining table", "potted plant", "vase", "clock", "bowl", "cup", "tv",

@@ -9,8 +9,8 @@ import pytest
 
 from detectors.litert import LiteRTDetector, letterbox, nms, read_class_names
 from detectors.open import open_detector
-from engine.detection import DetectorError
-from engine.images import load_image
+from engine.data.detection import DetectorError
+from engine.data.images import load_image
 
 
 def test_letterbox_centres_and_scales():
@@ -38,7 +38,7 @@ def test_names_and_errors(yolo_weights: Path, tmp_path: Path):
 
 @pytest.mark.slow
 def test_same_boxes_as_ultralytics(yolo_weights: Path, ikea_catalog: Path):
-    from engine.catalog import load_catalog
+    from engine.data.catalog import load_catalog
 
     scenes = [s.image for s in load_catalog(ikea_catalog).scenes[:6]]
     ours, theirs = open_detector(yolo_weights, conf=0.05), open_detector(yolo_weights, conf=0.05, runtime="ultralytics")

@@ -9,8 +9,8 @@ import pytest
 
 from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector
-from engine.detection import DetectorError
-from engine.images import load_image
+from engine.data.detection import DetectorError
+from engine.data.images import load_image
 
 
 def test_weights_of_the_wrong_kind_or_missing(tmp_path: Path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine.config import ModelConfig, Preprocessing
-from engine.embed import save_embedder
-from engine.model import build_embedder
+from engine.model.embedder import save_embedder
+from engine.model.network import build_embedder
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from engine.catalog import CatalogError, load_catalog
-from engine.embed import load_embedder
-from engine.splits import holdout_scenes, read_scene_list, restrict_scenes, write_scene_list
+from engine.data.catalog import CatalogError, load_catalog
+from engine.model.embedder import load_embedder
+from engine.data.splits import holdout_scenes, read_scene_list, restrict_scenes, write_scene_list
 from evaluation import evaluate, promote
 from serving import create_app
 from training.model_ref import resolve_model

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from detectors.category_map import load_category_map
-from engine.catalog import CatalogError, load_catalog
+from engine.data.catalog import CatalogError, load_catalog
 from engine.config import Preprocessing
-from engine.detection import Detection
-from engine.splits import restrict_scenes
+from engine.data.detection import Detection
+from engine.data.splits import restrict_scenes
 from evaluation.protocol import EvalConfig, flat_metrics, prepare, score
 
 P48 = Preprocessing(image_size=48, fill_confidence=0.0)  # the hand-computed ranks assume no fill-in

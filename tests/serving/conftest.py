@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.build_indexes import build_catalog_indexes
-from engine.catalog import load_catalog
+from engine.index.serving_folder import build_catalog_indexes
+from engine.data.catalog import load_catalog
 from engine.config import ModelConfig, Preprocessing
-from engine.detection import Detection
-from engine.embed import Embedder, save_embedder
-from engine.milvus import MilvusSettings
-from engine.model import build_embedder
+from engine.data.detection import Detection
+from engine.model.embedder import Embedder, save_embedder
+from engine.index.milvus import MilvusSettings
+from engine.model.network import build_embedder
 
 
 class BoxDetector:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.catalog import load_catalog
+from engine.data.catalog import load_catalog
 
 
 def jpeg(h: int = 120, w: int = 160, seed: int = 0) -> bytes:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 from werkzeug.serving import make_server
 
-from engine.catalog import load_catalog
+from engine.data.catalog import load_catalog
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DESKTOP = {"viewport": {"width": 1366, "height": 768}}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.generations import current_generation, resolve_serving_folder
+from engine.index.generations import current_generation, resolve_serving_folder
 from serving.state import load_from_folder
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.reload_load import load, request
-from engine.generations import publish_generation
+from engine.index.generations import publish_generation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def gunicorn(index_folder: Path, tmp_path: Path, copy_of, free_ports, stop_group
 @pytest.mark.slow
 def test_reload_under_load_reaches_every_worker(gunicorn, index_folder: Path, tiny_catalog: Path, copy_of):
     url, out, log = gunicorn
-    from engine.catalog import load_catalog
+    from engine.data.catalog import load_catalog
 
     image = load_catalog(tiny_catalog).scenes[0].image.read_bytes()
     newer = publish_generation(out, copy_of(index_folder))

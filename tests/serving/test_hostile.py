@@ -13,7 +13,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from benchmarks import hostile
-from engine.catalog import load_catalog
+from engine.data.catalog import load_catalog
 from tests.serving.conftest import BoxDetector
 
 MAX_UPLOAD, TOKEN = 200_000, "s3cret"  # what the conftest app is configured with

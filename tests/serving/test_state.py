@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.generations import publish_generation
+from engine.index.generations import publish_generation
 
 
 @pytest.fixture()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.catalog import load_catalog
-from engine.images import crop, load_image
+from engine.data.catalog import load_catalog
+from engine.data.images import crop, load_image
 from training.demo_catalog import DemoSpec, ensure_demo_catalog, generate_demo_catalog
 
 

@@ -9,11 +9,11 @@ import keras
 import mlflow
 import pytest
 
-from engine.catalog import load_catalog
-from engine.embed import Embedder, load_preprocessing
-from engine.index_folder import CatalogIndex
+from engine.data.catalog import load_catalog
+from engine.model.embedder import Embedder, load_preprocessing
+from engine.index.catalog_index import CatalogIndex
 from engine.runtime import state_dir
-from engine.splits import read_scene_list
+from engine.data.splits import read_scene_list
 from training import checkpoint, fit
 from training.tracking import run_metrics, tracking_uri
 

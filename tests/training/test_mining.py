@@ -11,8 +11,8 @@ import pytest
 
 from detectors.cache import DetectionCache
 from detectors.category_map import load_category_map
-from engine.catalog import load_catalog
-from engine.detection import Detection, DetectorError
+from engine.data.catalog import load_catalog
+from engine.data.detection import Detection, DetectorError
 from training.manifest import Manifest, load_manifest, save_manifest
 from training.mining import MiningConfig, mine_positives, totals
 

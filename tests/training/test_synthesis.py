@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from detectors.category_map import load_category_map
-from engine.catalog import load_catalog
-from engine.composite import PlacementPrior
-from engine.images import load_image
-from engine.splits import write_scene_list
+from engine.data.catalog import load_catalog
+from engine.synthesis.composite import PlacementPrior
+from engine.data.images import load_image
+from engine.data.splits import write_scene_list
 from training import fit, synthesize
 from training.synthesis import (
     SynthesisConfig,

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from engine.embed import load_embedder
+from engine.model.embedder import load_embedder
 from evaluation import evaluate, holdout, promote
 from serving import create_app
 from training import fit

@@ -1,0 +1,118 @@
+"""Held-out scene lists: an evaluation split that no training run has seen.
+
+A scene list is a text file, one scene name (as in ``scenes.csv``) per line; blank lines and
+lines starting with ``#`` are ignored. ``training.fit`` also stores its own train/validation split
+as ``split.json`` (``{"train": [...], "val": [...]}``); such a file is read as its ``val`` list.
+
+``training.mine_triplets --holdout-scenes`` and ``training.fit --holdout-scenes`` drop the listed
+scenes before anything is mined, split or trained; ``evaluation.evaluate --scenes`` evaluates
+exactly them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from engine.data.catalog import Catalog, CatalogError
+from engine.files import write_text_atomic
+
+
+def read_scene_list(path: str | Path) -> tuple[str, ...]:
+    """Scene names of a scene-list file (or of a ``split.json``'s ``val``), sorted and unique."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CatalogError(f"scene list {path} not found; make one with `python -m evaluation.holdout`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"scene list {path} cannot be read: {exc}") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CatalogError(f"scene list {path} is not valid JSON: {exc}") from None
+        names = data.get("val") if isinstance(data, dict) else None
+        if not isinstance(names, list):
+            raise CatalogError(f"scene list {path}: a .json scene list must be a training split.json with a 'val' list")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise CatalogError(f"scene list {path} names no scenes")
+    return tuple(sorted(set(map(str, names))))
+
+
+def write_scene_list(names: Iterable[str], path: str | Path, comment: str = "") -> Path:
+    """Write a scene list atomically (temporary file, then rename)."""
+    path = Path(path)
+    body = "".join(f"# {line}\n" for line in comment.splitlines()) + "".join(f"{n}\n" for n in sorted(names))
+    write_text_atomic(path, body)
+    return path
+
+
+def check_scene_names(catalog: Catalog, names: Iterable[str], source: str = "scene list") -> None:
+    """Raise ``CatalogError`` naming the scenes that ``catalog`` does not have."""
+    known = {s.scene for s in catalog.scenes}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise CatalogError(
+            f"{source} names {len(unknown)} scene(s) that {catalog.root}/scenes.csv does not have, e.g. {unknown[:5]}; "
+            "was it made for another catalog?"
+        )
+
+
+def holdout_scenes(catalog: Catalog, fraction: float, seed: int) -> tuple[str, ...]:
+    """A seeded share of the scenes that have pairs, stratified by ``room_type``.
+
+    Each room type gives ``round(fraction * n)`` of its n scenes (at least one scene overall, and
+    never all of them), so the held-out scenes look like the rest.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    with_pairs = {p.scene for p in catalog.pairs}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for s in catalog.scenes:
+        if s.scene in with_pairs:
+            groups[s.room_type].append(s.scene)
+    total = sum(len(v) for v in groups.values())
+    if total < 2:
+        raise CatalogError(f"{catalog.root}: a hold-out split needs at least 2 scenes with pairs, found {total}")
+    rng = np.random.default_rng(seed)
+    chosen: list[str] = []
+    for room in sorted(groups):
+        names = sorted(groups[room])
+        take = round(fraction * len(names))
+        chosen += [names[i] for i in rng.permutation(len(names))[:take]]
+    if not chosen:
+        everything = sorted(n for v in groups.values() for n in v)
+        chosen = [everything[int(rng.integers(len(everything)))]]
+    if len(chosen) == total:
+        chosen = chosen[:-1]
+    return tuple(sorted(chosen))
+
+
+def restrict_scenes(catalog: Catalog, *, keep: Iterable[str] | None = None, drop: Iterable[str] = ()) -> Catalog:
+    """The catalog with only the scenes in ``keep`` (all if None) minus those in ``drop``, and their pairs.
+
+    Products are untouched (searches always run over the whole catalog). The fingerprint stays the
+    directory's, so manifests and indexes made from the full catalog still match.
+    """
+    keep_set = None if keep is None else set(keep)
+    drop_set = set(drop)
+    for names, what in ((keep_set or set(), "keep"), (drop_set, "drop")):
+        check_scene_names(catalog, names, f"the scenes to {what}")
+
+    def wanted(name: str) -> bool:
+        return (keep_set is None or name in keep_set) and name not in drop_set
+
+    return replace(
+        catalog,
+        scenes=tuple(s for s in catalog.scenes if wanted(s.scene)),
+        pairs=tuple(p for p in catalog.pairs if wanted(p.scene)),
+        _types=catalog.types,
+    )

@@ -1,0 +1,266 @@
+"""Nearest-neighbour search over embeddings: the ``SearchIndex`` protocol, exact brute force and ScaNN.
+
+The only module importing ``scann``. Which engine and settings an index gets is decided by
+``engine.index.tuning`` (measured against exact search); ``build_index`` here is the untuned path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Neighbors:
+    """k nearest items per query: ``indices`` int64 (Q, k) into the indexed vectors, nearest first,
+    and their Euclidean ``distances`` float32 (Q, k)."""
+
+    indices: np.ndarray
+    distances: np.ndarray
+
+
+class SearchIndex(Protocol):
+    """Euclidean k-NN over N vectors of dimension D, saved to / loaded from a folder."""
+
+    kind: str
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> Neighbors:
+        """``queries``: float32 (Q, D) → the min(k, N) nearest items of each."""
+        ...
+
+    def save(self, folder: Path) -> None: ...
+
+    def describe(self) -> dict:
+        """Settings to store in the index manifest (passed back to ``load``)."""
+        ...
+
+
+class BruteForceIndex:
+    """Exact search with numpy: one (Q, N) distance matrix per block of queries."""
+
+    def __init__(self, vectors: np.ndarray, *, block: int = 0) -> None:
+        vectors = np.asarray(vectors, np.float32)
+        if vectors.ndim != 2:
+            raise ValueError(f"vectors must be (N, D), got {vectors.shape}")
+        self._v = vectors
+        self._sq = np.einsum("ij,ij->i", vectors, vectors)
+        # queries per block: the (block, N) distance matrix stays under ~256 MB (64 queries at N = 1M)
+        self._block = block or max(1, min(1024, (1 << 26) // max(1, len(vectors))))
+
+    kind = "brute_force"
+
+    def save(self, folder: Path) -> None:
+        """Nothing beyond the vectors, which the caller stores."""
+
+    @classmethod
+    def load(cls, folder: Path, vectors: np.ndarray, params: dict) -> BruteForceIndex:
+        return cls(vectors)
+
+    def describe(self) -> dict:
+        return {}
+
+    @property
+    def size(self) -> int:
+        return len(self._v)
+
+    @property
+    def dim(self) -> int:
+        return self._v.shape[1]
+
+    def search(self, queries: np.ndarray, k: int) -> Neighbors:
+        queries = np.asarray(queries, np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(f"queries must be (Q, {self.dim}), got {queries.shape}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = min(k, self.size)
+        idx = np.zeros((len(queries), k), np.int64)
+        dist = np.zeros((len(queries), k), np.float32)
+        for s in range(0, len(queries), self._block):
+            q = queries[s : s + self._block]
+            d2 = np.einsum("ij,ij->i", q, q)[:, None] + self._sq[None, :] - 2.0 * (q @ self._v.T)  # float32 BLAS
+            part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < self.size else np.tile(np.arange(self.size), (len(q), 1))
+            pd = np.take_along_axis(d2, part, 1)
+            order = np.lexsort((part, pd), axis=1)  # by distance, ties by index: deterministic
+            idx[s : s + len(q)] = np.take_along_axis(part, order, 1)
+            dist[s : s + len(q)] = np.sqrt(np.maximum(np.take_along_axis(pd, order, 1), 0.0))
+        return Neighbors(idx, dist)
+
+
+@dataclass(frozen=True)
+class ScannParams:
+    """ScaNN settings; 0 means derived from the number of items N (see ``ScannIndex.derive``).
+
+    brute_force_below: under this N, exact search is as fast and is used instead.
+    leaves / leaves_to_search: the k-means tree's partitions, and how many a query scans.
+    reorder: how many candidates of the quantised scoring are re-scored exactly (float32).
+    dims_per_block / anisotropic_threshold: asymmetric hashing (4-bit codes of ``dims_per_block``
+        dimensions each; the anisotropic loss's threshold, ``None`` = plain k-means quantisation).
+    quantize_centroids: score the tree's centroids in int8 (faster leaf choice with many leaves).
+    training_sample / training_threads: the tree's k-means training sample (0 = 125 per leaf, at
+        least 100,000: fewer per leaf leaves clusters merged and recall capped), and build threads
+        (0 = all cores).
+    metric: ``dot_product`` (unit-norm vectors: residual quantisation; same order as Euclidean) or
+        ``squared_l2``; empty = chosen from the vectors when built.
+    """
+
+    brute_force_below: int = 20_000
+    leaves: int = 0
+    leaves_to_search: int = 0
+    reorder: int = 0
+    dims_per_block: int = 2
+    anisotropic_threshold: float | None = 0.2
+    training_sample: int = 0
+    training_threads: int = 0
+    quantize_centroids: bool = False
+    metric: str = ""
+
+    def __post_init__(self) -> None:
+        if min(self.brute_force_below, self.leaves, self.leaves_to_search, self.reorder, self.training_threads) < 0:
+            raise ValueError(f"ScaNN settings must be >= 0: {self}")
+        if self.dims_per_block < 1:
+            raise ValueError(f"dims_per_block must be >= 1: {self}")
+        if self.metric not in ("", "dot_product", "squared_l2"):
+            raise ValueError(f"metric must be dot_product or squared_l2, got {self.metric!r}")
+
+
+def is_unit_norm(vectors: np.ndarray, tol: float = 1e-3) -> bool:
+    """Whether every row of ``vectors`` float32 (N, D) has Euclidean norm 1 (± ``tol``)."""
+    return bool(len(vectors)) and float(np.max(np.abs(np.einsum("ij,ij->i", vectors, vectors) - 1.0))) <= 2 * tol
+
+
+class ScannIndex:
+    """ScaNN: tree partitioning + asymmetric hashing + exact reordering.
+
+    Unit-norm vectors are indexed with dot-product scoring (which orders neighbours as Euclidean
+    distance does, and lets ScaNN quantise residuals); other vectors with squared L2. Distances
+    returned are Euclidean either way, computed from ScaNN's exact reordering scores.
+    ``leaves_to_search`` and ``reorder`` can be changed per call without rebuilding.
+    """
+
+    kind = "scann"
+
+    def __init__(self, vectors: np.ndarray, params: ScannParams = ScannParams(), *, max_k: int = 100, _searcher=None) -> None:
+        vectors = np.ascontiguousarray(vectors, np.float32)
+        if vectors.ndim != 2 or len(vectors) < 2:
+            raise ValueError(f"vectors must be (N >= 2, D), got {vectors.shape}")
+        self._n, self._d = vectors.shape
+        self._sq = np.einsum("ij,ij->i", vectors, vectors)
+        self._threads = os.cpu_count() or 1
+        if _searcher is not None:  # loaded from disk
+            self.params = replace(params, metric=params.metric or "squared_l2")  # indexes saved before the metric was stored
+            self._searcher = _searcher
+            return
+        # the pybind searcher: `import scann` would load TensorFlow too
+        from scann.scann_ops.py import scann_ops_pybind
+
+        self.params = self.derive(self._n, params, vectors)
+        p = self.params
+        builder = scann_ops_pybind.builder(vectors, max(1, min(max_k, self._n)), p.metric)
+        builder = builder.tree(num_leaves=p.leaves, num_leaves_to_search=p.leaves_to_search,
+                               training_sample_size=p.training_sample, quantize_centroids=p.quantize_centroids)
+        threshold = float("nan") if p.anisotropic_threshold is None else p.anisotropic_threshold
+        builder = builder.score_ah(p.dims_per_block, anisotropic_quantization_threshold=threshold,
+                                   training_sample_size=min(100_000, self._n))
+        builder = builder.reorder(p.reorder).set_n_training_threads(p.training_threads or self._threads)
+
+        self._searcher = builder.build()  # not reproducible bit for bit: ScaNN's k-means takes no seed (google-research#1747)
+
+    def save(self, folder: Path) -> None:
+        """ScaNN's own files (its config and assets, paths relative to ``folder``) into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self._searcher.serialize(str(folder), relative_path=True)
+
+    @classmethod
+    def load(cls, folder: Path, vectors: np.ndarray, params: dict) -> ScannIndex:
+        from scann.scann_ops.py import scann_ops_pybind
+
+        searcher = scann_ops_pybind.load_searcher(str(folder))
+        return cls(vectors, ScannParams(**params), _searcher=searcher)
+
+    def describe(self) -> dict:
+        return asdict(self.params)
+
+    @staticmethod
+    def derive(n: int, params: ScannParams, vectors: np.ndarray | None = None) -> ScannParams:
+        """Fill the automatic settings: leaves ≈ sqrt(N), search 1/10 of them (at least 16), reorder 250,
+        a training sample of 125 per leaf (at least 100,000, at most N), dot-product scoring for
+        unit-norm ``vectors``."""
+        leaves = params.leaves or max(2, min(n // 20, int(round(np.sqrt(n)))))
+        to_search = min(leaves, params.leaves_to_search or max(16, leaves // 10))
+        sample = min(n, params.training_sample or max(100_000, 125 * leaves))
+        metric = params.metric or ("dot_product" if vectors is not None and is_unit_norm(vectors) else "squared_l2")
+        return replace(params, leaves=leaves, leaves_to_search=to_search, reorder=params.reorder or 250, training_sample=sample,
+                       metric=metric)
+
+    @property
+    def size(self) -> int:
+        return self._n
+
+    @property
+    def dim(self) -> int:
+        return self._d
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def set_threads(self, threads: int) -> None:
+        """Threads for batches of queries (``search_batched_parallel``); 1 = single-threaded."""
+        self._threads = max(1, threads)
+        self._searcher.set_num_threads(self._threads)
+
+    def search(self, queries: np.ndarray, k: int, *, leaves_to_search: int = 0, reorder: int = 0) -> Neighbors:
+        """As ``SearchIndex.search``; ``leaves_to_search`` / ``reorder`` > 0 override the index's own for
+        this call. One query goes through ScaNN's single-query path; batches of 256 or more are split
+        over ``set_threads`` threads."""
+        queries = np.ascontiguousarray(queries, np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self._d:
+            raise ValueError(f"queries must be (Q, {self._d}), got {queries.shape}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        k = min(k, self._n)
+        lts = leaves_to_search or self.params.leaves_to_search
+        pre = max(k, reorder or self.params.reorder)
+        dot = self.params.metric == "dot_product"
+        if len(queries) == 1:  # the service's case: kept lean, it is a good part of a query's time on small catalogs
+            i, s = self._searcher.search(queries[0], k, pre, lts)
+            idx = i.astype(np.int64)[None]
+            d2 = (self._sq[i] - 2.0 * s + float(np.dot(queries[0], queries[0])))[None] if dot else s[None]
+        else:
+            if self._threads > 1 and len(queries) >= 256:
+                i, s = self._searcher.search_batched_parallel(queries, k, pre, lts)
+            else:
+                i, s = self._searcher.search_batched(queries, k, pre, lts)
+            idx = np.asarray(i, np.int64)
+            s = np.asarray(s, np.float32)
+            # ScaNN returns q·x for dot product: |q - x|² = |q|² + |x|² - 2 q·x
+            d2 = np.einsum("ij,ij->i", queries, queries)[:, None] + self._sq[idx] - 2.0 * s if dot else s
+        return Neighbors(idx, np.sqrt(np.maximum(d2, 0.0, dtype=np.float32)))
+
+
+def build_index(vectors: np.ndarray, params: ScannParams = ScannParams()) -> SearchIndex:
+    """Exact search for small catalogs (under ``params.brute_force_below``), ScaNN above, untuned
+    (``engine.index.tuning.tune_index`` chooses the settings for a recall target)."""
+    if len(vectors) < max(2, params.brute_force_below):
+        return BruteForceIndex(vectors)
+    return ScannIndex(vectors, params)
+
+
+def load_index(kind: str, folder: Path, vectors: np.ndarray, params: dict) -> SearchIndex:
+    """Load a saved index of ``kind`` (``brute_force`` or ``scann``)."""
+    if kind == BruteForceIndex.kind:
+        return BruteForceIndex.load(folder, vectors, params)
+    if kind == ScannIndex.kind:
+        return ScannIndex.load(folder, vectors, params)
+    raise ValueError(f"unknown index kind {kind!r}")

@@ -1,0 +1,256 @@
+"""A searchable catalog: vectors in a ``SearchIndex`` plus item metadata, saved as a verified folder.
+
+Folder layout (written to a temporary folder, then renamed into place)::
+
+    manifest.json   model fingerprint, embedding dim, distance, item count, item ids, kind and
+                    settings of the index, how they were tuned (``tuning``: engine chosen and why,
+                    recall@k measured against exact search, single-thread queries per second),
+                    the preprocessing the crops were cut with, creation time, sha256 of every
+                    other file
+    vectors.npy     float32 (N, D) embeddings
+    items.json      one metadata record per vector (product id, name, type, image, scene, box)
+    index/          the ANN engine's own files (ScaNN), empty for brute force and Milvus (whose
+                    collection the manifest names, ``engine.index.milvus``)
+
+Loading checks the checksums and, when asked, the model fingerprint; a damaged index or one built
+with another model is refused with a message that says what to rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from engine.index.ann import BruteForceIndex, ScannParams, SearchIndex, build_index, load_index
+from engine.index.tuning import TuningConfig, tune_index
+from engine.files import atomic_folder, file_sha256
+from engine.index.milvus import MilvusIndex, MilvusIndexError, MilvusSettings, measure_recall
+
+FORMAT = "showroom.index"
+VERSION = 1
+
+
+class IndexFolderError(ValueError):
+    """An index folder that is missing, damaged, or built with another model."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One indexed image: a catalog product image, or a detected crop of a scene (``scene``, ``box``)."""
+
+    item_id: str
+    product_id: str
+    name: str
+    type: str
+    image: str  # relative to the catalog root (absolute in indexes built before portable paths)
+    scene: str | None = None
+    box: tuple[int, int, int, int] | None = None
+    label: str = ""
+    room_type: str = ""
+    details: tuple[tuple[str, str], ...] = ()  # the catalog's own fields: color, size, desc, price, url ...
+
+    @classmethod
+    def from_dict(cls, record: dict) -> Item:
+        """An item from its JSON record (``dataclasses.asdict`` after a JSON round trip)."""
+        return cls(**{**record, "box": tuple(record["box"]) if record.get("box") else None,
+                      "details": tuple(tuple(kv) for kv in record.get("details", ()))})
+
+
+@dataclass(frozen=True)
+class Match:
+    """A search result: the item and its Euclidean distance to the query."""
+
+    item: Item
+    distance: float
+
+
+class CatalogIndex:
+    """Vectors + metadata. ``search`` can restrict results to chosen types."""
+
+    def __init__(self, vectors: np.ndarray, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
+                 preprocessing: dict | None = None, catalog_root: str = "", tuning: dict | None = None) -> None:
+        if len(vectors) != len(items):
+            raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
+        self.vectors = np.asarray(vectors, np.float32)
+        self.items = items
+        self.index = index
+        self.model_fingerprint = model_fingerprint
+        self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.preprocessing = dict(preprocessing or {})  # how the indexed crops were cut (engine.config.Preprocessing)
+        self.catalog_root = catalog_root  # where items' relative image paths were, when it was built
+        self.tuning = tuning  # engine.index.tuning.Tuning as a dict (None: settings given, not tuned)
+        self.embedded_by: dict = {}  # the runner that computed the vectors ({"runner": "local"|"ray", ...}; {}: not recorded)
+        self._types = np.array([it.type for it in items])
+        self._by_product: dict[str, list[int]] = {}
+        self._row: dict[str, int] = {}
+        for i, it in enumerate(items):
+            self._by_product.setdefault(it.product_id, []).append(i)
+            self._row[it.item_id] = i
+        # rows with identical vectors are one image (the same photo under several product ids)
+        self._image_group = (np.unique(self.vectors, axis=0, return_inverse=True)[1].reshape(-1) if len(items)
+                             else np.zeros(0, np.int64))
+        # only photos shared by several items, so a result's look-up is a dict hit, not a scan of N rows
+        groups, counts = np.unique(self._image_group, return_counts=True)
+        self._shared: dict[int, list[int]] = {}
+        for row in np.flatnonzero(np.isin(self._image_group, groups[counts > 1])).tolist():
+            self._shared.setdefault(int(self._image_group[row]), []).append(row)
+
+    def items_of(self, product_id: str) -> list[Item]:
+        """The items (images) of one product, in index order; empty if unknown."""
+        return [self.items[i] for i in self._by_product.get(product_id, [])]
+
+    def image_path(self, item: Item, root: str | Path | None = None) -> Path:
+        """Where ``item``'s image is: under ``root`` (a moved catalog), else the build-time catalog root."""
+        return Path(root or self.catalog_root) / item.image
+
+    def image_number(self, item: Item) -> int:
+        """Which of its product's images ``item`` is (0 for the first)."""
+        return self._by_product.get(item.product_id, []).index(self._row[item.item_id]) if item.item_id in self._row else 0
+
+    def same_image(self, item: Item) -> list[Item]:
+        """Other items whose image is identical to ``item``'s (equal embeddings)."""
+        row = self._row.get(item.item_id)
+        if row is None:
+            return []
+        return [self.items[j] for j in self._shared.get(int(self._image_group[row]), ()) if j != row]
+
+    def search_distinct(self, queries: np.ndarray, k: int, types: set[str] | None = None, *, overfetch: int = 4) -> list[list[Match]]:
+        """Like ``search``, but each product and each distinct image at most once: the best match of a
+        product with several images, and one of several products sharing the same photo."""
+        out = []
+        for matches in self.search(queries, min(len(self.items), k * overfetch), types):
+            seen_products, seen_images, keep = set(), set(), []
+            for m in matches:
+                group = self._image_group[self._row[m.item.item_id]]
+                if m.item.product_id in seen_products or group in seen_images:
+                    continue
+                seen_products.add(m.item.product_id)
+                seen_images.add(group)
+                keep.append(m)
+                if len(keep) == k:
+                    break
+            out.append(keep)
+        return out
+
+    def rows_of(self, product_id: str) -> list[int]:
+        """Row numbers of one product's vectors."""
+        return list(self._by_product.get(product_id, []))
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams(),
+              preprocessing: dict | None = None, catalog_root: str = "", tuning: TuningConfig | None = None,
+              queries: np.ndarray | None = None, queries_label: str = "given query vectors",
+              milvus: MilvusSettings | None = None) -> CatalogIndex:
+        """Index ``vectors``: tuned to ``tuning.target_recall`` on ``queries`` (float32 (Q, D); ``None``:
+        a sample of the vectors) when ``tuning`` is given, else with ``params`` as they are. With
+        ``milvus``, in a new Milvus collection instead, its recall@k against exact search measured on
+        ``queries`` (or a sample of the vectors; ``tuning``'s k, sample size and seed) and stored as ``tuning``."""
+        if milvus is not None:
+            meta = [{"item_id": it.item_id, "product_id": it.product_id, "type": it.type} for it in items]
+            index = MilvusIndex.create(vectors, milvus, model_fingerprint, meta)
+            sample = {} if tuning is None else {"k": tuning.k, "n_queries": tuning.n_queries, "seed": tuning.seed}
+            return cls(vectors, items, index, model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root,
+                       tuning=measure_recall(index, vectors, queries, queries_label=queries_label, **sample))
+        if tuning is None:
+            return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root)
+        index, result = tune_index(vectors, queries, tuning, params, queries_label=queries_label)
+        return cls(vectors, items, index, model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root, tuning=asdict(result))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def types(self) -> list[str]:
+        return sorted(set(self._types.tolist()))
+
+    def search(self, queries: np.ndarray, k: int, types: set[str] | None = None) -> list[list[Match]]:
+        """Top-k matches per query (``float32 (Q, D)``), optionally only among items of ``types``.
+
+        A type filter searches exactly within the chosen items when they are few, and otherwise
+        over-fetches from the ANN index and filters.
+        """
+        queries = np.asarray(queries, np.float32)
+        if not len(self.items):
+            return [[] for _ in queries]
+        if types:
+            rows = np.flatnonzero(np.isin(self._types, list(types)))
+            if len(rows) == 0:
+                return [[] for _ in queries]
+            if len(rows) <= 50_000:
+                nn = BruteForceIndex(self.vectors[rows]).search(queries, k)
+                return [[Match(self.items[rows[j]], float(d)) for j, d in zip(ix, ds)] for ix, ds in zip(nn.indices, nn.distances)]
+            nn = self.index.search(queries, min(len(self.items), k * 20))
+            out = []
+            for ix, ds in zip(nn.indices, nn.distances):
+                keep = [Match(self.items[j], float(d)) for j, d in zip(ix, ds) if self._types[j] in types]
+                out.append(keep[:k])
+            return out
+        nn = self.index.search(queries, k)
+        return [[Match(self.items[j], float(d)) for j, d in zip(ix, ds)] for ix, ds in zip(nn.indices, nn.distances)]
+
+    def save(self, folder: Path) -> Path:
+        """Write atomically: a temporary sibling folder, renamed into place (replacing an old index)."""
+        folder = Path(folder)
+        with atomic_folder(folder) as tmp:
+            np.save(tmp / "vectors.npy", self.vectors)
+            (tmp / "items.json").write_text(json.dumps([asdict(it) for it in self.items]))
+            (tmp / "index").mkdir()
+            self.index.save(tmp / "index")
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            manifest = {
+                "format": FORMAT, "version": VERSION, "created": self.created,
+                "model_fingerprint": self.model_fingerprint, "dim": int(self.vectors.shape[1]) if len(self.vectors) else 0,
+                "distance": "euclidean", "count": len(self.items), "item_ids": [it.item_id for it in self.items],
+                "index_kind": self.index.kind, "index_params": self.index.describe(), "tuning": self.tuning, "preprocessing": self.preprocessing,
+                "catalog_root": self.catalog_root, "embedded_by": self.embedded_by,
+                "checksums": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
+            }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path, *, model_fingerprint: str | None = None) -> CatalogIndex:
+        """Load and verify an index folder; refuse a damaged one or one built with another model."""
+        folder = Path(folder)
+        rebuild = "rebuild it with python -m serving.build_index"
+        mpath = folder / "manifest.json"
+        if not mpath.is_file():
+            raise IndexFolderError(f"{folder} is not a Showroom index (no manifest.json); {rebuild}")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except json.JSONDecodeError as exc:
+            raise IndexFolderError(f"{mpath} is damaged ({exc}); {rebuild}") from None
+        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+            raise IndexFolderError(f"{folder} is a {manifest.get('format')} v{manifest.get('version')} index, expected {FORMAT} v{VERSION}; {rebuild}")
+        missing = [k for k in ("checksums", "model_fingerprint", "count", "item_ids", "index_kind", "index_params", "created") if k not in manifest]
+        if missing:
+            raise IndexFolderError(f"{mpath} lacks {', '.join(missing)}: it is damaged or not written by Showroom; {rebuild}")
+        for rel, digest in manifest["checksums"].items():
+            p = folder / rel
+            if not p.is_file() or file_sha256(p) != digest:
+                raise IndexFolderError(f"{folder}: {rel} is missing or damaged (checksum mismatch); {rebuild}")
+        if model_fingerprint is not None and manifest["model_fingerprint"] != model_fingerprint:
+            raise IndexFolderError(
+                f"{folder} was built with model {manifest['model_fingerprint'][:12]}, but the loaded model is "
+                f"{model_fingerprint[:12]}; {rebuild} --model <the model you serve>"
+            )
+        vectors = np.load(folder / "vectors.npy")
+        items = [Item.from_dict(it) for it in json.loads((folder / "items.json").read_text())]
+        if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
+            raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
+        kind, params = manifest["index_kind"], manifest["index_params"]
+        if kind == MilvusIndex.kind:  # the collection must hold these rows, filled by the manifest's model
+            try:
+                index = MilvusIndex.load(folder / "index", vectors, {**params, "model_fingerprint": manifest["model_fingerprint"]})
+            except MilvusIndexError as exc:
+                raise IndexFolderError(f"{folder}: {exc}") from None
+        else:
+            index = load_index(kind, folder / "index", vectors, params)
+        loaded = cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
+                     manifest.get("catalog_root", ""), manifest.get("tuning"))
+        loaded.embedded_by = manifest.get("embedded_by") or {}
+        return loaded

@@ -1,0 +1,182 @@
+"""Build the two search indexes of a catalog with a trained embedder: products and scene crops.
+
+With a ``TuningConfig`` each index is tuned to its recall target (``engine.index.tuning``): the
+products index on the scene crops' embeddings (the real queries: a crop searched for its product),
+the scenes index on a sample of its own vectors. With ``MilvusSettings`` each index's vectors go
+into a new Milvus collection instead (``<collection>_products``, ``<collection>_scenes``), and
+its recall@10 against exact search is measured on the same queries (``engine.index.milvus``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from engine.index.ann import ScannParams
+from engine.index.tuning import TuningConfig
+from engine.data.catalog import Catalog, ProductImage
+from engine.config import Preprocessing
+from engine.model.embedder import Embedder, read_ahead
+from engine.files import atomic_file
+from engine.data.images import load_square, query_crop
+from engine.index.catalog_index import CatalogIndex, Item
+from engine.index.milvus import MilvusSettings
+from engine.data.proposals import Detect, catalog_proposals
+
+logger = logging.getLogger(__name__)
+
+PRODUCTS, SCENES = "products", "scenes"
+# catalog photo files -> float32 (N, D) in their order, computed elsewhere (engine.index.ray_runner); None: in process
+EmbedPhotos = Callable[[Sequence[Path]], np.ndarray]
+
+
+class PhotoRunner(Protocol):
+    """Embeds catalog photos and scene crops outside this process, e.g. on Ray (``engine.index.ray_runner.RayRunner``)."""
+
+    def embed_photos(self, paths: Sequence[Path], model_path: Path) -> np.ndarray:
+        """``paths`` embedded by the saved embedder at ``model_path`` → ``float32 (N, D)`` in their order."""
+        ...
+
+    def embed_scenes(self, catalog: Catalog, model_path: Path, open_detect: Callable[[], Detect] | None,
+                     classes: Collection[str] | None) -> tuple[np.ndarray, list[Item]]:
+        """``scene_rows`` of ``catalog`` computed by the runner's workers, each opening its own detector
+        with ``open_detect`` (a picklable factory; None: no detector), in ``scenes.csv`` order."""
+        ...
+
+    def describe(self) -> dict:
+        """What the index manifest records about the runner (``embedded_by``)."""
+        ...
+
+
+def product_images(products: Sequence[ProductImage], prep: Preprocessing) -> Iterator[np.ndarray]:
+    """The product photos as the model sees them, ``uint8 (size, size, 3)`` each, in order, decoded on a
+    read-ahead thread (at most 128 waiting) while the model embeds the previous batch."""
+    return photo_images([p.image for p in products], prep)
+
+
+def photo_images(paths: Sequence[Path], prep: Preprocessing) -> Iterator[np.ndarray]:
+    """Catalog photo files as the model sees them (see ``product_images``): what every runner embeds."""
+    reduced = prep.catalog_decode == "reduced"
+    return read_ahead(load_square(path, prep.image_size, reduced=reduced) for path in paths)
+
+
+def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = ScannParams(), tuning: TuningConfig | None = None,
+                  queries: np.ndarray | None = None, milvus: MilvusSettings | None = None,
+                  embed_photos: EmbedPhotos | None = None) -> CatalogIndex:
+    """One item per product image of ``products.csv``; tuned on ``queries`` (float32 (Q, D)) when given;
+    in Milvus with ``milvus``. The photos are embedded by ``embed_photos`` (a distributed runner, with
+    ``embedder``'s model and preprocessing) when given, else in this process."""
+    items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, _relative(p.image, catalog.root), details=p.details)
+             for i, p in enumerate(catalog.products)]
+    if embed_photos is not None:
+        vectors = np.asarray(embed_photos([p.image for p in catalog.products]), np.float32)
+    else:
+        vectors = embedder(product_images(catalog.products, embedder.preprocessing))
+    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning, queries,
+                              "scene-crop embeddings", milvus)
+
+
+def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,
+               classes: Collection[str] | None = None) -> tuple[np.ndarray, list[Item]]:
+    """The embeddings float32 (N, D) and items of every proposed crop of each scene (``engine.data.proposals``:
+    pairs.csv boxes, confident detections, missing ``classes`` filled in, else the whole scene);
+    unreadable scenes are skipped."""
+    items, crops = scene_crops(catalog, embedder.preprocessing, detect, classes)
+    return embedder(iter(crops)), items
+
+
+def scene_crops(catalog: Catalog, prep: Preprocessing, detect: Detect | None,
+                classes: Collection[str] | None = None) -> tuple[list[Item], list[np.ndarray]]:
+    """The items and ``uint8 (S, S, 3)`` crops of every proposed crop of each scene, in ``scenes.csv``
+    order (see ``scene_rows``); what every runner embeds."""
+    items, crops = [], []
+    for proposal in catalog_proposals(catalog, detect, prep, classes):
+        if proposal.image is None:
+            continue
+        scene = proposal.scene
+        for j, c in enumerate(proposal.crops):
+            label = "pairs.csv" if c.source == "pairs.csv" else c.label
+            items.append(Item(f"{scene.scene}#{j}", "", scene.scene, c.label, _relative(scene.image, catalog.root), scene.scene, c.box,
+                              label, room_type=scene.room_type))
+            crops.append(query_crop(proposal.image, c.box, prep.image_size, prep.crop_padding))
+    return items, crops
+
+
+def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
+                classes: Collection[str] | None = None, tuning: TuningConfig | None = None, milvus: MilvusSettings | None = None) -> CatalogIndex:
+    """One item per proposed crop of each scene (see ``scene_rows``)."""
+    vectors, items = scene_rows(catalog, embedder, detect, classes)
+    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning,
+                              milvus=milvus)
+
+
+def _relative(image: Path, root: Path) -> str:
+    """An image path as the index stores it: relative to the catalog root (POSIX), so the index
+    serves on another machine or after the catalog moves; absolute only if outside the root."""
+    return image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image)
+
+
+def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,
+                          params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
+                          tuning: TuningConfig | None = None, milvus: MilvusSettings | None = None,
+                          runner: PhotoRunner | None = None, model_path: Path | None = None,
+                          open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
+    """Build and save ``out/products`` and ``out/scenes``; ``embedder`` must be saved (it has a fingerprint).
+
+    With ``tuning``, the scene crops are embedded first and serve as the products index's tuning
+    queries; the scenes index is tuned on a sample of its own vectors. With ``milvus``, the vectors
+    go into collections ``<milvus.collection>_products`` and ``_scenes`` (the crops are the
+    products' recall queries there too). With ``runner``, the product photos and the scene crops are
+    embedded on it with the embedder saved at ``model_path``, its workers detecting with their own
+    detector from ``open_detect`` (None: no detector; ``detect`` is not used there); each manifest
+    records which runner computed its vectors (``embedded_by``)."""
+    if not embedder.fingerprint:
+        raise ValueError("indexes need a saved embedder (its fingerprint ties them to it); load it with Embedder.load")
+    if runner is not None and model_path is None:
+        raise ValueError("a runner embeds with the saved model file: pass model_path (the .keras file embedder was loaded from)")
+    if runner is not None and detect is not None and open_detect is None:
+        raise ValueError("a runner's workers open their own detector: pass open_detect (a picklable factory of detect)")
+    embed_photos = None if runner is None else partial(runner.embed_photos, model_path=Path(model_path))
+    scenes = None
+    if catalog.scenes:
+        if runner is None:
+            vectors, items = scene_rows(catalog, embedder, detect, classes)
+        else:
+            vectors, items = runner.embed_scenes(catalog, Path(model_path), open_detect, classes)
+        scenes = CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning,
+                                    milvus=milvus.named(SCENES) if milvus is not None and len(items) else None)
+    queries = scenes.vectors if scenes is not None and len(scenes) else None
+    built = {PRODUCTS: product_index(catalog, embedder, params, tuning, queries, milvus.named(PRODUCTS) if milvus is not None else None,
+                                     embed_photos)}
+    built[PRODUCTS].embedded_by = {"runner": "local"} if runner is None else runner.describe()
+    if scenes is not None:
+        built[SCENES] = scenes
+        scenes.embedded_by = built[PRODUCTS].embedded_by
+    for name, index in built.items():
+        index.save(Path(out) / name)
+        t = index.tuning
+        logger.info("%s index: %d items (%s%s) -> %s", name, len(index), index.index.kind,
+                    f": {t['reason']}" if t else "", Path(out) / name)
+    return built
+
+
+def build_serving_folder(model_path: Path, catalog: Catalog, out: Path, detect: Detect | None = None,
+                         params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
+                         tuning: TuningConfig | None = TuningConfig(), milvus: MilvusSettings | None = None,
+                         runner: PhotoRunner | None = None, open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
+    """Everything the search service needs in ``out``: ``model.keras`` (a copy of ``model_path``)
+    and the ``products`` and ``scenes`` indexes built with it (their vectors in Milvus with ``milvus``;
+    computed on ``runner`` with detectors from ``open_detect`` when given)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out / "model.keras") as tmp:
+        shutil.copyfile(model_path, tmp)
+    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes, tuning, milvus, runner,
+                                 out / "model.keras", open_detect)

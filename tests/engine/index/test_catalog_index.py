@@ -1,0 +1,74 @@
+"""Index folders: save → load → query the loaded copy; refusal of damaged or mismatched indexes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
+from engine.index.ann import ScannParams
+
+
+def make(n: int = 3000, d: int = 16, seed: int = 0, params: ScannParams = ScannParams()) -> CatalogIndex:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, d)).astype(np.float32)
+    items = [Item(f"i{k}", f"p{k}", f"name {k}", "AB"[k % 2], f"/img/{k}.jpg") for k in range(n)]
+    return CatalogIndex.build(vectors, items, "model-A", params)
+
+
+@pytest.mark.parametrize("params", [ScannParams(), ScannParams(brute_force_below=100)], ids=["brute_force", "scann"])
+def test_save_load_and_query_the_loaded_copy(tmp_path: Path, params: ScannParams):
+    original = make(params=params)
+    original.save(tmp_path / "idx")
+    loaded = CatalogIndex.load(tmp_path / "idx", model_fingerprint="model-A")
+    assert loaded.index.kind == original.index.kind and len(loaded) == 3000
+    q = np.random.default_rng(5).normal(size=(20, 16)).astype(np.float32)
+    got = loaded.search(q, 10)
+    want = original.search(q, 10)
+    assert [[m.item.item_id for m in r] for r in got] == [[m.item.item_id for m in r] for r in want]
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["count"] == 3000 and manifest["dim"] == 16 and manifest["distance"] == "euclidean"
+    assert manifest["item_ids"][:2] == ["i0", "i1"] and "vectors.npy" in manifest["checksums"]
+
+
+def test_type_filter_returns_only_chosen_types(tmp_path: Path):
+    idx = make(n=200)
+    res = idx.search(np.zeros((2, 16), np.float32), 7, types={"B"})
+    assert all(len(r) == 7 and all(m.item.type == "B" for m in r) for r in res)
+    assert idx.search(np.zeros((1, 16), np.float32), 5, types={"nope"}) == [[]]
+
+
+def test_refuses_other_model_and_damage(tmp_path: Path):
+    make(n=100).save(tmp_path / "idx")
+    with pytest.raises(IndexFolderError, match="built with model model-A.*rebuild it with python -m serving.build_index"):
+        CatalogIndex.load(tmp_path / "idx", model_fingerprint="model-B")
+    vec = tmp_path / "idx" / "vectors.npy"
+    vec.write_bytes(vec.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(IndexFolderError, match="vectors.npy is missing or damaged"):
+        CatalogIndex.load(tmp_path / "idx")
+    with pytest.raises(IndexFolderError, match="no manifest.json"):
+        CatalogIndex.load(tmp_path / "nowhere")
+
+
+def test_saving_over_an_index_replaces_it_whole(tmp_path: Path):
+    make(n=100, seed=1).save(tmp_path / "idx")
+    make(n=50, seed=2).save(tmp_path / "idx")
+    assert len(CatalogIndex.load(tmp_path / "idx")) == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp or old folders left
+
+
+def test_search_distinct_shows_each_product_and_each_photo_once():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(5, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    vectors = np.stack([v[0], v[0], v[1], v[2], v[2] * 0.99 + v[3] * 0.01])  # rows 0 and 1: one photo, two products
+    items = [Item("a#0", "a", "A", "T", "a.jpg"), Item("b#0", "b", "B", "T", "b.jpg"), Item("c#0", "c", "C", "T", "c.jpg"),
+             Item("d#0", "d", "D", "T", "d0.jpg"), Item("d#1", "d", "D", "T", "d1.jpg")]
+    index = CatalogIndex.build(vectors, items, "fp")
+    assert [o.product_id for o in index.same_image(items[0])] == ["b"] and index.same_image(items[2]) == []
+    found = [m.item.product_id for m in index.search_distinct(v[0][None], 5)[0]]
+    assert found[0] in {"a", "b"} and sorted(found) == sorted(set(found)) and len(found) == 3  # a|b once, c, d once
+    assert index.image_number(items[4]) == 1

@@ -1,0 +1,183 @@
+"""The embedder: shapes, normalisation, branches, freeze policy, weights, save/load, big backbones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from engine.config import ModelConfig
+from engine.model.embedder import ModelError, embed_images, load_embedder
+from engine.model.network import TripletModel, WeightsError, build_embedder, resolve_weights
+
+
+def small(**kw) -> ModelConfig:
+    return ModelConfig(**{"weights": "none", "image_size": 64, "embedding_dim": 32, **kw})
+
+
+def images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_embedder_output_shape_and_unit_norm():
+    model = build_embedder(small())
+    emb = embed_images(model, images(5, 64), batch_size=2)
+    assert emb.shape == (5, 32) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert embed_images(model, images(0, 64)).shape == (0, 32)
+
+
+def test_l2_normalisation_can_be_switched_off():
+    emb = embed_images(build_embedder(small(l2_normalize=False)), images(4, 64))
+    assert not np.allclose(np.linalg.norm(emb, axis=1), 1.0)
+
+
+def test_low_level_branch_is_parallel_and_optional():
+    with_branch = build_embedder(small())
+    without = build_embedder(small(low_level_branch=False))
+    assert "low_conv1" in [layer.name for layer in with_branch.layers]
+    assert "low_conv1" not in [layer.name for layer in without.layers]
+    concat = with_branch.get_layer("concat")
+    assert concat.output.shape[-1] == with_branch.get_layer("deep_pool").output.shape[-1] + 96
+
+
+@pytest.mark.parametrize("policy,expect", [("all", "all"), ("none", 0), ("10", 10)])
+def test_freeze_policy(policy, expect):
+    model = build_embedder(small(train_backbone=policy))
+    backbone = model.get_layer("backbone")
+    trainable_layers = [layer for layer in backbone.layers if layer.trainable and layer.weights]
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    if expect == "all":
+        assert len(trainable_layers) == len(weighted)
+    elif expect == 0:
+        assert not backbone.trainable
+        assert all(w.name for w in model.trainable_weights)  # head still trains
+        assert len(model.trainable_weights) > 0
+    else:
+        assert all(layer.trainable for layer in backbone.layers[-expect:])
+        assert not any(layer.trainable for layer in backbone.layers[:-expect])
+
+
+def test_bad_train_backbone_value():
+    with pytest.raises(ValueError, match="train_backbone"):
+        ModelConfig(train_backbone="some")
+
+
+def test_save_load_roundtrip_gives_same_embeddings(tmp_path: Path):
+    model = build_embedder(small())
+    x = images(3, 64)
+    path = tmp_path / "embedder.keras"
+    model.save(path)
+    loaded = load_embedder(path)
+    np.testing.assert_allclose(embed_images(loaded, x), embed_images(model, x), atol=1e-6)
+
+
+def test_load_embedder_errors(tmp_path: Path):
+    with pytest.raises(ModelError, match="not found"):
+        load_embedder(tmp_path / "missing.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ModelError, match="damaged: not a complete .keras archive"):
+        load_embedder(bad)
+
+
+def test_shared_imagenet_weights_load_and_change_features(mobilenet_weights: Path):
+    pretrained = build_embedder(small(weights=str(mobilenet_weights)))
+    scratch = build_embedder(small())
+    a = pretrained.get_layer("backbone").get_layer("Conv1").get_weights()[0]
+    b = scratch.get_layer("backbone").get_layer("Conv1").get_weights()[0]
+    ref = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.35, include_top=False, weights=None)
+    ref.load_weights(mobilenet_weights)
+    np.testing.assert_array_equal(a, ref.get_layer("Conv1").get_weights()[0])
+    assert not np.allclose(a, b)
+
+
+def test_weights_errors(tmp_path: Path, mobilenet_weights: Path):
+    with pytest.raises(WeightsError, match="not found"):
+        resolve_weights(small(weights=str(tmp_path / "nope.h5")))
+    with pytest.raises(WeightsError, match="does not fit backbone mobilenet_v2 alpha=0.5"):
+        build_embedder(small(weights=str(mobilenet_weights), alpha=0.5))
+
+
+def test_imagenet_resolves_to_local_mirror(monkeypatch, tmp_path: Path):
+    cfg = small(weights="imagenet")
+    monkeypatch.setenv("SHOWROOM_WEIGHTS_DIR", str(tmp_path))
+    assert resolve_weights(cfg) == "imagenet"  # mirror folder without the file: Keras download
+    (tmp_path / "mobilenet_v2_0.35_224_imagenet_no_top.weights.h5").write_bytes(b"x")
+    assert resolve_weights(cfg) == tmp_path / "mobilenet_v2_0.35_224_imagenet_no_top.weights.h5"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,size", [("xception", 71), ("inception_resnet_v2", 75)])
+def test_big_backbones_build_and_embed(backbone: str, size: int):
+    model = build_embedder(ModelConfig(backbone=backbone, weights="none", image_size=size, embedding_dim=256))
+    emb = embed_images(model, images(2, size))
+    assert emb.shape == (2, 256)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def triplet_batch(rng: np.random.Generator) -> dict:
+    """8 random 32-px triplets; query and positive share labels 0..7, negatives 8..15."""
+    return {
+        "query": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+        "positive": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+        "negative": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+        "label_p": np.arange(8, dtype="int32"),
+        "label_n": np.arange(8, 16, dtype="int32"),
+    }
+
+
+def test_triplet_model_trains_and_reports_metrics():
+    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="none"))
+    model = TripletModel(embedder, margin=1.0, loss="hinge")
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    rng = np.random.default_rng(0)
+    x = triplet_batch(rng)
+    before = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    hist = model.fit(x, batch_size=8, epochs=10, verbose=0)
+    after = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    assert {"loss", "absolute_accuracy", "zero_loss_share", "mean_d_pos", "mean_d_neg"} <= set(hist.history)
+    assert after["loss"] < before["loss"]
+    assert 0.0 <= after["absolute_accuracy"] <= 1.0
+
+
+def test_catalog_softmax_terms_train_the_proxies_and_the_embedder():
+    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="none"))
+    rng = np.random.default_rng(1)
+    proxies = rng.normal(size=(16, 8)).astype("float32")
+    types = np.array([0] * 8 + [1] * 8, np.int32)
+    model = TripletModel(embedder, triplet_weight=1.0, softmax_weight=1.0, temperature=0.1, proxies=proxies,
+                         type_weight=0.5, product_types=types, type_proxies=np.stack([proxies[:8].mean(0), proxies[8:].mean(0)]))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    x = triplet_batch(rng)
+    before = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    start = keras.ops.convert_to_numpy(model.proxies).copy()
+    hist = model.fit(x, batch_size=8, epochs=15, verbose=0)
+    after = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    assert {"softmax_loss", "proxy_accuracy", "triplet_loss"} <= set(hist.history)
+    assert after["softmax_loss"] < before["softmax_loss"] and after["loss"] < before["loss"]
+    assert not np.allclose(keras.ops.convert_to_numpy(model.proxies), start)  # the proxies learn
+    np.testing.assert_allclose(start * model.proxy_lr_scale, proxies, rtol=1e-6)  # stored scaled down: 10x faster steps
+    with pytest.raises(ValueError, match="proxies"):
+        TripletModel(embedder, softmax_weight=1.0)
+
+
+def test_one_pass_shares_batch_norm_statistics_only_while_training():
+    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="all"))
+    x = triplet_batch(np.random.default_rng(2))
+    batch = {k: v[:4] for k, v in x.items()}
+    three, one = TripletModel(embedder), TripletModel(embedder, one_pass=True)
+    joint = keras.ops.convert_to_numpy(embedder(np.concatenate([batch[k] for k in ("query", "positive", "negative")]), training=True))
+    for training in (False, True):
+        out3 = keras.ops.convert_to_numpy(three(batch, training=training))
+        out1 = keras.ops.convert_to_numpy(one(batch, training=training))
+        assert out3.shape == out1.shape == (3, 4, 8)
+        own = [keras.ops.convert_to_numpy(embedder(batch[k], training=training)) for k in ("query", "positive", "negative")]
+        np.testing.assert_allclose(out3, np.stack(own), atol=1e-5)  # each of q, p, n normalised by its own batch
+        if training:
+            np.testing.assert_allclose(out1, joint.reshape(3, 4, 8), atol=1e-5)  # all 3B by the same statistics
+            assert not np.allclose(out1, out3, atol=1e-3)
+        else:
+            np.testing.assert_allclose(out1, out3, atol=1e-5)  # inference: moving statistics, the same either way
