@@ -309,16 +309,17 @@ def _contact_shadow(a: np.ndarray, x: int, y: int, height: int, width: int) -> n
     return _place(local, centre[0] - axes[0] - pad, centre[1] - axes[1] - pad, height, width)
 
 
-def _attempt(
+def _paste(
     scene: np.ndarray,
     scene_mean: np.ndarray,
     patch: tuple[np.ndarray, np.ndarray],
-    occ: tuple[np.ndarray, np.ndarray] | None,
     rb: RelBox,
     rng: np.random.Generator,
     cfg: CompositeConfig,
-) -> tuple[np.ndarray, Box, dict[str, Any]] | None:
-    """One draw of geometry, lighting and occlusion: float scene, visible box and params (None: nothing visible)."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], tuple[np.ndarray, np.ndarray, int, int, np.ndarray, float]]:
+    """One draw of geometry and lighting, pasted: the new float scene, the product's full-frame alpha
+    ``float32 (H, W)``, the params drawn, and (its alpha patch, premultiplied patch, x, y, gains,
+    contrast) for an occluder that must be lit like it."""
     height, width = scene.shape[:2]
     pm, a = patch
     # fit into the box, keeping aspect ratio; centred horizontally, standing on the box's bottom
@@ -352,6 +353,20 @@ def _attempt(
     params["shadow"] = shadow
     a_full = _place(a, x, y, height, width)
     out = out * (1 - a_full[..., None]) + _place(pm, x, y, height, width)
+    return out, a_full, params, (a, pm, x, y, gains, contrast)
+
+
+def _attempt(
+    scene: np.ndarray,
+    scene_mean: np.ndarray,
+    patch: tuple[np.ndarray, np.ndarray],
+    occ: tuple[np.ndarray, np.ndarray] | None,
+    rb: RelBox,
+    rng: np.random.Generator,
+    cfg: CompositeConfig,
+) -> tuple[np.ndarray, Box, dict[str, Any]] | None:
+    """One draw of geometry, lighting and occlusion: float scene, visible box and params (None: nothing visible)."""
+    out, a_full, params, (a, _, x, y, gains, contrast) = _paste(scene, scene_mean, patch, rb, rng, cfg)
     visible = a_full
     params["occluder_box"] = None
     if occ is not None and rng.random() < cfg.occlusion_prob:
@@ -422,3 +437,103 @@ def _finish(image: np.ndarray, rng: np.random.Generator, cfg: CompositeConfig, p
         out = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     params.update(blur_sigma=sigma, noise_sigma=noise, jpeg_quality=quality)
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class Placement:
+    """One cut-out for ``composite_many``: ``image`` ``uint8 (h, w, 3)`` cut out by ``alpha`` ``float32
+    (h, w)``, fitted into ``rel_box`` ``(cx, cy, w, h)``; ``squash`` scales its height first (a rug
+    photographed from above lies flat on the floor: 0.3–0.5), 1 = as photographed."""
+
+    image: np.ndarray
+    alpha: np.ndarray
+    rel_box: RelBox
+    squash: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.squash <= 1:
+            raise CompositeError(f"squash must be in (0, 1], got {self.squash}")
+
+
+@dataclass(frozen=True, eq=False)
+class RoomComposite:
+    """image: ``uint8 (H, W, 3)`` RGB scene with every pasted product; boxes: per placement, in the
+    order given, the tight box of its visible pixels, or None when it could not be pasted visibly
+    enough; params: the values drawn per placement; kept_visible: per ``keep`` box, the share of its
+    area no pasted product covers; finish: the blur, noise and JPEG quality drawn for the whole scene."""
+
+    image: np.ndarray
+    boxes: tuple[Box | None, ...]
+    params: tuple[dict[str, Any], ...]
+    kept_visible: tuple[float, ...]
+    finish: dict[str, Any]
+
+
+def composite_many(
+    background: np.ndarray,
+    placements: Sequence[Placement],
+    rng: np.random.Generator,
+    cfg: CompositeConfig | None = None,
+    keep: Sequence[Box] = (),
+) -> RoomComposite:
+    """Paste several cut-outs into ``background`` in the order given (back to front), each re-lit and
+    shadowed as ``composite`` does, then blur, noise and JPEG once.
+
+    A later product may hide part of an earlier one; a draw is accepted only when the new product
+    and every earlier one keep at least ``cfg.min_visible`` of their pixels visible (else it is drawn
+    again, ``cfg.max_tries`` times, then left out: its box is None). Each returned box is measured on
+    the product's final visibility mask, so every box is true. ``keep``: boxes of objects already in
+    the photo (e.g. detected); the share of each that stays uncovered is returned, so a caller can
+    drop the label of one that is mostly hidden.
+    """
+    cfg = cfg or CompositeConfig()
+    scene = _check_rgb(background, "background").astype(np.float32)
+    scene_mean = scene.reshape(-1, 3).mean(axis=0)
+    height, width = scene.shape[:2]
+    visible: list[np.ndarray | None] = []  # per placement: its visible alpha so far
+    totals: list[float] = []
+    params: list[dict[str, Any]] = []
+    for i, pl in enumerate(placements):
+        patch = _cropped_cutout(pl.image, pl.alpha, f"placement {i}")
+        if pl.squash < 1:
+            patch = _resize(patch[0], patch[1], patch[1].shape[1], max(2, round(patch[1].shape[0] * pl.squash)))
+        rb = _check_rel_box(pl.rel_box, f"placement {i}")
+        drawn = None
+        for attempt in range(cfg.max_tries):
+            out, a_full, p, (a, *_rest) = _paste(scene, scene_mean, patch, rb, rng, cfg)
+            total = float(a.sum())
+            own = float(a_full.sum()) / max(total, _EPS)
+            if own >= cfg.min_visible and all(v is None or float((v * (1 - a_full)).sum()) >= cfg.min_visible * t
+                                               for v, t in zip(visible, totals)):
+                drawn = (out, a_full, total, {**p, "attempt": attempt, "squash": pl.squash})
+                break
+        if drawn is None:
+            visible.append(None)
+            totals.append(0.0)
+            params.append({"skipped": f"not visible enough in {cfg.max_tries} draws"})
+            continue
+        scene, a_full, total, p = drawn
+        visible = [v if v is None else v * (1 - a_full) for v in visible] + [a_full]
+        totals.append(total)
+        params.append(p)
+    boxes = []
+    for v, t, p in zip(visible, totals, params):
+        box = None if v is None else mask_box(v, cfg.box_threshold)
+        if v is not None:
+            p["visible_share"] = float(v.sum()) / max(t, _EPS)
+        boxes.append(box)
+    covered = np.zeros((height, width), np.float32)
+    for v in visible:
+        if v is not None:
+            covered = np.maximum(covered, v)
+    kept = tuple(_uncovered_share(covered, b) for b in keep)
+    finish: dict[str, Any] = {}
+    image = _finish(scene, rng, cfg, finish)
+    return RoomComposite(image, tuple(boxes), tuple(params), kept, finish)
+
+
+def _uncovered_share(covered: np.ndarray, box: Box) -> float:
+    """The share of ``box``'s area where ``covered`` (alpha, ``float32 (H, W)``) is below one half."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    region = covered[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)]
+    return 1.0 if region.size == 0 else float((region < 0.5).mean())

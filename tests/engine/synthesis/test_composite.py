@@ -14,7 +14,9 @@ from engine.synthesis.composite import (
     CompositeConfig,
     CompositeError,
     PlacementPrior,
+    Placement,
     composite,
+    composite_many,
     to_rel_box,
 )
 from engine.synthesis.cutout import mask_box
@@ -196,3 +198,54 @@ def test_prior_clamps_boxes_at_the_frame_and_validates():
 
 def test_to_rel_box():
     assert to_rel_box((30, 20, 90, 100), 300, 200) == pytest.approx((0.2, 0.3, 0.2, 0.4))
+
+
+# --- several products in one room -------------------------------------------------------------
+
+BLUE = (30, 40, 220)
+
+
+def test_several_products_each_box_is_its_visible_colour():
+    placements = [Placement(*square(RED), (0.3, 0.5, 0.2, 0.3)), Placement(*square(GREEN), (0.7, 0.5, 0.2, 0.3)),
+                  Placement(*square(BLUE, 20, 60), (0.5, 0.85, 0.3, 0.1))]
+    c = composite_many(scene(), placements, np.random.default_rng(0), CLEAN)
+    assert len(c.boxes) == 3 and all(b is not None for b in c.boxes)
+    for box, colour in zip(c.boxes, (RED, GREEN, BLUE)):
+        assert box == coloured_box(c.image, colour, tol=5)
+    assert [p["visible_share"] for p in c.params] == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_a_later_product_hides_an_earlier_one_and_its_box_shrinks_to_what_shows():
+    # GREEN lands on the right half of RED: RED's box is only its visible left part
+    cfg = replace(CLEAN, min_visible=0.3)
+    placements = [Placement(*square(RED), (0.5, 0.5, 0.2, 0.3)), Placement(*square(GREEN), (0.6, 0.5, 0.2, 0.3))]
+    c = composite_many(scene(), placements, np.random.default_rng(0), cfg)
+    red, green = c.boxes
+    assert green == (150, 70, 210, 130) == coloured_box(c.image, GREEN, tol=5)
+    assert red == (120, 70, 150, 130) == coloured_box(c.image, RED, tol=5)
+    assert c.params[0]["visible_share"] == pytest.approx(0.5)
+
+
+def test_a_product_that_would_hide_too_much_of_another_is_left_out():
+    cfg = replace(CLEAN, min_visible=0.8, max_tries=3)
+    placements = [Placement(*square(RED), (0.5, 0.5, 0.2, 0.3)), Placement(*square(GREEN), (0.5, 0.5, 0.2, 0.3))]
+    c = composite_many(scene(), placements, np.random.default_rng(0), cfg)
+    assert c.boxes[0] == (120, 70, 180, 130) and c.boxes[1] is None and "skipped" in c.params[1]
+    assert coloured_box(c.image, GREEN, tol=5) is None
+
+
+def test_squash_lays_a_product_flat_and_keep_boxes_report_what_stays_uncovered():
+    placements = [Placement(*square(RED, 60, 60), (0.5, 0.8, 0.4, 0.3), squash=0.5)]
+    c = composite_many(scene(), placements, np.random.default_rng(0), CLEAN, keep=[(120, 145, 180, 175), (0, 0, 50, 50)])
+    x1, y1, x2, y2 = c.boxes[0]
+    assert (x2 - x1) == 2 * (y2 - y1)  # a 60 x 60 square squashed to 60 x 30, then fitted
+    assert c.kept_visible[0] == pytest.approx(0.0) and c.kept_visible[1] == pytest.approx(1.0)
+
+
+def test_several_products_are_seeded():
+    placements = [Placement(*square(RED), (0.3, 0.5, 0.2, 0.3)), Placement(*square(GREEN), (0.6, 0.6, 0.3, 0.3))]
+    a = composite_many(scene(), placements, np.random.default_rng(5))
+    b = composite_many(scene(), placements, np.random.default_rng(5))
+    assert a.boxes == b.boxes and np.array_equal(a.image, b.image)
+    with pytest.raises(CompositeError, match="squash"):
+        Placement(*square(), (0.5, 0.5, 0.2, 0.2), squash=0)
