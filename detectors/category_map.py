@@ -182,3 +182,21 @@ def map_for_detector(class_names: Iterable[str], path: str | Path | None = None)
         cmap = groups if set(groups.groups) <= names else load_category_map(DEFAULT_MAP)
     cmap.check_classes(names)
     return cmap
+
+
+def label_groups(detector_classes: Iterable[str], groups_map: CategoryMap) -> dict[str, str]:
+    """Each detector class that names a product group → that group: a group detector's classes are
+    the groups themselves; another detector's (COCO's) go through the map's ``from_classes``.
+    Classes of no group (a person, a car) are left out."""
+    groups = set(groups_map.groups)
+    return {c: c if c in groups else groups_map.from_classes[c] for c in detector_classes if c in groups or c in groups_map.from_classes}
+
+
+def group_types(groups_map: CategoryMap, types: Iterable[str]) -> dict[str, frozenset[str]]:
+    """Product group → the catalog ``types`` in it (groups holding none are left out)."""
+    out: dict[str, set[str]] = {}
+    for t in set(types):
+        g = groups_map.class_for(t)
+        if g is not None:
+            out.setdefault(g, set()).add(t)
+    return {g: frozenset(ts) for g, ts in out.items()}

@@ -1,9 +1,11 @@
-"""The query engine of the search service: detect → crop → embed → search, and "where is it used?"."""
+"""The query engine of the search service: detect → crop → embed → search, "where is it used?", and
+"shop this room": every proposed object with its group and matches, and one list for the room."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +29,46 @@ class Timings:
         return now
 
 
+@dataclass(frozen=True)
+class RoomObject:
+    """One object of a room: its ``box`` and detector ``label``, the product ``group`` that label
+    belongs to, the detector's ``confidence``, whether it is ``sure`` (at or above the model's
+    ``min_confidence``; else a fill-in the page shows as less sure) and its ``matches``."""
+
+    box: Box
+    label: str
+    group: str
+    confidence: float
+    sure: bool
+    matches: tuple[Match, ...]
+
+
+@dataclass(frozen=True)
+class Room:
+    """"Shop this room": its ``objects`` (most confident first) and ``products``, the room's one
+    ranked list of product ids (``room_ranking``)."""
+
+    objects: tuple[RoomObject, ...]
+    products: tuple[str, ...]
+
+
+def room_ranking(per_object: Sequence[Sequence[str]], k: int | None = None) -> list[str]:
+    """One ranked list of a room from each object's ranked product ids (objects most confident
+    first): every object's first match, then every object's second, and so on; each product once.
+    The first ``k`` (None: all)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    depth = max((len(p) for p in per_object), default=0)
+    for r in range(depth):
+        for products in per_object:
+            if r < len(products) and products[r] not in seen:
+                seen.add(products[r])
+                out.append(products[r])
+                if k is not None and len(out) == k:
+                    return out
+    return out
+
+
 @dataclass
 class SearchEngine:
     """The query side: an embedder (with its preprocessing), an optional detector, the products
@@ -37,6 +79,8 @@ class SearchEngine:
     scenes: CatalogIndex | None = None
     detector: Detector | None = None
     classes: frozenset[str] | None = None  # whose missing boxes are filled in (the category map's)
+    label_groups: Mapping[str, str] = field(default_factory=dict)  # detector class -> product group
+    group_types: Mapping[str, frozenset[str]] = field(default_factory=dict)  # product group -> the catalog types in it
     _detect_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def detect(self, image: np.ndarray, timings: Timings | None = None) -> list[Detection]:
@@ -85,6 +129,26 @@ class SearchEngine:
         matches = self.products.search_distinct(vec[None], k, types)[0]
         timings.add("search", t)
         return matches
+
+    def room(self, image: np.ndarray, k: int = 5, timings: Timings | None = None) -> Room:
+        """"Shop this room": every proposed object of a product group (the detector's confident boxes
+        and its fill-ins), embedded as one batch, each searched among its group's catalog types
+        (every product when the group holds none); the room's ranked list (``room_ranking``)."""
+        timings = timings if timings is not None else Timings()
+        found = [d for d in self.detect(image, timings) if d.label in self.label_groups]
+        t = time.perf_counter()
+        prep = self.embedder.preprocessing
+        crops = [query_crop(image, d.box, prep.image_size, prep.crop_padding) for d in found]
+        vectors = self.embedder(np.stack(crops)) if crops else np.zeros((0, self.embedder.dim), np.float32)
+        t = timings.add("embed", t)
+        objects = []
+        for d, vec in zip(found, vectors):
+            group = self.label_groups[d.label]
+            matches = self.products.search_distinct(vec[None], k, set(self.group_types.get(group, ())) or None)[0]
+            objects.append(RoomObject(d.box, d.label, group, float(d.confidence), d.confidence >= prep.min_confidence, tuple(matches)))
+        timings.add("search", t)
+        products = room_ranking([[m.item.product_id for m in o.matches] for o in objects])
+        return Room(tuple(objects), tuple(products))
 
     def scenes_of(self, product_id: str, k: int = 10) -> list[Match]:
         """"Where is it used?": scene crops nearest to the product's images, best crop per scene."""

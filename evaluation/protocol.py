@@ -43,6 +43,7 @@ from engine.model.embedder import Embed, embed_batches
 from engine.data.images import load_square, query_crop
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
 from engine.data.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
+from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
 
 logger = logging.getLogger(__name__)
 KS = (1, 5, 10, 20, 50)
@@ -51,11 +52,13 @@ KS = (1, 5, 10, 20, 50)
 @dataclass(frozen=True)
 class EvalConfig:
     """ks: the k of recall@k; seen_products: the products of the evaluated model's training pairs
-    (None: no seen / unseen split). The crops' preprocessing (size, padding, detector confidence)
-    is the model's (``engine.config.Preprocessing``), passed to ``prepare``."""
+    (None: no seen / unseen split); room: the product groups for the whole-room scores
+    (``evaluation.room``; None: not scored). The crops' preprocessing (size, padding, detector
+    confidence) is the model's (``engine.config.Preprocessing``), passed to ``prepare``."""
 
     ks: tuple[int, ...] = KS
     seen_products: frozenset[str] | None = None
+    room: RoomSpec | None = None
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -229,6 +232,7 @@ class EvalResult:
     crop_emb: np.ndarray
     top: np.ndarray
     curves: dict[str, list[float]]  # recall at k = 1..len for "scene_to_product", "product_to_scene"
+    room_pairs: list[RoomPair] = field(default_factory=list)  # the whole-room ranks of every pair (with EvalConfig.room)
 
 
 def _nan_to_none(value):
@@ -247,9 +251,14 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     image_emb = embed_batches(embed, inputs.product_images, 0, 256)
     crop_emb = embed_batches(embed, inputs.crop_images, 0, 256)
     window_emb = embed_batches(embed, inputs.window_images, 0, 256)
-    results, top = _rank_pairs(inputs, image_emb, crop_emb, window_emb)
+    results, top, crop_prod = _rank_pairs(inputs, image_emb, crop_emb, window_emb)
     product_emb = image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb
     summary = _summary(inputs, results, crop_emb, product_emb, cfg)
+    whole_room = _room(inputs, crop_prod, cfg) if cfg.room is not None else []
+    if cfg.room is not None:
+        groups = crop_groups([c.label for c in inputs.crops], cfg.room)
+        per_scene = sum(bool(g) for g in groups) / max(1, len(inputs.scenes))
+        summary["room"] = room_summary(whole_room, inputs.types, cfg.room, cfg.seen_products, per_scene)
     summary["seconds"] = {"prepare": inputs.seconds, "score": time.perf_counter() - t0}
     reach = np.array([r.rank for r in results if r.case.reachable], np.float64)
     scene_ranks = np.array([r.scene_rank for r in results], np.float64)
@@ -257,12 +266,24 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
         "scene_to_product": [recall_at_k(reach, k) for k in range(1, curve_max + 1)],
         "product_to_scene": [recall_at_k(scene_ranks, k) for k in range(1, curve_max + 1)],
     }
-    return EvalResult(_nan_to_none(summary), results, product_emb, crop_emb, top, curves)
+    return EvalResult(_nan_to_none(summary), results, product_emb, crop_emb, top, curves, whole_room)
+
+
+def _room(inputs: EvalInputs, crop_prod: np.ndarray, cfg: EvalConfig) -> list[RoomPair]:
+    """The whole-room ranks of every pair (``evaluation.room``) from the crops' distances to the products."""
+    spec = cfg.room
+    groups = crop_groups([c.label for c in inputs.crops], spec)
+    scenes = [c.scene for c in inputs.crops]
+    rooms = room_lists(crop_prod, scenes, groups, [c.confidence for c in inputs.crops], inputs.product_ids,
+                       [inputs.types[p] for p in inputs.product_ids], spec)
+    col = {p: i for i, p in enumerate(inputs.product_ids)}
+    return room_pairs([(c.product_id, c.type, c.scene) for c in inputs.cases], crop_prod, scenes, groups, rooms, col, spec)
 
 
 def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
-                window_emb: np.ndarray) -> tuple[list[PairResult], np.ndarray]:
-    """Every pair's ranks, and the 5 nearest products of each crop (int (C, 5)).
+                window_emb: np.ndarray) -> tuple[list[PairResult], np.ndarray, np.ndarray]:
+    """Every pair's ranks, the 5 nearest products of each crop (int (C, 5)) and the crops' distances
+    to each product (float (C, P): to its nearest image).
 
     image_emb: float32 (M, D), one row per catalog image; crop_emb: float32 (C, D); window_emb:
     float32 (W, D), the fixed windows of ``inputs.window_scenes``.
@@ -305,7 +326,7 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
         rank_all = min([rank_of(crop_prod[c], col) for c in crops_of.get(case.scene, [])]
                        + [rank_of(win_prod[w], col) for w in windows_of.get(case.scene, [])], default=float("inf"))
         results.append(PairResult(case, best[0], rank_any, srank, best[1], rank_all))
-    return results, top
+    return results, top, crop_prod
 
 
 def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray, product_emb: np.ndarray, cfg: EvalConfig) -> dict:
@@ -377,8 +398,10 @@ def _seen_split(reach: list[PairResult], cfg: EvalConfig) -> dict:
     return out
 
 
-def paired_difference(a: EvalResult, b: EvalResult, ks: Sequence[int]) -> dict[str, dict[int, dict[str, object]]]:
-    """recall@k of ``a`` minus ``b`` scored on the same prepared inputs, with a 95% scene-bootstrap interval."""
+def paired_difference(a: EvalResult, b: EvalResult, ks: Sequence[int], spec: RoomSpec | None = None,
+                      types: dict[str, str] | None = None) -> dict[str, dict]:
+    """recall@k of ``a`` minus ``b`` scored on the same prepared inputs, with a 95% scene-bootstrap
+    interval; with ``spec`` (and both scored with it) also the whole-room differences (``room``)."""
     out: dict[str, dict[int, dict[str, object]]] = {}
     reach_a = [r for r in a.pairs if r.case.reachable]
     reach_b = [r for r in b.pairs if r.case.reachable]
@@ -391,6 +414,8 @@ def paired_difference(a: EvalResult, b: EvalResult, ks: Sequence[int]) -> dict[s
         ra, rb = np.array(ra, np.float64), np.array(rb, np.float64)
         ci = bootstrap_recall(ra, scenes, ks, other=rb)
         out[task] = {int(k): {"difference": (float((ra <= k).mean() - (rb <= k).mean()) if len(ra) else None), "ci95": list(ci[k])} for k in ks}
+    if a.room_pairs and b.room_pairs and spec is not None:
+        out["room"] = paired_room_difference(a.room_pairs, b.room_pairs, spec, spec.coco_types, types)
     return _nan_to_none(out)
 
 
@@ -415,6 +440,14 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
     for k, v in summary.get("scene_to_product_all_pairs", {}).get("recall", {}).items():
         out[f"s2p_all_pairs_recall_at_{k}"] = v
     out["coverage"] = s2p.get("coverage")
+    room = summary.get("room") or {}
+    for name, block in (("room_", room), ("room_coco_", room.get("coco_class_pairs") or {})):
+        if block:
+            out[f"{name}coverage"] = block.get("coverage")
+            for k, v in (block.get("s2p_recall") or {}).items():
+                out[f"{name}s2p_recall_at_{k}"] = v
+            for k, v in (block.get("room_recall") or {}).items():
+                out[f"{name}recall_at_{k}"] = v
     out["distance_accuracy"] = summary["distance_accuracy"]
     out["distance_accuracy_top_3"] = summary["distance_accuracy_top_3"]
     out["reachable_pairs"] = summary["protocol"]["reachable_pairs"]

@@ -98,3 +98,13 @@ def test_every_ikea_type_is_mapped_or_left_out_with_a_reason(capsys):
     assert main(["--catalog", str(IKEA)]) == 0
     out = capsys.readouterr().out
     assert "0 unmapped" in out and "of 1775 pairs" in out
+
+
+def test_detector_classes_to_groups_and_groups_to_catalog_types():
+    m = load_category_map(GROUPS_MAP)
+    from detectors.category_map import group_types, label_groups
+
+    assert label_groups(["couch", "person", "vase", "tv"], m) == {"couch": "sofa", "vase": "vase"}
+    assert label_groups(["lamp", "rug", "couch"], m) == {"lamp": "lamp", "rug": "rug", "couch": "sofa"}
+    assert group_types(m, ["Pendant lamp", "Table lamp", "Rug, flatwoven", "Handle"]) == {
+        "lamp": frozenset({"Pendant lamp", "Table lamp"}), "rug": frozenset({"Rug, flatwoven"})}

@@ -1,0 +1,177 @@
+"""The whole room, measured: every pair of a scene, whatever its product's group, as a shopper meets it.
+
+Pure functions on embeddings (``evaluation.protocol`` prepares the crops and calls them):
+
+- **Groups.** A pair's product belongs to the product group its type maps to (``detectors/
+  product_groups.yaml``; a type left out belongs to none). A proposed crop belongs to the group of
+  its detector class: a group detector's class is the group, a COCO class goes through the map's
+  ``from_classes`` (a chair box is ``seating``). The crops are those the page offers: the confident
+  boxes and the fill-ins (``engine.data.proposals``).
+- **Coverage** (all pairs): the share of pairs whose scene has a crop of the product's group.
+- **s2p recall over all pairs**: as the main protocol, the best rank of the product over its
+  group's crops of the scene, searched over the whole catalog; a pair with no such crop (or no
+  group) is a miss at every k.
+- **Room recall@k**, no label used: per scene the engine's own "shop this room" list
+  (``engine.search.room_ranking``: each object's matches among its group's catalog types, objects
+  most confident first, first matches of every object before any second); a pair is found at k
+  when its product is among the list's first k.
+Each is also reported per group, for products seen / unseen in training, and restricted to the
+pairs a COCO detector class could reach (``coco_types``). Ranks are pessimistic (ties count ahead).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.metrics import bootstrap_recall, rank_of, recall_curve
+from engine.search import room_ranking
+
+ROOM_KS = (10, 20, 50)
+
+
+@dataclass(frozen=True)
+class RoomSpec:
+    """What the whole-room scores need besides the embeddings.
+
+    type_group: catalog type → product group (types of no group absent); label_group: crop label
+    (detector class, or a ``pairs.csv`` box's product type) → product group; coco_types: the types a
+    COCO detector class reaches (the pairs of the main protocol with the COCO map); ks: the k of the
+    s2p recall; room_ks: the k of room recall; depth: matches kept per object for the room list.
+    """
+
+    type_group: Mapping[str, str]
+    label_group: Mapping[str, str]
+    coco_types: frozenset[str] = field(default_factory=frozenset)
+    ks: tuple[int, ...] = (1, 5, 10, 20, 50)
+    room_ks: tuple[int, ...] = ROOM_KS
+    depth: int = 50
+
+
+@dataclass(frozen=True)
+class RoomPair:
+    """One pair's whole-room ranks: ``group`` of its product ('' = none), ``covered`` (its scene has a
+    crop of that group), ``rank`` (s2p over those crops) and ``room_rank`` (place in the room list)."""
+
+    product_id: str
+    scene: str
+    group: str
+    covered: bool
+    rank: float
+    room_rank: float
+
+
+def crop_groups(labels: Sequence[str], spec: RoomSpec) -> list[str]:
+    """The product group of each crop label ('' = none)."""
+    return [spec.label_group.get(label, spec.type_group.get(label, "")) for label in labels]
+
+
+def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequence[str], confidences: Sequence[float],
+               product_ids: Sequence[str], product_types: Sequence[str], spec: RoomSpec) -> dict[str, list[str]]:
+    """Each scene's "shop this room" list of product ids.
+
+    crop_prod: float (C, P) distance of each crop to each product (its nearest photo); crop_scene,
+    groups, confidences: per crop; product_ids / product_types: per column of ``crop_prod``. Each
+    crop of a group searches only the products of that group's types (all products when the
+    group holds none); crops of no group are not objects of the room."""
+    columns: dict[str, np.ndarray] = {}
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for j, t in enumerate(product_types):
+        if t in spec.type_group:
+            by_group[spec.type_group[t]].append(j)
+    per_scene: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for c, (scene, group) in enumerate(zip(crop_scene, groups)):
+        if group:
+            per_scene[scene].append((-float(confidences[c]), c))
+    out = {}
+    for scene, objs in per_scene.items():
+        ranked = []
+        for _, c in sorted(objs):
+            g = groups[c]
+            if g not in columns:
+                columns[g] = np.array(by_group.get(g) or range(len(product_ids)), np.int64)
+            cols = columns[g]
+            order = cols[np.argsort(crop_prod[c, cols], kind="stable")[: spec.depth]]
+            ranked.append([product_ids[j] for j in order])
+        out[scene] = room_ranking(ranked)
+    return out
+
+
+def room_pairs(pairs: Sequence[tuple[str, str, str]], crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequence[str],
+               rooms: Mapping[str, Sequence[str]], product_col: Mapping[str, int], spec: RoomSpec) -> list[RoomPair]:
+    """The whole-room ranks of ``pairs`` ((product id, type, scene) each) from the crops' distances
+    ``crop_prod`` float (C, P), their scenes and groups, and each scene's room list."""
+    crops_of: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for c, (scene, group) in enumerate(zip(crop_scene, groups)):
+        if group:
+            crops_of[(scene, group)].append(c)
+    out = []
+    for product, ptype, scene in pairs:
+        group = spec.type_group.get(ptype, "")
+        crops = crops_of.get((scene, group), []) if group else []
+        col = product_col[product]
+        rank = min((rank_of(crop_prod[c], col) for c in crops), default=float("inf"))
+        room = rooms.get(scene, ())
+        room_rank = float(list(room).index(product) + 1) if product in room else float("inf")
+        out.append(RoomPair(product, scene, group, bool(crops), rank, room_rank))
+    return out
+
+
+def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: RoomSpec,
+                 seen_products: frozenset[str] | None = None, objects_per_scene: float = float("nan")) -> dict:
+    """Coverage, s2p recall and room recall over ``results`` (with intervals), per group, seen /
+    unseen, and over the COCO-class pairs; ``types``: product id → type."""
+    def block(rs: Sequence[RoomPair]) -> dict:
+        ranks = np.array([r.rank for r in rs], np.float64)
+        room = np.array([r.room_rank for r in rs], np.float64)
+        scenes = [r.scene for r in rs]
+        return {"pairs": len(rs), "coverage": float(np.mean([r.covered for r in rs])) if rs else float("nan"),
+                "s2p_recall": recall_curve(ranks, spec.ks), "s2p_recall_ci95": bootstrap_recall(ranks, scenes, spec.ks),
+                "room_recall": recall_curve(room, spec.room_ks), "room_recall_ci95": bootstrap_recall(room, scenes, spec.room_ks)}
+
+    out = block(results)
+    out["objects_per_scene"] = objects_per_scene
+    out["grouped_pairs"] = sum(bool(r.group) for r in results)
+    by_group: dict[str, list[RoomPair]] = defaultdict(list)
+    for r in results:
+        by_group[r.group or "(no group)"].append(r)
+    out["per_group"] = {g: {"pairs": len(rs), "coverage": float(np.mean([r.covered for r in rs])),
+                            "s2p_recall": recall_curve(np.array([r.rank for r in rs], np.float64), (10,)),
+                            "room_recall": recall_curve(np.array([r.room_rank for r in rs], np.float64), (50,))}
+                        for g, rs in sorted(by_group.items())}
+    coco = [r for r in results if types[r.product_id] in spec.coco_types]
+    out["coco_class_pairs"] = block(coco)
+    if seen_products is not None:
+        for name, keep in (("seen", True), ("unseen", False)):
+            out[name] = block([r for r in results if (r.product_id in seen_products) == keep])
+    return out
+
+
+def paired_room_difference(a: Sequence[RoomPair], b: Sequence[RoomPair], spec: RoomSpec, coco_types: frozenset[str] = frozenset(),
+                           types: Mapping[str, str] | None = None) -> dict:
+    """``a`` minus ``b`` for the same pairs (matched by product and scene; e.g. two models on the same
+    crops, or two detectors): coverage, s2p recall@k and room recall@k with 95% scene-bootstrap
+    intervals, over all pairs and over the COCO-class pairs (``coco_types`` with ``types``)."""
+    index = {(r.product_id, r.scene): r for r in b}
+    if len(index) != len(a) or any((r.product_id, r.scene) not in index for r in a):
+        raise ValueError("a paired comparison needs whole-room ranks of the same pairs")
+    def diff(rs: Sequence[RoomPair]) -> dict:
+        other = [index[(r.product_id, r.scene)] for r in rs]
+        scenes = [r.scene for r in rs]
+        out = {}
+        for name, get, ks in (("coverage", lambda r: 1.0 if r.covered else float("inf"), (1,)),
+                              ("s2p_recall", lambda r: r.rank, spec.ks), ("room_recall", lambda r: r.room_rank, spec.room_ks)):
+            ra = np.array([get(r) for r in rs], np.float64)
+            rb = np.array([get(r) for r in other], np.float64)
+            ci = bootstrap_recall(ra, scenes, ks, other=rb)
+            out[name] = {int(k): {"difference": float((ra <= k).mean() - (rb <= k).mean()) if len(ra) else None, "ci95": list(ci[k])}
+                         for k in ks}
+        return out
+
+    result = {"all_pairs": diff(list(a))}
+    if coco_types and types is not None:
+        result["coco_class_pairs"] = diff([r for r in a if types[r.product_id] in coco_types])
+    return result

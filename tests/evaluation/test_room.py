@@ -1,0 +1,72 @@
+"""Whole-room scores on a hand-computable room: coverage, s2p over all pairs, the room list and its recall."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
+
+# Four products: two lamps, a rug, a chair. Types map to groups; the COCO detector reaches chairs only.
+PRODUCTS = ["lampA", "lampB", "rug", "chair"]
+TYPES = {"lampA": "Pendant lamp", "lampB": "Table lamp", "rug": "Rug", "chair": "Chair"}
+SPEC = RoomSpec(type_group={"Pendant lamp": "lamp", "Table lamp": "lamp", "Rug": "rug", "Chair": "seating"},
+                label_group={"lamp": "lamp", "rug": "rug", "chair": "seating", "seating": "seating"},
+                coco_types=frozenset({"Chair"}), ks=(1, 2, 10), room_ks=(1, 2, 3), depth=10)
+
+# Scene s1: a lamp box (0.9) and a chair box (0.5); scene s2: a rug box (0.8) and a box of no group ('person').
+CROP_SCENE = ["s1", "s1", "s2", "s2"]
+CROP_LABEL = ["lamp", "chair", "rug", "person"]
+CONF = [0.9, 0.5, 0.8, 0.95]
+# distance of each crop (row) to each product (column)
+CROP_PROD = np.array([
+    [0.5, 0.2, 0.1, 0.9],   # lamp box: nearest overall is the rug (0.1), among lamps lampB then lampA
+    [0.3, 0.8, 0.9, 0.4],   # chair box: nearest overall lampA (0.3), then chair (0.4)
+    [0.7, 0.6, 0.2, 0.5],   # rug box
+    [0.0, 0.1, 0.2, 0.3],   # person box: no group, never an object of the room
+])
+
+
+def test_crops_take_their_labels_group():
+    assert crop_groups(CROP_LABEL, SPEC) == ["lamp", "seating", "rug", ""]
+    assert crop_groups(["Rug"], SPEC) == ["rug"]  # a pairs.csv crop is labelled with its product's type
+
+
+def test_the_room_list_searches_each_object_within_its_group():
+    rooms = room_lists(CROP_PROD, CROP_SCENE, crop_groups(CROP_LABEL, SPEC), CONF, PRODUCTS, [TYPES[p] for p in PRODUCTS], SPEC)
+    # s1: the lamp box (more confident) ranks lampB, lampA; the chair box only the chair
+    assert rooms["s1"] == ["lampB", "chair", "lampA"]
+    assert rooms["s2"] == ["rug"]
+
+
+def test_pair_ranks_coverage_and_recall():
+    groups = crop_groups(CROP_LABEL, SPEC)
+    rooms = room_lists(CROP_PROD, CROP_SCENE, groups, CONF, PRODUCTS, [TYPES[p] for p in PRODUCTS], SPEC)
+    pairs = [("lampA", "Pendant lamp", "s1"), ("chair", "Chair", "s1"), ("rug", "Rug", "s2"), ("lampB", "Table lamp", "s2"),
+             ("rug", "Rug", "s1")]
+    got = room_pairs(pairs, CROP_PROD, CROP_SCENE, groups, rooms, {p: i for i, p in enumerate(PRODUCTS)}, SPEC)
+    # lampA in s1: the lamp box ranks it 3rd over the whole catalog (0.5: behind the rug 0.1 and lampB 0.2)
+    assert got[0] == RoomPair("lampA", "s1", "lamp", True, 3.0, 3.0)
+    assert got[1] == RoomPair("chair", "s1", "seating", True, 2.0, 2.0)
+    assert got[2] == RoomPair("rug", "s2", "rug", True, 1.0, 1.0)
+    assert got[3].covered is False and got[3].rank == float("inf") and got[3].room_rank == float("inf")  # no lamp box in s2
+    assert got[4].covered is False and got[4].room_rank == float("inf")  # no rug box in s1, and the rug is not in s1's list
+    s = room_summary(got, TYPES, SPEC, seen_products=frozenset({"rug"}), objects_per_scene=1.5)
+    assert s["pairs"] == 5 and s["coverage"] == pytest.approx(3 / 5)
+    assert s["s2p_recall"] == {1: pytest.approx(1 / 5), 2: pytest.approx(2 / 5), 10: pytest.approx(3 / 5)}
+    assert s["room_recall"] == {1: pytest.approx(1 / 5), 2: pytest.approx(2 / 5), 3: pytest.approx(3 / 5)}
+    assert s["coco_class_pairs"]["pairs"] == 1 and s["coco_class_pairs"]["room_recall"][2] == 1.0
+    assert s["seen"]["pairs"] == 2 and s["unseen"]["pairs"] == 3
+    assert s["per_group"]["lamp"]["pairs"] == 2 and s["per_group"]["lamp"]["coverage"] == 0.5
+
+
+def test_paired_difference_matches_pairs_and_refuses_others():
+    a = [RoomPair("p", "s1", "lamp", True, 1.0, 1.0), RoomPair("q", "s2", "rug", True, 5.0, 2.0)]
+    b = [RoomPair("q", "s2", "rug", False, float("inf"), 9.0), RoomPair("p", "s1", "lamp", True, 3.0, 1.0)]
+    d = paired_room_difference(a, b, SPEC, frozenset({"Chair"}), {"p": "Chair", "q": "Rug"})
+    assert d["all_pairs"]["coverage"][1]["difference"] == pytest.approx(0.5)
+    assert d["all_pairs"]["s2p_recall"][1]["difference"] == pytest.approx(0.5)  # p: 1 vs 3
+    assert d["all_pairs"]["room_recall"][2]["difference"] == pytest.approx(0.5)  # q: 2 vs 9
+    assert d["coco_class_pairs"]["s2p_recall"][2]["difference"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same pairs"):
+        paired_room_difference(a, b[:1], SPEC)
