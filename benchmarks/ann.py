@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from engine.index.ann import BruteForceIndex, ScannParams
+from engine.index.brute_force import BruteForceIndex
+from engine.index.scann_backend import ScannParams
 from engine.index.tuning import TuningConfig, recall_at_k, tune_index
 
 logger = logging.getLogger("benchmarks.ann")

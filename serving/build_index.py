@@ -35,14 +35,15 @@ from pathlib import Path
 from detectors.cache import DetectionCache
 from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector, default_weights
-from engine.index.ann import ScannParams
+from engine.index.backends import BackendSpec
+from engine.index.scann_backend import ScannIndex, ScannParams
 from engine.index.tuning import TuningConfig
 from engine.index.serving_folder import build_serving_folder
 from engine.data.catalog import load_catalog
 from engine.index.ray_runner import RUNNERS, RayRunner
 from engine.model.embedder import load_preprocessing
 from engine.index.generations import publish_generation
-from engine.index.milvus import MilvusSettings, unique_collection
+from engine.index.milvus import MilvusIndex, MilvusSettings, unique_collection
 from engine.data.proposals import Detect
 from engine.runtime import run_cli, state_dir
 from training.model_ref import resolve_model
@@ -106,6 +107,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
 
 
+def backend_spec(args: argparse.Namespace) -> BackendSpec:
+    """The one ``BackendSpec`` the backend flags describe: ``--backend local`` is the ``scann`` backend
+    (exact search under ``--brute-force-below`` items, ScaNN above, its knobs from the flags; tuned
+    with ``--target-recall``); ``--backend milvus`` fills new collections named ``<--milvus-prefix>_<build>``."""
+    if args.backend == "milvus":
+        return BackendSpec(MilvusIndex.kind, MilvusSettings(args.milvus_uri, unique_collection(args.milvus_prefix), args.milvus_index_type.upper(),
+                                                            args.milvus_index_params, args.milvus_search_params))
+    return BackendSpec(ScannIndex.kind, ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves,
+                                                    leaves_to_search=args.leaves_to_search, reorder=args.reorder))
+
+
 def cached_detect(weights: str, conf: float, cache_dir: Path) -> Detect:
     """The detector's ``detect`` behind the detection cache: opened in this process or, pickled as a
     ``partial``, in each worker of a distributed runner."""
@@ -114,15 +126,13 @@ def cached_detect(weights: str, conf: float, cache_dir: Path) -> Detect:
 
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    milvus = (MilvusSettings(args.milvus_uri, unique_collection(args.milvus_prefix), args.milvus_index_type.upper(), args.milvus_index_params,
-                             args.milvus_search_params) if args.backend == "milvus" else None)
+    backend = backend_spec(args)
     model = resolve_model(args.model)
     catalog = load_catalog(args.catalog)
     open_detect = None
     if not args.no_detector:
         open_detect = partial(cached_detect, args.detector_weights or default_weights(), load_preprocessing(model.path).detector_confidence,
                               state_dir() / "cache" / "detections")
-    params = ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves, leaves_to_search=args.leaves_to_search, reorder=args.reorder)
     tuning = (TuningConfig(target_recall=args.target_recall, n_queries=args.tuning_queries, budget_s=args.tuning_budget, seed=args.seed)
               if args.target_recall > 0 else None)
     runner = (RayRunner(workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.ray_address)
@@ -131,8 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     built: dict = {}
 
     def write(tmp: Path) -> None:
-        built.update(build_serving_folder(model.path, catalog, tmp, detect, params, load_category_map().classes, tuning, milvus, runner,
-                                          open_detect))
+        built.update(build_serving_folder(model.path, catalog, tmp, detect, backend, load_category_map().classes, tuning, runner, open_detect))
 
     generation = publish_generation(args.out, write, keep=args.keep)
     for name, index in built.items():

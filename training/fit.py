@@ -443,12 +443,14 @@ def _save_outputs(args: argparse.Namespace, plan: RunPlan, ts: TrainingSet, embe
 
 def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog, out: Path, home: Path) -> Path:
     """The serving folder of the catalog with the final model: ``out/{model.keras,products,scenes}``."""
+    from engine.index.backends import BackendSpec
+
     detect = None
     weights = args.detector_weights or os.environ.get(WEIGHTS_ENV)
     if weights and any(p.box is None for p in catalog.pairs):
         detector = YoloDetector(weights, conf=load_preprocessing(model_path).detector_confidence)
         detect = DetectionCache(detector, home / "cache" / "detections").detect
-    build_serving_folder(model_path, catalog, out, detect, classes=load_category_map().classes,
+    build_serving_folder(model_path, catalog, out, detect, backend=BackendSpec(), classes=load_category_map().classes,
                          tuning=TuningConfig(target_recall=args.target_recall) if args.target_recall > 0 else None)
     return out
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from engine.index.ann import BruteForceIndex, SearchIndex
+from engine.index.base import SearchIndex
+from engine.index.brute_force import BruteForceIndex
 from training.manifest import Positive
 from training.triplets import NegativeSampler
 

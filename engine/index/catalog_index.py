@@ -9,26 +9,30 @@ Folder layout (written to a temporary folder, then renamed into place)::
                     other file
     vectors.npy     float32 (N, D) embeddings
     items.json      one metadata record per vector (product id, name, type, image, scene, box)
-    index/          the ANN engine's own files (ScaNN), empty for brute force and Milvus (whose
-                    collection the manifest names, ``engine.index.milvus``)
+    index/          the backend's own files (``SearchIndex.save``: ScaNN's), empty for brute force
+                    and Milvus (whose collection the manifest names, ``engine.index.milvus``)
 
-Loading checks the checksums and, when asked, the model fingerprint; a damaged index or one built
-with another model is refused with a message that says what to rebuild.
+Loading checks the checksums and, when asked, the model fingerprint, then hands the ``index/``
+folder to the backend registered for the manifest's ``index_kind`` (``engine.index.backends``); a
+damaged index, one built with another model, or one whose backend data does not match is refused
+with a message that says what to rebuild.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from engine.index.ann import BruteForceIndex, ScannParams, SearchIndex, build_index, load_index
-from engine.index.tuning import TuningConfig, tune_index
 from engine.files import atomic_folder, file_sha256
-from engine.index.milvus import MilvusIndex, MilvusIndexError, MilvusSettings, measure_recall
+from engine.index.backends import BACKENDS, Backend, BackendSpec, load_search_index
+from engine.index.base import BuildRequest, IndexBackendError, SearchIndex
+from engine.index.brute_force import BruteForceIndex
+from engine.index.tuning import TuningConfig
 
 FORMAT = "showroom.index"
 VERSION = 1
@@ -141,24 +145,20 @@ class CatalogIndex:
         return list(self._by_product.get(product_id, []))
 
     @classmethod
-    def build(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, params: ScannParams = ScannParams(),
-              preprocessing: dict | None = None, catalog_root: str = "", tuning: TuningConfig | None = None,
-              queries: np.ndarray | None = None, queries_label: str = "given query vectors",
-              milvus: MilvusSettings | None = None) -> CatalogIndex:
-        """Index ``vectors``: tuned to ``tuning.target_recall`` on ``queries`` (float32 (Q, D); ``None``:
-        a sample of the vectors) when ``tuning`` is given, else with ``params`` as they are. With
-        ``milvus``, in a new Milvus collection instead, its recall@k against exact search measured on
-        ``queries`` (or a sample of the vectors; ``tuning``'s k, sample size and seed) and stored as ``tuning``."""
-        if milvus is not None:
-            meta = [{"item_id": it.item_id, "product_id": it.product_id, "type": it.type} for it in items]
-            index = MilvusIndex.create(vectors, milvus, model_fingerprint, meta)
-            sample = {} if tuning is None else {"k": tuning.k, "n_queries": tuning.n_queries, "seed": tuning.seed}
-            return cls(vectors, items, index, model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root,
-                       tuning=measure_recall(index, vectors, queries, queries_label=queries_label, **sample))
-        if tuning is None:
-            return cls(vectors, items, build_index(vectors, params), model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root)
-        index, result = tune_index(vectors, queries, tuning, params, queries_label=queries_label)
-        return cls(vectors, items, index, model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root, tuning=asdict(result))
+    def from_vectors(cls, vectors: np.ndarray, items: list[Item], model_fingerprint: str, backend: BackendSpec = BackendSpec(),
+                     preprocessing: dict | None = None, catalog_root: str = "", tuning: TuningConfig | None = None,
+                     queries: np.ndarray | None = None, queries_label: str = "given query vectors", *,
+                     backends: Mapping[str, Backend] = BACKENDS) -> CatalogIndex:
+        """Index ``vectors`` float32 (N, D), one row per item, with ``backend`` (looked up in ``backends``):
+        tuned to ``tuning.target_recall`` on ``queries`` (float32 (Q, D); ``None``: a sample of the
+        vectors) when ``tuning`` is given and the backend has a tuner (ScaNN), else with its settings as
+        they are. A backend that measures its own recall (Milvus) measures it on the same queries, with
+        ``tuning``'s k, sample size and seed; what was tuned or measured is stored as ``tuning``."""
+        meta = [{"item_id": it.item_id, "product_id": it.product_id, "type": it.type} for it in items]
+        sample = {} if tuning is None else {"k": tuning.k, "n_queries": tuning.n_queries, "seed": tuning.seed}
+        request = BuildRequest(vectors, model_fingerprint, meta, queries, queries_label, **sample)
+        index, record = backend.build(request, tuning, backends=backends)
+        return cls(vectors, items, index, model_fingerprint, preprocessing=preprocessing, catalog_root=catalog_root, tuning=record)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -213,8 +213,9 @@ class CatalogIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: Path, *, model_fingerprint: str | None = None) -> CatalogIndex:
-        """Load and verify an index folder; refuse a damaged one or one built with another model."""
+    def load(cls, folder: Path, *, model_fingerprint: str | None = None, backends: Mapping[str, Backend] = BACKENDS) -> CatalogIndex:
+        """Load and verify an index folder, its index by the class ``backends`` registers for its kind;
+        refuse a damaged one or one built with another model."""
         folder = Path(folder)
         rebuild = "rebuild it with python -m serving.build_index"
         mpath = folder / "manifest.json"
@@ -242,14 +243,11 @@ class CatalogIndex:
         items = [Item.from_dict(it) for it in json.loads((folder / "items.json").read_text())]
         if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
             raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
-        kind, params = manifest["index_kind"], manifest["index_params"]
-        if kind == MilvusIndex.kind:  # the collection must hold these rows, filled by the manifest's model
-            try:
-                index = MilvusIndex.load(folder / "index", vectors, {**params, "model_fingerprint": manifest["model_fingerprint"]})
-            except MilvusIndexError as exc:
-                raise IndexFolderError(f"{folder}: {exc}") from None
-        else:
-            index = load_index(kind, folder / "index", vectors, params)
+        try:  # a backend holding the vectors elsewhere (Milvus) checks they are these rows, filled by the manifest's model
+            index = load_search_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"],
+                                      model_fingerprint=manifest["model_fingerprint"], backends=backends)
+        except IndexBackendError as exc:
+            raise IndexFolderError(f"{folder}: {exc}") from None
         loaded = cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
                      manifest.get("catalog_root", ""), manifest.get("tuning"))
         loaded.embedded_by = manifest.get("embedded_by") or {}

@@ -1,4 +1,4 @@
-"""A ``SearchIndex`` on Milvus: the catalog's vectors and metadata in a collection, searched by the server.
+"""The ``milvus`` backend: the catalog's vectors and metadata in a Milvus collection, searched by the server.
 
 The only module importing ``pymilvus``. ``MilvusIndex.create`` fills a new collection (primary key
 = row number, the vector, the item's id, product id and type) in bounded batches, builds its vector
@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.index.ann import BruteForceIndex, Neighbors
+from engine.index.base import BuildRequest, IndexBackendError, Neighbors
+from engine.index.brute_force import BruteForceIndex
 from engine.index.tuning import recall_at_k
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ _MAX_VARCHAR = 4096
 _QUERIES_PER_REQUEST = 64  # Milvus Lite: 4 ms a query in requests of 16-64, 9-11 ms in requests of 256-1,024 (IKEA, 2,292 items)
 
 
-class MilvusIndexError(ValueError):
+class MilvusIndexError(IndexBackendError):
     """A Milvus collection that cannot be reached, is missing, or does not hold this index's vectors."""
 
 
@@ -181,13 +182,24 @@ class MilvusIndex:
         logger.info("Milvus collection %s at %s: %d vectors, %s index", name, settings.uri, len(vectors), settings.index_type)
         return cls(client, settings, len(vectors), vectors.shape[1], model_fingerprint, digest)
 
+    @classmethod
+    def build(cls, settings: MilvusSettings | None, request: BuildRequest) -> tuple[MilvusIndex, dict]:
+        """A new collection (``create``) of ``request``'s vectors and metadata, and its recall@k against
+        exact search measured on ``request.queries`` (``measure_recall``, ``request``'s sample), stored as the index's ``tuning``."""
+        if settings is None:
+            raise ValueError("the milvus backend needs MilvusSettings: at least the URI its collection goes to")
+        index = cls.create(request.vectors, settings, request.model_fingerprint, request.metadata)
+        return index, measure_recall(index, request.vectors, request.queries, k=request.k, n_queries=request.n_queries, seed=request.seed,
+                                     queries_label=request.queries_label)
+
     def save(self, folder: Path) -> None:
         """Nothing: the vectors are in the collection, which the manifest names (``describe``)."""
 
     @classmethod
-    def load(cls, folder: Path, vectors: np.ndarray, params: dict, client: Any = None) -> MilvusIndex:
+    def load(cls, folder: Path, vectors: np.ndarray, params: dict, *, model_fingerprint: str = "", client: Any = None) -> MilvusIndex:
         """Reopen the collection named by the manifest's ``params`` (URI replaced by ``$SHOWROOM_MILVUS_URI``
-        when set) and check it holds this index's rows, filled by its model."""
+        when set) and check it holds this index's rows, filled by its model (``model_fingerprint``, the
+        manifest's; default: the one in ``params``)."""
         known = {k: params[k] for k in ("uri", "collection", "index_type", "index_params", "search_params") if k in params}
         settings = MilvusSettings(**{**known, "uri": os.environ.get(URI_ENV) or known.get("uri", "")})
         client = client or connect(settings.uri)
@@ -196,7 +208,7 @@ class MilvusIndex:
         if not client.has_collection(settings.collection):
             raise MilvusIndexError(f"{where} does not exist (dropped, or another Milvus: set ${URI_ENV}); {rebuild}")
         props = client.describe_collection(settings.collection).get("properties", {})
-        expected = params.get("model_fingerprint", "")
+        expected = model_fingerprint or params.get("model_fingerprint", "")
         if FINGERPRINT not in props:
             raise MilvusIndexError(f"{where} records no model: its build did not finish; {rebuild}")
         if props[FINGERPRINT] != expected:

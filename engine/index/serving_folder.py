@@ -1,10 +1,11 @@
 """Build the two search indexes of a catalog with a trained embedder: products and scene crops.
 
-With a ``TuningConfig`` each index is tuned to its recall target (``engine.index.tuning``): the
-products index on the scene crops' embeddings (the real queries: a crop searched for its product),
-the scenes index on a sample of its own vectors. With ``MilvusSettings`` each index's vectors go
-into a new Milvus collection instead (``<collection>_products``, ``<collection>_scenes``), and
-its recall@10 against exact search is measured on the same queries (``engine.index.milvus``).
+Both indexes are built by one ``BackendSpec`` (``engine.index.backends``), each with its own
+``backend.named(products|scenes)``. With a ``TuningConfig`` each is tuned to its recall target when
+the backend has a tuner (ScaNN, ``engine.index.tuning``): the products index on the scene crops'
+embeddings (the real queries: a crop searched for its product), the scenes index on a sample of its
+own vectors. A backend that measures its own recall instead (Milvus, a collection per index:
+``<collection>_products``, ``<collection>_scenes``) measures it on the same queries.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.index.ann import ScannParams
+from engine.index.backends import BackendSpec
 from engine.index.tuning import TuningConfig
 from engine.data.catalog import Catalog, ProductImage
 from engine.config import Preprocessing
@@ -27,7 +28,6 @@ from engine.model.embedder import Embedder, read_ahead
 from engine.files import atomic_file
 from engine.data.images import load_square, query_crop
 from engine.index.catalog_index import CatalogIndex, Item
-from engine.index.milvus import MilvusSettings
 from engine.data.proposals import Detect, catalog_proposals
 
 logger = logging.getLogger(__name__)
@@ -67,20 +67,19 @@ def photo_images(paths: Sequence[Path], prep: Preprocessing) -> Iterator[np.ndar
     return read_ahead(load_square(path, prep.image_size, reduced=reduced) for path in paths)
 
 
-def product_index(catalog: Catalog, embedder: Embedder, params: ScannParams = ScannParams(), tuning: TuningConfig | None = None,
-                  queries: np.ndarray | None = None, milvus: MilvusSettings | None = None,
-                  embed_photos: EmbedPhotos | None = None) -> CatalogIndex:
-    """One item per product image of ``products.csv``; tuned on ``queries`` (float32 (Q, D)) when given;
-    in Milvus with ``milvus``. The photos are embedded by ``embed_photos`` (a distributed runner, with
-    ``embedder``'s model and preprocessing) when given, else in this process."""
+def product_index(catalog: Catalog, embedder: Embedder, backend: BackendSpec = BackendSpec(), tuning: TuningConfig | None = None,
+                  queries: np.ndarray | None = None, embed_photos: EmbedPhotos | None = None) -> CatalogIndex:
+    """One item per product image of ``products.csv``, indexed by ``backend``; tuned on ``queries``
+    (float32 (Q, D)) when given. The photos are embedded by ``embed_photos`` (a distributed runner,
+    with ``embedder``'s model and preprocessing) when given, else in this process."""
     items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, _relative(p.image, catalog.root), details=p.details)
              for i, p in enumerate(catalog.products)]
     if embed_photos is not None:
         vectors = np.asarray(embed_photos([p.image for p in catalog.products]), np.float32)
     else:
         vectors = embedder(product_images(catalog.products, embedder.preprocessing))
-    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning, queries,
-                              "scene-crop embeddings", milvus)
+    return CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend, asdict(embedder.preprocessing), str(catalog.root), tuning,
+                                     queries, "scene-crop embeddings")
 
 
 def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,
@@ -109,12 +108,11 @@ def scene_crops(catalog: Catalog, prep: Preprocessing, detect: Detect | None,
     return items, crops
 
 
-def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, params: ScannParams = ScannParams(),
-                classes: Collection[str] | None = None, tuning: TuningConfig | None = None, milvus: MilvusSettings | None = None) -> CatalogIndex:
-    """One item per proposed crop of each scene (see ``scene_rows``)."""
+def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, backend: BackendSpec = BackendSpec(),
+                classes: Collection[str] | None = None, tuning: TuningConfig | None = None) -> CatalogIndex:
+    """One item per proposed crop of each scene (see ``scene_rows``), indexed by ``backend``."""
     vectors, items = scene_rows(catalog, embedder, detect, classes)
-    return CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning,
-                              milvus=milvus)
+    return CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend, asdict(embedder.preprocessing), str(catalog.root), tuning)
 
 
 def _relative(image: Path, root: Path) -> str:
@@ -124,17 +122,17 @@ def _relative(image: Path, root: Path) -> str:
 
 
 def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,
-                          params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
-                          tuning: TuningConfig | None = None, milvus: MilvusSettings | None = None,
-                          runner: PhotoRunner | None = None, model_path: Path | None = None,
+                          backend: BackendSpec = BackendSpec(), classes: Collection[str] | None = None,
+                          tuning: TuningConfig | None = None, runner: PhotoRunner | None = None, model_path: Path | None = None,
                           open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
-    """Build and save ``out/products`` and ``out/scenes``; ``embedder`` must be saved (it has a fingerprint).
+    """Build and save ``out/products`` and ``out/scenes`` with ``backend``; ``embedder`` must be saved (it has a fingerprint).
 
-    With ``tuning``, the scene crops are embedded first and serve as the products index's tuning
-    queries; the scenes index is tuned on a sample of its own vectors. With ``milvus``, the vectors
-    go into collections ``<milvus.collection>_products`` and ``_scenes`` (the crops are the
-    products' recall queries there too). With ``runner``, the product photos and the scene crops are
-    embedded on it with the embedder saved at ``model_path``, its workers detecting with their own
+    The scene crops are embedded first: with ``tuning`` they are the products index's tuning queries
+    (the scenes index is tuned on a sample of its own vectors), and a backend measuring its own
+    recall measures the products index's on them (Milvus, whose vectors go into collections
+    ``<collection>_products`` and ``_scenes``). An empty scenes index gets the default backend
+    (exact search: nothing to store elsewhere). With ``runner``, the product photos and the scene
+    crops are embedded on it with the embedder saved at ``model_path``, its workers detecting with their own
     detector from ``open_detect`` (None: no detector; ``detect`` is not used there); each manifest
     records which runner computed its vectors (``embedded_by``)."""
     if not embedder.fingerprint:
@@ -150,11 +148,10 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
             vectors, items = scene_rows(catalog, embedder, detect, classes)
         else:
             vectors, items = runner.embed_scenes(catalog, Path(model_path), open_detect, classes)
-        scenes = CatalogIndex.build(vectors, items, embedder.fingerprint, params, asdict(embedder.preprocessing), str(catalog.root), tuning,
-                                    milvus=milvus.named(SCENES) if milvus is not None and len(items) else None)
+        scenes = CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend.named(SCENES) if len(items) else BackendSpec(),
+                                           asdict(embedder.preprocessing), str(catalog.root), tuning)
     queries = scenes.vectors if scenes is not None and len(scenes) else None
-    built = {PRODUCTS: product_index(catalog, embedder, params, tuning, queries, milvus.named(PRODUCTS) if milvus is not None else None,
-                                     embed_photos)}
+    built = {PRODUCTS: product_index(catalog, embedder, backend.named(PRODUCTS), tuning, queries, embed_photos)}
     built[PRODUCTS].embedded_by = {"runner": "local"} if runner is None else runner.describe()
     if scenes is not None:
         built[SCENES] = scenes
@@ -168,15 +165,15 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
 
 
 def build_serving_folder(model_path: Path, catalog: Catalog, out: Path, detect: Detect | None = None,
-                         params: ScannParams = ScannParams(), classes: Collection[str] | None = None,
-                         tuning: TuningConfig | None = TuningConfig(), milvus: MilvusSettings | None = None,
-                         runner: PhotoRunner | None = None, open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
+                         backend: BackendSpec = BackendSpec(), classes: Collection[str] | None = None,
+                         tuning: TuningConfig | None = TuningConfig(), runner: PhotoRunner | None = None,
+                         open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
     """Everything the search service needs in ``out``: ``model.keras`` (a copy of ``model_path``)
-    and the ``products`` and ``scenes`` indexes built with it (their vectors in Milvus with ``milvus``;
-    computed on ``runner`` with detectors from ``open_detect`` when given)."""
+    and the ``products`` and ``scenes`` indexes built with it by ``backend`` (their vectors computed
+    on ``runner`` with detectors from ``open_detect`` when given)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "model.keras") as tmp:
         shutil.copyfile(model_path, tmp)
-    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, params, classes, tuning, milvus, runner,
+    return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, backend, classes, tuning, runner,
                                  out / "model.keras", open_detect)

@@ -1,4 +1,4 @@
-"""Choose an index's engine and settings for a recall target, measured on the data being indexed.
+"""The ``scann`` backend's tuner: exact search or ScaNN settings for a recall target, measured on the data being indexed.
 
 ``tune_index(vectors, queries)`` builds a few ScaNN trees (leaves × dims per block × anisotropic
 threshold), sweeps the per-query knobs on each without rebuilding (leaves searched, reorder depth),
@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from engine.index.ann import BruteForceIndex, ScannIndex, ScannParams, SearchIndex
+from engine.index.base import SearchIndex
+from engine.index.brute_force import BruteForceIndex
+from engine.index.scann_backend import ScannIndex, ScannParams
 
 logger = logging.getLogger(__name__)
 

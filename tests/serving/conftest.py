@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.index.backends import BackendSpec
 from engine.index.serving_folder import build_catalog_indexes
 from engine.data.catalog import load_catalog
 from engine.config import ModelConfig, Preprocessing
@@ -44,7 +45,7 @@ def milvus_index_folder(index_folder: Path, tiny_catalog: Path, tmp_path_factory
     folder = tmp_path_factory.mktemp("milvus_index")
     shutil.copyfile(index_folder / "model.keras", folder / "model.keras")
     build_catalog_indexes(load_catalog(tiny_catalog), Embedder.load(folder / "model.keras"), folder,
-                          milvus=MilvusSettings(str(folder.parent / f"{folder.name}.db"), "tiny"))
+                          backend=BackendSpec("milvus", MilvusSettings(str(folder.parent / f"{folder.name}.db"), "tiny")))
     return folder
 
 

@@ -1,4 +1,4 @@
-"""``python -m serving.build_index`` killed at any moment leaves the served index loadable."""
+"""``python -m serving.build_index``: its backend flags make one ``BackendSpec``; killed at any moment it leaves the served index loadable."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.index.backends import BackendSpec
 from engine.index.generations import current_generation, resolve_serving_folder
+from engine.index.scann_backend import ScannParams
 from serving.state import load_from_folder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +24,23 @@ def build(model: Path, catalog: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "serving.build_index", "--model", str(model), "--catalog", str(catalog),
                              "--out", str(out), "--no-detector"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_the_backend_flags_make_one_backend_spec():
+    from serving.build_index import backend_spec, build_parser
+
+    def spec(*flags: str) -> BackendSpec:
+        return backend_spec(build_parser().parse_args(["--model", "m.keras", "--catalog", "c", "--out", "o", *flags]))
+
+    assert spec() == BackendSpec("scann", ScannParams())  # the flags' defaults are the backend's defaults
+    assert spec("--brute-force-below", "5", "--leaves", "40", "--leaves-to-search", "6", "--reorder", "90") == BackendSpec(
+        "scann", ScannParams(brute_force_below=5, leaves=40, leaves_to_search=6, reorder=90))
+    milvus = spec("--backend", "milvus", "--milvus-uri", "m.db", "--milvus-prefix", "cli", "--milvus-index-type", "hnsw",
+                  "--milvus-index-params", '{"M": 8}', "--milvus-search-params", '{"ef": 32}', "--leaves", "40")
+    s = milvus.settings
+    assert milvus.kind == "milvus" and (s.uri, s.index_type, s.index_params, s.search_params) == ("m.db", "HNSW", {"M": 8}, {"ef": 32})
+    again = spec("--backend", "milvus", "--milvus-uri", "m.db", "--milvus-prefix", "cli").settings
+    assert s.collection.startswith("cli_") and again.collection.startswith("cli_") and s.collection != again.collection  # one per build
 
 
 def building(out: Path) -> Path | None:

@@ -8,23 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from engine.index.backends import BackendSpec
 from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
-from engine.index.ann import ScannParams
+from engine.index.scann_backend import ScannParams
 
 
-def make(n: int = 3000, d: int = 16, seed: int = 0, params: ScannParams = ScannParams()) -> CatalogIndex:
+def make(n: int = 3000, d: int = 16, seed: int = 0, backend: BackendSpec = BackendSpec()) -> CatalogIndex:
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(n, d)).astype(np.float32)
     items = [Item(f"i{k}", f"p{k}", f"name {k}", "AB"[k % 2], f"/img/{k}.jpg") for k in range(n)]
-    return CatalogIndex.build(vectors, items, "model-A", params)
+    return CatalogIndex.from_vectors(vectors, items, "model-A", backend)
 
 
-@pytest.mark.parametrize("params", [ScannParams(), ScannParams(brute_force_below=100)], ids=["brute_force", "scann"])
-def test_save_load_and_query_the_loaded_copy(tmp_path: Path, params: ScannParams):
-    original = make(params=params)
+@pytest.mark.parametrize("backend,kind", [(BackendSpec(), "brute_force"), (BackendSpec("brute_force"), "brute_force"),
+                                          (BackendSpec("scann", ScannParams(brute_force_below=100)), "scann")],
+                         ids=["scann-small", "brute_force", "scann"])
+def test_save_load_and_query_the_loaded_copy(tmp_path: Path, backend: BackendSpec, kind: str):
+    original = make(backend=backend)
     original.save(tmp_path / "idx")
     loaded = CatalogIndex.load(tmp_path / "idx", model_fingerprint="model-A")
-    assert loaded.index.kind == original.index.kind and len(loaded) == 3000
+    assert loaded.index.kind == original.index.kind == kind and len(loaded) == 3000
     q = np.random.default_rng(5).normal(size=(20, 16)).astype(np.float32)
     got = loaded.search(q, 10)
     want = original.search(q, 10)
@@ -67,7 +70,7 @@ def test_search_distinct_shows_each_product_and_each_photo_once():
     vectors = np.stack([v[0], v[0], v[1], v[2], v[2] * 0.99 + v[3] * 0.01])  # rows 0 and 1: one photo, two products
     items = [Item("a#0", "a", "A", "T", "a.jpg"), Item("b#0", "b", "B", "T", "b.jpg"), Item("c#0", "c", "C", "T", "c.jpg"),
              Item("d#0", "d", "D", "T", "d0.jpg"), Item("d#1", "d", "D", "T", "d1.jpg")]
-    index = CatalogIndex.build(vectors, items, "fp")
+    index = CatalogIndex.from_vectors(vectors, items, "fp")
     assert [o.product_id for o in index.same_image(items[0])] == ["b"] and index.same_image(items[2]) == []
     found = [m.item.product_id for m in index.search_distinct(v[0][None], 5)[0]]
     assert found[0] in {"a", "b"} and sorted(found) == sorted(set(found)) and len(found) == 3  # a|b once, c, d once

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.index.ann import BruteForceIndex
+from engine.index.backends import BackendSpec
+from engine.index.brute_force import BruteForceIndex
 from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
 from engine.index.milvus import MilvusIndex, MilvusIndexError, MilvusSettings, unique_collection
 
@@ -26,7 +27,8 @@ def clustered_unit(n: int, d: int, seed: int, queries: int = 200) -> tuple[np.nd
 def catalog(vectors: np.ndarray, db: Path, collection: str, model: str = "model-A", index_type: str = "FLAT",
             search_params: dict | None = None) -> CatalogIndex:
     items = [Item(f"i{k}", f"p{k}", f"name {k}", "AB"[k % 2], f"img/{k}.jpg") for k in range(len(vectors))]
-    return CatalogIndex.build(vectors, items, model, milvus=MilvusSettings(str(db), collection, index_type, search_params=search_params or {}))
+    return CatalogIndex.from_vectors(vectors, items, model, BackendSpec("milvus", MilvusSettings(str(db), collection, index_type,
+                                                                                               search_params=search_params or {})))
 
 
 def recall(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -94,7 +96,7 @@ def test_a_collection_with_other_rows_is_refused(tmp_path: Path):
         CatalogIndex.load(tmp_path / "idx")
     # same model, same count, the items in another order
     items = [Item(f"i{k}", f"p{k}", f"name {k}", "AB"[k % 2], f"img/{k}.jpg") for k in reversed(range(500))]
-    CatalogIndex.build(db, items, "model-A", milvus=MilvusSettings(str(tmp_path / "m.db"), "reordered"))
+    CatalogIndex.from_vectors(db, items, "model-A", BackendSpec("milvus", MilvusSettings(str(tmp_path / "m.db"), "reordered")))
     point_at(tmp_path / "idx", "reordered")
     with pytest.raises(IndexFolderError, match="reordered at .* holds other items than this index"):
         CatalogIndex.load(tmp_path / "idx")

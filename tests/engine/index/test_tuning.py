@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.index.ann import BruteForceIndex, ScannIndex, ScannParams
+from engine.index.backends import BackendSpec
+from engine.index.brute_force import BruteForceIndex
+from engine.index.scann_backend import ScannIndex, ScannParams
 from engine.index.tuning import (
     Tuning,
     TuningConfig,
@@ -113,7 +115,7 @@ def test_a_tuned_index_folder_keeps_its_tuning(tmp_path: Path):
     db, q = unit_clusters(3000, 16, 4)
     items = [Item(f"i{k}", f"p{k}", f"n{k}", "A", f"{k}.jpg") for k in range(len(db))]
     cfg = TuningConfig(n_queries=100, timing_queries=10, timing_repeats=1, leaves_per_sqrt_n=(2.0,), allow_exact=False)
-    built = CatalogIndex.build(db, items, "model-A", ScannParams(brute_force_below=0), tuning=cfg, queries=q)
+    built = CatalogIndex.from_vectors(db, items, "model-A", BackendSpec("scann", ScannParams(brute_force_below=0)), tuning=cfg, queries=q)
     built.save(tmp_path / "idx")
     loaded = CatalogIndex.load(tmp_path / "idx")
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())

@@ -1,29 +1,13 @@
-"""Brute-force k-NN against a plain loop."""
+"""ScaNN against exact search; its untuned build; saved and loaded (also from manifests of older versions)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine.index.ann import BruteForceIndex
-
-
-def test_brute_force_matches_loop():
-    rng = np.random.default_rng(0)
-    db, q = rng.normal(size=(50, 8)).astype(np.float32), rng.normal(size=(7, 8)).astype(np.float32)
-    nn = BruteForceIndex(db, block=3).search(q, 5)
-    for i in range(len(q)):
-        d = np.sqrt(((db - q[i]) ** 2).sum(1))
-        assert nn.indices[i].tolist() == np.argsort(d, kind="stable")[:5].tolist()
-        np.testing.assert_allclose(nn.distances[i], np.sort(d)[:5], rtol=1e-5)
-
-
-def test_k_larger_than_index_and_ties():
-    db = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]], np.float32)
-    nn = BruteForceIndex(db).search(np.array([[1.0, 0.0]], np.float32), 10)
-    assert nn.indices.tolist() == [[1, 2, 0]]  # k capped at N; ties broken by index
-    with pytest.raises(ValueError):
-        BruteForceIndex(db).search(np.zeros((1, 3), np.float32), 1)
+from engine.index.base import BuildRequest
+from engine.index.brute_force import BruteForceIndex
+from engine.index.scann_backend import ScannIndex, ScannParams
 
 
 def clustered(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,8 +19,6 @@ def clustered(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_scann_recall_against_brute_force():
-    from engine.index.ann import ScannIndex, ScannParams
-
     db, q = clustered(6000, 32, 1)
     exact = BruteForceIndex(db).search(q, 10)
     approx = ScannIndex(db, ScannParams()).search(q, 10)
@@ -46,19 +28,17 @@ def test_scann_recall_against_brute_force():
     np.testing.assert_allclose(approx.distances[:, 0], exact.distances[:, 0], rtol=1e-2, atol=1e-2)
 
 
-def test_build_index_uses_brute_force_for_small_catalogs():
-    from engine.index.ann import ScannIndex, ScannParams, build_index
-
+def test_the_untuned_build_uses_brute_force_for_small_catalogs():
     db, _ = clustered(300, 8, 2)
-    assert isinstance(build_index(db), BruteForceIndex)
-    assert isinstance(build_index(db, ScannParams(brute_force_below=100)), ScannIndex)
+    index, record = ScannIndex.build(ScannParams(), BuildRequest(db))
+    assert isinstance(index, BruteForceIndex) and record is None
+    index, record = ScannIndex.build(ScannParams(brute_force_below=100), BuildRequest(db))
+    assert isinstance(index, ScannIndex) and record is None and index.params.leaves == 15  # derived: sqrt(300) -> N // 20
     p = ScannIndex.derive(1_000_000, ScannParams())
     assert p.leaves == 1000 and p.leaves_to_search == 100 and p.reorder == 250
 
 
 def test_scann_on_unit_vectors_scores_dot_products_but_returns_euclidean_distances(tmp_path):
-    from engine.index.ann import ScannIndex, ScannParams, load_index
-
     db, q = clustered(4000, 32, 3)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
@@ -73,20 +53,18 @@ def test_scann_on_unit_vectors_scores_dot_products_but_returns_euclidean_distanc
     full = ann.search(q, 10, leaves_to_search=60, reorder=1000)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(full.indices, exact.indices)]) > 0.99
     ann.save(tmp_path / "s")
-    loaded = load_index("scann", tmp_path / "s", db, ann.describe())
+    loaded = ScannIndex.load(tmp_path / "s", db, ann.describe())
     assert loaded.params == ann.params and (loaded.search(q, 10).indices == ann.search(q, 10).indices).all()
 
 
 def test_scann_on_other_vectors_uses_squared_l2_and_old_manifests_load(tmp_path):
-    from engine.index.ann import ScannIndex, ScannParams, load_index
-
     db, q = clustered(3000, 16, 4)
     ann = ScannIndex(db, ScannParams(leaves=50))
     assert ann.params.metric == "squared_l2"
     ann.save(tmp_path / "s")
     old = {k: v for k, v in ann.describe().items() if k in ("brute_force_below", "leaves", "leaves_to_search", "reorder", "dims_per_block",
                                                              "anisotropic_threshold", "training_sample")}
-    loaded = load_index("scann", tmp_path / "s", db, old)  # an index saved before the metric was recorded
+    loaded = ScannIndex.load(tmp_path / "s", db, old)  # an index saved before the metric was recorded
     assert loaded.params.metric == "squared_l2"
     np.testing.assert_allclose(loaded.search(q, 5).distances, ann.search(q, 5).distances, rtol=1e-5)
     with pytest.raises(ValueError, match="metric"):

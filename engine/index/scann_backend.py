@@ -1,7 +1,8 @@
-"""Nearest-neighbour search over embeddings: the ``SearchIndex`` protocol, exact brute force and ScaNN.
+"""The ``scann`` backend: ScaNN (a k-means tree, asymmetric hashing, exact reordering), exact search for small catalogs.
 
-The only module importing ``scann``. Which engine and settings an index gets is decided by
-``engine.index.tuning`` (measured against exact search); ``build_index`` here is the untuned path.
+The only module importing ``scann``. ``ScannIndex.build`` is the untuned build (the settings as
+given); the backend's tuner, ``engine.index.tuning.tune_index``, chooses between exact search and
+ScaNN settings for a recall target, measured against exact search.
 """
 
 from __future__ import annotations
@@ -9,92 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Neighbors:
-    """k nearest items per query: ``indices`` int64 (Q, k) into the indexed vectors, nearest first,
-    and their Euclidean ``distances`` float32 (Q, k)."""
-
-    indices: np.ndarray
-    distances: np.ndarray
-
-
-class SearchIndex(Protocol):
-    """Euclidean k-NN over N vectors of dimension D, saved to / loaded from a folder."""
-
-    kind: str
-
-    @property
-    def size(self) -> int: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def search(self, queries: np.ndarray, k: int) -> Neighbors:
-        """``queries``: float32 (Q, D) → the min(k, N) nearest items of each."""
-        ...
-
-    def save(self, folder: Path) -> None: ...
-
-    def describe(self) -> dict:
-        """Settings to store in the index manifest (passed back to ``load``)."""
-        ...
-
-
-class BruteForceIndex:
-    """Exact search with numpy: one (Q, N) distance matrix per block of queries."""
-
-    def __init__(self, vectors: np.ndarray, *, block: int = 0) -> None:
-        vectors = np.asarray(vectors, np.float32)
-        if vectors.ndim != 2:
-            raise ValueError(f"vectors must be (N, D), got {vectors.shape}")
-        self._v = vectors
-        self._sq = np.einsum("ij,ij->i", vectors, vectors)
-        # queries per block: the (block, N) distance matrix stays under ~256 MB (64 queries at N = 1M)
-        self._block = block or max(1, min(1024, (1 << 26) // max(1, len(vectors))))
-
-    kind = "brute_force"
-
-    def save(self, folder: Path) -> None:
-        """Nothing beyond the vectors, which the caller stores."""
-
-    @classmethod
-    def load(cls, folder: Path, vectors: np.ndarray, params: dict) -> BruteForceIndex:
-        return cls(vectors)
-
-    def describe(self) -> dict:
-        return {}
-
-    @property
-    def size(self) -> int:
-        return len(self._v)
-
-    @property
-    def dim(self) -> int:
-        return self._v.shape[1]
-
-    def search(self, queries: np.ndarray, k: int) -> Neighbors:
-        queries = np.asarray(queries, np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must be (Q, {self.dim}), got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, self.size)
-        idx = np.zeros((len(queries), k), np.int64)
-        dist = np.zeros((len(queries), k), np.float32)
-        for s in range(0, len(queries), self._block):
-            q = queries[s : s + self._block]
-            d2 = np.einsum("ij,ij->i", q, q)[:, None] + self._sq[None, :] - 2.0 * (q @ self._v.T)  # float32 BLAS
-            part = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < self.size else np.tile(np.arange(self.size), (len(q), 1))
-            pd = np.take_along_axis(d2, part, 1)
-            order = np.lexsort((part, pd), axis=1)  # by distance, ties by index: deterministic
-            idx[s : s + len(q)] = np.take_along_axis(part, order, 1)
-            dist[s : s + len(q)] = np.sqrt(np.maximum(np.take_along_axis(pd, order, 1), 0.0))
-        return Neighbors(idx, dist)
+from engine.index.base import BuildRequest, Neighbors, SearchIndex
+from engine.index.brute_force import BruteForceIndex
 
 
 @dataclass(frozen=True)
@@ -176,13 +96,21 @@ class ScannIndex:
 
         self._searcher = builder.build()  # not reproducible bit for bit: ScaNN's k-means takes no seed (google-research#1747)
 
+    @classmethod
+    def build(cls, params: ScannParams, request: BuildRequest) -> tuple[SearchIndex, None]:
+        """Untuned: exact search (``BruteForceIndex``) under ``params.brute_force_below`` items, where it is
+        as fast, else ScaNN with ``params`` (0 = derived from N, see ``derive``); nothing measured."""
+        if len(request.vectors) < max(2, params.brute_force_below):
+            return BruteForceIndex(request.vectors), None
+        return cls(request.vectors, params), None
+
     def save(self, folder: Path) -> None:
         """ScaNN's own files (its config and assets, paths relative to ``folder``) into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
         self._searcher.serialize(str(folder), relative_path=True)
 
     @classmethod
-    def load(cls, folder: Path, vectors: np.ndarray, params: dict) -> ScannIndex:
+    def load(cls, folder: Path, vectors: np.ndarray, params: dict, *, model_fingerprint: str = "") -> ScannIndex:
         from scann.scann_ops.py import scann_ops_pybind
 
         searcher = scann_ops_pybind.load_searcher(str(folder))
@@ -247,20 +175,3 @@ class ScannIndex:
             # ScaNN returns q·x for dot product: |q - x|² = |q|² + |x|² - 2 q·x
             d2 = np.einsum("ij,ij->i", queries, queries)[:, None] + self._sq[idx] - 2.0 * s if dot else s
         return Neighbors(idx, np.sqrt(np.maximum(d2, 0.0, dtype=np.float32)))
-
-
-def build_index(vectors: np.ndarray, params: ScannParams = ScannParams()) -> SearchIndex:
-    """Exact search for small catalogs (under ``params.brute_force_below``), ScaNN above, untuned
-    (``engine.index.tuning.tune_index`` chooses the settings for a recall target)."""
-    if len(vectors) < max(2, params.brute_force_below):
-        return BruteForceIndex(vectors)
-    return ScannIndex(vectors, params)
-
-
-def load_index(kind: str, folder: Path, vectors: np.ndarray, params: dict) -> SearchIndex:
-    """Load a saved index of ``kind`` (``brute_force`` or ``scann``)."""
-    if kind == BruteForceIndex.kind:
-        return BruteForceIndex.load(folder, vectors, params)
-    if kind == ScannIndex.kind:
-        return ScannIndex.load(folder, vectors, params)
-    raise ValueError(f"unknown index kind {kind!r}")
