@@ -1,6 +1,6 @@
 """``python -m evaluation.evaluate``: recall@k of a model on a catalog's room photos, against the
 ImageNet baseline, logged to MLflow with plots. The protocol is in ``evaluation/protocol.py`` and
-the README ("Evaluation").
+docs/evaluation.md ("The protocol").
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Configuration (``test_config`` or environment):
 - ``SHOWROOM_INDEX``: serving folder written by ``python -m serving.build_index`` (its ``CURRENT``
   generation is served), or a registered version such as ``models:/showroom@champion``
-  (``python -m evaluation.promote``); resolved again on every reload.
+  (``python -m evaluation.promote``); resolved again on every reload. Unset: the serving folder of
+  the latest finished ``python -m training.fit`` run on this machine (``latest_trained_index``),
+  chosen once at start and named in the log.
 - ``SHOWROOM_MILVUS_URI`` / ``SHOWROOM_MILVUS_TOKEN``: for indexes built with ``--backend milvus``, the
   Milvus to search on this machine (default: the URI they were built with) and its credentials
   (``engine.index.milvus``); a collection filled by another model or with other rows is refused.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +41,69 @@ from detectors.category_map import load_category_map
 from detectors.open import open_detector
 from engine.config import ImageLimits, Preprocessing
 from engine.index.generations import resolve_serving_folder
-from engine.runtime import configure_runtime, setup_logging
+from engine.runtime import configure_runtime, setup_logging, state_dir
 from serving.api import bp as api_bp
 from serving.errors import register_error_handlers
 from serving.observability import install
 from serving.pages import bp as pages_bp
 from serving.state import ServingState, SharedGeneration, load_from_folder
+from training.checkpoint import run_folder
 from training.model_ref import is_registered, resolve_model
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RATE_LIMIT = "2 per second;60 per minute"
+
+
+class ServingSetupError(RuntimeError):
+    """The app cannot start: no index to serve, or the one named is unusable; the message says what to set or run."""
+
+
+@dataclass(frozen=True)
+class TrainedIndex:
+    """The serving folder a finished ``python -m training.fit`` run left on this machine.
+
+    run_id: the MLflow run id; folder: ``<state>/models/<run_id>/index`` (``model.keras``,
+    ``products/``, ``scenes/``); saved: when its products index was written (epoch seconds).
+    """
+
+    run_id: str
+    folder: Path
+    saved: float
+
+
+def trained_indexes(home: Path) -> list[TrainedIndex]:
+    """Every complete serving folder that ``training.fit`` saved under ``home`` (``$SHOWROOM_HOME``),
+    oldest first. ``training.fit`` writes ``<home>/models/<run_id>/index`` at the end of a run
+    (``_save_outputs``), then deletes the run's checkpoint folder ``<home>/checkpoints/<run_id>``; so
+    a folder is taken only when the model and the products index (saved atomically, manifest last)
+    are there, a ``scenes`` index if any has its manifest, and the run's checkpoint folder is gone.
+    A run killed before or while saving is never taken, nor one trained with ``--no-index``."""
+    found = []
+    for index in Path(home).glob("models/*/index"):
+        run_id = index.parent.name
+        products = index / "products" / "manifest.json"
+        scenes = index / "scenes"
+        if not ((index / "model.keras").is_file() and products.is_file()):
+            continue
+        if scenes.exists() and not (scenes / "manifest.json").is_file():
+            continue
+        if run_folder(home, run_id).exists():  # still training, or killed: fit deletes it only after saving
+            continue
+        found.append(TrainedIndex(run_id, index, products.stat().st_mtime))
+    return sorted(found, key=lambda t: (t.saved, t.run_id))
+
+
+def latest_trained_index(home: Path) -> TrainedIndex:
+    """The most recently saved of ``trained_indexes(home)``; ``ServingSetupError`` saying to train
+    first when there is none."""
+    found = trained_indexes(home)
+    if not found:
+        raise ServingSetupError(
+            f"SHOWROOM_INDEX is not set and no finished training run has a serving folder under {Path(home) / 'models'}: "
+            "run `python -m training.fit` first (the demo catalog, about 10 minutes), or set SHOWROOM_INDEX to a folder "
+            "built by `python -m serving.build_index` or to models:/NAME@ALIAS")
+    return found[-1]
 
 
 def quiet_blas() -> None:
@@ -104,8 +159,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 def _start_state(app: Flask) -> ServingState:
     index = app.config["SHOWROOM_INDEX"]
+    source = f"SHOWROOM_INDEX={index}"
     if not index:
-        raise RuntimeError("set SHOWROOM_INDEX to a folder built by `python -m serving.build_index` or to models:/NAME@ALIAS")
+        latest = latest_trained_index(state_dir())
+        index = str(latest.folder)
+        source = f"{index} (training run {latest.run_id}; SHOWROOM_INDEX is not set)"
+        logger.info("SHOWROOM_INDEX is not set: serving %s, the serving folder of the latest finished training run %s "
+                    "(python -m training.fit); set SHOWROOM_INDEX to a serving folder or to models:/NAME@ALIAS to serve another",
+                    latest.folder, latest.run_id)
     detector = app.config["SHOWROOM_DETECTOR"]
     if detector is None and app.config["SHOWROOM_DETECTOR_WEIGHTS"]:
         # low enough for any model's fill-in threshold; each model filters by its own preprocessing
@@ -129,4 +190,4 @@ def _start_state(app: Flask) -> ServingState:
     try:
         return ServingState.start(resolve, load, SharedGeneration.for_server(str(index)))
     except (ValueError, OSError) as exc:
-        raise RuntimeError(f"SHOWROOM_INDEX={index}: {exc}") from None
+        raise ServingSetupError(f"{source}: {exc}") from None

@@ -1,6 +1,6 @@
 """gunicorn settings for Showroom: ``gunicorn -c serving/gunicorn_conf.py "serving:create_app()"``.
 
-Binds to loopback: put a reverse proxy with TLS in front (README "Running in production").
+Binds to loopback: put a reverse proxy with TLS in front (docs/serving.md "Running in production").
 Environment: ``SHOWROOM_BIND`` (default 127.0.0.1:8000), ``SHOWROOM_WORKERS`` (2),
 ``PROMETHEUS_MULTIPROC_DIR`` (when set, emptied at start so /metrics sums this server's workers).
 The app is not preloaded: each worker loads TensorFlow after the fork, and the workers agree on

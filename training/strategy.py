@@ -77,7 +77,7 @@ def read_tf_config() -> dict[str, Any]:
     """``TF_CONFIG`` parsed and checked: a cluster of ``chief``/``worker`` addresses and this task."""
     raw = os.environ.get("TF_CONFIG", "")
     fix = ('set TF_CONFIG on every worker, e.g. {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, '
-           '"task": {"type": "worker", "index": 0}} (README "Training on several machines")')
+           '"task": {"type": "worker", "index": 0}} (docs/training.md "Training on several machines")')
     if not raw:
         raise ValueError(f"--distribute multi_worker needs TF_CONFIG: {fix}")
     try:

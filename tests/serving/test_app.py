@@ -190,3 +190,77 @@ def test_serves_from_a_milvus_backed_folder_with_the_same_answers(app, client, m
     assert milvus.get(f"/api/products/{pid}/scenes?k=3").get_json() == client.get(f"/api/products/{pid}/scenes?k=3").get_json()
     r = milvus.post("/api/reload", headers={"X-Reload-Token": "s3cret"})  # reopens the collections in this process
     assert r.status_code == 200 and milvus.get("/healthz").get_json()["index_kind"] == "milvus"
+
+
+def _fake_run(home: Path, run_id: str, index_folder: Path, saved: float, *, killed: bool = False) -> Path:
+    """``home/models/<run_id>/index`` as ``training.fit`` leaves it (a copy of ``index_folder``), its products
+    index saved at ``saved``; ``killed``: the run's checkpoint folder is still there, as after a kill."""
+    import os
+    import shutil
+
+    folder = home / "models" / run_id / "index"
+    shutil.copytree(index_folder, folder)
+    os.utime(folder / "products" / "manifest.json", (saved, saved))
+    if killed:
+        (home / "checkpoints" / run_id).mkdir(parents=True)
+        (home / "checkpoints" / run_id / "state.json").write_text("{}")
+    return folder
+
+
+def test_without_showroom_index_the_latest_finished_fit_run_is_served(index_folder: Path, tmp_path: Path, monkeypatch, caplog):
+    import logging
+
+    from serving import create_app
+    from serving.app import trained_indexes
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SHOWROOM_HOME", str(home))
+    monkeypatch.delenv("SHOWROOM_INDEX", raising=False)
+    _fake_run(home, "a" * 32, index_folder, 1_000_000)
+    newest = _fake_run(home, "b" * 32, index_folder, 2_000_000)
+    _fake_run(home, "c" * 32, index_folder, 3_000_000, killed=True)  # killed after saving, before its checkpoint was removed
+    half = _fake_run(home, "d" * 32, index_folder, 4_000_000)  # killed while its products index was being written
+    (half / "products" / "manifest.json").unlink()
+    scenes_missing = _fake_run(home, "e" * 32, index_folder, 5_000_000)  # killed while its scenes index was being written
+    (scenes_missing / "scenes" / "manifest.json").unlink()
+    (home / "models" / ("f" * 32)).mkdir()  # --no-index, or killed before the index: only embedder.keras
+    (home / "models" / ("f" * 32) / "embedder.keras").write_bytes(b"")
+    assert [t.run_id for t in trained_indexes(home)] == ["a" * 32, "b" * 32]
+
+    with caplog.at_level(logging.INFO, logger="serving.app"):
+        client = create_app({"TESTING": True, "SHOWROOM_RATE_LIMIT": ""}).test_client()
+    assert client.get("/healthz").get_json()["source"] == str(newest)
+    said = [r.getMessage() for r in caplog.records if r.name == "serving.app"]
+    assert any(str(newest) in m and "b" * 32 in m and "SHOWROOM_INDEX" in m for m in said), said
+
+
+def test_without_showroom_index_or_a_trained_run_the_error_says_to_train_first(tmp_path: Path, monkeypatch):
+    from serving import create_app
+    from serving.app import ServingSetupError
+
+    monkeypatch.setenv("SHOWROOM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SHOWROOM_INDEX", raising=False)
+    with pytest.raises(ServingSetupError, match=r"no finished training run .*run `python -m training.fit` first"):
+        create_app({"TESTING": True})
+
+
+def test_showroom_index_wins_over_the_latest_run(index_folder: Path, tmp_path: Path, monkeypatch, copy_of):
+    from engine.index.generations import publish_generation
+    from serving import create_app
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("SHOWROOM_HOME", str(home))
+    _fake_run(home, "a" * 32, index_folder, 1_000_000)
+    served = publish_generation(tmp_path / "serve", copy_of(index_folder))
+    monkeypatch.setenv("SHOWROOM_INDEX", str(tmp_path / "serve"))
+    assert create_app({"TESTING": True}).test_client().get("/healthz").get_json()["source"] == str(served)
+
+
+@pytest.mark.slow
+def test_a_real_fit_run_is_found_where_fit_saves_it(trained_run):
+    """The layout ``trained_indexes`` reads is the one ``training.fit`` writes."""
+    from engine.runtime import state_dir
+    from serving.app import trained_indexes
+
+    found = {t.run_id: t.folder for t in trained_indexes(state_dir())}
+    assert trained_run.run_id in found and (found[trained_run.run_id] / "model.keras").is_file()
