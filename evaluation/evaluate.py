@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from detectors.cache import DetectionCache
-from detectors.category_map import DEFAULT_MAP, load_category_map
+from detectors.category_map import DEFAULT_MAP, GROUPS_MAP, CategoryMap, label_groups, load_category_map, map_for_detector
 from detectors.yolo import YoloDetector, default_weights
 from engine.data.catalog import Catalog, load_catalog
 from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
@@ -31,6 +31,7 @@ from engine.runtime import run_cli
 from engine.data.splits import read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.protocol import EvalConfig, EvalInputs, EvalResult, flat_metrics, paired_difference, prepare, score, table
+from evaluation.room import RoomSpec, paired_room_difference
 from training.model_ref import resolve_model
 from training.manifest import read_seen_products
 from training.tracking import download_artifact, git_commit, metric_key, mlflow_run, run_params, run_tags
@@ -54,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="'imagenet' (pooled ImageNet features, no training), a .keras path, an MLflow run id, or models:/NAME@ALIAS")
     p.add_argument("--scenes", type=Path, default=None, help="evaluate only these scenes: a scene list (python -m evaluation.holdout) or a training split.json (its val scenes)")
     p.add_argument("--detector-weights", default=None, help="YOLO weights proposing the crops of pairs without boxes (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
-    p.add_argument("--category-map", type=Path, default=None, help="catalog type → detector class map (default: detectors/category_map.yaml)")
+    p.add_argument("--category-map", type=Path, default=None,
+                   help="catalog type → detector class map (default: the product-groups map for a detector of the groups, else detectors/category_map.yaml)")
+    p.add_argument("--groups-map", type=Path, default=None, help="catalog type → product group map of the whole-room scores (default: detectors/product_groups.yaml)")
+    p.add_argument("--versus-detector", default=None, metavar="WEIGHTS",
+                   help="also propose the crops with this second detector and score the same model(s) on them: the whole-room "
+                        "scores of both detectors, paired pair by pair (e.g. the COCO detector against a product-groups one)")
     p.add_argument("--baseline", default="imagenet", help="also score 'imagenet' features of the same backbone on the same crops, 'none', or the metrics.json of an earlier evaluation")
     p.add_argument("--compare", type=Path, nargs="*", default=[], metavar="METRICS_JSON", help="also draw the recall@k curves of these earlier evaluations (their metrics.json) on the plot")
     p.add_argument("--backbone", choices=BACKBONES, default=None, help="backbone of the ImageNet features (default: the evaluated model's, else mobilenet_v2)")
@@ -106,14 +112,17 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     eval_catalog, scenes_param = _scenes(catalog, args.scenes)
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home))
-    inputs = _prepare(args, eval_catalog, target.embedder.preprocessing, home)
+    inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights)
     result = score(inputs, target.embedder, cfg)
+    b_embedder = scored = None
     if args.baseline == "imagenet" and args.model != "imagenet":
         b_embedder = Embedder.imagenet(ModelConfig(backbone=target.backbone, weights=args.weights, image_size=inputs.image_size,
                                                    alpha=target.alpha), inputs.preprocessing)
         scored = score(inputs, b_embedder, cfg)
         baseline = (b_embedder.name, scored.summary, scored.curves)
-        result.summary["vs_baseline"] = paired_difference(result, scored, cfg.ks)
+        result.summary["vs_baseline"] = paired_difference(result, scored, cfg.ks, cfg.room, inputs.types)
+    if args.versus_detector:
+        result.summary["versus_detector"] = _versus_detector(args, eval_catalog, target, result, b_embedder, scored, home)
     wall = time.perf_counter() - t_start
     out = args.out or home / "evaluations" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     report = {"name": target.name, "model": args.model, "model_run": target.run_id, "catalog": str(catalog.root),
@@ -208,16 +217,47 @@ def _fit_params(run_id: str) -> dict[str, str]:
         return {}
 
 
-def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path) -> EvalInputs:
-    """Decode, detect (cached) and crop once for every model scored in this call."""
+def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path, cfg: EvalConfig,
+             weights: str | None) -> tuple[EvalInputs, EvalConfig]:
+    """Decode, detect (cached) and crop once for every model scored in this call; the config with the
+    whole-room spec of that detector (when it runs)."""
     detector, detect = None, None
+    cmap = load_category_map(args.category_map or DEFAULT_MAP)
     if any(p.box is None for p in catalog.pairs):
-        detector = YoloDetector(args.detector_weights or default_weights(), conf=prep.detector_confidence)
+        detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
         detect = DetectionCache(detector, home / "cache" / "detections").detect
-    inputs = prepare(catalog, prep, detector=detector, category_map=load_category_map(args.category_map or DEFAULT_MAP), detect=detect)
-    logger.info("%d scenes, %d crops, %d pairs (%d reachable) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
-                len(inputs.cases), sum(c.reachable for c in inputs.cases), inputs.seconds)
-    return inputs
+        cmap = map_for_detector(detector.class_names, args.category_map)
+        cfg = replace(cfg, room=room_spec(catalog, detector.class_names, load_category_map(args.groups_map or GROUPS_MAP), cfg.ks))
+    inputs = prepare(catalog, prep, detector=detector, category_map=cmap, detect=detect)
+    logger.info("%d scenes, %d crops, %d pairs (%d reachable through %s) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
+                len(inputs.cases), sum(c.reachable for c in inputs.cases), Path(cmap.source).name, inputs.seconds)
+    return inputs, cfg
+
+
+def room_spec(catalog: Catalog, detector_classes, groups_map: CategoryMap, ks: Sequence[int]) -> RoomSpec:
+    """The whole-room spec of a detector on a catalog: each type's group, each detector class's group,
+    and the types the COCO category map reaches (the main protocol's pairs with the COCO detector)."""
+    types = set(catalog.types.values())
+    coco = load_category_map(DEFAULT_MAP)
+    return RoomSpec(type_group={t: g for t in types if (g := groups_map.class_for(t))},
+                    label_group=label_groups(detector_classes, groups_map),
+                    coco_types=frozenset(t for t in types if coco.class_for(t)), ks=tuple(ks))
+
+
+def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target, result: EvalResult, b_embedder: Embedder | None,
+                     b_scored: EvalResult | None, home: Path) -> dict:
+    """The same model(s) scored on the crops of ``--versus-detector``: its whole-room summary, and this
+    call's detector minus it, pair by pair (for the model and for the baseline)."""
+    cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home))
+    inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector)
+    other = score(inputs, target.embedder, cfg)
+    out = {"detector": inputs.detector, "weights": args.versus_detector, "room": other.summary.get("room"),
+           "difference": paired_room_difference(result.room_pairs, other.room_pairs, cfg.room, cfg.room.coco_types, inputs.types)}
+    if b_embedder is not None and b_scored is not None:
+        b_other = score(inputs, b_embedder, cfg)
+        out["baseline_room"] = b_other.summary.get("room")
+        out["baseline_difference"] = paired_room_difference(b_scored.room_pairs, b_other.room_pairs, cfg.room, cfg.room.coco_types, inputs.types)
+    return out
 
 
 def _write_outputs(args: argparse.Namespace, out: Path, report: dict, inputs: EvalInputs, result: EvalResult,
@@ -252,6 +292,7 @@ def _summary_lines(catalog: Catalog, report: dict, ks: Sequence[int], baseline, 
     k10 = 10 if 10 in ks else ks[-1]
     return [
         table(rows, [k for k in ks if k <= 20] or list(ks)),
+        *_room_lines(report["name"], summary, baseline),
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
         + (f"; minus {baseline[0]}: {_signed(summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in summary else ""),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
@@ -287,6 +328,45 @@ def _log_run(args: argparse.Namespace, target: Target, catalog: Catalog, scenes_
         return f"MLflow run {tracker.run_id}: artifacts {', '.join(files)}"
 
 
+def _room_lines(name: str, summary: dict, baseline) -> list[str]:
+    """The whole-room scores (all pairs, then the COCO-class pairs) of the model, its baseline and a
+    second detector, with the paired differences."""
+    room = summary.get("room")
+    if not room:
+        return []
+
+    def row(label: str, block: dict) -> str:
+        s, r = block["s2p_recall"], block["room_recall"]
+        return (f"  {label:<36} pairs {block['pairs']:>4}  cover {block['coverage']:.3f}  s2p@1 {s.get(1, s.get('1')) or 0:.3f}  "
+                f"s2p@10 {s.get(10, s.get('10')) or 0:.3f}  room@10/20/50 " + " ".join(f"{v:.3f}" for v in r.values()))
+
+    lines = [f"whole room ({room['grouped_pairs']} of {room['pairs']} pairs in a product group; "
+             f"{room['objects_per_scene']:.1f} objects a scene):", row(name, room), row(f"{name}, COCO-class pairs", room["coco_class_pairs"])]
+    if baseline is not None and baseline[1].get("room"):
+        lines += [row(baseline[0], baseline[1]["room"]), row(f"{baseline[0]}, COCO-class pairs", baseline[1]["room"]["coco_class_pairs"])]
+    diff = (summary.get("vs_baseline") or {}).get("room")
+    if diff:
+        lines.append("  minus the baseline, all pairs: " + _room_diff(diff["all_pairs"]))
+    versus = summary.get("versus_detector")
+    if versus:
+        lines += [row(f"{name}, versus detector", versus["room"]), row(f"{name}, versus detector, COCO-class", versus["room"]["coco_class_pairs"]),
+                  "  this detector minus the versus detector, all pairs: " + _room_diff(versus["difference"]["all_pairs"]),
+                  "  … COCO-class pairs: " + _room_diff(versus["difference"]["coco_class_pairs"])]
+        if "baseline_difference" in versus:
+            lines.append("  … for the baseline, all pairs: " + _room_diff(versus["baseline_difference"]["all_pairs"]))
+    return lines
+
+
+def _room_diff(diff: dict) -> str:
+    parts = []
+    for metric, ks in (("coverage", (1,)), ("s2p_recall", (1, 10)), ("room_recall", (10, 20, 50))):
+        for k in ks:
+            entry = diff[metric].get(k, diff[metric].get(str(k)))
+            if entry:
+                parts.append(f"{metric.replace('_recall', '')}{'' if metric == 'coverage' else '@' + str(k)} {_signed(entry)}")
+    return "; ".join(parts)
+
+
 def _interval(ci) -> str:
     lo, hi = ci
     return "-" if lo is None or lo != lo else f"[{lo:.3f}, {hi:.3f}]"
@@ -314,10 +394,13 @@ def _write_pairs(path: Path, result) -> None:
 
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["product_id", "type", "scene", "reachable", "box_source", "rank", "rank_any_crop", "scene_rank"])
-        for r in result.pairs:
+        room = result.room_pairs or [None] * len(result.pairs)
+        w.writerow(["product_id", "type", "scene", "reachable", "box_source", "rank", "rank_any_crop", "scene_rank",
+                    "group", "group_covered", "group_rank", "room_rank"])
+        for r, rp in zip(result.pairs, room):
             c = r.case
-            w.writerow([c.product_id, c.type, c.scene, int(c.reachable), c.box_source, fmt(r.rank), fmt(r.rank_any), fmt(r.scene_rank)])
+            extra = ["", "", "", ""] if rp is None else [rp.group, int(rp.covered), fmt(rp.rank), fmt(rp.room_rank)]
+            w.writerow([c.product_id, c.type, c.scene, int(c.reachable), c.box_source, fmt(r.rank), fmt(r.rank_any), fmt(r.scene_rank), *extra])
 
 
 def _s2p_rows(inputs, result, rng, n):
