@@ -29,7 +29,7 @@ os.environ.pop("SHOWROOM_DETECTOR_WEIGHTS", None)
 
 from engine.runtime import PROJECT_ROOT, configure_runtime  # noqa: E402
 
-configure_runtime(offline=True)
+configure_runtime(offline=True)  # the tests' entry point: before TensorFlow, Ultralytics and MLflow load (importing engine does not)
 
 import mlflow  # noqa: E402
 
