@@ -43,6 +43,7 @@ from threadpoolctl import threadpool_limits
 from engine.index.brute_force import BruteForceIndex
 from engine.index.scann_backend import ScannParams
 from engine.index.tuning import TuningConfig, recall_at_k, tune_index
+from engine.runtime import configure_runtime
 
 logger = logging.getLogger("benchmarks.ann")
 
@@ -401,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the rows and the ScaNN tuning log here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_runtime()  # before ScaNN (and TensorFlow) load
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - set(SYSTEMS)
     if unknown:

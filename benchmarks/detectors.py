@@ -55,12 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from engine.runtime import configure_runtime
+
+    configure_runtime()  # before Ultralytics and LiteRT load
     from detectors.litert import LiteRTDetector
     from detectors.yolo import YoloDetector
     from engine.data.images import load_image
-    from engine.runtime import configure_runtime
 
-    configure_runtime()
     photos = sorted(args.photos.glob("*.jpg"))[: args.n]
     if not photos:
         logger.error("no .jpg photos in %s", args.photos)

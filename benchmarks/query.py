@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.reload_load import multipart, request
+from engine.runtime import configure_runtime
 
 logger = logging.getLogger("benchmarks.query")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -48,9 +49,7 @@ def model_floor(index: Path, weights: str, photos: list[Path], runtime: str) -> 
     from engine.model.embedder import Embedder
     from engine.index.generations import resolve_serving_folder
     from engine.data.images import load_image, query_crop
-    from engine.runtime import configure_runtime
 
-    configure_runtime()
     embedder = Embedder.load(resolve_serving_folder(index) / "model.keras")
     detector = open_detector(weights, conf=embedder.preprocessing.detector_confidence, runtime=runtime)
     prep = embedder.preprocessing
@@ -129,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_runtime()  # before model_floor loads TensorFlow and the detector
     url = args.url.rstrip("/")
     if urllib.parse.urlsplit(url).hostname not in LOOPBACK:
         logger.error("loopback servers only (the model floor is measured on this machine): %s", url)

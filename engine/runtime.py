@@ -1,8 +1,11 @@
 """Process-wide runtime hygiene shared by every CLI and the tests: state folder, env vars, import guard.
 
-The environment defaults are set when the ``engine`` package is imported
-(``configure_environment``); ``configure_runtime()`` also makes the state folder, once per ``main``
-(the tests' conftest does the same).
+Nothing here runs on import. The entry points set the environment defaults
+(``configure_environment``) before TensorFlow, Ultralytics, albumentations or MLflow load: each
+CLI's ``main`` through ``run_cli`` (a CLI module imports those libraries inside the function
+``run_cli`` calls, never at its top), ``serving.create_app`` (and ``serving``'s lazy
+``create_app`` attribute, before ``serving.app`` loads TensorFlow), and the tests' conftest.
+``configure_runtime()`` also makes the state folder, once per ``main``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ def state_dir() -> Path:
 def configure_environment() -> None:
     """Environment defaults the stack must see before it is imported (values already set win).
 
-    Runs when the ``engine`` package is first imported (every Showroom package imports it
-    first), so it precedes TensorFlow, Ultralytics, albumentations and MLflow in any entry point.
+    Called by the entry points (``run_cli``, ``serving.create_app``, the tests' conftest) before
+    TensorFlow, Ultralytics, albumentations and MLflow are imported; importing ``engine`` does not.
 
     - ``YOLO_CONFIG_DIR`` inside the state folder (Ultralytics writes settings there, not in ~).
     - ``NO_ALBUMENTATIONS_UPDATE=1`` and ``MLFLOW_DISABLE_TELEMETRY=true``: no phoning home;

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -24,7 +25,6 @@ from detectors.category_map import DEFAULT_MAP, GROUPS_MAP, CategoryMap, label_g
 from detectors.yolo import YoloDetector, default_weights
 from engine.data.catalog import Catalog, load_catalog
 from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
-from engine.model.embedder import Embedder
 from engine.files import write_json_atomic
 from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
@@ -32,9 +32,11 @@ from engine.data.splits import read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.protocol import EvalConfig, EvalInputs, EvalResult, flat_metrics, paired_difference, prepare, score, table
 from evaluation.room import RoomSpec, paired_room_difference
-from training.model_ref import resolve_model
 from training.manifest import read_seen_products
 from training.tracking import download_artifact, git_commit, metric_key, mlflow_run, run_params, run_tags
+
+if TYPE_CHECKING:
+    from engine.model.embedder import Embedder
 
 logger = logging.getLogger("evaluation.evaluate")
 
@@ -104,6 +106,8 @@ class Target:
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
+    from engine.model.embedder import Embedder  # loads TensorFlow: imported here, once run_cli has set the environment
+
     t_start = time.perf_counter()
     compare = [_earlier_evaluation(path, "--compare") for path in args.compare]
     # (name, summary, curves) of the baseline: read now from a file, or scored below on the same crops
@@ -161,6 +165,10 @@ def _scenes(catalog: Catalog, scene_list: Path | None) -> tuple[Catalog, dict]:
 def _target(args: argparse.Namespace) -> Target:
     """The evaluated model, with its preprocessing overridden by --image-size/--crop-padding/--min-confidence
     where given, and what is known of how it was trained."""
+    # these load TensorFlow: imported here, once run_cli has set the environment
+    from engine.model.embedder import Embedder
+    from training.model_ref import resolve_model
+
     overrides = {k: v for k, v in (("crop_padding", args.crop_padding), ("min_confidence", args.min_confidence),
                                    ("fill_confidence", args.fill_confidence), ("catalog_decode", args.catalog_decode)) if v is not None}
     if args.model == "imagenet":

@@ -32,6 +32,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,11 +40,13 @@ from detectors.category_map import CategoryMap
 from engine.data.catalog import Catalog, CatalogError, Pair
 from engine.config import Preprocessing
 from engine.data.detection import Detector
-from engine.model.embedder import Embed, embed_batches
 from engine.data.images import load_square, query_crop
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
 from engine.data.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
 from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
+
+if TYPE_CHECKING:  # annotations only: importing the embedder loads TensorFlow
+    from engine.model.embedder import Embed
 
 logger = logging.getLogger(__name__)
 KS = (1, 5, 10, 20, 50)
@@ -247,6 +250,8 @@ def _nan_to_none(value):
 
 def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, curve_max: int = 100) -> EvalResult:
     """Embed the prepared images with ``embed`` and compute every rank and metric of the protocol."""
+    from engine.model.embedder import embed_batches
+
     t0 = time.perf_counter()
     image_emb = embed_batches(embed, inputs.product_images, 0, 256)
     crop_emb = embed_batches(embed, inputs.crop_images, 0, 256)

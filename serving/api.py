@@ -5,10 +5,8 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import os
 import re
 import time
-from dataclasses import asdict
 
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request, url_for
@@ -24,16 +22,11 @@ from engine.index.catalog_index import Match
 from engine.search import Timings
 from serving.errors import ApiError
 from serving.observability import request_timings
-from serving.state import request_loaded
+from serving.records import WHOLE, current_engine, health, product_record, scenes_json, similarity
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__, url_prefix="/api")
-WHOLE = re.compile(r"[0-9]{1,6}")  # ASCII digits only: int() would also take ' 5 ' and '٣'
 NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # float() also takes '١' and 'inf'
-
-
-def _engine():
-    return request_loaded().engine
 
 
 def read_upload(timings: Timings) -> np.ndarray:
@@ -92,15 +85,6 @@ def read_k() -> int:
     return int(raw)
 
 
-def read_index(raw: str | None) -> int:
-    """A non-negative whole number given as ASCII digits (e.g. ``n``), or a 400."""
-    if raw is None:
-        return 0
-    if not WHOLE.fullmatch(raw):
-        raise ApiError(400, f"n must be a whole number (digits only), got {raw[:20]!r}")
-    return int(raw)
-
-
 def read_types(known: list[str]) -> set[str] | None:
     given = request.form.getlist("types")
     raw = [t for v in given for t in v.split("|") if t]  # repeated fields or a|b|c
@@ -114,16 +98,10 @@ def read_types(known: list[str]) -> set[str] | None:
     return set(raw)
 
 
-def similarity(distance: float) -> float:
-    """A distance between unit vectors (0..2) as the cosine similarity people read as a match
-    percentage: 1 - d^2 / 2, clipped to [0, 1]."""
-    return round(min(1.0, max(0.0, 1.0 - distance * distance / 2.0)), 4)
-
-
 def product_json(m: Match) -> dict:
     """A search result as the API returns it: ids, the catalog's fields, distance and similarity."""
     it = m.item
-    products = _engine().products
+    products = current_engine().products
     n = products.image_number(it)
     return {"product_id": it.product_id, "name": it.name, "type": it.type, "distance": round(m.distance, 5),
             "similarity": similarity(m.distance), "details": dict(it.details),
@@ -140,7 +118,7 @@ def detections_json(dets) -> list[dict]:
 def detect():
     timings = request_timings()
     image = read_upload(timings)
-    dets = _engine().detect(image, timings)
+    dets = current_engine().detect(image, timings)
     h, w = image.shape[:2]
     return jsonify(width=w, height=h, detections=detections_json(dets), timings_ms=timings.stages)
 
@@ -150,7 +128,7 @@ def search():
     t0 = time.perf_counter()
     timings = request_timings()
     image = read_upload(timings)
-    engine = _engine()
+    engine = current_engine()
     box = read_box(image)
     k = read_k()
     types = read_types(engine.products.types)
@@ -168,38 +146,15 @@ def search():
 
 
 def _product_or_404(product_id: str):
-    items = _engine().products.items_of(product_id)
+    items = current_engine().products.items_of(product_id)
     if not items:
         raise ApiError(404, f"unknown product {product_id[:80]!r}")
     return items
 
 
-def scene_title(scene: str) -> str:
-    """A readable title from a scene id: ``ikea-a-bright-kitchen__1364316015597-s4`` -> ``A bright kitchen``."""
-    stem = re.sub(r"__.*$", "", scene)
-    stem = re.sub(r"^ikea-", "", stem)
-    words = re.sub(r"[-_]+", " ", stem).strip()
-    return (words[:1].upper() + words[1:]) if words else scene
-
-
-def product_record(items) -> dict:
-    """A product as the API and the product page show it: ids, the catalog's fields, its images."""
-    it = items[0]
-    return {"product_id": it.product_id, "name": it.name, "type": it.type, "details": dict(it.details),
-            "images": [url_for("pages.product_image", product_id=it.product_id, n=i) for i in range(len(items))]}
-
-
 @bp.get("/products/<product_id>")
 def product(product_id: str):
     return jsonify(product_record(_product_or_404(product_id)))
-
-
-def scenes_json(product_id: str, k: int) -> list[dict]:
-    """"Where is it used?": the scenes nearest to the product, with titles and room types."""
-    return [{"scene": m.item.scene, "title": scene_title(m.item.scene), "room_type": m.item.room_type,
-             "box": list(m.item.box) if m.item.box else None, "label": m.item.label,
-             "distance": round(m.distance, 5), "similarity": similarity(m.distance),
-             "image_url": url_for("pages.scene_image", scene=m.item.scene)} for m in _engine().scenes_of(product_id, k=k)]
 
 
 @bp.get("/products/<product_id>/scenes")
@@ -210,7 +165,7 @@ def product_scenes(product_id: str):
 
 @bp.get("/types")
 def types():
-    return jsonify(types=_engine().products.types)
+    return jsonify(types=current_engine().products.types)
 
 
 @bp.post("/reload")
@@ -232,23 +187,4 @@ def reload():
 
 @bp.get("/healthz", endpoint="healthz_api")
 def healthz_api():
-    return healthz()
-
-
-def _tuning_summary(index) -> dict | None:
-    """How an index was tuned (engine.index.tuning): engine chosen and why, measured recall@k and q/s."""
-    t = index.tuning
-    return None if t is None else {k: v for k, v in t.items() if k != "trees"}
-
-
-def healthz():
-    loaded = request_loaded()
-    e = loaded.engine
-    root = current_app.config.get("SHOWROOM_CATALOG_ROOT") or e.products.catalog_root
-    return jsonify(status="ok", generation=loaded.generation, pid=os.getpid(), model=loaded.model_fingerprint[:12], index_created=e.products.created,
-                   catalog_root=root, catalog_images_found=bool(len(e.products)) and e.products.image_path(e.products.items[0], root).is_file(),
-                   products=len(e.products), scene_crops=len(e.scenes) if e.scenes is not None else 0,
-                   index_kind=e.products.index.kind, detector=e.detector.fingerprint if e.detector is not None else None,
-                   index_tuning={name: _tuning_summary(ix) for name, ix in (("products", e.products), ("scenes", e.scenes)) if ix is not None},
-                   preprocessing=asdict(e.embedder.preprocessing),
-                   source=loaded.source)
+    return health()

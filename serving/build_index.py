@@ -38,15 +38,12 @@ from detectors.yolo import YoloDetector, default_weights
 from engine.index.backends import BackendSpec
 from engine.index.scann_backend import ScannIndex, ScannParams
 from engine.index.tuning import TuningConfig
-from engine.index.serving_folder import build_serving_folder
 from engine.data.catalog import load_catalog
 from engine.index.ray_runner import RUNNERS, RayRunner
-from engine.model.embedder import load_preprocessing
 from engine.index.generations import publish_generation
 from engine.index.milvus import MilvusIndex, MilvusSettings, unique_collection
 from engine.data.proposals import Detect
 from engine.runtime import run_cli, state_dir
-from training.model_ref import resolve_model
 
 logger = logging.getLogger("serving.build_index")
 
@@ -125,6 +122,11 @@ def cached_detect(weights: str, conf: float, cache_dir: Path) -> Detect:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # these load TensorFlow: imported here, once run_cli has set the environment
+    from engine.index.serving_folder import build_serving_folder
+    from engine.model.embedder import load_preprocessing
+    from training.model_ref import resolve_model
+
     t0 = time.perf_counter()
     backend = backend_spec(args)
     model = resolve_model(args.model)

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request, send_file, url_for
 
-from serving.api import healthz as api_healthz
-from serving.api import product_record, read_index, scene_title, scenes_json
 from serving.errors import ApiError
-from serving.state import request_loaded
+from serving.records import current_engine, health, product_record, read_index, scene_title, scenes_json
 
 bp = Blueprint("pages", __name__)
-
-
-def _engine():
-    return request_loaded().engine
 
 
 def _catalog_root() -> str | None:
@@ -32,7 +26,7 @@ EXAMPLES = 4  # room photos offered on the upload page to try without a photo of
 def _example_scenes(n: int = EXAMPLES) -> list[dict]:
     """A few indexed room photos to try: from the most common room types, in each the photo with
     the most kinds of objects found (the same ones on every visit)."""
-    scenes = _engine().scenes
+    scenes = current_engine().scenes
     if scenes is None:
         return []
     labels: dict[str, set[str]] = {}
@@ -56,7 +50,7 @@ def _example_scenes(n: int = EXAMPLES) -> list[dict]:
 
 @bp.get("/")
 def index():
-    engine = _engine()
+    engine = current_engine()
     return render_template("index.html", types=engine.products.types, examples=_example_scenes(),
                            min_confidence=engine.embedder.preprocessing.min_confidence,
                            classes=sorted(engine.classes or ()))
@@ -64,7 +58,7 @@ def index():
 
 @bp.get("/products/<product_id>")
 def product_page(product_id: str):
-    items = _engine().products.items_of(product_id)
+    items = current_engine().products.items_of(product_id)
     if not items:
         raise ApiError(404, f"unknown product {product_id[:80]!r}: it is not in this catalog")
     return render_template("product.html", product=product_record(items), scenes=scenes_json(product_id, 12))
@@ -72,7 +66,7 @@ def product_page(product_id: str):
 
 @bp.get("/images/products/<product_id>")
 def product_image(product_id: str):
-    products = _engine().products
+    products = current_engine().products
     items = products.items_of(product_id)
     n = read_index(request.args.get("n"))
     if not items or not 0 <= n < len(items):
@@ -82,7 +76,7 @@ def product_image(product_id: str):
 
 @bp.get("/images/scenes/<scene>")
 def scene_image(scene: str):
-    scenes = _engine().scenes
+    scenes = current_engine().scenes
     item = next((it for it in scenes.items if it.scene == scene), None) if scenes is not None else None
     if item is None:
         raise ApiError(404, f"unknown scene {scene[:80]!r}")
@@ -91,4 +85,4 @@ def scene_image(scene: str):
 
 @bp.get("/healthz")
 def healthz():
-    return api_healthz()
+    return health()

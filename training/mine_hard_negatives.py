@@ -22,20 +22,21 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.index.serving_folder import product_images
 from engine.data.catalog import load_catalog
-from engine.model.embedder import Embedder
 from engine.files import file_sha256
 from engine.data.images import load_image, query_crop
 from engine.runtime import run_cli
 from training.hard_negatives import HardNegativeConfig, hard_negative_pools, refresh_negatives
 from training.manifest import Manifest, load_manifest, save_manifest
-from training.model_ref import resolve_model
 from training.tracking import mlflow_run
-from training.training_set import QueryItem, queries_from_manifest
+
+if TYPE_CHECKING:
+    from engine.model.embedder import Embedder
+    from training.training_set import QueryItem
 
 logger = logging.getLogger("training.mine_hard_negatives")
 
@@ -71,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
+    # these load TensorFlow: imported here, once run_cli has set the environment
+    from engine.index.serving_folder import product_images
+    from engine.model.embedder import Embedder
+    from training.model_ref import resolve_model
+    from training.training_set import queries_from_manifest
+
     t0 = time.perf_counter()
     manifest = load_manifest(args.triplets)
     catalog = load_catalog(args.catalog or manifest.catalog)

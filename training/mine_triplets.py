@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
@@ -20,14 +21,15 @@ from detectors.category_map import DEFAULT_MAP, load_category_map
 from detectors.yolo import YoloDetector, default_weights
 from engine.data.catalog import load_catalog
 from engine.config import BACKBONES, ModelConfig
-from engine.model.embedder import Embedder
 from engine.data.iconic import IconicTest
 from engine.runtime import run_cli
 from engine.data.splits import read_scene_list
 from training.manifest import Manifest, save_manifest
 from training.mining import DROP_REASONS, MiningConfig, MiningResult, contact_sheet, mine_catalog
-from training.model_ref import resolve_model
 from training.tracking import mlflow_run
+
+if TYPE_CHECKING:
+    from engine.model.embedder import Embedder
 
 logger = logging.getLogger("training.mine_triplets")
 
@@ -69,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def make_embedder(args: argparse.Namespace) -> Embedder:
     """The embedding that chooses among several crops: a trained embedder, or pretrained features."""
+    # these load TensorFlow: imported here, once run_cli has set the environment
+    from engine.model.embedder import Embedder
+    from training.model_ref import resolve_model
+
     if args.model:
         embedder = Embedder.load(resolve_model(args.model).path)
     else:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,13 +32,15 @@ from detectors.category_map import CategoryMap
 from engine.data.catalog import Catalog
 from engine.config import DEFAULT_CROP_PADDING, DEFAULT_FILL_CONFIDENCE, DEFAULT_MIN_CONFIDENCE, Preprocessing, detector_floor
 from engine.data.detection import Detector
-from engine.model.embedder import Embed, Embedder
 from engine.data.iconic import IconicTest
 from engine.data.images import ImageError, load_image, load_square, query_crop
 from engine.data.proposals import SceneProposals, catalog_proposals, confident
 from engine.data.splits import restrict_scenes
 from training.manifest import Manifest, Positive
 from training.triplets import NegativeSampler
+
+if TYPE_CHECKING:  # annotations only: importing the embedder loads TensorFlow
+    from engine.model.embedder import Embed, Embedder
 
 logger = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol
 
 from engine.runtime import PROJECT_ROOT
@@ -47,6 +48,19 @@ def tracking_uri() -> str:
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
+def _mlflow() -> ModuleType:
+    """The ``mlflow`` package, imported on first use rather than with this module: it takes seconds to
+    import and reads its settings from the environment, which the entry points set first."""
+    import mlflow
+
+    return mlflow
+
+
+def _client() -> Any:
+    """An ``mlflow.MlflowClient`` on ``tracking_uri()``."""
+    return _mlflow().MlflowClient(tracking_uri=tracking_uri())
+
+
 def metric_key(text: str) -> str:
     """A string made safe for an MLflow metric name."""
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text).strip().replace(" ", "_")
@@ -69,20 +83,15 @@ class MlflowTracker:
         self.run_id = run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        import mlflow
-
-        mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+        _mlflow().log_params({k: ("" if v is None else v) for k, v in params.items()})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        import mlflow
-
         clean = {k: float(v) for k, v in metrics.items() if v is not None and not math.isnan(float(v))}
         if clean:
-            mlflow.log_metrics(clean, step=step)
+            _mlflow().log_metrics(clean, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        import mlflow
-
+        mlflow = _mlflow()
         path = Path(path)
         if path.is_dir():
             mlflow.log_artifacts(str(path), artifact_path=artifact_path)
@@ -90,21 +99,16 @@ class MlflowTracker:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        import mlflow
-
-        mlflow.set_tags(dict(tags))
+        _mlflow().set_tags(dict(tags))
 
     def artifact_uri(self) -> str:
-        import mlflow
-
-        return mlflow.get_artifact_uri()
+        return _mlflow().get_artifact_uri()
 
 
 @contextmanager
 def mlflow_run(*, run_name: str | None = None, run_id: str | None = None, experiment: str = EXPERIMENT) -> Iterator[MlflowTracker]:
     """Start (or, with ``run_id``, reopen) one MLflow run; it ends FAILED if the body raises."""
-    import mlflow
-
+    mlflow = _mlflow()
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     if run_id is None:
@@ -129,17 +133,14 @@ def mlflow_run(*, run_name: str | None = None, run_id: str | None = None, experi
 
 def download_artifact(run_id: str, artifact_path: str, dst: Path) -> Path:
     """Download one artifact of a run into ``dst`` and return its local path."""
-    import mlflow
-
+    mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)))
 
 
 def run_metrics(run_id: str) -> dict[str, list[tuple[int, float]]]:
     """All metric histories of a run: name → [(step, value)] sorted by step."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    client = _client()
     run = client.get_run(run_id)
     out = {}
     for name in run.data.metrics:
@@ -149,27 +150,21 @@ def run_metrics(run_id: str) -> dict[str, list[tuple[int, float]]]:
 
 def run_params(run_id: str) -> dict[str, str]:
     """The params logged on a run."""
-    import mlflow
-
-    return dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.params)
+    return dict(_client().get_run(run_id).data.params)
 
 
 def run_tags(run_id: str) -> dict[str, str]:
     """The tags of a run (``ValueError`` for an unknown run)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+    mlflow = _mlflow()
     try:
-        return dict(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id).data.tags)
-    except MlflowException as exc:
+        return dict(_client().get_run(run_id).data.tags)
+    except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"no MLflow run {run_id} at {tracking_uri()} ({exc.message})") from None
 
 
 def find_runs(kind: str, experiment: str = EXPERIMENT) -> list[dict[str, Any]]:
     """Finished runs tagged ``showroom.kind=kind``: dicts with run_id, params, metrics, tags, start."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    client = _client()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -180,12 +175,10 @@ def find_runs(kind: str, experiment: str = EXPERIMENT) -> list[dict[str, Any]]:
 
 def run_record(run_id: str) -> dict[str, Any]:
     """One run as ``find_runs`` gives it (``ValueError`` for an unknown run)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+    mlflow = _mlflow()
     try:
-        return _record(mlflow.MlflowClient(tracking_uri=tracking_uri()).get_run(run_id))
-    except MlflowException as exc:
+        return _record(_client().get_run(run_id))
+    except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"no MLflow run {run_id} at {tracking_uri()} ({exc.message})") from None
 
 
@@ -197,10 +190,8 @@ def _record(run) -> dict[str, Any]:
 def register_model(run_id: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
     """Register a fit run's serving folder (artifact ``index/``: model.keras + indexes) or, without
     one, its ``model/`` as a new version of ``name`` and point ``alias`` at it; the version number."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    mlflow = _mlflow()
+    client = _client()
     run = client.get_run(run_id)
     names = {a.path for a in client.list_artifacts(run_id)}
     path = "index" if "index" in names else "model" if "model" in names else None
@@ -208,7 +199,7 @@ def register_model(run_id: str, name: str, alias: str, tags: Mapping[str, str] |
         raise ValueError(f"run {run_id} has neither an index/ nor a model/ artifact: is it a training.fit run?")
     try:
         client.create_registered_model(name, description="Showroom embedder (and its serving indexes)")
-    except MlflowException as exc:
+    except mlflow.exceptions.MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
             raise
     version = client.create_model_version(name, source=f"{run.info.artifact_uri}/{path}", run_id=run_id, tags=dict(tags or {}))
@@ -219,11 +210,9 @@ def register_model(run_id: str, name: str, alias: str, tags: Mapping[str, str] |
 def download_registered(uri: str, dst: Path) -> tuple[Path, str, str]:
     """Resolve ``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) and download its files into
     ``dst/NAME/VERSION`` (once); (local folder, run id, version)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+    mlflow = _mlflow()
     spec = uri.removeprefix("models:/")
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri())
+    client = _client()
     try:
         if "@" in spec:
             name, alias = spec.split("@", 1)
@@ -231,7 +220,7 @@ def download_registered(uri: str, dst: Path) -> tuple[Path, str, str]:
         else:
             name, _, ver = spec.partition("/")
             mv = client.get_model_version(name, ver)
-    except MlflowException as exc:
+    except mlflow.exceptions.MlflowException as exc:
         raise ValueError(f"{uri}: no such registered model version ({exc.message})") from None
     local = Path(dst) / name / str(mv.version)
     if not local.is_dir():

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import mlflow
 import pytest
 
+from detectors.category_map import DEFAULT_MAP, load_category_map
 from engine.data.catalog import CatalogError, load_catalog
-from engine.model.embedder import load_embedder
+from engine.model.embedder import Embedder, load_embedder
 from engine.data.splits import holdout_scenes, read_scene_list, restrict_scenes, write_scene_list
 from evaluation import evaluate, promote
+from evaluation.protocol import prepare, score
 from serving import create_app
 from training.model_ref import resolve_model
 from training.tracking import tracking_uri
@@ -49,9 +52,24 @@ def test_evaluate_promote_and_serve_the_champion(trained_run, tiny_catalog: Path
     assert proto["image_size"] == 48 and proto["crop_padding"] == 0.0625  # the model's own preprocessing
     assert proto["reachable_pairs"] == sum(p.scene in names for p in load_catalog(tiny_catalog).pairs)
     assert report["baseline"]["summary"]["protocol"]["reachable_pairs"] == proto["reachable_pairs"]
-    for k in ("1", "5", "10", "20", "50"):
-        assert 0.0 <= report["summary"]["scene_to_product"]["recall"][k] <= 1.0
-    assert len(report["curves"]["scene_to_product"]) == 100
+    s2p = report["summary"]["scene_to_product"]["recall"]
+    # every held-out pair has its pairs.csv box, so its rank is at most the 18 products: found by k = 20
+    assert s2p["20"] == s2p["50"] == 1.0
+    # recall@k is the share of pairs.csv rows (one per held-out pair) ranked within k ...
+    with (out / "pairs.csv").open() as fh:
+        ranks = [int(row["rank"]) for row in csv.DictReader(fh)]
+    assert len(ranks) == proto["reachable_pairs"]
+    assert s2p == pytest.approx({str(k): sum(r <= k for r in ranks) / len(ranks) for k in (1, 5, 10, 20, 50)})
+    curve = report["curves"]["scene_to_product"]
+    assert len(curve) == 100 and [curve[k - 1] for k in (1, 5, 10, 20, 50)] == pytest.approx(list(s2p.values()))
+    # ... and the recalls and distance accuracy are the protocol's, computed here on the same scenes with the same model
+    embedder = Embedder.load(resolve_model(trained_run.run_id).path)
+    held_out = restrict_scenes(load_catalog(tiny_catalog), keep=read_scene_list(trained_run.holdout))
+    inputs = prepare(held_out, embedder.preprocessing, detector=None, category_map=load_category_map(DEFAULT_MAP))
+    direct = json.loads(json.dumps(score(inputs, embedder).summary))
+    for task in ("scene_to_product", "product_to_scene"):
+        assert report["summary"][task]["recall"] == direct[task]["recall"], task
+    assert report["summary"]["distance_accuracy"] == direct["distance_accuracy"]
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri())
     exp = client.get_experiment_by_name("showroom")

@@ -1,5 +1,5 @@
-"""Every hostile request of ``benchmarks.hostile`` is refused with its expected 4xx and a JSON error, in the
-test client and over a live socket (``python -m benchmarks.hostile`` against a werkzeug server thread)."""
+"""Every hostile request of ``serving.hostile`` is refused with its expected 4xx and a JSON error, in the
+test client and over a live socket (``python -m serving.hostile`` against a werkzeug server thread)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from benchmarks import hostile
 from engine.data.catalog import load_catalog
+from serving.hostile.cases import CASES, Case, build_cases
+from serving.hostile.cli import main as hostile_main
 from tests.serving.conftest import BoxDetector
 
 MAX_UPLOAD, TOKEN = 200_000, "s3cret"  # what the conftest app is configured with
-CASE_NAMES = [c.name for c in hostile.CASES]
+CASE_NAMES = [c.name for c in CASES]
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +37,12 @@ def product_id(tiny_catalog: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def cases(product_id: str) -> dict[str, hostile.Case]:
-    return {c.name: c for c in hostile.build_cases(MAX_UPLOAD, product_id, TOKEN)}
+def cases(product_id: str) -> dict[str, Case]:
+    return {c.name: c for c in build_cases(MAX_UPLOAD, product_id, TOKEN)}
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
-def test_hostile_request_is_refused_with_a_json_4xx(client, cases: dict[str, hostile.Case], name: str):
+def test_hostile_request_is_refused_with_a_json_4xx(client, cases: dict[str, Case], name: str):
     case = cases[name]
     body, headers = case.encode()
     content_type = headers.pop("Content-Type", None)
@@ -54,7 +55,7 @@ def test_hostile_request_is_refused_with_a_json_4xx(client, cases: dict[str, hos
 
 
 def test_the_cases_are_many_and_distinct(product_id: str):
-    cases = hostile.build_cases(MAX_UPLOAD, product_id, TOKEN)
+    cases = build_cases(MAX_UPLOAD, product_id, TOKEN)
     assert len(cases) >= 80
     assert len({c.name for c in cases}) == len(cases)
     assert len({c.key() for c in cases}) == len(cases)
@@ -70,7 +71,7 @@ def test_the_cli_against_a_live_server(app, capsys):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        code = hostile.main(["--url", f"http://127.0.0.1:{server.server_port}", "--pids", str(os.getpid()),
+        code = hostile_main(["--url", f"http://127.0.0.1:{server.server_port}", "--pids", str(os.getpid()),
                              "--reload-token", TOKEN, "--max-upload", str(MAX_UPLOAD)])
     finally:
         server.shutdown()
@@ -83,5 +84,5 @@ def test_the_cli_against_a_live_server(app, capsys):
 
 def test_the_cli_refuses_bad_arguments():
     with contextlib.redirect_stderr(io.StringIO()):
-        assert hostile.main(["--url", "http://127.0.0.1:9", "--pids", "not-a-pid"]) == 2
-        assert hostile.main(["--url", "http://127.0.0.1:9", "--product-id", "p", "--max-upload", "1000"]) == 2
+        assert hostile_main(["--url", "http://127.0.0.1:9", "--pids", "not-a-pid"]) == 2
+        assert hostile_main(["--url", "http://127.0.0.1:9", "--product-id", "p", "--max-upload", "1000"]) == 2

@@ -8,6 +8,7 @@ import numpy as np
 
 from engine.data.catalog import load_catalog
 from engine.config import TrainConfig
+from engine.data.images import load_image, query_crop
 from training.input_pipeline import triplet_dataset, triplet_sheet, steps_per_epoch
 from training.training_set import build_training_set, queries_from_pairs, split_queries
 
@@ -27,7 +28,7 @@ def test_training_set_and_pipeline(tiny_catalog: Path):
     assert ts.bank.shape[1:] == (48, 48, 3) and ts.bank.dtype == np.uint8
     assert len(ts.train_queries) + len(ts.val_queries) == len(cat.pairs)
     val_scenes = set(ts.split.val)
-    assert all(cat.pairs[i].scene in val_scenes for i in range(len(cat.pairs)) if (cat.pairs[i].scene in val_scenes))
+    assert len(ts.val_queries) == sum(p.scene in val_scenes for p in cat.pairs) > 0
     e0, e1 = ts.train_sampler.sample(0), ts.train_sampler.sample(1)
     assert len(e0) == len(e1) == 3 * len(ts.train_queries)
     ds = triplet_dataset(ts.bank, [e0, e1], batch_size=8, augment=False, seed=0)
@@ -40,6 +41,30 @@ def test_training_set_and_pipeline(tiny_catalog: Path):
     # The second epoch starts on a fresh batch (no batch straddles two epochs).
     second = batches[steps_per_epoch(e0, 8)]
     np.testing.assert_array_equal(second["label_p"], e1.label_p[:8])
+
+
+def test_no_validation_scene_reaches_a_training_triplet(tiny_catalog: Path):
+    """Each pair's query crop, cut here from its scene photo, is found by its pixels among the training
+    triplets' queries exactly when its scene is a training scene, and among the validation queries
+    exactly when it is a validation scene."""
+    cat = load_catalog(tiny_catalog)
+    cfg = TrainConfig(in_class_negatives=2, out_class_negatives=1, val_fraction=0.25)
+    ts = build_training_set(cat, cfg, 48)
+    val_scenes = set(ts.split.val)
+    assert val_scenes and val_scenes.isdisjoint(ts.split.train)
+    trained = ts.bank[np.unique(np.concatenate([ts.train_sampler.sample(epoch).query for epoch in range(2)]))]
+    validated = ts.bank[[i for i, _ in ts.val_queries]]
+    photos = {s.scene: load_image(s.image) for s in cat.scenes}
+
+    def among(crop: np.ndarray, images: np.ndarray) -> bool:
+        return bool((images == crop).all(axis=(1, 2, 3)).any())
+
+    for pair in cat.pairs:
+        crop = query_crop(photos[pair.scene], pair.box, 48, cfg.crop_padding)
+        held = pair.scene in val_scenes
+        side = "validation" if held else "training"
+        assert among(crop, trained) is not held, f"a pair of {side} scene {pair.scene}: wrongly {'in' if held else 'not in'} the training triplets"
+        assert among(crop, validated) is held, f"a pair of {side} scene {pair.scene}: wrongly {'not in' if held else 'in'} the validation queries"
 
 
 def test_augmentation_changes_pixels_not_shapes(tiny_catalog: Path):

@@ -16,6 +16,7 @@ import pytest
 
 from engine.runtime import PROJECT_ROOT, state_dir
 from training import fit
+from training.checkpoint import epochs_done
 from training.strategy import NullTracker, make_cluster, read_tf_config
 from training.tracking import run_metrics
 
@@ -55,6 +56,19 @@ class Job:
 
     def __exit__(self, *exc) -> None:
         self.kill()
+
+
+def _first_backup(job: Job, before: set[Path], timeout: float) -> Path | None:
+    """The job's checkpoint folder (one not in ``before``) once its backup holds a finished epoch: the
+    weights saved and then the epoch recorded, the resume's own test (``training.checkpoint.epochs_done``).
+    None if the chief exits or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and job.procs[0].poll() is None:
+        for folder in set((state_dir() / "checkpoints").glob("job-*")) - before:
+            if epochs_done(folder) >= 1 and (folder / "state.json").is_file():
+                return folder
+        time.sleep(0.2)
+    return None
 
 
 def _run_id(stdout: str) -> str:
@@ -98,16 +112,10 @@ def test_a_killed_job_resumes_from_its_last_epoch(tiny_catalog: Path, tiny_fit: 
             "--distribute", "multi_worker", "--run-name", "resumed", *tiny_fit]
     before = set((state_dir() / "checkpoints").glob("job-*"))
     with Job(args, tmp_path / "first", free_ports(2)) as job:
-        deadline = time.monotonic() + 300
-        backups: list[Path] = []
-        while not backups and time.monotonic() < deadline and job.procs[0].poll() is None:
-            time.sleep(0.5)
-            backups = [p for p in (state_dir() / "checkpoints").glob("job-*/backup/training_metadata.json") if p.parent.parent not in before]
-        assert backups, job.log(0)[-3000:]
-        time.sleep(1.0)  # the weights file is written before the metadata; let the epoch's save finish
+        folder = _first_backup(job, before, timeout=300)
+        assert folder is not None, job.log(0)[-3000:]
         job.kill()  # both workers die after the chief's first backup
         ports = job.ports
-    folder = backups[0].parent.parent
     first_run = json.loads((folder / "state.json").read_text())["run_id"]
 
     with Job(args, tmp_path / "again", ports) as job:  # the same command on every worker, same cluster
