@@ -7,14 +7,17 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.data.detection import Detection, Detector
-from engine.model.embedder import Embedder
 from engine.data.images import Box, check_box, query_crop
 from engine.index.catalog_index import CatalogIndex, Match
 from engine.data.proposals import confident
+
+if TYPE_CHECKING:
+    from engine.model.embedder import Embedder  # loads Keras: the query engine is handed a loaded one
 
 
 @dataclass
