@@ -171,16 +171,18 @@ def load_category_map(path: str | Path = DEFAULT_MAP) -> CategoryMap:
     return CategoryMap(data["version"], exact, tuple(rules), str(path), groups, tuple(left_out), from_classes)
 
 
-def map_for_detector(class_names: Iterable[str], path: str | Path | None = None) -> CategoryMap:
-    """The category map for a detector with these class names: ``path`` when given (checked against
-    them), else the product-groups map when the detector knows every group, else the COCO map."""
+def map_for_detector(class_names: Iterable[str], path: str | Path | None = None, *, check: bool = True) -> CategoryMap:
+    """The category map for a detector with these class names: ``path`` when given, else the
+    product-groups map when the detector knows every group, else the COCO map; with ``check``, a
+    map naming a class the detector does not know is refused (``DetectorError``)."""
     names = set(class_names)
     if path is not None:
         cmap = load_category_map(path)
     else:
         groups = load_category_map(GROUPS_MAP)
         cmap = groups if set(groups.groups) <= names else load_category_map(DEFAULT_MAP)
-    cmap.check_classes(names)
+    if check:
+        cmap.check_classes(names)
     return cmap
 
 

@@ -87,11 +87,17 @@ class SearchEngine:
     _detect_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def detect(self, image: np.ndarray, timings: Timings | None = None) -> list[Detection]:
-        """Confident detections in ``uint8 (H, W, 3)``, most confident first; empty without a detector.
+        """The proposed objects of ``uint8 (H, W, 3)``: the confident detections and each class's
+        fill-in (``engine.data.proposals.confident``), most confident first; empty without a detector.
 
         One detection runs at a time (detectors are not thread-safe); ``timings`` gets the wait for
         that turn (``detect_wait``) apart from the detection itself (``detect``).
         """
+        prep = self.embedder.preprocessing
+        return confident(self._detect_all(image, timings), prep.min_confidence, prep.fill_confidence, self.classes)
+
+    def _detect_all(self, image: np.ndarray, timings: Timings | None = None) -> list[Detection]:
+        """Every detection the detector reports (down to its own floor)."""
         if self.detector is None:
             return []
         timings = timings if timings is not None else Timings()
@@ -100,8 +106,26 @@ class SearchEngine:
             t = timings.add("detect_wait", t)
             found = self.detector.detect(image)
             timings.add("detect", t)
+        return list(found)
+
+    def region_at(self, image: np.ndarray, x: float, y: float, timings: Timings | None = None) -> tuple[Box, str]:
+        """The region under a tap at pixel ``(x, y)``, and its label: the smallest proposed object
+        (``detect``) that contains the point; else the smallest of every detection the detector
+        reported that does; else a square around the point, a third of the photo's shorter side
+        (label ``""``)."""
+        h, w = image.shape[:2]
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"point ({x:g}, {y:g}) is outside the {w}x{h} photo")
+        found = self._detect_all(image, timings)
         prep = self.embedder.preprocessing
-        return confident(found, prep.min_confidence, prep.fill_confidence, self.classes)
+        for pool in (confident(found, prep.min_confidence, prep.fill_confidence, self.classes), found):
+            under = [d for d in pool if d.box[0] <= x < d.box[2] and d.box[1] <= y < d.box[3]]
+            if under:
+                d = min(under, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+                return d.box, d.label
+        half = max(8, min(w, h) // 6)
+        x1, y1 = int(min(max(0, x - half), max(0, w - 2 * half))), int(min(max(0, y - half), max(0, h - 2 * half)))
+        return (x1, y1, min(w, x1 + 2 * half), min(h, y1 + 2 * half)), ""
 
     def warm_up(self) -> float:
         """Run each stage once on a blank photo so the first real query does not pay for tracing the

@@ -75,10 +75,11 @@ def read_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
         raise ApiError(422, str(exc)) from None
 
 
-def read_k() -> int:
+def read_k(default: int | None = None) -> int:
+    """``k`` of the form or query string (1..MAX_K), else ``default`` (else DEFAULT_K)."""
     raw = request.form.get("k", request.args.get("k"))
     if raw is None:
-        return current_app.config["DEFAULT_K"]
+        return default or current_app.config["DEFAULT_K"]
     top = current_app.config["MAX_K"]
     if not WHOLE.fullmatch(raw) or not 1 <= int(raw) <= top:
         raise ApiError(400, f"k must be a whole number from 1 to {top} (digits only), got {raw[:20]!r}")
@@ -123,6 +124,21 @@ def detect():
     return jsonify(width=w, height=h, detections=detections_json(dets), timings_ms=timings.stages)
 
 
+def read_point(image: np.ndarray) -> tuple[float, float] | None:
+    """The optional ``point=x,y`` of a tap on the photo, in pixels, or a 400 / 422."""
+    raw = request.form.get("point", "").strip()
+    if not raw:
+        return None
+    parts = raw.replace(" ", "").split(",")
+    if len(parts) != 2 or not all(NUMBER.fullmatch(v) for v in parts) or not all(math.isfinite(float(v)) for v in parts):
+        raise ApiError(400, f"point {raw[:80]!r} must be two finite numbers x,y in pixels")
+    x, y = (float(v) for v in parts)
+    h, w = image.shape[:2]
+    if not (0 <= x < w and 0 <= y < h):
+        raise ApiError(422, f"point {raw[:80]!r} is outside the {w}x{h} image")
+    return x, y
+
+
 @bp.post("/search")
 def search():
     t0 = time.perf_counter()
@@ -130,10 +146,16 @@ def search():
     image = read_upload(timings)
     engine = current_engine()
     box = read_box(image)
+    point = read_point(image)
+    if box is not None and point is not None:
+        raise ApiError(400, "send either box or point, not both")
     k = read_k()
     types = read_types(engine.products.types)
     detections = []
-    if box is None and request.form.get("detect", "1") != "0" and engine.detector is not None:
+    label = None
+    if point is not None:  # a tap: the region the engine proposes under it
+        box, label = engine.region_at(image, *point, timings=timings)
+    elif box is None and request.form.get("detect", "1") != "0" and engine.detector is not None:
         dets = engine.detect(image, timings)
         if dets:
             box = dets[0].box  # the most confident object
@@ -141,8 +163,27 @@ def search():
     matches = engine.search(image, box, k=k, types=types, timings=timings)
     timings.stages["total"] = round((time.perf_counter() - t0) * 1000.0, 2)
     h, w = image.shape[:2]
+    extra = {} if label is None else {"label": label, "group": engine.label_groups.get(label, "")}
     return jsonify(width=w, height=h, box=list(box) if box else None, k=k, types=sorted(types) if types else None,
-                   detections=detections, results=[product_json(m) for m in matches], timings_ms=timings.stages)
+                   detections=detections, results=[product_json(m) for m in matches], timings_ms=timings.stages, **extra)
+
+
+@bp.post("/room")
+def room():
+    """"Shop this room": every object the engine proposes (its box, detector label, product group,
+    confidence and whether it is sure), each with its ``k`` best matches among its group, and the
+    room's one ranked list of products."""
+    t0 = time.perf_counter()
+    timings = request_timings()
+    image = read_upload(timings)
+    engine = current_engine()
+    k = read_k(current_app.config["ROOM_K"])
+    found = engine.room(image, k=k, timings=timings)
+    timings.stages["total"] = round((time.perf_counter() - t0) * 1000.0, 2)
+    h, w = image.shape[:2]
+    objects = [{"box": list(o.box), "label": o.label, "group": o.group, "confidence": round(o.confidence, 4), "sure": o.sure,
+                "results": [product_json(m) for m in o.matches]} for o in found.objects]
+    return jsonify(width=w, height=h, k=k, objects=objects, products=list(found.products), timings_ms=timings.stages)
 
 
 def _product_or_404(product_id: str):

@@ -37,7 +37,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from detectors.category_map import load_category_map
+from detectors.category_map import GROUPS_MAP, load_category_map, map_for_detector
 from detectors.open import open_detector
 from engine.config import ImageLimits, Preprocessing
 from engine.index.generations import resolve_serving_folder
@@ -138,6 +138,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SHOWROOM_STATE=None,
         SHOWROOM_DETECTOR=None,
         DEFAULT_K=12,
+        ROOM_K=6,
         MAX_K=100,
     )
     if test_config:
@@ -173,7 +174,9 @@ def _start_state(app: Flask) -> ServingState:
         # a .tflite runs directly on LiteRT (no torch in the server); SHOWROOM_DETECTOR_RUNTIME=ultralytics to force the other
         detector = open_detector(app.config["SHOWROOM_DETECTOR_WEIGHTS"], conf=Preprocessing().detector_confidence)
         _ = detector.class_names  # load now, not on the first request
-    classes = frozenset(load_category_map().classes)
+    # the classes whose missing boxes are filled in: the product groups for a detector of them, else the COCO map's
+    classes = frozenset((map_for_detector(detector.class_names, check=False) if detector is not None else load_category_map()).classes)
+    groups = load_category_map(GROUPS_MAP)
 
     def resolve() -> Path:
         if is_registered(str(index)):  # a registered version: re-resolved on every reload
@@ -185,7 +188,7 @@ def _start_state(app: Flask) -> ServingState:
         return resolve_serving_folder(index)
 
     def load(folder: Path, generation: int):
-        return load_from_folder(folder, detector, classes, generation)
+        return load_from_folder(folder, detector, classes, generation, groups)
 
     try:
         return ServingState.start(resolve, load, SharedGeneration.for_server(str(index)))

@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 
 from detectors.cache import DetectionCache
-from detectors.category_map import load_category_map
+from detectors.category_map import load_category_map, map_for_detector
 from detectors.yolo import YoloDetector, default_weights
 from engine.index.backends import BackendSpec
 from engine.index.scann_backend import ScannIndex, ScannParams
@@ -132,9 +132,11 @@ def _run(args: argparse.Namespace) -> int:
     model = resolve_model(args.model)
     catalog = load_catalog(args.catalog)
     open_detect = None
+    classes = load_category_map().classes
     if not args.no_detector:
-        open_detect = partial(cached_detect, args.detector_weights or default_weights(), load_preprocessing(model.path).detector_confidence,
-                              state_dir() / "cache" / "detections")
+        weights = args.detector_weights or default_weights()
+        open_detect = partial(cached_detect, weights, load_preprocessing(model.path).detector_confidence, state_dir() / "cache" / "detections")
+        classes = map_for_detector(YoloDetector(weights).class_names, check=False).classes  # the groups map for a detector of the product groups
     tuning = (TuningConfig(target_recall=args.target_recall, n_queries=args.tuning_queries, budget_s=args.tuning_budget, seed=args.seed)
               if args.target_recall > 0 else None)
     runner = (RayRunner(workers=args.workers, threads_per_worker=args.threads_per_worker, address=args.ray_address)
@@ -143,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     built: dict = {}
 
     def write(tmp: Path) -> None:
-        built.update(build_serving_folder(model.path, catalog, tmp, detect, backend, load_category_map().classes, tuning, runner, open_detect))
+        built.update(build_serving_folder(model.path, catalog, tmp, detect, backend, classes, tuning, runner, open_detect))
 
     generation = publish_generation(args.out, write, keep=args.keep)
     for name, index in built.items():

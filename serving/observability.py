@@ -37,7 +37,7 @@ from engine.search import Timings
 
 request_log = logging.getLogger("serving.requests")
 
-LIMITED_ENDPOINTS = frozenset({"api.search", "api.detect"})
+LIMITED_ENDPOINTS = frozenset({"api.search", "api.detect", "api.room"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SECURITY_HEADERS = {
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "

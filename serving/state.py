@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from detectors.category_map import CategoryMap, group_types, label_groups
 from engine.index.serving_folder import PRODUCTS, SCENES
 from engine.data.detection import Detector
 from engine.model.embedder import Embedder
@@ -58,14 +59,18 @@ def request_loaded() -> Loaded:
 
 
 def load_from_folder(folder: Path, detector: Detector | None = None, classes: frozenset[str] | None = None,
-                     generation: int = 1) -> Loaded:
-    """Load ``folder/model.keras`` (with its preprocessing) and the verified indexes built with it."""
+                     generation: int = 1, groups: CategoryMap | None = None) -> Loaded:
+    """Load ``folder/model.keras`` (with its preprocessing) and the verified indexes built with it;
+    ``groups`` (the product-groups map) says which detector classes are objects of a room and which
+    catalog types each group searches."""
     folder = Path(folder)
     embedder = Embedder.load(folder / MODEL_FILE)
     fp = embedder.fingerprint
     products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp)
     scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp) if (folder / SCENES).exists() else None
-    engine = SearchEngine(embedder, products, scenes, detector, classes)
+    engine = SearchEngine(embedder, products, scenes, detector, classes,
+                          label_groups=label_groups(detector.class_names, groups) if detector is not None and groups is not None else {},
+                          group_types=group_types(groups, products.types) if groups is not None else {})
     logger.info("%s: warmed up in %.2f s", folder, engine.warm_up())  # before it serves (or is published)
     return Loaded(engine, fp, str(folder), generation)
 

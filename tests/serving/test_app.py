@@ -264,3 +264,49 @@ def test_a_real_fit_run_is_found_where_fit_saves_it(trained_run):
 
     found = {t.run_id: t.folder for t in trained_indexes(state_dir())}
     assert trained_run.run_id in found and (found[trained_run.run_id] / "model.keras").is_file()
+
+
+# --- shop this room, and a tap on the photo -------------------------------------------------------
+
+def test_room_lists_every_object_with_its_group_and_matches_within_it(client, tiny_catalog: Path):
+    catalog = load_catalog(tiny_catalog)
+    r = upload(client, "/api/room", catalog.scenes[0].image.read_bytes(), k="3")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    w, h = body["width"], body["height"]
+    # the fake detector's two boxes: a chair (seating) in the middle, a couch (sofa) top left; both sure
+    assert [(o["label"], o["group"], o["sure"]) for o in body["objects"]] == [("chair", "seating", True), ("couch", "sofa", True)]
+    assert body["objects"][0]["box"] == [w // 4, h // 4, 3 * w // 4, 3 * h // 4]
+    types = catalog.types
+    for o, group_type in zip(body["objects"], ("Chair", "Sofa")):
+        assert len(o["results"]) == 3 and {types[x["product_id"]] for x in o["results"]} == {group_type}  # searched within the group
+    firsts = [o["results"][0]["product_id"] for o in body["objects"]]
+    assert body["products"][:2] == firsts and len(body["products"]) == len(set(body["products"])) == 6
+    assert {"decode", "detect", "embed", "search", "total"} <= set(body["timings_ms"])
+
+
+def test_room_refuses_bad_input_like_search(client):
+    assert upload(client, "/api/room").status_code == 400
+    assert upload(client, "/api/room", jpeg(), k="0").status_code == 400
+    assert upload(client, "/api/room", b"not a photo").status_code == 400
+
+
+def test_a_tap_searches_the_smallest_object_under_it_else_a_square_around_it(client):
+    # 160 x 120: the chair box is (40, 30, 120, 90), the couch box (0, 0, 53, 40)
+    r = upload(client, "/api/search", jpeg(), point="60,60", k="4")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["box"] == [40, 30, 120, 90] and body["label"] == "chair" and body["group"] == "seating" and len(body["results"]) == 4
+    body = upload(client, "/api/search", jpeg(), point="10,10").get_json()
+    assert body["box"] == [0, 0, 53, 40] and body["label"] == "couch"
+    body = upload(client, "/api/search", jpeg(), point="45,35").get_json()
+    assert body["label"] == "couch"  # inside both: the smaller one
+    body = upload(client, "/api/search", jpeg(), point="150,110").get_json()
+    assert body["box"] == [120, 80, 160, 120] and body["label"] == ""  # nothing there: a square of a third of 120, kept in the photo
+
+
+@pytest.mark.parametrize("point,status", [("1,2,3", 400), ("x,y", 400), ("nan,3", 400), ("200,10", 422), ("-1,5", 422)])
+def test_bad_points(client, point, status):
+    r = upload(client, "/api/search", jpeg(), point=point)
+    assert r.status_code == status and "point" in r.get_json()["error"]
+    assert upload(client, "/api/search", jpeg(), point="5,5", box="1,1,50,50").status_code == 400
