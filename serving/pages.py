@@ -52,8 +52,7 @@ def _example_scenes(n: int = EXAMPLES) -> list[dict]:
 def index():
     engine = current_engine()
     return render_template("index.html", types=engine.products.types, examples=_example_scenes(),
-                           min_confidence=engine.embedder.preprocessing.min_confidence,
-                           classes=sorted(engine.classes or ()))
+                           min_confidence=engine.embedder.preprocessing.min_confidence)
 
 
 @bp.get("/products/<product_id>")

@@ -1,4 +1,5 @@
-// Showroom upload page: photo -> detected objects outlined -> pick one (or draw a box) -> matching products.
+// Showroom upload page: photo -> every object in the room outlined (the less sure ones dashed) -> pick one,
+// tap anywhere, or draw a box -> matching products; "Shop this room" lists every object with its matches.
 // No framework: fetch + canvas. Every box is kept in the coordinates of the upright image the server
 // decoded (its `width` x `height`), and only scaled to the canvas when drawn.
 "use strict";
@@ -11,18 +12,18 @@
   const MAX_UPLOAD_BYTES = 8 * 1024 * 1024;  // larger photos are re-encoded smaller before upload
   const MAX_UPLOAD_PIXELS = 16e6;
   const RESIZE_LONG_SIDE = 2560;
-  const MAX_BOXES = 8;
+  const MAX_BOXES = 24;
+  const ROOM_K = 4;  // matches per object in the room list
   const K = 12;
   const minConfidence = parseFloat(app.dataset.minConfidence) || 0.25;
   // The catalog's types, from the page's <datalist> (the browser's own suggestions without this
   // script); the searchable list below replaces those suggestions.
   const allTypes = Array.from(document.querySelectorAll("#type-list option"), (o) => o.value);
-  const catalogClasses = new Set(JSON.parse(($("classes-data") || {}).textContent || "[]"));  // what the catalog sells
 
   const drop = $("drop"), stage = $("stage"), canvas = $("canvas"), wrap = $("canvas-wrap");
   const busy = $("photo-busy"), busyText = $("photo-busy-text"), statusEl = $("status");
   const objectsEl = $("objects");
-  const drawBtn = $("draw"), results = $("results"), resultsTitle = $("results-title"), resultsMeta = $("results-meta");
+  const drawBtn = $("draw"), roomBtn = $("room"), results = $("results"), resultsTitle = $("results-title"), resultsMeta = $("results-meta");
   const typeInput = $("type-input"), typeList = $("type-options"), chips = $("type-chips");
   typeInput.removeAttribute("list");
   const fileInputs = [$("file"), $("camera"), $("again")];
@@ -32,12 +33,16 @@
     upload: null,        // the Blob sent to the server
     bitmap: null,        // the upright photo as the browser decoded it
     width: 0, height: 0, // the upright image size, in the server's pixels once it has answered
-    boxes: [],           // [{box, label, confidence}] shown on the photo
+    boxes: [],           // [{box, label, group, confidence, sure, results}] shown on the photo
+    room: null,          // the /api/room answer: every object with its matches, the room's list
     selected: null,      // the box searched for: [x1, y1, x2, y2] in image pixels
     selectedLabel: "",
     hover: -1,
     drag: null,          // {start: [x, y], box} while drawing
     drawMode: false,
+    point: null,         // a tap to search: [x, y] in image pixels, until the server answers with its region
+    tapped: false,       // the selected region is the one proposed under a tap
+    roomView: false,     // the results pane shows the whole room
     types: [],           // chosen type filter
     lastResults: [],
     busy: false,
@@ -62,6 +67,7 @@
     wrap.classList.toggle("is-busy", on);
     for (const input of fileInputs) if (input) { input.disabled = on; input.parentElement.classList.toggle("disabled", on); }
     drawBtn.disabled = on;
+    roomBtn.disabled = on || !(state.room && state.room.objects.length);
     const filterOff = on && phase !== "search";
     typeInput.disabled = filterOff;
     for (const b of chips.querySelectorAll("button")) b.disabled = filterOff;
@@ -103,7 +109,8 @@
     if (file.type && !file.type.startsWith("image/")) { setStatus("That is not a photo: choose an image file.", "error"); return; }
     const token = ++state.token;
     if (state.search) state.search.abort();
-    Object.assign(state, { boxes: [], selected: null, selectedLabel: "", hover: -1, drag: null, lastResults: [] });
+    Object.assign(state, { boxes: [], room: null, selected: null, selectedLabel: "", hover: -1, drag: null, lastResults: [] });
+    setRoomView(false);
     objectsEl.replaceChildren();
     drop.hidden = true; stage.hidden = false;
     clearResults();
@@ -119,13 +126,14 @@
     layout();
     state.upload = await forUpload(file, bitmap);
     setBusy(true, "Detecting objects…");
-    setStatus("Looking for furniture and decor in your photo…");
+    setStatus("Looking for everything in your photo…");
     showSkeletons("Finding the objects in your photo…");
     try {
-      const data = await post("/api/detect", {});
+      const data = await post("/api/room", { k: String(ROOM_K) });
       if (token !== state.token) return;
       adoptSize(data.width, data.height);
-      state.boxes = pickBoxes(data.detections);
+      state.room = data;
+      state.boxes = pickBoxes(data.objects);
       renderObjects();
       setBusy(false);
       layout();
@@ -135,8 +143,9 @@
         setDrawMode(true);
         return;
       }
-      const n = state.boxes.length;
-      setStatus(`${n} object${n === 1 ? "" : "s"} found. Tap another one, or drag a box around anything.`);
+      const n = state.boxes.length, unsure = state.boxes.filter((d) => !d.sure).length;
+      setStatus(`${n} object${n === 1 ? "" : "s"} found${unsure ? ` (${unsure} less sure, dashed)` : ""}. ` +
+                "Tap one, tap anywhere else, or drag a box; \u201cShop this room\u201d lists them all.");
       const best = bestBox(state.boxes);
       select(best.box, best.label);
     } catch (e) {
@@ -158,13 +167,12 @@
     state.width = w; state.height = h;
   }
 
-  // Boxes worth showing: objects of classes the catalog sells (others only when there are none),
-  // confident ones first, without near-copies of a stronger box, at most MAX_BOXES.
-  function pickBoxes(dets) {
-    const sorted = [...dets].sort((a, b) => b.confidence - a.confidence);
-    const sells = catalogClasses.size ? sorted.filter((d) => catalogClasses.has(d.label)) : sorted;
-    const pool = [sells.filter((d) => d.confidence >= minConfidence), sells.slice(0, 3),
-                  sorted.filter((d) => d.confidence >= minConfidence), sorted.slice(0, 3)].find((p) => p.length) || [];
+  // Boxes worth showing: every object the engine proposes (each of a product group the catalog
+  // sells), sure ones first, without near-copies of a stronger box, at most MAX_BOXES.
+  function pickBoxes(objects) {
+    const sure = (d) => (d.sure === undefined ? d.confidence >= minConfidence : d.sure);
+    const pool = [...objects].map((d) => ({ ...d, sure: sure(d) }))
+      .sort((a, b) => (b.sure - a.sure) || (b.confidence - a.confidence));
     const kept = [];
     for (const d of pool) {
       if (kept.some((k) => iou(k.box, d.box) > 0.7 || (k.label === d.label && inside(d.box, k.box) > 0.8))) continue;
@@ -187,9 +195,9 @@
     return inter / (area(a) + area(b) - inter || 1);
   }
 
-  // The object a shopper most likely means: confident and large.
+  // The object a shopper most likely means: sure, confident and large.
   function bestBox(boxes) {
-    const score = (d) => d.confidence * Math.sqrt((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]));
+    const score = (d) => (d.sure ? 1 : 0.25) * d.confidence * Math.sqrt((d.box[2] - d.box[0]) * (d.box[3] - d.box[1]));
     return boxes.reduce((a, b) => (score(b) > score(a) ? b : a));
   }
 
@@ -214,7 +222,7 @@
     draw();
   }
 
-  const COLORS = { box: "#3ddc97", hover: "#ffd166", selected: "#ff5a5f", drag: "#ffd166" };
+  const COLORS = { box: "#3ddc97", unsure: "#9ecbff", hover: "#ffd166", selected: "#ff5a5f", drag: "#ffd166" };
 
   function draw() {
     if (!state.bitmap) return;
@@ -232,20 +240,24 @@
       ctx.fill("evenodd");
     }
     const placed = [];
-    state.boxes.forEach((d, i) => {
+    const colorOf = (d, i, isSel) => (isSel ? COLORS.selected : i === state.hover ? COLORS.hover : d.sure ? COLORS.box : COLORS.unsure);
+    // Less sure objects first and dashed, so sure ones are drawn over them.
+    const order = state.boxes.map((d, i) => i).sort((a, b) => state.boxes[a].sure - state.boxes[b].sure);
+    for (const i of order) {
+      const d = state.boxes[i];
       const isSel = !state.drag && state.selected && sameBox(state.selected, d.box);
-      const color = isSel ? COLORS.selected : i === state.hover ? COLORS.hover : COLORS.box;
-      outline(d.box, color, isSel ? 3 : 2);
-    });
-    // Labels after all outlines, so no outline crosses a label.
-    state.boxes.forEach((d, i) => {
+      outline(d.box, colorOf(d, i, isSel), isSel ? 3 : d.sure ? 2 : 1.5, !d.sure && !isSel);
+    }
+    // Labels after all outlines, so no outline crosses a label; sure objects' labels get the first places.
+    for (const i of [...order].reverse()) {
+      const d = state.boxes[i];
       const isSel = !state.drag && state.selected && sameBox(state.selected, d.box);
-      label(d.box, pretty(d.label), isSel ? COLORS.selected : i === state.hover ? COLORS.hover : COLORS.box, placed);
-    });
+      label(d.box, labelText(d), colorOf(d, i, isSel), placed);
+    }
     if (state.drag) outline(state.drag.box, COLORS.drag, 2.5, true);
     else if (state.selected && !state.boxes.some((d) => sameBox(d.box, state.selected))) {
       outline(state.selected, COLORS.selected, 3);
-      label(state.selected, "Your box", COLORS.selected, placed);
+      label(state.selected, state.selectedLabel ? pretty(state.selectedLabel) : state.tapped ? "Tapped area" : "Your box", COLORS.selected, placed);
     }
     // Where the labels are, in CSS pixels of the canvas (for tests and tools; not used here).
     canvas.dataset.labels = JSON.stringify(placed.map((p) => ({ text: p.text, x: p.x / dpr, y: p.y / dpr, w: p.w / dpr, h: p.h / dpr })));
@@ -302,6 +314,7 @@
   }
 
   const pretty = (label) => (label ? label[0].toUpperCase() + label.slice(1) : "Object");
+  const labelText = (d) => pretty(d.label) + (d.sure ? "" : "?");  // a less sure object: "Lamp?"
   const sameBox = (a, b) => a && b && a.every((v, i) => Math.abs(v - b[i]) < 0.5);
 
   // ---------- picking and drawing boxes ----------
@@ -356,9 +369,10 @@
       return;
     }
     if (ev.type === "pointercancel") { draw(); return; }
-    const hit = hitTest(toImage(ev));
+    const p = toImage(ev);
+    const hit = hitTest(p);
     if (hit >= 0) select(state.boxes[hit].box, state.boxes[hit].label);
-    else draw();
+    else searchAt(p);  // a tap or click on no box: the region the engine proposes under it
   };
   canvas.addEventListener("pointerup", endDrag);
   canvas.addEventListener("pointercancel", endDrag);
@@ -373,8 +387,9 @@
       seen[d.label] = (seen[d.label] || 0) + 1;
       const li = document.createElement("li");
       const b = document.createElement("button");
-      b.type = "button"; b.className = "object-chip"; b.dataset.index = String(i);
-      b.textContent = pretty(d.label) + (count[d.label] > 1 ? ` ${seen[d.label]}` : "");
+      b.type = "button"; b.className = "object-chip" + (d.sure ? "" : " unsure"); b.dataset.index = String(i);
+      b.textContent = pretty(d.label) + (count[d.label] > 1 ? ` ${seen[d.label]}` : "") + (d.sure ? "" : "?");
+      if (!d.sure) b.title = "Less sure: the detector is not certain this is a " + d.label;
       b.addEventListener("click", () => { if (!state.busy) select(d.box, d.label); });
       b.addEventListener("mouseenter", () => { state.hover = i; draw(); });
       b.addEventListener("mouseleave", () => { state.hover = -1; draw(); });
@@ -399,9 +414,11 @@
   }
   drawBtn.addEventListener("click", () => setDrawMode(!state.drawMode));
 
-  function select(box, labelText) {
+  function select(box, text) {
+    state.tapped = false;
     state.selected = box.map((v) => Math.round(v));
-    state.selectedLabel = labelText;
+    state.selectedLabel = text;
+    setRoomView(false);
     draw();
     search();
   }
@@ -427,19 +444,25 @@
   }
 
   async function search() {
-    if (!state.selected || !state.upload) return;
+    if ((!state.selected && !state.point) || !state.upload) return;
     if (state.search) state.search.abort();
     const controller = new AbortController();
     state.search = controller;
     const token = state.token;
     showSkeletons();
     setBusy(true, "Searching the catalog…", "search");
-    setStatus(`Searching for products like ${state.selectedLabel ? "the " + state.selectedLabel : "your box"}…`);
-    const fields = { box: state.selected.join(","), k: String(K), detect: "0" };
+    setStatus(`Searching for products like ${state.point ? "what you tapped" : state.selectedLabel ? "the " + state.selectedLabel : "your box"}…`);
+    const fields = state.point ? { point: state.point.join(","), k: String(K) } : { box: state.selected.join(","), k: String(K), detect: "0" };
+    state.point = null;
     if (state.types.length) fields.types = state.types.join("|");
     try {
       const data = await post("/api/search", fields, controller.signal);
       if (token !== state.token || controller !== state.search) return;
+      if (fields.point) {  // the region the engine chose under the tap
+        state.selected = data.box;
+        state.selectedLabel = data.label || "";
+        draw();
+      }
       showResults(data);
       const what = state.selectedLabel ? `the ${state.selectedLabel}` : "your box";
       setStatus(`Showing products like ${what}. Tap another object, or drag a box around anything.`);
@@ -451,6 +474,63 @@
       if (controller === state.search) { state.search = null; setBusy(false); }
     }
   }
+
+  // A tap or click where no box is: the server proposes the region under the point and searches it.
+  function searchAt(p) {
+    if (!state.upload) return;
+    state.point = [Math.min(Math.round(p[0]), state.width - 1), Math.min(Math.round(p[1]), state.height - 1)];
+    state.tapped = true;
+    state.selected = null;
+    state.selectedLabel = "";
+    setRoomView(false);
+    draw();
+    search();
+  }
+
+  // ---------- shop this room: every object with its best matches ----------
+  function setRoomView(on) {
+    state.roomView = on;
+    roomBtn.setAttribute("aria-pressed", on ? "true" : "false");
+  }
+
+  function showRoom() {
+    if (!state.room) return;
+    if (state.search) state.search.abort();
+    setRoomView(true);
+    state.selected = null;
+    draw();
+    results.replaceChildren();
+    results.classList.remove("is-loading");
+    results.removeAttribute("aria-busy");
+    const shown = state.boxes.filter((d) => d.results && d.results.length);
+    resultsTitle.textContent = "In this room";
+    const unsure = shown.filter((d) => !d.sure).length;
+    resultsMeta.textContent = `${shown.length} object${shown.length === 1 ? "" : "s"}` + (unsure ? ` · ${unsure} less sure` : "") +
+      ` · ${state.room.products.length} products`;
+    const list = document.createElement("div");
+    list.className = "room-list";
+    for (const d of shown) {
+      const section = document.createElement("section");
+      section.className = "room-object" + (d.sure ? "" : " unsure");
+      const head = document.createElement("button");
+      head.type = "button"; head.className = "room-pick";
+      head.textContent = pretty(d.label);
+      if (!d.sure) { const tag = document.createElement("span"); tag.className = "maybe"; tag.textContent = "less sure"; head.append(tag); }
+      const more = document.createElement("span"); more.className = "room-more"; more.textContent = "See all";
+      head.append(more);
+      head.addEventListener("click", () => { if (!state.busy) select(d.box, d.label); });
+      head.addEventListener("mouseenter", () => { state.hover = state.boxes.indexOf(d); draw(); });
+      head.addEventListener("mouseleave", () => { state.hover = -1; draw(); });
+      const row = document.createElement("div");
+      row.className = "room-row";
+      for (const r of d.results.slice(0, ROOM_K)) row.append(card(r));
+      section.append(head, row);
+      list.append(section);
+    }
+    results.append(list);
+    setStatus("Every object in your photo with its closest products. Tap an object for more.");
+  }
+  roomBtn.addEventListener("click", () => { if (!state.busy) showRoom(); });
 
   function clearResults() {
     results.replaceChildren();

@@ -20,14 +20,16 @@ from engine.model.network import build_embedder
 
 
 class BoxDetector:
-    """Fake detector: one fixed 'chair' box in the middle of any image."""
+    """Fake detector: a 'chair' in the middle of any image, a 'couch' top left, and a 'potted plant'
+    top right below the confidence a box needs (the fill-in of its class: a less sure object)."""
 
-    class_names = ("chair", "couch")
-    fingerprint = "fake-box:1"
+    class_names = ("chair", "couch", "potted plant")
+    fingerprint = "fake-box:2"
 
     def detect(self, image):
         h, w = image.shape[:2]
-        return [Detection((w // 4, h // 4, 3 * w // 4, 3 * h // 4), "chair", 0.9), Detection((0, 0, w // 3, h // 3), "couch", 0.5)]
+        return [Detection((w // 4, h // 4, 3 * w // 4, 3 * h // 4), "chair", 0.9), Detection((0, 0, w // 3, h // 3), "couch", 0.5),
+                Detection((4 * w // 5, h // 20, 19 * w // 20, 3 * h // 10), "potted plant", 0.1)]
 
 
 @pytest.fixture(scope="session")

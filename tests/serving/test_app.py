@@ -274,14 +274,16 @@ def test_room_lists_every_object_with_its_group_and_matches_within_it(client, ti
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     w, h = body["width"], body["height"]
-    # the fake detector's two boxes: a chair (seating) in the middle, a couch (sofa) top left; both sure
-    assert [(o["label"], o["group"], o["sure"]) for o in body["objects"]] == [("chair", "seating", True), ("couch", "sofa", True)]
+    # the fake detector's boxes: a chair (seating) in the middle and a couch (sofa) top left, both sure; a potted
+    # plant (vase group) below the confidence a box needs, proposed as its class's fill-in: less sure
+    assert [(o["label"], o["group"], o["sure"]) for o in body["objects"]] == [
+        ("chair", "seating", True), ("couch", "sofa", True), ("potted plant", "vase", False)]
     assert body["objects"][0]["box"] == [w // 4, h // 4, 3 * w // 4, 3 * h // 4]
     types = catalog.types
-    for o, group_type in zip(body["objects"], ("Chair", "Sofa")):
+    for o, group_type in zip(body["objects"], ("Chair", "Sofa", "Vase")):
         assert len(o["results"]) == 3 and {types[x["product_id"]] for x in o["results"]} == {group_type}  # searched within the group
     firsts = [o["results"][0]["product_id"] for o in body["objects"]]
-    assert body["products"][:2] == firsts and len(body["products"]) == len(set(body["products"])) == 6
+    assert body["products"][:3] == firsts and len(body["products"]) == len(set(body["products"])) == 9
     assert {"decode", "detect", "embed", "search", "total"} <= set(body["timings_ms"])
 
 
@@ -301,6 +303,8 @@ def test_a_tap_searches_the_smallest_object_under_it_else_a_square_around_it(cli
     assert body["box"] == [0, 0, 53, 40] and body["label"] == "couch"
     body = upload(client, "/api/search", jpeg(), point="45,35").get_json()
     assert body["label"] == "couch"  # inside both: the smaller one
+    body = upload(client, "/api/search", jpeg(), point="150,20").get_json()
+    assert body["box"] == [128, 6, 152, 36] and body["label"] == "potted plant" and body["group"] == "vase"  # a less sure object
     body = upload(client, "/api/search", jpeg(), point="150,110").get_json()
     assert body["box"] == [120, 80, 160, 120] and body["label"] == ""  # nothing there: a square of a third of 120, kept in the photo
 

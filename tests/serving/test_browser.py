@@ -1,6 +1,7 @@
-"""A real browser: headless Chromium at laptop and phone sizes uploads a photo, sees the detected
-objects labelled, picks one or draws a box, filters by type, opens a product page; a sideways-stored
-phone JPEG (EXIF orientation 6) is shown upright and a box drawn on it is accepted."""
+"""A real browser: headless Chromium at laptop and phone sizes uploads a photo, sees every object
+labelled (the less sure one dashed, "Potted plant?"), picks one, taps where no box is, or draws a
+box, lists the whole room ("Shop this room"), filters by type, opens a product page; a
+sideways-stored phone JPEG (EXIF orientation 6) is shown upright and a box drawn on it is accepted."""
 
 from __future__ import annotations
 
@@ -65,8 +66,8 @@ def open_page(browser, **context):
 
 
 def upload(page, path: Path) -> dict:
-    """Choose ``path`` in the photo picker; the detector's answer once the first results are shown."""
-    with page.expect_response("**/api/detect") as detected:
+    """Choose ``path`` in the photo picker; the room's answer once the first results are shown."""
+    with page.expect_response("**/api/room") as detected:
         page.set_input_files("#file", str(path))
     page.wait_for_selector(SETTLED)
     return detected.value.json()
@@ -101,9 +102,10 @@ def test_desktop_labels_pick_results_in_view_filter_and_product_page(browser, li
     detected = upload(page, scene)
     w, h = detected["width"], detected["height"]
     # The detected objects are labelled on the photo: dark chips with white text, inside the canvas.
-    assert page.locator("#objects .object-chip").all_inner_texts() == ["Chair", "Couch"]
+    assert page.locator("#objects .object-chip").all_inner_texts() == ["Chair", "Couch", "Potted plant?"]
+    assert page.locator("#objects .object-chip.unsure").count() == 1  # the fill-in: shown, marked less sure
     labels = json.loads(page.get_attribute("#canvas", "data-labels"))
-    assert {lb["text"] for lb in labels} == {"Chair", "Couch"}
+    assert {lb["text"] for lb in labels} == {"Chair", "Couch", "Potted plant?"}
     box = page.locator("#canvas").bounding_box()
     for lb in labels:
         assert lb["x"] >= 0 and lb["y"] >= 0 and lb["x"] + lb["w"] <= box["width"] + 0.5 and lb["y"] + lb["h"] <= box["height"] + 0.5
@@ -150,6 +152,19 @@ def test_desktop_labels_pick_results_in_view_filter_and_product_page(browser, li
     search_after(page, lambda: page.click("#type-chips .chip"))
     assert cards.count() == 12
 
+    # Shop this room: one tap lists every object with its closest products (no new request), each
+    # object opens its own results.
+    page.click("#room")
+    assert page.get_attribute("#room", "aria-pressed") == "true" and page.inner_text("#results-title") == "In this room"
+    sections = page.locator("#results .room-object")
+    assert sections.count() == 3 and page.locator("#results .room-object.unsure").count() == 1
+    # up to 4 matches each, searched within the object's group: the tiny catalog holds 3 products of a type
+    assert [s.count() for s in (sections.nth(i).locator(".result") for i in range(3))] == [3, 3, 3]
+    assert "less sure" in sections.nth(2).inner_text()
+    page.screenshot(path=str(tmp_path / "desktop-room.png"))
+    search_after(page, lambda: sections.nth(2).locator(".room-pick").click())
+    assert "potted plant" in page.inner_text("#results-title") and cards.count() == 12
+
     # A result opens its product page: the catalog's fields and the scenes it is used in.
     cards.first.click()
     page.wait_for_selector("#product-name")
@@ -187,6 +202,11 @@ def test_phone_take_or_choose_a_photo_tap_an_object_and_see_results(browser, liv
     body = search_after(page, lambda: page.touchscreen.tap(*image_point(page, 0.1, 0.12)))
     assert body["box"] == [0, 0, w // 3, h // 3]
     assert "% match" in cards.first.inner_text()
+    # A tap where no object is outlined searches the region the engine proposes there.
+    page.locator("#canvas").scroll_into_view_if_needed()  # the results scrolled into view on a phone
+    body = search_after(page, lambda: page.touchscreen.tap(*image_point(page, 0.9, 0.9)))
+    assert body["label"] == "" and body["box"][2] > 0.8 * w and body["box"][3] > 0.8 * h
+    assert page.inner_text("#results-title") == "Products like your box" and cards.count() == 12
     # On a touch screen a box is drawn in "Draw a box" mode (otherwise a drag scrolls the page).
     page.click("#draw")
     assert page.get_attribute("#draw", "aria-pressed") == "true"
@@ -204,7 +224,7 @@ def test_phone_take_or_choose_a_photo_tap_an_object_and_see_results(browser, liv
     assert page.get_attribute("#draw", "aria-pressed") == "false"
     # Without a photo at hand: one of the catalog's room photos.
     page.goto(page.url)
-    with page.expect_response("**/api/detect"):
+    with page.expect_response("**/api/room"):
         page.locator(".example").first.click()
     page.wait_for_selector(SETTLED)
     assert cards.count() == 12
