@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import threading
 import zipfile
@@ -24,6 +25,18 @@ from engine.config import DEFAULT_MIN_CONFIDENCE
 from engine.data.detection import Detection, DetectorError
 
 
+def _parse_metadata(text: str) -> dict | None:
+    """Ultralytics' zipped metadata: JSON (``metadata.json``, Ultralytics 8.4) or a Python dict literal (older exports)."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            meta = parse(text)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(meta, dict):
+            return meta
+    return None
+
+
 def read_class_names(path: Path) -> tuple[str, ...]:
     """Class names of an Ultralytics export: the metadata it zips into the ``.tflite``, else a
     sibling ``<stem without _int8/_float32>_metadata.yaml``."""
@@ -33,8 +46,8 @@ def read_class_names(path: Path) -> tuple[str, ...]:
             names = zf.namelist()
             if names:
                 try:
-                    meta = ast.literal_eval(zf.read(names[0]).decode("utf-8"))
-                except (ValueError, SyntaxError, UnicodeDecodeError):
+                    meta = _parse_metadata(zf.read(names[0]).decode("utf-8"))
+                except UnicodeDecodeError:
                     meta = None
     if meta is None:
         for stem in (path.stem, path.stem.rsplit("_", 1)[0]):

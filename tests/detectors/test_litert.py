@@ -12,6 +12,18 @@ from engine.data.detection import DetectorError
 from engine.data.images import load_image
 
 
+def test_names_from_ultralytics_84_json_metadata(tmp_path: Path):
+    """Ultralytics 8.4 zips ``metadata.json`` (JSON: true/false/null) onto the flatbuffer; older exports a dict literal."""
+    import json
+    import zipfile
+
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"flatbuffer bytes")
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("metadata.json", json.dumps({"end2end": False, "args": {"nms": None}, "names": {"0": "lamp", "1": "rug"}}))
+    assert read_class_names(path) == ("lamp", "rug")
+
+
 def test_names_and_errors(yolo_weights: Path, tmp_path: Path):
     names = read_class_names(yolo_weights)
     assert len(names) == 80 and names[56] == "chair"
