@@ -1,6 +1,7 @@
-"""Ultralytics YOLO behind the ``Detector`` protocol; the only module that imports ``ultralytics``/torch.
+"""Ultralytics YOLO behind the ``Detector`` protocol, and the Ultralytics side of recovering YOLOv8
+weights (building a model, writing a checkpoint); the only module that imports ``ultralytics``.
 
-Results are converted to ``Detection`` at once: no torch object leaves this module.
+Results are converted to ``Detection`` at once: no torch object leaves ``detectors/``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +29,8 @@ WEIGHTS_ENV = "SHOWROOM_DETECTOR_WEIGHTS"
 def default_weights() -> str:
     """``$SHOWROOM_DETECTOR_WEIGHTS`` (e.g. an offline copy) or ``yolo11n.pt`` (downloaded by Ultralytics)."""
     return os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
+
+
 SUFFIXES = (".pt", ".onnx", ".tflite")
 
 
@@ -42,6 +48,48 @@ def _configure_ultralytics() -> None:
     original = getattr(patches, "_image_open", None)
     if original is not None and PIL.Image.open is not original:
         PIL.Image.open = original
+
+
+def build_detection_model(cfg: str, names: Sequence[str]) -> Any:
+    """An untrained Ultralytics ``DetectionModel`` (float32, torch) from a model yaml that ships inside
+    Ultralytics (``yolov8n.yaml``: no download), with ``len(names)`` classes called ``names``."""
+    _configure_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(cfg, nc=len(names), verbose=False)
+    model.names = {i: str(n) for i, n in enumerate(names)}
+    return model
+
+
+def save_checkpoint(model: Any, path: str | Path, *, imgsz: int) -> Path:
+    """Write ``model`` (a ``DetectionModel``, unfused) as an Ultralytics checkpoint: ``YOLO(path)``
+    predicts with it and ``YOLO(path).train(data=...)`` fine-tunes it (for a new class count the
+    matching tensors transfer). Float32, no optimizer state; ``imgsz`` is recorded as its train size."""
+    _configure_ultralytics()
+    from ultralytics import __version__
+    from ultralytics.utils.patches import torch_save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.args = {"task": "detect", "imgsz": imgsz}
+    checkpoint = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": __version__,
+        "license": "AGPL-3.0 (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": model.float().eval(),
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": {"task": "detect", "imgsz": imgsz},
+        "train_metrics": None,
+        "train_results": None,
+    }
+    torch_save(checkpoint, path)
+    logger.info("wrote %s (%d classes, imgsz %d)", path, len(model.names), imgsz)
+    return path
 
 
 class YoloDetector:
