@@ -36,20 +36,45 @@ def default_weights() -> str:
 SUFFIXES = (".pt", ".onnx", ".tflite")
 
 
+# Ultralytics training arguments that keep a CPU run offline: no plots (they fetch Arial.ttf from
+# GitHub) and no AMP check (it downloads a yolo11n.pt; AMP is off on CPU anyway).
+OFFLINE_TRAIN_ARGS = {"plots": False, "amp": False, "device": "cpu"}
+
+
+def _local_font(font: str = "Arial.ttf") -> Path | None:
+    """Ultralytics' ``check_font`` without its download: the font from its config folder or matplotlib's
+    list, else None (its dataset check only warms the font up for plots)."""
+    from matplotlib import font_manager
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    name = Path(font).name
+    if (USER_CONFIG_DIR / name).exists():
+        return USER_CONFIG_DIR / name
+    return next((Path(f.fname) for f in font_manager.fontManager.ttflist if font in f.fname and os.path.exists(f.fname)), None)
+
+
 def _configure_ultralytics() -> None:
-    """No analytics sync and no MLflow autologging from Ultralytics (it would hijack our runs)."""
+    """No analytics sync, MLflow autologging (it would hijack our runs) or Ray Tune reporting from
+    Ultralytics, and no network from a training run's dataset check."""
     import PIL.Image
     from ultralytics import settings
+    from ultralytics.data import utils as data_utils
     from ultralytics.utils import patches
 
-    if settings.get("sync") or settings.get("mlflow"):
-        settings.update({"sync": False, "mlflow": False})
+    # raytune: Ray is installed for the distributed runner; Ultralytics' Ray Tune callback would import it
+    # into every training run and look for a Tune session.
+    if settings.get("sync") or settings.get("mlflow") or settings.get("raytune"):
+        settings.update({"sync": False, "mlflow": False, "raytune": False})
     # Ultralytics replaces PIL.Image.open process-wide with a version that pip-installs a HEIF plugin
     # when Pillow cannot identify a file. We only pass decoded arrays to YOLO, so put Pillow's own
     # back: a bad catalog image must fail with our message, never trigger an install.
     original = getattr(patches, "_image_open", None)
     if original is not None and PIL.Image.open is not original:
         PIL.Image.open = original
+    # check_det_dataset asks GitHub for Arial.ttf when matplotlib has none (even with plots=False):
+    # a request that waits for its timeout offline. Look locally only.
+    if getattr(data_utils, "check_font", None) is not _local_font:
+        data_utils.check_font = _local_font
 
 
 def build_detection_model(cfg: str, names: Sequence[str]) -> Any:
