@@ -2,29 +2,39 @@
 
 Ultralytics runs the same file through its LiteRT path with one interpreter thread and its own
 pre/post-processing; here the interpreter uses ``num_threads`` (default: every core) and the
-letterbox, box decoding and class-aware NMS are done in numpy the way Ultralytics does them, so the
-boxes agree with ``YoloDetector`` on the same file (``tests/detectors/test_litert.py``).
+letterbox, box decoding and class-aware NMS are ``detectors.postprocess``'s numpy, done the way
+Ultralytics does them, so the boxes agree with ``YoloDetector`` on the same file
+(``tests/detectors/test_litert.py``).
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
 import threading
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import yaml
 
+from detectors.postprocess import decode, letterbox
 from engine.config import DEFAULT_MIN_CONFIDENCE
 from engine.data.detection import Detection, DetectorError
 
-LETTERBOX_FILL = 114
-MAX_WH = 7680  # class offset for class-aware NMS, as Ultralytics
-MAX_DET = 300
+
+def _parse_metadata(text: str) -> dict | None:
+    """Ultralytics' zipped metadata: JSON (``metadata.json``, Ultralytics 8.4) or a Python dict literal (older exports)."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            meta = parse(text)
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(meta, dict):
+            return meta
+    return None
 
 
 def read_class_names(path: Path) -> tuple[str, ...]:
@@ -36,8 +46,8 @@ def read_class_names(path: Path) -> tuple[str, ...]:
             names = zf.namelist()
             if names:
                 try:
-                    meta = ast.literal_eval(zf.read(names[0]).decode("utf-8"))
-                except (ValueError, SyntaxError, UnicodeDecodeError):
+                    meta = _parse_metadata(zf.read(names[0]).decode("utf-8"))
+                except UnicodeDecodeError:
                     meta = None
     if meta is None:
         for stem in (path.stem, path.stem.rsplit("_", 1)[0]):
@@ -49,38 +59,6 @@ def read_class_names(path: Path) -> tuple[str, ...]:
     if not names:
         raise DetectorError(f"{path}: no class names (neither metadata inside the file nor a *_metadata.yaml beside it)")
     return tuple(str(names[i]) for i in sorted(names, key=int))
-
-
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[int, int]]:
-    """Resize keeping aspect into ``size`` x ``size`` with grey padding, centred (Ultralytics' LetterBox);
-    returns the image, the scale and the (left, top) padding."""
-    h, w = image.shape[:2]
-    r = min(size / h, size / w)
-    nw, nh = int(round(w * r)), int(round(h * r))
-    if (nw, nh) != (w, h):
-        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    dw, dh = (size - nw) / 2, (size - nh) / 2
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(LETTERBOX_FILL,) * 3)
-    return out, r, (left, top)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy non-maximum suppression: indices kept, best score first. ``boxes`` float (N, 4) xyxy."""
-    order = np.argsort(-scores, kind="stable")
-    x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1) * (y2 - y1)
-    keep = []
-    while order.size:
-        i = order[0]
-        keep.append(i)
-        rest = order[1:]
-        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = w * h
-        order = rest[inter / (areas[i] + areas[rest] - inter + 1e-9) <= iou]
-    return np.asarray(keep, np.int64)
 
 
 class LiteRTDetector:
@@ -139,21 +117,5 @@ class LiteRTDetector:
         """Detections in ``uint8 (H, W, 3)`` RGB, highest confidence first; boxes clipped to the image."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
-        h, w = image.shape[:2]
-        y, scale, (left, top) = self.forward(image)
-        scores = y[4:]
-        cls = scores.argmax(0)
-        best = scores[cls, np.arange(scores.shape[1])]
-        keep = best > self.conf
-        if not keep.any():
-            return []
-        xywh, best, cls = y[:4, keep].T * self.imgsz, best[keep], cls[keep]
-        xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
-        kept = nms(xyxy + cls[:, None] * MAX_WH, best, self.iou)[:MAX_DET]
-        boxes = (xyxy[kept] - [left, top, left, top]) / scale
-        out = []
-        for (x1, y1, x2, y2), c, k in zip(boxes, best[kept], cls[kept]):
-            bx = (int(max(0, np.floor(x1))), int(max(0, np.floor(y1))), int(min(w, np.ceil(x2))), int(min(h, np.ceil(y2))))
-            if bx[2] > bx[0] and bx[3] > bx[1]:
-                out.append(Detection(bx, self._names[int(k)], float(c)))
-        return sorted(out, key=lambda d: -d.confidence)
+        y, scale, pad = self.forward(image)
+        return decode(y, box_scale=self.imgsz, scale=scale, pad=pad, image_hw=image.shape[:2], names=self._names, conf=self.conf, iou=self.iou)

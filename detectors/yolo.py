@@ -1,6 +1,8 @@
-"""Ultralytics YOLO behind the ``Detector`` protocol; the only module that imports ``ultralytics``/torch.
+"""Ultralytics YOLO behind the ``Detector`` protocol, and the Ultralytics side of recovering and
+exporting YOLOv8 weights (building a model, writing a checkpoint, reading one as a ``YoloGraph``);
+the only module that imports ``ultralytics``.
 
-Results are converted to ``Detection`` at once: no torch object leaves this module.
+Results are converted to ``Detection`` at once: no torch object leaves ``detectors/``.
 """
 
 from __future__ import annotations
@@ -9,10 +11,14 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from detectors.yolo_graph import C2f, SPPF, Concat, Conv, ConvLayer, Detect, Upsample, YoloGraph
 from engine.config import DEFAULT_MIN_CONFIDENCE
 from engine.data.detection import Detection, DetectorError
 
@@ -25,23 +31,172 @@ WEIGHTS_ENV = "SHOWROOM_DETECTOR_WEIGHTS"
 def default_weights() -> str:
     """``$SHOWROOM_DETECTOR_WEIGHTS`` (e.g. an offline copy) or ``yolo11n.pt`` (downloaded by Ultralytics)."""
     return os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
+
+
 SUFFIXES = (".pt", ".onnx", ".tflite")
 
 
+# Ultralytics training arguments that keep a CPU run offline: no plots (they fetch Arial.ttf from
+# GitHub) and no AMP check (it downloads a yolo11n.pt; AMP is off on CPU anyway).
+OFFLINE_TRAIN_ARGS = {"plots": False, "amp": False, "device": "cpu"}
+
+
+def _local_font(font: str = "Arial.ttf") -> Path | None:
+    """Ultralytics' ``check_font`` without its download: the font from its config folder or matplotlib's
+    list, else None (its dataset check only warms the font up for plots)."""
+    from matplotlib import font_manager
+    from ultralytics.utils import USER_CONFIG_DIR
+
+    name = Path(font).name
+    if (USER_CONFIG_DIR / name).exists():
+        return USER_CONFIG_DIR / name
+    return next((Path(f.fname) for f in font_manager.fontManager.ttflist if font in f.fname and os.path.exists(f.fname)), None)
+
+
 def _configure_ultralytics() -> None:
-    """No analytics sync and no MLflow autologging from Ultralytics (it would hijack our runs)."""
+    """No analytics sync, MLflow autologging (it would hijack our runs) or Ray Tune reporting from
+    Ultralytics, and no network from a training run's dataset check."""
     import PIL.Image
     from ultralytics import settings
+    from ultralytics.data import utils as data_utils
     from ultralytics.utils import patches
 
-    if settings.get("sync") or settings.get("mlflow"):
-        settings.update({"sync": False, "mlflow": False})
+    # raytune: Ray is installed for the distributed runner; Ultralytics' Ray Tune callback would import it
+    # into every training run and look for a Tune session.
+    if settings.get("sync") or settings.get("mlflow") or settings.get("raytune"):
+        settings.update({"sync": False, "mlflow": False, "raytune": False})
     # Ultralytics replaces PIL.Image.open process-wide with a version that pip-installs a HEIF plugin
     # when Pillow cannot identify a file. We only pass decoded arrays to YOLO, so put Pillow's own
     # back: a bad catalog image must fail with our message, never trigger an install.
     original = getattr(patches, "_image_open", None)
     if original is not None and PIL.Image.open is not original:
         PIL.Image.open = original
+    # check_det_dataset asks GitHub for Arial.ttf when matplotlib has none (even with plots=False):
+    # a request that waits for its timeout offline. Look locally only.
+    if getattr(data_utils, "check_font", None) is not _local_font:
+        data_utils.check_font = _local_font
+
+
+def build_detection_model(cfg: str, names: Sequence[str]) -> Any:
+    """An untrained Ultralytics ``DetectionModel`` (float32, torch) from a model yaml that ships inside
+    Ultralytics (``yolov8n.yaml``: no download), with ``len(names)`` classes called ``names``."""
+    _configure_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(cfg, nc=len(names), verbose=False)
+    model.names = {i: str(n) for i, n in enumerate(names)}
+    return model
+
+
+def save_checkpoint(model: Any, path: str | Path, *, imgsz: int) -> Path:
+    """Write ``model`` (a ``DetectionModel``, unfused) as an Ultralytics checkpoint: ``YOLO(path)``
+    predicts with it and ``YOLO(path).train(data=...)`` fine-tunes it (for a new class count the
+    matching tensors transfer). Float32, no optimizer state; ``imgsz`` is recorded as its train size."""
+    _configure_ultralytics()
+    from ultralytics import __version__
+    from ultralytics.utils.patches import torch_save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.args = {"task": "detect", "imgsz": imgsz}
+    checkpoint = {
+        "date": datetime.now().astimezone().isoformat(),
+        "version": __version__,
+        "license": "AGPL-3.0 (https://ultralytics.com/license)",
+        "docs": "https://docs.ultralytics.com",
+        "epoch": -1,
+        "best_fitness": None,
+        "model": model.float().eval(),
+        "ema": None,
+        "updates": None,
+        "optimizer": None,
+        "train_args": {"task": "detect", "imgsz": imgsz},
+        "train_metrics": None,
+        "train_results": None,
+    }
+    torch_save(checkpoint, path)
+    logger.info("wrote %s (%d classes, imgsz %d)", path, len(model.names), imgsz)
+    return path
+
+
+def _fold(module: Any) -> Conv:
+    """A ``Conv`` module (conv + BatchNorm + SiLU/identity) or a plain ``Conv2d`` as one folded ``Conv``."""
+    conv, bn = (module.conv, getattr(module, "bn", None)) if hasattr(module, "conv") else (module, None)
+    if conv.groups != 1 or conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1] or conv.padding[0] != conv.padding[1]:
+        raise DetectorError(f"{type(module).__name__}: grouped, dilated or anisotropic convolutions are not supported")
+    weight = conv.weight.detach().double().numpy()  # (O, I, kh, kw)
+    bias = conv.bias.detach().double().numpy() if conv.bias is not None else np.zeros(weight.shape[0])
+    if bn is not None:
+        scale = bn.weight.detach().double().numpy() / np.sqrt(bn.running_var.detach().double().numpy() + bn.eps)
+        weight = weight * scale[:, None, None, None]
+        bias = (bias - bn.running_mean.detach().double().numpy()) * scale + bn.bias.detach().double().numpy()
+    act = type(getattr(module, "act", None)).__name__
+    if act not in ("SiLU", "Identity", "NoneType"):
+        raise DetectorError(f"activation {act} is not supported (YOLOv8 uses SiLU)")
+    return Conv(weight.transpose(2, 3, 1, 0).astype(np.float32), bias.astype(np.float32), int(conv.stride[0]), int(conv.padding[0]), act == "SiLU")
+
+
+def read_yolov8_graph(weights: str | Path, *, imgsz: int | None = None, seed: int = 0) -> YoloGraph:
+    """The YOLOv8 detector of an Ultralytics ``.pt`` checkpoint as a ``YoloGraph`` (numpy, BatchNorms
+    folded), with a probe input of ``imgsz`` (default: the size it was trained at) and the
+    checkpoint's own output for it. Other architectures (YOLO11's attention blocks, ...) raise ``DetectorError``."""
+    _configure_ultralytics()
+    import torch
+    from ultralytics.nn.modules import C2f as UltralyticsC2f
+    from ultralytics.nn.modules import SPPF as UltralyticsSPPF
+    from ultralytics.nn.modules import Concat as UltralyticsConcat
+    from ultralytics.nn.modules import Conv as UltralyticsConv
+    from ultralytics.nn.modules import Detect as UltralyticsDetect
+    from ultralytics.nn.tasks import load_checkpoint
+
+    path = Path(weights)
+    if path.suffix != ".pt" or not path.is_file():
+        raise DetectorError(f"{path}: expected an existing Ultralytics .pt checkpoint")
+    try:
+        model, _ = load_checkpoint(str(path))
+    except Exception as exc:  # Ultralytics raises many kinds for a bad file
+        raise DetectorError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
+    model = model.float().eval()
+    imgsz = int(imgsz or model.args.get("imgsz") or 640)
+    stride = int(max(model.stride))
+    if imgsz % stride:
+        raise DetectorError(f"imgsz {imgsz} must be a multiple of the model's stride {stride}")
+    layers: list = []
+    for m in model.model:
+        sources = tuple(m.f) if isinstance(m.f, (list, tuple)) else (m.f,)
+        if type(m) is UltralyticsConv:
+            layers.append(ConvLayer(sources, _fold(m)))
+        elif type(m) is UltralyticsC2f:
+            bottlenecks = tuple((_fold(b.cv1), _fold(b.cv2)) for b in m.m)
+            adds = {bool(b.add) for b in m.m}
+            if len(adds) > 1:
+                raise DetectorError("a C2f whose bottlenecks mix shortcuts is not supported")
+            layers.append(C2f(sources, _fold(m.cv1), _fold(m.cv2), bottlenecks, adds.pop() if adds else False))
+        elif type(m) is UltralyticsSPPF:
+            if getattr(m, "add", False):
+                raise DetectorError("an SPPF with a shortcut (YOLO26) is not supported")
+            layers.append(SPPF(sources, _fold(m.cv1), _fold(m.cv2), int(m.m.kernel_size), int(getattr(m, "n", 3))))
+        elif type(m).__name__ == "Upsample" and m.mode == "nearest":
+            layers.append(Upsample(sources, int(m.scale_factor)))
+        elif type(m) is UltralyticsConcat:
+            if m.d != 1:
+                raise DetectorError("only channel concatenation is supported")
+            layers.append(Concat(sources))
+        elif type(m) is UltralyticsDetect and not m.end2end and m.reg_max > 1 and not getattr(m, "xyxy", False) and all(
+                type(c) is UltralyticsConv or type(c).__name__ == "Conv2d" for branch in (*m.cv2, *m.cv3) for c in branch):
+            # YOLOv8's head: plain convolution chains (YOLO11's class branch has depthwise blocks)
+            box = tuple(tuple(_fold(c) for c in branch) for branch in m.cv2)
+            cls = tuple(tuple(_fold(c) for c in branch) for branch in m.cv3)
+            layers.append(Detect(sources, box, cls, int(m.reg_max), tuple(int(s) for s in m.stride)))
+        else:
+            raise DetectorError(f"{path}: layer {m.i} ({type(m).__name__}) is not part of YOLOv8's detection architecture")
+    probe = np.random.default_rng(seed).random((1, imgsz, imgsz, 3), dtype=np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(probe).permute(0, 3, 1, 2).contiguous())
+    out = (out[0] if isinstance(out, (tuple, list)) else out)[0].numpy().copy()
+    out[:4] /= imgsz
+    names = tuple(str(model.names[i]) for i in sorted(model.names))
+    return YoloGraph(tuple(layers), names, probe, out)
 
 
 class YoloDetector:

@@ -12,7 +12,9 @@ from engine.runtime import PROJECT_ROOT
 # A package may import itself and the packages on lower floors, never one on its own floor or above.
 FLOORS = {"engine": 0, "detectors": 1, "training": 2, "evaluation": 3, "serving": 3, "benchmarks": 3}
 THIRD_PARTY_HOMES = {"scann": {"engine/index/scann_backend.py"}, "ultralytics": {"detectors/yolo.py"}, "mlflow": {"training/tracking.py"},
-                     "pymilvus": {"engine/index/milvus.py"}, "ray": {"engine/index/ray_runner.py"}}
+                     "pymilvus": {"engine/index/milvus.py"}, "ray": {"engine/index/ray_runner.py"},
+                     # torch: beside Ultralytics (reading checkpoints for export), and in the weight surgery that recovers a trainable YOLOv8 from a TFLite export
+                     "torch": {"detectors/yolo.py", "detectors/recover.py"}}
 
 
 def _imports(path: Path) -> set[str]:

@@ -4,27 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from detectors.litert import LiteRTDetector, letterbox, nms, read_class_names
+from detectors.litert import LiteRTDetector, read_class_names
 from detectors.open import open_detector
 from engine.data.detection import DetectorError
 from engine.data.images import load_image
 
 
-def test_letterbox_centres_and_scales():
-    image = np.zeros((100, 200, 3), np.uint8)
-    boxed, scale, (left, top) = letterbox(image, 64)
-    assert boxed.shape == (64, 64, 3) and scale == pytest.approx(0.32) and (left, top) == (0, 16)
-    assert (boxed[:16] == 114).all() and (boxed[16:48] == 0).all() and (boxed[48:] == 114).all()
+def test_names_from_ultralytics_84_json_metadata(tmp_path: Path):
+    """Ultralytics 8.4 zips ``metadata.json`` (JSON: true/false/null) onto the flatbuffer; older exports a dict literal."""
+    import json
+    import zipfile
 
-
-def test_nms_keeps_the_best_of_overlapping_boxes():
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], np.float32)
-    scores = np.array([0.5, 0.9, 0.7, 0.8], np.float32)
-    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
-    assert nms(boxes, scores, 0.95).tolist() == [1, 3, 2, 0]
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"flatbuffer bytes")
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr("metadata.json", json.dumps({"end2end": False, "args": {"nms": None}, "names": {"0": "lamp", "1": "rug"}}))
+    assert read_class_names(path) == ("lamp", "rug")
 
 
 def test_names_and_errors(yolo_weights: Path, tmp_path: Path):

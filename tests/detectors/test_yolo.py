@@ -60,3 +60,62 @@ def test_loading_ultralytics_leaves_pillow_alone(shared_detector: YoloDetector, 
     junk.write_text("hello")
     with pytest.raises(PIL.UnidentifiedImageError):
         PIL.Image.open(junk)
+
+
+def test_the_dataset_check_looks_for_its_font_locally_only(monkeypatch):
+    """Ultralytics' check_det_dataset asks GitHub for Arial.ttf when matplotlib has none; we answer locally."""
+    import requests
+
+    from detectors.yolo import _configure_ultralytics
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network request {args}")
+
+    monkeypatch.setattr(requests, "head", no_network)
+    monkeypatch.setattr(requests, "get", no_network)
+    _configure_ultralytics()
+    from ultralytics.data import utils as data_utils
+
+    found = data_utils.check_font("Arial.ttf")
+    assert found is None or found.exists()
+
+
+@pytest.mark.slow
+def test_fine_tuning_the_recovered_detector_stays_offline(yolo_weights: Path, tmp_path: Path, monkeypatch):
+    """One epoch of Ultralytics training from the recovered checkpoint on 3 new classes, with every
+    network lookup failing the test: no font, weights or version check is fetched."""
+    import socket
+
+    import cv2
+    import numpy as np
+    import yaml
+
+    from detectors.recover import recover_yolov8
+    from detectors.yolo import OFFLINE_TRAIN_ARGS, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        for i in range(4):
+            image = np.full((96, 128, 3), 200, np.uint8)
+            c = i % 3
+            cv2.rectangle(image, (20, 20), (70, 60), [int(v) for v in rng.integers(0, 255, 3)], -1)
+            cv2.imwrite(str(tmp_path / "images" / split / f"{i}.jpg"), image)
+            (tmp_path / "labels" / split / f"{i}.txt").write_text(f"{c} 0.35 0.42 0.39 0.42\n")
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/val", "names": {0: "lamp", 1: "rug", 2: "cushion"}}))
+    model, imgsz = recover_yolov8(yolo_weights)
+    weights = save_checkpoint(model, tmp_path / "start.pt", imgsz=imgsz)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network lookup {args[:2]}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    from ultralytics import YOLO
+
+    YOLO(str(weights)).train(data=str(data), epochs=1, imgsz=64, batch=4, workers=0, project=str(tmp_path / "runs"), name="t",
+                             exist_ok=True, verbose=False, **OFFLINE_TRAIN_ARGS)
+    last = tmp_path / "runs" / "t" / "weights" / "last.pt"
+    assert last.is_file() and YoloDetector(last, imgsz=64).class_names == ("lamp", "rug", "cushion")
