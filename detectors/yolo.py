@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -197,6 +197,64 @@ def read_yolov8_graph(weights: str | Path, *, imgsz: int | None = None, seed: in
     out[:4] /= imgsz
     names = tuple(str(model.names[i]) for i in sorted(model.names))
     return YoloGraph(tuple(layers), names, probe, out)
+
+
+EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, its metrics): called after each epoch's validation
+
+
+def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int, imgsz: int, batch: int, freeze: int, seed: int,
+               patience: int = 100, close_mosaic: int = 2, on_epoch: EpochHook | None = None, resume: bool = False) -> Path:
+    """Fine-tune a YOLO checkpoint on a YOLO dataset (``data``: its ``data.yaml``) into ``folder``
+    (``weights/last.pt`` after every epoch, ``weights/best.pt``); returns ``best.pt``.
+
+    ``freeze``: the first N layers stay fixed (10: YOLOv8's backbone); ``resume``: continue the run
+    whose ``weights/last.pt`` is in ``folder`` (its epoch, optimizer and settings), as Ultralytics
+    resumes. ``on_epoch(epoch, metrics)`` gets the epoch's training losses (``train/box_loss`` ...)
+    and validation metrics (``metrics/mAP50(B)`` ...). Offline on a CPU (``OFFLINE_TRAIN_ARGS``);
+    on a GPU Ultralytics' own device choice is used.
+    """
+    _configure_ultralytics()
+    import torch
+    from ultralytics import YOLO
+
+    folder = Path(folder)
+    last = folder / "weights" / "last.pt"
+    if resume and not last.is_file():
+        raise DetectorError(f"nothing to resume in {folder}: no weights/last.pt (the run never finished an epoch)")
+    model = YOLO(str(last if resume else init), task="detect")
+
+    def hook(trainer) -> None:
+        if on_epoch is not None:
+            losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+            values = {**losses, **trainer.metrics, "lr": float(trainer.optimizer.param_groups[0]["lr"])}
+            on_epoch(int(trainer.epoch) + 1, {k: float(v) for k, v in values.items()})
+
+    model.add_callback("on_fit_epoch_end", hook)
+    offline = {} if torch.cuda.is_available() else OFFLINE_TRAIN_ARGS
+    if resume:
+        model.train(resume=True, **offline)
+    else:
+        model.train(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, freeze=freeze or None, seed=seed, patience=patience,
+                    close_mosaic=close_mosaic, workers=0, project=str(folder.parent), name=folder.name, exist_ok=True, verbose=False,
+                    **offline)
+    best = folder / "weights" / "best.pt"
+    return best if best.is_file() else last
+
+
+def validate_yolo(weights: str | Path, data: Path, *, split: str, imgsz: int, batch: int = 16, conf: float = 0.001) -> dict[str, object]:
+    """mAP@0.5 and mAP@0.5:0.95 of a checkpoint on one split of a YOLO dataset, overall and per class
+    present in that split's labels (Ultralytics' validator; a class with no label there has no AP)."""
+    _configure_ultralytics()
+    import torch
+    from ultralytics import YOLO
+
+    model = YOLO(str(weights), task="detect")
+    offline = {} if torch.cuda.is_available() else OFFLINE_TRAIN_ARGS
+    result = model.val(data=str(data), split=split, imgsz=imgsz, batch=batch, conf=conf, verbose=False, workers=0, **offline)
+    names = result.names
+    per_class = {names[int(c)]: {"ap50": float(result.box.ap50[i]), "ap50_95": float(result.box.ap[i])}
+                 for i, c in enumerate(result.box.ap_class_index)}
+    return {"map50": float(result.box.map50), "map50_95": float(result.box.map), "per_class": per_class}
 
 
 class YoloDetector:

@@ -385,6 +385,36 @@ def _map(maker: _Maker, jobs: list, workers: int, progress: Callable | None) -> 
         return list(progress(results, total=len(jobs)) if progress else results)
 
 
+def write_real_split(catalog: Catalog, scenes: Sequence[str], detections: Mapping[str, Sequence[Detection]], groups_map: CategoryMap,
+                     out: Path, *, max_side: int, min_confidence: float, split: str = "test") -> list[RoomImage]:
+    """The room photos ``scenes`` as they are (scaled to ``max_side``), labelled with their confident
+    detections of a class the map places in a group (``background_labels``): real boxes to measure a
+    detector on, for the groups a COCO detector reaches only. Written as split ``split``."""
+    made = []
+    for scene in catalog.scenes:
+        if scene.scene not in set(scenes):
+            continue
+        try:
+            image = load_image(scene.image)
+        except ImageError as exc:
+            logger.warning("real split skips %s: %s", scene.scene, exc)
+            continue
+        scale = min(1.0, max_side / max(image.shape[:2]))
+        if scale < 1:
+            image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+        labels = tuple(replace(lb, box=_scaled(lb.box, scale, w, h)) for lb in background_labels(detections.get(scene.scene, ()), groups_map,
+                                                                                                 min_confidence))
+        rel = f"images/{split}/{split}-{len(made):05d}.jpg"
+        with atomic_file(out / rel) as tmp:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise OSError(f"cannot encode {rel}")
+            tmp.write_bytes(buf.tobytes())
+        made.append(RoomImage(rel, split, scene.scene, (w, h), 0, labels))
+    return made
+
+
 def write_yolo_labels(images: Sequence[RoomImage], groups: Sequence[str], out: Path) -> Path:
     """``labels/<split>/<name>.txt`` per image (``class cx cy w h``, normalised) and ``data.yaml``; its path."""
     index = {g: i for i, g in enumerate(groups)}
@@ -397,7 +427,8 @@ def write_yolo_labels(images: Sequence[RoomImage], groups: Sequence[str], out: P
         path.write_text("".join(f"{line}\n" for line in lines))
     names = "".join(f"  {i}: {g}\n" for i, g in enumerate(groups))
     data = out / "data.yaml"
-    data.write_text(f"# written by python -m training.synthesize_rooms\npath: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}")
+    test = "test: images/test\n" if any(im.split == "test" for im in images) or (out / "images" / "test").is_dir() else ""
+    data.write_text(f"# written by python -m training.synthesize_rooms\npath: {out.resolve()}\ntrain: images/train\nval: images/val\n{test}names:\n{names}")
     return data
 
 
@@ -405,7 +436,7 @@ def dataset_stats(images: Sequence[RoomImage], pool: Mapping[str, Sequence[_Prod
                   groups: Sequence[str]) -> dict[str, Any]:
     """Images and boxes per split, boxes per group split by source (pasted / detected), products per group."""
     stats: dict[str, Any] = {"skipped_products": dict(skipped), "products_per_group": {g: len(pool.get(g, ())) for g in groups}}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         ims = [im for im in images if im.split == split]
         pasted = Counter(lb.group for im in ims for lb in im.labels if lb.source == "pasted")
         detected = Counter(lb.group for im in ims for lb in im.labels if lb.source != "pasted")

@@ -5,8 +5,9 @@ product group (``training.room_synthesis``), in the Ultralytics YOLO layout, for
 ``python -m training.fit_detector``. Backgrounds are split by scene into training and validation
 (``--val-fraction``, seeded); held-out scenes (``--holdout-scenes``) are never used. The objects a
 background already holds are labelled from a COCO detector's confident detections
-(``--detector-weights``), by the groups map's ``from_classes``. The same catalog, settings and
-scenes reuse the dataset already written.
+(``--detector-weights``), by the groups map's ``from_classes``. The validation scenes are also
+written as they are, with those detections as labels (split ``test``: real boxes, of the groups a
+COCO class reaches). The same catalog, settings and scenes reuse the dataset already written.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from engine.data.catalog import load_catalog
     from engine.data.images import ImageError, load_image
     from engine.data.splits import read_scene_list
-    from training.room_synthesis import RoomSynthesisConfig, save_rooms_manifest, synthesize_rooms
+    from training.room_synthesis import (RoomSynthesisConfig, dataset_stats, save_rooms_manifest, synthesize_rooms, write_real_split,
+                                         write_yolo_labels)
 
     holdout = set(read_scene_list(args.holdout_scenes)) if args.holdout_scenes else set()
     catalog = load_catalog(args.catalog)
@@ -101,6 +103,11 @@ def _run(args: argparse.Namespace, home: Path) -> int:
                 logger.warning("skipping the labels of %s: %s", s.scene, exc)
     images, stats = synthesize_rooms(catalog, splits, detections, groups_map, cfg, out, workers=args.workers,
                                      progress=lambda it, total: tqdm(it, total=total, desc="rooms", unit="image"))
+    if detections:
+        real = write_real_split(catalog, splits["val"], detections, groups_map, out, max_side=cfg.max_side, min_confidence=cfg.pseudo_confidence)
+        images += real
+        write_yolo_labels(images, groups_map.groups, out)
+        stats = {**stats, "test": dataset_stats(real, {}, {}, groups_map.groups)["test"]}
     producer = {"tool": "training.synthesize_rooms", "key": key, "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
                 "config": repr(cfg), "groups_map": str(groups_map.source), "groups_map_version": groups_map.version, "groups": list(groups_map.groups),
                 "detector": detector.fingerprint if detector else "none", "train_scenes": splits["train"], "val_scenes": splits["val"],
@@ -109,7 +116,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     tr, va = stats["train"], stats["val"]
     print(f"{tr['images']} training images ({tr['boxes_pasted']} pasted + {tr['boxes_detected']} detected boxes, {tr['backgrounds']} scenes), "
           f"{va['images']} validation images ({va['boxes_pasted']} + {va['boxes_detected']}, {va['backgrounds']} scenes); "
-          f"{len(holdout)} scenes held out -> {out / 'data.yaml'}")
+          f"{len(holdout)} scenes held out"
+          + (f"; {stats['test']['images']} real validation photos ({stats['test']['boxes_detected']} detected boxes)" if "test" in stats else "")
+          + f" -> {out / 'data.yaml'}")
     return 0
 
 
