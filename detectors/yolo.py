@@ -210,7 +210,8 @@ def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int, imgsz
     ``freeze``: the first N layers stay fixed (10: YOLOv8's backbone); ``resume``: continue the run
     whose ``weights/last.pt`` is in ``folder`` (its epoch, optimizer and settings), as Ultralytics
     resumes. ``on_epoch(epoch, metrics)`` gets the epoch's training losses (``train/box_loss`` ...)
-    and validation metrics (``metrics/mAP50(B)`` ...). Offline on a CPU (``OFFLINE_TRAIN_ARGS``);
+    and validation metrics (``metrics/mAP50(B)`` ...), and at the end, at the last epoch, those of
+    ``best.pt`` prefixed ``best/``. Offline on a CPU (``OFFLINE_TRAIN_ARGS``);
     on a GPU Ultralytics' own device choice is used.
     """
     _configure_ultralytics()
@@ -221,13 +222,19 @@ def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int, imgsz
     last = folder / "weights" / "last.pt"
     if resume and not last.is_file():
         raise DetectorError(f"nothing to resume in {folder}: no weights/last.pt (the run never finished an epoch)")
+    if resume and torch.load(last, map_location="cpu", weights_only=False).get("optimizer") is None:
+        raise DetectorError(f"nothing to resume in {folder}: its training finished (weights/last.pt keeps no optimizer state)")
     model = YOLO(str(last if resume else init), task="detect")
 
     def hook(trainer) -> None:
-        if on_epoch is not None:
-            losses = trainer.label_loss_items(trainer.tloss, prefix="train")
-            values = {**losses, **trainer.metrics, "lr": float(trainer.optimizer.param_groups[0]["lr"])}
-            on_epoch(int(trainer.epoch) + 1, {k: float(v) for k, v in values.items()})
+        if on_epoch is None:
+            return
+        if trainer.epoch >= trainer.epochs:  # Ultralytics' final evaluation of best.pt, one step past the last epoch
+            on_epoch(int(trainer.epochs), {f"best/{k}": float(v) for k, v in trainer.metrics.items()})
+            return
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+        values = {**losses, **trainer.metrics, "lr": float(trainer.optimizer.param_groups[0]["lr"])}
+        on_epoch(int(trainer.epoch) + 1, {k: float(v) for k, v in values.items()})
 
     model.add_callback("on_fit_epoch_end", hook)
     offline = {} if torch.cuda.is_available() else OFFLINE_TRAIN_ARGS

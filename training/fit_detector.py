@@ -121,6 +121,8 @@ def _run(args: argparse.Namespace, cfg: DetectorTrainConfig, home: Path) -> int:
     state = _resume_state(args, home) if args.resume else None
     if state is not None:
         cfg = DetectorTrainConfig(**state["config"])
+        if (home / "detectors" / state["run_id"] / "detector.tflite").is_file():
+            raise ValueError(f"detector run {state['run_id']} finished (its detector.tflite is written): nothing to resume")
     data = Path(state["data"] if state else args.data).resolve()
     if not data.is_file():
         raise ValueError(f"--data {data}: no such data.yaml; make one with python -m training.synthesize_rooms")
