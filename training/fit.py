@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from detectors.cache import DetectionCache
+from detectors.cache import cached_detect
 from detectors.category_map import load_category_map
-from detectors.yolo import WEIGHTS_ENV, YoloDetector
+from detectors.yolo import WEIGHTS_ENV
 from engine.index.tuning import TuningConfig
 from engine.index.serving_folder import build_serving_folder
 from engine.data.catalog import Catalog
@@ -200,8 +200,7 @@ def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog,
     detect = None
     weights = args.detector_weights or os.environ.get(WEIGHTS_ENV)
     if weights and any(p.box is None for p in catalog.pairs):
-        detector = YoloDetector(weights, conf=load_preprocessing(model_path).detector_confidence)
-        detect = DetectionCache(detector, home / "cache" / "detections").detect
+        detect = cached_detect(weights, load_preprocessing(model_path).detector_confidence, home / "cache" / "detections")
     build_serving_folder(model_path, catalog, out, detect, backend=BackendSpec(), classes=load_category_map().classes,
                          tuning=TuningConfig(target_recall=args.target_recall) if args.target_recall > 0 else None)
     return out
