@@ -2,9 +2,10 @@
 
 ``Trainer(plan, cluster, home).run()`` is what ``python -m training.fit`` does after turning its flags
 into configs. Its parts come in through the constructor: the query sources (``training.query_sources``),
-the triplet loss (made from ``TrainConfig.loss``), the tracker (``start_run``) and the index build
-at the end (``build_index``, None = no index). Under several workers every process runs the same
-``Trainer``; only the chief logs, writes the checkpoint state and saves.
+the tracker (``start_run``) and the index build at the end (``build_index``, None = no index); the
+triplet loss is the ``engine.model.losses`` object ``TrainConfig.loss`` names, passed to ``TripletModel``.
+Under several workers every process runs the same ``Trainer``; only the chief logs, writes the
+checkpoint state and saves.
 """
 
 from __future__ import annotations
