@@ -1,9 +1,10 @@
 """One training run from a ``RunPlan``: training set -> compiled model -> epochs -> saved model, tracked in MLflow.
 
 ``Trainer(plan, cluster, home).run()`` is what ``python -m training.fit`` does after turning its flags
-into configs. Its parts come in through the constructor: the query sources (``training.query_sources``),
-the tracker (``start_run``) and the index build at the end (``build_index``, None = no index); the
-triplet loss is the ``engine.model.losses`` object ``TrainConfig.loss`` names, passed to ``TripletModel``.
+into configs. Its parts come in through the constructor: the tracker (``start_run``) and the index
+build at the end (``build_index``, None = no index); the queries come from the registered query
+sources (``training.query_sources.SOURCES``), the triplet loss is the ``engine.model.losses`` object
+``TrainConfig.loss`` names, passed to ``TripletModel``.
 Under several workers every process runs the same ``Trainer``; only the chief logs, writes the
 checkpoint state and saves.
 """
@@ -88,19 +89,19 @@ class Trainer:
     ``mlflow_run(run_name=..., experiment=...)``).
     """
 
-    def __init__(self, plan: RunPlan, cluster: Cluster, home: Path, *, options: RunOptions = RunOptions(), job: Path | None = None,
-                 build_index: IndexBuilder | None = None, sources: tuple[QuerySource, ...] = SOURCES,
+    def __init__(self, plan: RunPlan, cluster: Cluster, home: Path, *, options: RunOptions = RunOptions(),
+                 job: Path | None = None, build_index: IndexBuilder | None = None,
                  start_run: Callable[..., contextlib.AbstractContextManager[Tracker]] = mlflow_run) -> None:
         replicas = cluster.strategy.num_replicas_in_sync
         if plan.train.batch_size % replicas:
             raise ValueError(f"--batch-size {plan.train.batch_size} (the global batch) must be a multiple of the {replicas} replicas")
         self.plan, self.cluster, self.home, self.options, self.job = plan, cluster, Path(home), options, job
-        self.build_index, self.sources, self.start_run = build_index, sources, start_run
+        self.build_index, self.start_run = build_index, start_run
 
     def run(self) -> TrainResult:
         """The whole run; returns where it went."""
         plan, cluster, tcfg = self.plan, self.cluster, self.plan.train
-        ts = training_set(plan, self.sources)
+        ts = training_set(plan)
         keras.utils.set_random_seed(tcfg.seed)
         if tcfg.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
