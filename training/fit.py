@@ -20,22 +20,20 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detectors.cache import cached_detect
 from detectors.category_map import load_category_map
 from detectors.yolo import WEIGHTS_ENV
 from engine.index.tuning import TuningConfig
-from engine.index.serving_folder import build_serving_folder
-from engine.data.catalog import Catalog
 from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, TrainConfig
-from engine.model.embedder import load_preprocessing
 from engine.runtime import run_cli
-from training import checkpoint as ckpt
 from training.query_sources import SOURCE_NAMES, check_mix
-from training.run_plan import DataConfig, RunPlan, new_plan, resolve_catalog, resume_plan
-from training.strategy import job_key, make_cluster
 from training.tracking import run_metrics
-from training.trainer import RunOptions, Trainer
+
+if TYPE_CHECKING:
+    from engine.data.catalog import Catalog
+    from training.run_plan import DataConfig, RunPlan
 
 logger = logging.getLogger("training.fit")
 
@@ -152,6 +150,8 @@ def configs_from_args(args: argparse.Namespace, demo: bool = False) -> tuple[Mod
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
     """The data flags as a ``DataConfig``, its catalog taken from --triplets or --synthetic when --catalog is omitted."""
+    from training.run_plan import DataConfig, resolve_catalog
+
     return resolve_catalog(DataConfig(
         catalog=args.catalog, demo_seed=args.demo_seed, triplets=args.triplets, synthetic=args.synthetic,
         holdout_scenes=args.holdout_scenes, init_from=args.init_from or "", detector_weights=args.detector_weights,
@@ -166,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, home: Path, argv: Sequence[str]) -> int:
+    # these load TensorFlow: imported here, once run_cli has set the environment
+    from training import checkpoint as ckpt
+    from training.run_plan import resume_plan
+    from training.strategy import job_key, make_cluster
+    from training.trainer import RunOptions, Trainer
+
     cluster = make_cluster(args.distribute)  # before any other TensorFlow call
     job = ckpt.run_folder(home, job_key(argv)) if cluster.multi_worker else None
     if job is not None and ckpt.epochs_done(job) > 0:
@@ -188,6 +194,8 @@ def _run(args: argparse.Namespace, home: Path, argv: Sequence[str]) -> int:
 
 def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
     """The plan of the flags: configs whose unset flags take the catalog's or the demo's defaults."""
+    from training.run_plan import new_plan
+
     data = data_config_from_args(args)
     model, train = configs_from_args(args, demo=data.catalog is None)
     return new_plan(model, train, data, home)
@@ -196,6 +204,8 @@ def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
 def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog, out: Path, home: Path) -> Path:
     """The serving folder of the catalog with the final model: ``out/{model.keras,products,scenes}``."""
     from engine.index.backends import BackendSpec
+    from engine.index.serving_folder import build_serving_folder
+    from engine.model.embedder import load_preprocessing
 
     detect = None
     weights = args.detector_weights or os.environ.get(WEIGHTS_ENV)
