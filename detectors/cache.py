@@ -1,4 +1,5 @@
-"""Detections cached per image file, so re-mining and re-evaluating a catalog is cheap."""
+"""Detections cached per image file, so re-mining and re-evaluating a catalog is cheap; ``cached_detect``
+opens the YOLO detector behind that cache (training's and serving's index builds)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors.yolo import YoloDetector
 from engine.data.detection import Detection, Detector
+from engine.data.proposals import Detect
 from engine.files import write_json_atomic
 
 
@@ -40,3 +43,9 @@ class DetectionCache:
         if entry is not None:
             write_json_atomic(entry, [{"box": list(d.box), "label": d.label, "confidence": d.confidence} for d in dets], indent=None)
         return dets
+
+
+def cached_detect(weights: str, conf: float, cache_dir: Path) -> Detect:
+    """The YOLO detector's ``detect`` (``weights``, scores >= ``conf``) behind the detection cache in
+    ``cache_dir``: opened in this process or, pickled as a ``partial``, in each worker of a distributed runner."""
+    return DetectionCache(YoloDetector(weights, conf=conf), cache_dir).detect

@@ -17,7 +17,6 @@ DEFAULT_MIN_CONFIDENCE = 0.25  # detector score a proposed crop needs (also the 
 DEFAULT_FILL_CONFIDENCE = 0.05
 LOSSES = ("hinge", "batch_hard", "semi_hard")
 DISTRIBUTE = ("auto", "none", "mirrored", "multi_worker")
-MIX_SOURCES = ("real", "synthetic", "lifestyle")
 
 
 @dataclass(frozen=True)
@@ -114,8 +113,9 @@ class TrainConfig:
         over product types (``engine.model.network.TripletModel``); temperature: of both softmaxes.
     mix: shares of each epoch's queries by source, ``"real=1,synthetic=1,lifestyle=0.25"``
         (real room-photo crops, synthetic views, product photos not on white); "" = every query
-        once per epoch. queries_per_epoch: how many (0 = the number of training queries); a
-        source with fewer queries than its share repeats them.
+        once per epoch. Checked here for its shape; the source names are training's
+        (``training.query_sources.SOURCE_NAMES``), checked there. queries_per_epoch: how many
+        (0 = the number of training queries); a source with fewer queries than its share repeats them.
     batch_products: P > 0 makes class-balanced batches: P products x (batch_size / P) triplets
         each, so in-batch losses have positives to mine; 0 = shuffled.
     one_pass: embed query, positive and negative as one batch of 3B images, so batch norm
@@ -183,15 +183,15 @@ class TrainConfig:
         self.mix_weights()  # validates mix
 
     def mix_weights(self) -> dict[str, float] | None:
-        """``mix`` as {source: weight}, or None when empty."""
+        """``mix`` as {source name: weight}, or None when empty."""
         if not self.mix.strip():
             return None
         out = {}
         for part in self.mix.split(","):
             name, sep, value = part.partition("=")
             name = name.strip()
-            if not sep or name not in MIX_SOURCES:
-                raise ValueError(f"mix must look like 'real=1,synthetic=1,lifestyle=0.25' (sources {MIX_SOURCES}), got {self.mix!r}")
+            if not sep or not name.isidentifier():
+                raise ValueError(f"mix must look like 'real=1,synthetic=1,lifestyle=0.25' (source=weight, comma-separated), got {self.mix!r}")
             try:
                 out[name] = float(value)
             except ValueError:

@@ -75,7 +75,7 @@ class TrainedIndex:
 def trained_indexes(home: Path) -> list[TrainedIndex]:
     """Every complete serving folder that ``training.fit`` saved under ``home`` (``$SHOWROOM_HOME``),
     oldest first. ``training.fit`` writes ``<home>/models/<run_id>/index`` at the end of a run
-    (``_save_outputs``), then deletes the run's checkpoint folder ``<home>/checkpoints/<run_id>``; so
+    (``training.trainer.Trainer.save``), then deletes the run's checkpoint folder ``<home>/checkpoints/<run_id>``; so
     a folder is taken only when the model and the products index (saved atomically, manifest last)
     are there, a ``scenes`` index if any has its manifest, and the run's checkpoint folder is gone.
     A run killed before or while saving is never taken, nor one trained with ``--no-index``."""

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-from detectors.cache import DetectionCache
+from detectors.cache import cached_detect
 from detectors.category_map import load_category_map, map_for_detector
 from detectors.yolo import YoloDetector, default_weights
 from engine.index.backends import BackendSpec
@@ -42,7 +42,6 @@ from engine.data.catalog import load_catalog
 from engine.index.ray_runner import RUNNERS, RayRunner
 from engine.index.generations import publish_generation
 from engine.index.milvus import MilvusIndex, MilvusSettings, unique_collection
-from engine.data.proposals import Detect
 from engine.runtime import run_cli, state_dir
 
 logger = logging.getLogger("serving.build_index")
@@ -113,12 +112,6 @@ def backend_spec(args: argparse.Namespace) -> BackendSpec:
                                                             args.milvus_index_params, args.milvus_search_params))
     return BackendSpec(ScannIndex.kind, ScannParams(brute_force_below=args.brute_force_below, leaves=args.leaves,
                                                     leaves_to_search=args.leaves_to_search, reorder=args.reorder))
-
-
-def cached_detect(weights: str, conf: float, cache_dir: Path) -> Detect:
-    """The detector's ``detect`` behind the detection cache: opened in this process or, pickled as a
-    ``partial``, in each worker of a distributed runner."""
-    return DetectionCache(YoloDetector(weights, conf=conf), cache_dir).detect
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -121,25 +121,18 @@ def test_every_cli_is_found():
     assert {"evaluation.evaluate", "training.mine_triplets", "serving.build_index", "benchmarks.ann", "training.fit"} <= set(_clis())
 
 
-LIGHT_CLIS = [m for m in _clis() if m != "training.fit"]
+CLIS = _clis()
 
 
 @pytest.fixture(scope="module")
 def help_runs(tmp_path_factory) -> dict[str, dict]:
-    """``--help`` of every CLI but training.fit, in one interpreter (see ``HELP``)."""
-    return _python(HELP, tmp_path_factory.mktemp("help"), modules=LIGHT_CLIS, heavy=HEAVY)
+    """``--help`` of every CLI, in one interpreter (see ``HELP``)."""
+    return _python(HELP, tmp_path_factory.mktemp("help"), modules=CLIS, heavy=HEAVY)
 
 
-@pytest.mark.parametrize("module", LIGHT_CLIS)
+@pytest.mark.parametrize("module", CLIS)
 def test_cli_help_loads_no_heavy_library(help_runs: dict[str, dict], module: str):
     got = help_runs[module]
     assert got["status"] == 0 and got["usage"], got
     assert got["heavy"] == [], f"python -m {module} --help (or a CLI run before it) imported {got['heavy']}"
 
-
-@pytest.mark.slow  # loads TensorFlow
-@pytest.mark.xfail(strict=True, reason="training.fit still imports TensorFlow at its top; once its imports move into the "
-                                       "function run_cli calls, this passes: remove the mark")
-def test_fit_help_loads_no_heavy_library(tmp_path: Path):
-    got = _python(HELP, tmp_path, modules=["training.fit"], heavy=HEAVY)["training.fit"]
-    assert got["status"] == 0 and got["heavy"] == []

@@ -36,7 +36,7 @@ from training.tracking import mlflow_run
 
 if TYPE_CHECKING:
     from engine.model.embedder import Embedder
-    from training.training_set import QueryItem
+    from training.query_sources import QueryItem
 
 logger = logging.getLogger("training.mine_hard_negatives")
 
@@ -76,7 +76,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from engine.index.serving_folder import product_images
     from engine.model.embedder import Embedder
     from training.model_ref import resolve_model
-    from training.training_set import queries_from_manifest
+    from training.query_sources import queries_from_manifest
 
     t0 = time.perf_counter()
     manifest = load_manifest(args.triplets)

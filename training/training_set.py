@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from engine.data.catalog import Box, Catalog, CatalogError
+from engine.data.catalog import Catalog, CatalogError
 from engine.config import TrainConfig
 from engine.metrics import distance_accuracy, euclidean_distances
 from training.input_pipeline import ImageSpec, build_bank
-from training.manifest import Manifest, ManifestError
-from training.synthesis import SyntheticManifest, SyntheticManifestError
+from training.query_sources import SOURCE_NAMES, QueryItem, queries_from_pairs
 from training.tracking import metric_key
 from training.triplets import TripletSampler
 
 logger = logging.getLogger(__name__)
-
-SOURCES = ("real", "synthetic", "lifestyle")
 
 
 @dataclass(frozen=True)
@@ -49,7 +45,7 @@ class TrainingSet:
     product_bank: dict[str, list[int]]
     train_queries: list[tuple[int, str]]  # (bank index, product id)
     val_queries: list[tuple[int, str]]
-    train_sources: list[str]  # source of each train query: "real", "synthetic" or "lifestyle"
+    train_sources: list[str]  # source of each train query: a name of training.query_sources.SOURCE_NAMES
     train_sampler: TripletSampler
     val_sampler: TripletSampler
     split: Split
@@ -72,54 +68,7 @@ class TrainingSet:
 
     def source_counts(self) -> dict[str, int]:
         """Train queries per source."""
-        return {s: self.train_sources.count(s) for s in SOURCES}
-
-
-@dataclass(frozen=True)
-class QueryItem:
-    """One positive pair as a query: ``box`` in ``image`` (None = whole image), from ``scene`` (None = a
-    product photo or a synthetic view), with optional negative product ids to draw from (hard
-    negatives). ``source``: "real" (a room photo), "lifestyle" (a product photo that is not on
-    white) or "synthetic" (pasted into ``background``, a room photo of the catalog)."""
-
-    product_id: str
-    scene: str | None
-    image: Path
-    box: Box | None
-    negatives: tuple[str, ...] = ()
-    source: str = "real"
-    background: str | None = None
-
-
-def queries_from_pairs(catalog: Catalog) -> list[QueryItem]:
-    """Every pairs.csv row as a query (its box, or the whole scene)."""
-    scenes = {s.scene: s for s in catalog.scenes}
-    return [QueryItem(p.product_id, p.scene, scenes[p.scene].image, p.box) for p in catalog.pairs]
-
-
-def _check_fits(catalog: Catalog, fingerprint: str, product_ids: list[str], error: type[ValueError], made: str, fix: str) -> None:
-    """Raise ``error`` when a manifest was made from another catalog or names unknown products."""
-    if fingerprint != catalog.fingerprint:
-        raise error(f"{made} catalog fingerprint {fingerprint}, but {catalog.root} is {catalog.fingerprint}; {fix}")
-    unknown = sorted(set(product_ids) - set(catalog.types))
-    if unknown:
-        raise error(f"{made} a catalog with products missing from {catalog.root}: {unknown[:5]}; {fix}")
-
-
-def queries_from_manifest(manifest: Manifest, catalog: Catalog) -> list[QueryItem]:
-    """The mined positives of a manifest, checked against the catalog they were mined from."""
-    _check_fits(catalog, manifest.catalog_fingerprint, [p.product_id for p in manifest.positives], ManifestError,
-                "the manifest was mined from", "mine it again for this catalog")
-    return [QueryItem(p.product_id, p.scene, manifest.image_path(p), p.box, p.negatives,
-                      "lifestyle" if p.source == "product_lifestyle" else "real") for p in manifest.positives]
-
-
-def queries_from_synthetic(manifest: SyntheticManifest, catalog: Catalog) -> list[QueryItem]:
-    """The synthetic views of a manifest as training queries, checked against the catalog."""
-    _check_fits(catalog, manifest.catalog_fingerprint, [v.product_id for v in manifest.views], SyntheticManifestError,
-                "the synthetic views were made from", "synthesize them again for this catalog")
-    return [QueryItem(v.product_id, None, manifest.image_path(v), v.box, source="synthetic", background=v.background)
-            for v in manifest.views]
+        return {s: self.train_sources.count(s) for s in SOURCE_NAMES}
 
 
 def split_queries(queries: list[QueryItem], val_fraction: float, seed: int) -> Split:

@@ -1,5 +1,7 @@
 """Losses in pure ``keras.ops``: the margin hinge triplet loss, the two in-batch mining losses, and
-the proxy softmax over all catalog products.
+the proxy softmax over all catalog products; the triplet terms also as loss objects
+(``HingeTripletLoss`` ...) that ``TripletModel`` takes, made from a ``TrainConfig.loss`` name by
+``make_triplet_loss``.
 
 The in-batch losses reproduce ``tensorflow_addons.losses.triplet_semihard_loss`` and
 ``triplet_hard_loss`` (Euclidean ``"L2"`` distance), which cannot be used any more: the package is
@@ -9,7 +11,12 @@ positive pair gives 0 here instead of TFA's 0/0 = NaN.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 from keras import ops
+
+from engine.config import LOSSES
 
 _EPS = 1e-12
 
@@ -121,3 +128,61 @@ def proxy_softmax_loss(embeddings, labels, proxies, temperature: float = 0.05):
     p = p / ops.sqrt(ops.maximum(ops.sum(ops.square(p), axis=-1, keepdims=True), _EPS))
     logits = ops.matmul(e, ops.transpose(p)) / temperature
     return ops.mean(ops.sparse_categorical_crossentropy(ops.cast(labels, "int32"), logits, from_logits=True))
+
+
+class TripletLoss(Protocol):
+    """The triplet term of ``TripletModel``'s loss, one scalar for a batch of B triplets.
+
+    ``q, p, n``: float (B, D) embeddings of queries, positives and negatives; ``label_p, label_n``:
+    int (B,) product labels of the positives and negatives (the query's label is ``label_p``).
+    ``margin``: the margin m, also where ``TripletModel`` counts a triplet as already satisfied.
+    """
+
+    margin: float
+
+    def __call__(self, q, p, n, label_p, label_n): ...
+
+
+def _in_batch(q, p, n, label_p, label_n):
+    """An in-batch mining loss's arguments: labels int (3B,) and embeddings float (3B, D) of q, p and n."""
+    return ops.concatenate([label_p, label_p, label_n], axis=0), ops.concatenate([q, p, n], axis=0)
+
+
+@dataclass(frozen=True)
+class HingeTripletLoss:
+    """Each triplet on its own: ``mean(max(0, m + d(q, p) - d(q, n)))`` (``triplet_hinge_loss``)."""
+
+    margin: float = 1.0
+
+    def __call__(self, q, p, n, label_p, label_n):
+        return triplet_hinge_loss(q, p, n, self.margin)
+
+
+@dataclass(frozen=True)
+class BatchHardTripletLoss:
+    """Hardest positive against hardest negative over all 3B embeddings (``batch_hard_triplet_loss``)."""
+
+    margin: float = 1.0
+
+    def __call__(self, q, p, n, label_p, label_n):
+        return batch_hard_triplet_loss(*_in_batch(q, p, n, label_p, label_n), margin=self.margin)
+
+
+@dataclass(frozen=True)
+class SemiHardTripletLoss:
+    """FaceNet's semi-hard negatives over all 3B embeddings (``semi_hard_triplet_loss``)."""
+
+    margin: float = 1.0
+
+    def __call__(self, q, p, n, label_p, label_n):
+        return semi_hard_triplet_loss(*_in_batch(q, p, n, label_p, label_n), margin=self.margin)
+
+
+TRIPLET_LOSSES: dict[str, type] = {"hinge": HingeTripletLoss, "batch_hard": BatchHardTripletLoss, "semi_hard": SemiHardTripletLoss}
+
+
+def make_triplet_loss(name: str, margin: float = 1.0) -> TripletLoss:
+    """The triplet term named ``name`` (one of ``engine.config.LOSSES``: ``TrainConfig.loss``) at ``margin``."""
+    if name not in TRIPLET_LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")
+    return TRIPLET_LOSSES[name](margin=float(margin))

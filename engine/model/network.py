@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from engine.config import ModelConfig
-from engine.model.losses import batch_hard_triplet_loss, proxy_softmax_loss, semi_hard_triplet_loss, triplet_distances, triplet_hinge_loss
+from engine.model.losses import HingeTripletLoss, TripletLoss, proxy_softmax_loss, triplet_distances
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,12 @@ class TripletModel(keras.Model):
     Inputs: dict with ``query``, ``positive``, ``negative`` (``float32 (B, S, S, 3)``) and
     ``label_p``, ``label_n`` (``int32 (B,)`` product labels). Output of ``call``: ``float32 (3, B, D)``.
 
-    Loss = ``triplet_weight`` x (hinge, batch-hard or semi-hard triplet loss)
+    Loss = ``triplet_weight`` x ``triplet_loss`` (default ``HingeTripletLoss(margin)``; any
+           ``engine.model.losses.TripletLoss``, e.g. ``make_triplet_loss("batch_hard", m)``)
          + ``softmax_weight`` x proxy softmax of all 3B embeddings over one proxy per product
          + ``type_weight`` x proxy softmax over one proxy per product type.
+    ``margin``: of the default triplet term (1.0 when unset); ``zero_loss_share`` counts the
+    triplets with ``d(q, n) - d(q, p) >= triplet_loss.margin``.
     ``proxies``: float (P, D) initial product proxies (e.g. the untrained embedder's iconic
     embeddings), required when ``softmax_weight`` > 0; ``product_types``: int (P,) type index of
     each product and ``type_proxies`` float (T, D), required when ``type_weight`` > 0. Proxies learn
@@ -155,13 +158,16 @@ class TripletModel(keras.Model):
     batches of B (see ``TrainConfig.one_pass``).
     """
 
-    def __init__(self, embedder: keras.Model, *, margin: float = 1.0, loss: str = "hinge", triplet_weight: float = 1.0,
-                 softmax_weight: float = 0.0, temperature: float = 0.05, proxies=None, type_weight: float = 0.0,
-                 product_types=None, type_proxies=None, proxy_lr_scale: float = 10.0, one_pass: bool = False, **kwargs):
+    def __init__(self, embedder: keras.Model, *, triplet_loss: TripletLoss | None = None, margin: float | None = None,
+                 triplet_weight: float = 1.0, softmax_weight: float = 0.0, temperature: float = 0.05, proxies=None,
+                 type_weight: float = 0.0, product_types=None, type_proxies=None, proxy_lr_scale: float = 10.0,
+                 one_pass: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.embedder = embedder
-        self.margin = float(margin)
-        self.loss_name = loss
+        if triplet_loss is not None and margin is not None and float(margin) != float(triplet_loss.margin):
+            raise ValueError(f"margin {margin} differs from the triplet loss's own margin {triplet_loss.margin}: pass one of them")
+        self.triplet_loss = triplet_loss if triplet_loss is not None else HingeTripletLoss(1.0 if margin is None else float(margin))
+        self.margin = float(self.triplet_loss.margin)
         self.triplet_weight, self.softmax_weight, self.type_weight = float(triplet_weight), float(softmax_weight), float(type_weight)
         self.temperature = float(temperature)
         self.proxy_lr_scale = float(proxy_lr_scale)
@@ -188,6 +194,11 @@ class TripletModel(keras.Model):
     # its symbolic build reduces a batch of per-worker values, and its log reduction takes a mean
     # along axis 0 of scalars; both fail. The build only needs shapes, so it takes this worker's
     # batch; each log becomes shape (1,), whose mean over the workers is the scalar Keras reports.
+    # There is no public way around the first: Keras' TensorFlow trainer calls
+    # ``strategy.reduce("MEAN", batch)`` on the first batch before it looks whether the model is
+    # built, and ``Strategy.reduce`` takes no nested value (our batch is a dict), so building the
+    # model from a local batch first fails the same way (measured with 2 workers on loopback).
+    # tests/engine/model/test_network.py pins the Keras method this overrides.
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = getattr(self, "_distribute_strategy", None)
         if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -225,11 +236,7 @@ class TripletModel(keras.Model):
         q, p, n = y_pred[0], y_pred[1], y_pred[2]
         emb = ops.concatenate([q, p, n], axis=0)
         labels = ops.concatenate([x["label_p"], x["label_p"], x["label_n"]], axis=0)
-        if self.loss_name == "hinge":
-            triplet = triplet_hinge_loss(q, p, n, self.margin)
-        else:
-            fn = batch_hard_triplet_loss if self.loss_name == "batch_hard" else semi_hard_triplet_loss
-            triplet = fn(labels, emb, margin=self.margin)
+        triplet = self.triplet_loss(q, p, n, x["label_p"], x["label_n"])
         loss = self.triplet_weight * triplet
         self.triplet_term.update_state(triplet)
         if self.proxies is not None:

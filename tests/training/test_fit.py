@@ -126,3 +126,8 @@ def test_unset_flags_take_the_catalog_or_the_demo_default():
     assert not demo.one_pass and demo.softmax_weight == 0.0 and demo.mix == ""
     _, forced = fit.configs_from_args(parser.parse_args(["--no-one-pass", "--epochs", "2"]))
     assert not forced.one_pass and forced.epochs == 2
+
+
+def test_an_unknown_mix_source_is_a_clear_error(tiny_catalog: Path, caplog, tiny_fit):
+    assert fit.main(["--catalog", str(tiny_catalog), "--weights", "none", *tiny_fit, "--mix", "real=1,videos=1"]) == 2
+    assert "unknown query source(s) ['videos']" in caplog.text

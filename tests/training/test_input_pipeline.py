@@ -10,7 +10,8 @@ from engine.data.catalog import load_catalog
 from engine.config import TrainConfig
 from engine.data.images import load_image, query_crop
 from training.input_pipeline import triplet_dataset, triplet_sheet, steps_per_epoch
-from training.training_set import build_training_set, queries_from_pairs, split_queries
+from training.query_sources import queries_from_pairs
+from training.training_set import build_training_set, split_queries
 
 
 def test_split_is_by_scene_and_seeded(tiny_catalog: Path):
