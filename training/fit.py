@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detectors.cache import cached_detect
-from detectors.category_map import load_category_map
-from detectors.yolo import WEIGHTS_ENV
+from detectors.category_map import load_category_map, map_for_detector
+from detectors.yolo import WEIGHTS_ENV, YoloDetector
 from engine.index.tuning import TuningConfig
 from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, TrainConfig
 from engine.runtime import run_cli
@@ -208,10 +208,12 @@ def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog,
     from engine.model.embedder import load_preprocessing
 
     detect = None
+    classes = load_category_map().classes
     weights = args.detector_weights or os.environ.get(WEIGHTS_ENV)
     if weights and any(p.box is None for p in catalog.pairs):
         detect = cached_detect(weights, load_preprocessing(model_path).detector_confidence, home / "cache" / "detections")
-    build_serving_folder(model_path, catalog, out, detect, backend=BackendSpec(), classes=load_category_map().classes,
+        classes = map_for_detector(YoloDetector(weights).class_names, check=False).classes  # the groups for a detector of them
+    build_serving_folder(model_path, catalog, out, detect, backend=BackendSpec(), classes=classes,
                          tuning=TuningConfig(target_recall=args.target_recall) if args.target_recall > 0 else None)
     return out
 
