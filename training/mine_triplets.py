@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 
-from detectors.category_map import DEFAULT_MAP, load_category_map
+from detectors.category_map import map_for_detector
 from detectors.yolo import YoloDetector, default_weights
 from engine.data.catalog import load_catalog
 from engine.config import BACKBONES, ModelConfig
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="manifest path (default: <state>/mined/<catalog>-<fingerprint>.json)")
     p.add_argument("--detector-weights", default=None, help="(default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt) YOLO .pt/.onnx/.tflite file, or a bare Ultralytics name to download")
     p.add_argument("--holdout-scenes", type=Path, default=None, help="scene list (python -m evaluation.holdout) whose pairs are not mined: kept for evaluation; recorded in the manifest so training.fit excludes them too")
-    p.add_argument("--category-map", type=Path, default=None, help="YAML map of catalog types to detector classes (default: detectors/category_map.yaml)")
+    p.add_argument("--category-map", type=Path, default=None, help="YAML map of catalog types to detector classes (default: detectors/product_groups.yaml for a detector of the product groups, else detectors/category_map.yaml)")
     p.add_argument("--model", default=None, help="embedder (.keras path or MLflow run id) that picks among several crops; default: pretrained backbone features")
     p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2", help="backbone of the pretrained features when --model is not given")
     p.add_argument("--weights", default="imagenet", help="weights of that backbone: 'imagenet', or a .weights.h5 path")
@@ -90,8 +90,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     )
     catalog = load_catalog(args.catalog)
     holdout = read_scene_list(args.holdout_scenes) if args.holdout_scenes else ()
-    cmap = load_category_map(args.category_map or DEFAULT_MAP)
     detector = YoloDetector(args.detector_weights or default_weights(), conf=cfg.detector_confidence)
+    cmap = map_for_detector(detector.class_names, args.category_map)  # the product groups for a detector of them, else COCO's
     manifest, result = mine_catalog(catalog, detector, cmap, cfg, embedder=make_embedder(args),
                                     cache_dir=home / "cache" / "detections", holdout=holdout)
     out = args.out or home / "mined" / f"{catalog.root.name}-{catalog.fingerprint}.json"

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from detectors.cache import DetectionCache
-from detectors.category_map import DEFAULT_MAP, CategoryMap, load_category_map
+from detectors.category_map import DEFAULT_MAP, CategoryMap, load_category_map, map_for_detector
 from detectors.yolo import YoloDetector, default_weights
 from engine.data.catalog import Catalog, load_catalog
 from engine.config import DEFAULT_CROP_PADDING
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views-per-product", type=int, default=d.views_per_product, help="composites made of each product")
     p.add_argument("--detector-weights", default=None, help="YOLO weights whose detections of each class in the backgrounds give where and how big a product of that class sits (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
     p.add_argument("--no-detector", action="store_true", help="place products only by the pairs.csv boxes (and the floor-standing default), without detections")
-    p.add_argument("--category-map", type=Path, default=None, help="catalog type → detector class map (default: detectors/category_map.yaml)")
+    p.add_argument("--category-map", type=Path, default=None, help="catalog type → detector class map (default: detectors/product_groups.yaml for a detector of the product groups, else detectors/category_map.yaml)")
     p.add_argument("--workers", type=int, default=0, help="processes (0 = one per CPU)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of every view")
     p.add_argument("--sheet-views", type=int, default=24, help="views on the MLflow contact sheet")
@@ -84,8 +84,10 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     catalog = load_catalog(catalog_dir)
     backgrounds = sorted(s.scene for s in restrict_scenes(catalog, drop=holdout).scenes)
     cfg = SynthesisConfig(views_per_product=args.views_per_product, seed=args.seed)
-    cmap = load_category_map(args.category_map or DEFAULT_MAP)
     detector = None if args.no_detector else YoloDetector(args.detector_weights or default_weights(), conf=cfg.min_confidence)
+    # where products sit: the detections of the class their type maps to, in the map of this detector's classes
+    cmap = (map_for_detector(detector.class_names, args.category_map) if detector is not None
+            else load_category_map(args.category_map or DEFAULT_MAP))
     detector_id = detector.fingerprint if detector is not None else "none"
     key = hashlib.sha256(json.dumps([catalog.fingerprint, cfg.describe(), backgrounds, detector_id, cmap.version]).encode()).hexdigest()[:12]
     out = args.out or home / "synthetic" / f"{catalog.root.name}-{key}"
