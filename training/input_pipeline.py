@@ -8,7 +8,6 @@ parallel), batches and prefetches, so the model never waits for JPEG decoding.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections.abc import Sequence
@@ -104,23 +103,25 @@ def triplet_dataset(
         raise ValueError("every epoch must have the same number of triplets")
     size = bank.shape[1]
     local = threading.local()  # albumentations pipelines are not shared between tf.data threads
-    counter = itertools.count()
 
-    def load(q: np.ndarray, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def load(step: np.ndarray, q: np.ndarray, p: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         qs, ps, ns = bank[q], bank[p], bank[n]  # fancy indexing copies
         if augment:
-            if not hasattr(local, "q_aug"):
-                k = next(counter)
-                local.q_aug, local.i_aug = query_augmenter(size, seed + 2 * k), iconic_augmenter(size, seed + 2 * k + 1)
+            if not hasattr(local, "q_aug"):  # built once per thread
+                local.q_aug, local.i_aug = query_augmenter(size, seed), iconic_augmenter(size, seed + 1)
             q_aug, i_aug = local.q_aug, local.i_aug
+            # seeded by the batch's own number, so a batch is augmented the same whichever thread takes it
+            q_aug.set_random_seed(seed + 2 * int(step))
+            i_aug.set_random_seed(seed + 2 * int(step) + 1)
             for i in range(len(q)):
                 qs[i] = q_aug(image=qs[i])["image"]
                 ps[i] = i_aug(image=ps[i])["image"]
                 ns[i] = i_aug(image=ns[i])["image"]
         return qs, ps, ns
 
-    def to_inputs(q, p, n, lp, ln):
-        qs, ps, ns = tf.numpy_function(load, [q, p, n], [tf.uint8] * 3, stateful=False)
+    def to_inputs(step, batch):
+        q, p, n, lp, ln = batch
+        qs, ps, ns = tf.numpy_function(load, [step, q, p, n], [tf.uint8] * 3, stateful=False)
         shape = (None, size, size, 3)
         return {
             "query": tf.cast(tf.ensure_shape(qs, shape), tf.float32),
@@ -134,7 +135,7 @@ def triplet_dataset(
     ds = tf.data.Dataset.from_tensor_slices(tuple(cols))  # one element per epoch
     ds = ds.flat_map(lambda *c: tf.data.Dataset.from_tensor_slices(c).batch(batch_size))
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(epochs) * steps_per_epoch(epochs[0], batch_size)))
-    ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.enumerate().map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

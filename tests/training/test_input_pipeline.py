@@ -78,3 +78,19 @@ def test_augmentation_changes_pixels_not_shapes(tiny_catalog: Path):
     assert np.abs(aug["query"] - plain["query"]).mean() > 1.0
     sheet = triplet_sheet(ts.bank, trip, ts.product_ids, rows=4)
     assert sheet.shape == (4 * (48 + 18), 3 * 48, 3)
+
+
+def test_augmentation_is_seeded_by_the_batch_whatever_thread_takes_it(tiny_catalog: Path):
+    """Each batch is augmented by its own number: the stream repeats exactly, batch after batch,
+    however tf.data's parallel calls happen to be scheduled (they race for threads)."""
+    cat = load_catalog(tiny_catalog)
+    ts = build_training_set(cat, TrainConfig(in_class_negatives=1, out_class_negatives=1), 48)
+    epochs = [ts.train_sampler.sample(0), ts.train_sampler.sample(1)]
+
+    def stream(seed: int) -> list[np.ndarray]:
+        return [b["query"] for b in triplet_dataset(ts.bank, epochs, batch_size=4, augment=True, seed=seed).as_numpy_iterator()]
+
+    first, again, other = stream(3), stream(3), stream(4)
+    assert len(first) == len(again) > 4
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))
