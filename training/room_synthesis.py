@@ -40,6 +40,7 @@ from engine.files import atomic_file, write_json_atomic
 from engine.synthesis.composite import CompositeConfig, CompositeError, Placement, composite_many
 from engine.synthesis.cutout import CutoutConfig, CutoutError
 from training.manifest import read_versioned_json
+from training.synthesis import iconic_products
 
 logger = logging.getLogger(__name__)
 
@@ -305,25 +306,13 @@ def _on_anchor(spec: GroupPlacement, anchors: Sequence[tuple[str, Box]], aspect:
 def product_pool(catalog: Catalog, groups_map: CategoryMap, test: IconicTest) -> tuple[dict[str, list[_Product]], dict[str, int]]:
     """Per group, the products (first photo each) that pass the white-background test; skip counts by reason."""
     pool: dict[str, list[_Product]] = defaultdict(list)
-    skipped: Counter = Counter()
-    seen: set[str] = set()
-    for p in catalog.products:
-        if p.product_id in seen:
-            continue
-        seen.add(p.product_id)
+    skipped: defaultdict = defaultdict(int)
+    for _, p in iconic_products(catalog, test, skipped):
         group = groups_map.class_for(p.type)
         if group is None:
             skipped["no_group"] += 1
-            continue
-        try:
-            image = load_image(p.image)
-        except ImageError:
-            skipped["unreadable"] += 1
-            continue
-        if not test.is_iconic(image):
-            skipped["not_white_background"] += 1
-            continue
-        pool[group].append(_Product(p.product_id, group, str(p.image)))
+        else:
+            pool[group].append(_Product(p.product_id, group, str(p.image)))
     return dict(pool), dict(skipped)
 
 

@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from detectors.category_map import CategoryMap
-from engine.data.catalog import Catalog
+from engine.data.catalog import Catalog, ProductImage
 from engine.synthesis.composite import CompositeConfig, CompositeError, PlacementPrior, composite, to_rel_box
 from engine.config import DEFAULT_MIN_CONFIDENCE
 from engine.synthesis.cutout import CutoutConfig, CutoutError
@@ -180,10 +180,9 @@ class _Job:
     index: int  # the product's position in the catalog: part of every view's seed
 
 
-def plan_jobs(catalog: Catalog, category_map: CategoryMap, test: IconicTest) -> tuple[list[_Job], dict[str, int]]:
-    """One job per product whose first image is readable and passes the white-background test;
-    counts of the products skipped and why."""
-    jobs, skipped = [], defaultdict(int)
+def iconic_products(catalog: Catalog, test: IconicTest, skipped: defaultdict) -> Iterator[tuple[int, ProductImage]]:
+    """Each product's first photo, with its row number in the catalog, when it reads and passes the
+    white-background test (so it can be cut out); the others are counted in ``skipped`` by reason."""
     seen: set[str] = set()
     for i, p in enumerate(catalog.products):
         if p.product_id in seen:
@@ -197,7 +196,14 @@ def plan_jobs(catalog: Catalog, category_map: CategoryMap, test: IconicTest) -> 
         if not test.is_iconic(image):
             skipped["not_white_background"] += 1
             continue
-        jobs.append(_Job(p.product_id, p.type, p.image, placement_label(p.type, category_map), i))
+        yield i, p
+
+
+def plan_jobs(catalog: Catalog, category_map: CategoryMap, test: IconicTest) -> tuple[list[_Job], dict[str, int]]:
+    """One job per product whose first image is readable and passes the white-background test;
+    counts of the products skipped and why."""
+    skipped: defaultdict = defaultdict(int)
+    jobs = [_Job(p.product_id, p.type, p.image, placement_label(p.type, category_map), i) for i, p in iconic_products(catalog, test, skipped)]
     return jobs, dict(skipped)
 
 
