@@ -161,6 +161,8 @@ def test_desktop_labels_pick_results_in_view_filter_and_product_page(browser, li
     # up to 4 matches each, searched within the object's group: the tiny catalog holds 3 products of a type
     assert [s.count() for s in (sections.nth(i).locator(".result") for i in range(3))] == [3, 3, 3]
     assert "less sure" in sections.nth(2).inner_text()
+    # the list takes the results pane's whole width, not one cell of the product grid
+    assert page.locator("#results .room-list").bounding_box()["width"] > 0.95 * page.locator("#results").bounding_box()["width"]
     page.screenshot(path=str(tmp_path / "desktop-room.png"))
     search_after(page, lambda: sections.nth(2).locator(".room-pick").click())
     assert "potted plant" in page.inner_text("#results-title") and cards.count() == 12
