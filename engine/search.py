@@ -55,20 +55,32 @@ class Room:
     products: tuple[str, ...]
 
 
-def room_ranking(per_object: Sequence[Sequence[str]], k: int | None = None) -> list[str]:
+ROOM_ORDERS = ("turns", "distance")
+ROOM_ORDER = "turns"  # the room list's order, chosen on development scenes (docs/evaluation.md)
+
+
+def room_ranking(per_object: Sequence[Sequence[str]], k: int | None = None, distances: Sequence[Sequence[float]] | None = None,
+                 order: str = "turns") -> list[str]:
     """One ranked list of a room from each object's ranked product ids (objects most confident
-    first): every object's first match, then every object's second, and so on; each product once.
-    The first ``k`` (None: all)."""
+    first); each product once, the first ``k`` (None: all).
+
+    ``order`` "turns": every object's first match, then every object's second, and so on.
+    "distance": every match of every object, nearest first by ``distances`` (each object's match
+    distances, the shape of ``per_object``); ties keep the turns order."""
+    if order not in ROOM_ORDERS:
+        raise ValueError(f"room order {order!r}: choose one of {', '.join(ROOM_ORDERS)}")
+    if order == "distance" and (distances is None or [len(d) for d in distances] != [len(p) for p in per_object]):
+        raise ValueError("room order 'distance' needs each match's distance, in the shape of the matches")
+    entries = [(r, i, products[r]) for i, products in enumerate(per_object) for r in range(len(products))]
+    key = (lambda e: (distances[e[1]][e[0]], e[0], e[1])) if order == "distance" else (lambda e: (e[0], e[1]))
     out: list[str] = []
     seen: set[str] = set()
-    depth = max((len(p) for p in per_object), default=0)
-    for r in range(depth):
-        for products in per_object:
-            if r < len(products) and products[r] not in seen:
-                seen.add(products[r])
-                out.append(products[r])
-                if k is not None and len(out) == k:
-                    return out
+    for _, _, product in sorted(entries, key=key):
+        if product not in seen:
+            seen.add(product)
+            out.append(product)
+            if k is not None and len(out) == k:
+                break
     return out
 
 
@@ -174,7 +186,8 @@ class SearchEngine:
             matches = self.products.search_distinct(vec[None], k, set(self.group_types.get(group, ())) or None)[0]
             objects.append(RoomObject(d.box, d.label, group, float(d.confidence), d.confidence >= prep.min_confidence, tuple(matches)))
         timings.add("search", t)
-        products = room_ranking([[m.item.product_id for m in o.matches] for o in objects])
+        products = room_ranking([[m.item.product_id for m in o.matches] for o in objects],
+                                distances=[[m.distance for m in o.matches] for o in objects], order=ROOM_ORDER)
         return Room(tuple(objects), tuple(products))
 
     def scenes_of(self, product_id: str, k: int = 10) -> list[Match]:

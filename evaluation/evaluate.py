@@ -28,6 +28,7 @@ from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFA
 from engine.files import write_json_atomic
 from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
+from engine.search import ROOM_ORDER, ROOM_ORDERS
 from engine.data.splits import read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.protocol import EvalConfig, EvalInputs, EvalResult, flat_metrics, paired_difference, prepare, score, table
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--versus-detector", default=None, metavar="WEIGHTS",
                    help="also propose the crops with this second detector and score the same model(s) on them: the whole-room "
                         "scores of both detectors, paired pair by pair (e.g. the COCO detector against a product-groups one)")
+    p.add_argument("--room-order", choices=ROOM_ORDERS, default=ROOM_ORDER,
+                   help="how the room list merges its objects' matches: 'turns' (each object's first, then each second …) or 'distance' (nearest first)")
     p.add_argument("--baseline", default="imagenet", help="also score 'imagenet' features of the same backbone on the same crops, 'none', or the metrics.json of an earlier evaluation")
     p.add_argument("--compare", type=Path, nargs="*", default=[], metavar="METRICS_JSON", help="also draw the recall@k curves of these earlier evaluations (their metrics.json) on the plot")
     p.add_argument("--backbone", choices=BACKBONES, default=None, help="backbone of the ImageNet features (default: the evaluated model's, else mobilenet_v2)")
@@ -235,7 +238,8 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
         detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
         detect = DetectionCache(detector, home / "cache" / "detections").detect
         cmap = map_for_detector(detector.class_names, args.category_map)
-        cfg = replace(cfg, room=room_spec(catalog, detector.class_names, load_category_map(args.groups_map or GROUPS_MAP), cfg.ks))
+        cfg = replace(cfg, room=replace(room_spec(catalog, detector.class_names, load_category_map(args.groups_map or GROUPS_MAP), cfg.ks),
+                                        order=args.room_order))
     inputs = prepare(catalog, prep, detector=detector, category_map=cmap, detect=detect)
     logger.info("%d scenes, %d crops, %d pairs (%d reachable through %s) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
                 len(inputs.cases), sum(c.reachable for c in inputs.cases), Path(cmap.source).name, inputs.seconds)

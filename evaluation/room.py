@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.metrics import bootstrap_recall, rank_of, recall_curve
-from engine.search import room_ranking
+from engine.search import ROOM_ORDER, room_ranking
 
 ROOM_KS = (10, 20, 50)
 
@@ -40,7 +40,8 @@ class RoomSpec:
     type_group: catalog type → product group (types of no group absent); label_group: crop label
     (detector class, or a ``pairs.csv`` box's product type) → product group; coco_types: the types a
     COCO detector class reaches (the pairs of the main protocol with the COCO map); ks: the k of the
-    s2p recall; room_ks: the k of room recall; depth: matches kept per object for the room list.
+    s2p recall; room_ks: the k of room recall; depth: matches kept per object for the room list;
+    order: the room list's merge of its objects' matches (``engine.search.ROOM_ORDERS``).
     """
 
     type_group: Mapping[str, str]
@@ -49,6 +50,7 @@ class RoomSpec:
     ks: tuple[int, ...] = (1, 5, 10, 20, 50)
     room_ks: tuple[int, ...] = ROOM_KS
     depth: int = 50
+    order: str = ROOM_ORDER  # how the room list merges its objects' matches (engine.search.room_ranking)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequenc
             per_scene[scene].append((-float(confidences[c]), c))
     out = {}
     for scene, objs in per_scene.items():
-        ranked = []
+        ranked, distances = [], []
         for _, c in sorted(objs):
             g = groups[c]
             if g not in columns:
@@ -96,7 +98,8 @@ def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequenc
             cols = columns[g]
             order = cols[np.argsort(crop_prod[c, cols], kind="stable")[: spec.depth]]
             ranked.append([product_ids[j] for j in order])
-        out[scene] = room_ranking(ranked)
+            distances.append([float(crop_prod[c, j]) for j in order])
+        out[scene] = room_ranking(ranked, distances=distances, order=spec.order)
     return out
 
 

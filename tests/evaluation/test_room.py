@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,17 @@ def test_the_room_list_searches_each_object_within_its_group():
     # s1: the lamp box (more confident) ranks lampB, lampA; the chair box only the chair
     assert rooms["s1"] == ["lampB", "chair", "lampA"]
     assert rooms["s2"] == ["rug"]
+    # nearest first instead: lampB 0.2, chair 0.4, lampA 0.5 (the lamp box's) — the same here; with
+    # the chair closer than the lamp box's first match the chair leads
+    by_distance = replace(SPEC, order="distance")
+    assert room_lists(CROP_PROD, CROP_SCENE, crop_groups(CROP_LABEL, SPEC), CONF, PRODUCTS, [TYPES[p] for p in PRODUCTS],
+                      by_distance)["s1"] == ["lampB", "chair", "lampA"]
+    closer = CROP_PROD.copy()
+    closer[1, 3] = 0.1
+    assert room_lists(closer, CROP_SCENE, crop_groups(CROP_LABEL, SPEC), CONF, PRODUCTS, [TYPES[p] for p in PRODUCTS],
+                      by_distance)["s1"] == ["chair", "lampB", "lampA"]
+    assert room_lists(closer, CROP_SCENE, crop_groups(CROP_LABEL, SPEC), CONF, PRODUCTS, [TYPES[p] for p in PRODUCTS],
+                      SPEC)["s1"] == ["lampB", "chair", "lampA"]
 
 
 def test_pair_ranks_coverage_and_recall():
