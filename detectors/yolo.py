@@ -202,14 +202,26 @@ def read_yolov8_graph(weights: str | Path, *, imgsz: int | None = None, seed: in
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, its metrics): called after each epoch's validation
 
 
-def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int, imgsz: int, batch: int, freeze: int, seed: int,
+def resume_progress(folder: str | Path) -> tuple[int, int]:
+    """(epochs done, epochs planned) of the training run in ``folder`` (its ``weights/last.pt``)."""
+    import torch
+
+    last = Path(folder) / "weights" / "last.pt"
+    if not last.is_file():
+        raise DetectorError(f"nothing to resume in {folder}: no weights/last.pt (the run never finished an epoch)")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    return int(ckpt["epoch"]) + 1, int(ckpt["train_args"]["epochs"])
+
+
+def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int | None, imgsz: int, batch: int, freeze: int, seed: int,
                patience: int = 100, close_mosaic: int = 2, on_epoch: EpochHook | None = None, resume: bool = False) -> Path:
     """Fine-tune a YOLO checkpoint on a YOLO dataset (``data``: its ``data.yaml``) into ``folder``
     (``weights/last.pt`` after every epoch, ``weights/best.pt``); returns ``best.pt``.
 
     ``freeze``: the first N layers stay fixed (10: YOLOv8's backbone); ``resume``: continue the run
     whose ``weights/last.pt`` is in ``folder`` (its epoch, optimizer and settings), as Ultralytics
-    resumes. ``on_epoch(epoch, metrics)`` gets the epoch's training losses (``train/box_loss`` ...)
+    resumes: to its planned epochs (``epochs`` None), or re-planned to ``epochs`` in all (they must
+    leave an epoch to train; the learning-rate schedule follows the new plan). ``on_epoch(epoch, metrics)`` gets the epoch's training losses (``train/box_loss`` ...)
     and validation metrics (``metrics/mAP50(B)`` ...), and at the end, at the last epoch, those of
     ``best.pt`` prefixed ``best/``. Offline on a CPU (``OFFLINE_TRAIN_ARGS``);
     on a GPU Ultralytics' own device choice is used.
@@ -222,8 +234,17 @@ def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int, imgsz
     last = folder / "weights" / "last.pt"
     if resume and not last.is_file():
         raise DetectorError(f"nothing to resume in {folder}: no weights/last.pt (the run never finished an epoch)")
-    if resume and torch.load(last, map_location="cpu", weights_only=False).get("optimizer") is None:
-        raise DetectorError(f"nothing to resume in {folder}: its training finished (weights/last.pt keeps no optimizer state)")
+    if resume:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if ckpt.get("optimizer") is None:
+            raise DetectorError(f"nothing to resume in {folder}: its training finished (weights/last.pt keeps no optimizer state)")
+        planned, done = int(ckpt["train_args"]["epochs"]), int(ckpt["epoch"]) + 1
+        if epochs is not None and epochs != planned:  # a new plan for the rest of the run (the learning-rate schedule follows it)
+            if epochs <= done:
+                raise DetectorError(f"cannot re-plan {folder} to {epochs} epochs: it has trained {done} of {planned} already")
+            logger.info("re-planning %s from %d to %d epochs (%d done)", folder, planned, epochs, done)
+            ckpt["train_args"]["epochs"] = epochs
+            torch.save(ckpt, last)
     model = YOLO(str(last if resume else init), task="detect")
 
     def hook(trainer) -> None:
@@ -241,6 +262,8 @@ def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int, imgsz
     if resume:
         model.train(resume=True, **offline)
     else:
+        if epochs is None:
+            raise DetectorError("a new detector training needs its number of epochs")
         model.train(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, freeze=freeze or None, seed=seed, patience=patience,
                     close_mosaic=close_mosaic, workers=0, project=str(folder.parent), name=folder.name, exist_ok=True, verbose=False,
                     **offline)

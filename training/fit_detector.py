@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-tflite", type=Path, default=None,
                    help="instead, a YOLOv8 .tflite export to recover into a trainable checkpoint first (offline: "
                         "../shared/weights/yolov8n_coco_int8.tflite)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"training epochs (default {d.epochs}); with --resume, a new total for the run (more than it has done)")
     p.add_argument("--imgsz", type=int, default=d.imgsz, help="training input side (a multiple of 32; 640 suits a GPU)")
     p.add_argument("--batch", type=int, default=d.batch, help="images per step")
     p.add_argument("--freeze", type=int, default=d.freeze, help="the first N layers stay fixed (10 = YOLOv8's backbone, 0 = train all)")
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.data is None) == (args.resume is None):
         parser.error("give --data for a new run, or --resume RUN_ID to continue one")
     try:
-        cfg = DetectorTrainConfig(epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, freeze=args.freeze, patience=args.patience,
+        cfg = DetectorTrainConfig(epochs=args.epochs or DetectorTrainConfig().epochs, imgsz=args.imgsz, batch=args.batch, freeze=args.freeze, patience=args.patience,
                                   close_mosaic=args.close_mosaic, seed=args.seed, export_imgsz=args.export_imgsz)
     except ValueError as exc:
         parser.error(str(exc))
@@ -123,6 +124,13 @@ def _run(args: argparse.Namespace, cfg: DetectorTrainConfig, home: Path) -> int:
         cfg = DetectorTrainConfig(**state["config"])
         if (home / "detectors" / state["run_id"] / "detector.tflite").is_file():
             raise ValueError(f"detector run {state['run_id']} finished (its detector.tflite is written): nothing to resume")
+    if state is not None and args.epochs is not None:
+        from detectors.yolo import resume_progress
+
+        done, planned = resume_progress(home / "detectors" / state["run_id"] / "train")
+        if args.epochs <= done:
+            raise ValueError(f"--epochs {args.epochs}: detector run {state['run_id']} has trained {done} of its {planned} epochs; "
+                             "give more to re-plan it, or leave --epochs out to finish its plan")
     data = Path(state["data"] if state else args.data).resolve()
     if not data.is_file():
         raise ValueError(f"--data {data}: no such data.yaml; make one with python -m training.synthesize_rooms")
@@ -141,9 +149,13 @@ def _run(args: argparse.Namespace, cfg: DetectorTrainConfig, home: Path) -> int:
         else:
             init = state["init"]
             logger.info("resuming detector run %s from %s", tracker.run_id, folder / "train" / "weights" / "last.pt")
-        best = train_yolo(init, data, folder / "train", epochs=cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, freeze=cfg.freeze, seed=cfg.seed,
+        best = train_yolo(init, data, folder / "train", epochs=args.epochs if state else cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, freeze=cfg.freeze, seed=cfg.seed,
                           patience=cfg.patience, close_mosaic=cfg.close_mosaic, resume=state is not None,
                           on_epoch=lambda epoch, m: tracker.log_metrics({_metric(k): v for k, v in m.items()}, step=epoch))
+        if state is not None and args.epochs is not None and args.epochs != cfg.epochs:  # the run was re-planned
+            tracker.set_tags({"detector.epochs_replanned": f"{cfg.epochs} -> {args.epochs}"})
+            cfg = DetectorTrainConfig(**{**asdict(cfg), "epochs": args.epochs})
+            (folder / "state.json").write_text(json.dumps({**state, "config": asdict(cfg)}))
         lines = [f"run {tracker.run_id}: {best}"]
         for split, prefix in (("val", "val_rooms"), ("test", "real_val")):
             if split == "test" and "test:" not in data.read_text():

@@ -4,6 +4,7 @@ groups as its classes, and a killed run resumed."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -78,9 +79,16 @@ def test_a_killed_detector_run_resumes_in_the_same_run(tiny_catalog: Path, yolo_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    import torch  # here, not at collection: the fast tier never imports torch for this module
+
     run_id = runs[0].name
-    assert fit_detector.main(["--resume", run_id]) == 0
+    done = int(torch.load(runs[0] / "train" / "weights" / "last.pt", map_location="cpu", weights_only=False)["epoch"]) + 1
+    assert fit_detector.main(["--resume", run_id, "--epochs", str(done)]) == 2  # a new plan must leave an epoch to train
+    # re-planned from 3 to 4 epochs: the run trains on to 4 in the same MLflow run and remembers the plan
+    assert fit_detector.main(["--resume", run_id, "--epochs", "4"]) == 0
     mlflow.set_tracking_uri(tracking_uri())
     history = mlflow.MlflowClient().get_metric_history(run_id, "train/box_loss")
-    assert sorted({m.step for m in history}) == [1, 2, 3]  # the killed epochs and the resumed ones, in one run
+    assert sorted({m.step for m in history}) == [1, 2, 3, 4]  # the killed epochs and the resumed ones, in one run
     assert (runs[0] / "detector.tflite").is_file()
+    assert json.loads((runs[0] / "state.json").read_text())["config"]["epochs"] == 4
+    assert mlflow.get_run(run_id).data.tags["detector.epochs_replanned"] == "3 -> 4"
