@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -202,14 +203,39 @@ def read_yolov8_graph(weights: str | Path, *, imgsz: int | None = None, seed: in
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, its metrics): called after each epoch's validation
 
 
-def resume_progress(folder: str | Path) -> tuple[int, int]:
-    """(epochs done, epochs planned) of the training run in ``folder`` (its ``weights/last.pt``)."""
+SAFE_LAST = "last.safe.pt"  # a whole copy of last.pt, replaced atomically after each save
+
+
+def _keep_safe_copy(trainer) -> None:
+    """After Ultralytics saved ``last.pt`` (which it overwrites in place: a kill mid-write leaves it
+    truncated), copy it beside itself atomically, so a killed run always has a whole checkpoint."""
+    last = Path(trainer.last)
+    tmp = last.with_name(SAFE_LAST + ".tmp")
+    tmp.write_bytes(last.read_bytes())
+    os.replace(tmp, last.with_name(SAFE_LAST))
+
+
+def _resume_checkpoint(folder: Path) -> dict:
+    """The checkpoint a killed run in ``folder`` continues from: ``weights/last.pt``, or, when the kill
+    cut its writing short, the whole copy of the epoch before (put back as ``last.pt``)."""
     import torch
 
-    last = Path(folder) / "weights" / "last.pt"
-    if not last.is_file():
+    last, safe = folder / "weights" / "last.pt", folder / "weights" / SAFE_LAST
+    if not last.is_file() and not safe.is_file():
         raise DetectorError(f"nothing to resume in {folder}: no weights/last.pt (the run never finished an epoch)")
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(last, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        if not safe.is_file():
+            raise DetectorError(f"cannot resume {folder}: weights/last.pt is unreadable ({exc}) and there is no {SAFE_LAST}") from None
+        logger.warning("%s is unreadable (a kill while it was written): resuming from %s, the epoch before", last, safe)
+        shutil.copyfile(safe, last)
+        return torch.load(last, map_location="cpu", weights_only=False)
+
+
+def resume_progress(folder: str | Path) -> tuple[int, int]:
+    """(epochs done, epochs planned) of the training run in ``folder`` (its ``weights/last.pt``)."""
+    ckpt = _resume_checkpoint(Path(folder))
     return int(ckpt["epoch"]) + 1, int(ckpt["train_args"]["epochs"])
 
 
@@ -232,10 +258,8 @@ def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int | None
 
     folder = Path(folder)
     last = folder / "weights" / "last.pt"
-    if resume and not last.is_file():
-        raise DetectorError(f"nothing to resume in {folder}: no weights/last.pt (the run never finished an epoch)")
     if resume:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = _resume_checkpoint(folder)
         if ckpt.get("optimizer") is None:
             raise DetectorError(f"nothing to resume in {folder}: its training finished (weights/last.pt keeps no optimizer state)")
         planned, done = int(ckpt["train_args"]["epochs"]), int(ckpt["epoch"]) + 1
@@ -258,6 +282,7 @@ def train_yolo(init: str | Path, data: Path, folder: Path, *, epochs: int | None
         on_epoch(int(trainer.epoch) + 1, {k: float(v) for k, v in values.items()})
 
     model.add_callback("on_fit_epoch_end", hook)
+    model.add_callback("on_model_save", _keep_safe_copy)
     offline = {} if torch.cuda.is_available() else OFFLINE_TRAIN_ARGS
     if resume:
         model.train(resume=True, **offline)

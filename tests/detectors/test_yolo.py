@@ -119,3 +119,27 @@ def test_fine_tuning_the_recovered_detector_stays_offline(yolo_weights: Path, tm
                              exist_ok=True, verbose=False, **OFFLINE_TRAIN_ARGS)
     last = tmp_path / "runs" / "t" / "weights" / "last.pt"
     assert last.is_file() and YoloDetector(last, imgsz=64).class_names == ("lamp", "rug", "cushion")
+
+
+def test_a_checkpoint_cut_short_by_a_kill_resumes_from_the_epoch_before(tmp_path: Path):
+    """Ultralytics overwrites ``last.pt`` in place; a kill mid-write leaves it truncated. The whole copy
+    kept after each save (``last.safe.pt``) is what the run resumes from then."""
+    import torch
+
+    from detectors.yolo import SAFE_LAST, resume_progress
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    with pytest.raises(DetectorError, match="never finished an epoch"):
+        resume_progress(tmp_path)
+    torch.save({"epoch": 1, "train_args": {"epochs": 5}}, weights / SAFE_LAST)
+    torch.save({"epoch": 2, "train_args": {"epochs": 5}}, weights / "last.pt")
+    assert resume_progress(tmp_path) == (3, 5)  # a whole last.pt is used as it is
+    whole = (weights / "last.pt").read_bytes()
+    (weights / "last.pt").write_bytes(whole[: len(whole) // 2])  # killed while writing epoch 3's
+    assert resume_progress(tmp_path) == (2, 5)
+    assert (weights / "last.pt").read_bytes() == (weights / SAFE_LAST).read_bytes()  # put back for Ultralytics to resume
+    (weights / "last.pt").write_bytes(b"")
+    (weights / SAFE_LAST).unlink()
+    with pytest.raises(DetectorError, match="unreadable"):
+        resume_progress(tmp_path)
