@@ -123,9 +123,9 @@ class QuerySource(ABC):
         """Scenes its input file was made without: held out of the whole run."""
         return set()
 
+    @abstractmethod
     def catalog_of(self, path: Path) -> Path:
         """The catalog folder its input file was made from (the run's catalog when --catalog is omitted)."""
-        raise NotImplementedError
 
 
 class _MinedSource(QuerySource):

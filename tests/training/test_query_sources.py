@@ -103,6 +103,9 @@ class Frames(QuerySource):
         products = list(reversed(ctx.catalog.products))
         return [(i, QueryItem(p.product_id, None, p.image, None, source=self.name)) for i, p in enumerate(products)]
 
+    def catalog_of(self, path: Path) -> Path:
+        return path.parent  # its frames file sits in the catalog folder
+
 
 def test_a_new_source_plugs_in_after_the_others(tiny_catalog: Path):
     catalog = load_catalog(tiny_catalog)
