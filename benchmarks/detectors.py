@@ -17,14 +17,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from detectors.agreement import box_iou
+
 logger = logging.getLogger("benchmarks.detectors")
-
-
-def iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    ix, iy = max(0, min(a[2], b[2]) - max(a[0], b[0])), max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 def agreement(reference, other) -> tuple[int, int, float, float]:
@@ -35,8 +30,8 @@ def agreement(reference, other) -> tuple[int, int, float, float]:
         if not twins:
             missing += 1
             continue
-        best = max(twins, key=lambda o: iou(d.box, o.box))
-        ious.append(iou(d.box, best.box))
+        best = max(twins, key=lambda o: box_iou(d.box, o.box))
+        ious.append(box_iou(d.box, best.box))
         diffs.append(abs(d.confidence - best.confidence))
     return len(reference), missing, min(ious, default=1.0), max(diffs, default=0.0)
 

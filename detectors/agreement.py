@@ -10,8 +10,8 @@ import numpy as np
 from engine.data.detection import Detection, Detector
 
 
-def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` pixel boxes (0 when both are empty)."""
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 when both are empty)."""
     ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy

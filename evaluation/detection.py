@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from detectors.agreement import box_iou
+
 Box = tuple[float, float, float, float]
 
 
@@ -29,15 +31,6 @@ class Scored:
     confidence: float
 
 
-def iou(a: Box, b: Box) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def average_precision(detections: Sequence[Scored], truth: Mapping[str, Sequence[Box]], min_iou: float = 0.5) -> float:
     """AP of one group: ``detections`` of that group over all photos, ``truth`` its true boxes per photo."""
     n_true = sum(len(v) for v in truth.values())
@@ -47,7 +40,7 @@ def average_precision(detections: Sequence[Scored], truth: Mapping[str, Sequence
     hits = []
     for d in sorted(detections, key=lambda d: -d.confidence):
         boxes = truth.get(d.image, ())
-        overlaps = [iou(d.box, t) for t in boxes]
+        overlaps = [box_iou(d.box, t) for t in boxes]
         best = int(np.argmax(overlaps)) if overlaps else -1
         if best >= 0 and overlaps[best] >= min_iou and not used[d.image][best]:
             used[d.image][best] = True
@@ -87,5 +80,5 @@ def box_recall(proposals: Sequence[Scored], truth: Mapping[str, Sequence[tuple[s
         by_image[p.image].append(p)
     for image, boxes in truth.items():
         for group, box in boxes:
-            found[group].append(any(p.group == group and iou(p.box, box) >= min_iou for p in by_image.get(image, ())))
+            found[group].append(any(p.group == group and box_iou(p.box, box) >= min_iou for p in by_image.get(image, ())))
     return {g: float(np.mean(v)) for g, v in sorted(found.items())}

@@ -380,8 +380,9 @@ def write_real_split(catalog: Catalog, scenes: Sequence[str], detections: Mappin
     detections of a class the map places in a group (``background_labels``): real boxes to measure a
     detector on, for the groups a COCO detector reaches only. Written as split ``split``."""
     made = []
+    wanted = set(scenes)
     for scene in catalog.scenes:
-        if scene.scene not in set(scenes):
+        if scene.scene not in wanted:
             continue
         try:
             image = load_image(scene.image)

@@ -7,16 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.detection import Scored, ap_per_group, average_precision, box_recall, iou
+from evaluation.detection import Scored, ap_per_group, average_precision, box_recall
 from evaluation.detector_boxes import read_boxes
 
 TRUTH = {"a": [("lamp", (0, 0, 10, 10)), ("rug", (0, 50, 40, 60))], "b": [("lamp", (0, 0, 10, 10)), ("lamp", (20, 20, 30, 30))]}
-
-
-def test_iou():
-    assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
-    assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
 
 
 def test_average_precision_by_hand():
