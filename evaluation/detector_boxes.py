@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data.boxes import read_boxes
 from engine.runtime import run_cli
 
 logger = logging.getLogger("evaluation.detector_boxes")
-FORMAT, VERSION = "showroom.boxes", 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,26 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_cli(lambda home: _run(args), logger_name=logger.name)
-
-
-def read_boxes(path: Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
-    """Scene -> [(group, relative box)] of a ``showroom.boxes`` file."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"--boxes {path}: not readable JSON ({exc})") from None
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise ValueError(f"--boxes {path}: expected a {FORMAT} v{VERSION} file")
-    out = {}
-    for scene, rows in data["boxes"].items():
-        boxes = []
-        for row in rows:
-            group, *box = row
-            if len(box) != 4 or not (0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1):
-                raise ValueError(f"--boxes {path}: {scene}: box {row} must be group, x1 < x2, y1 < y2 as fractions in [0, 1]")
-            boxes.append((str(group), tuple(float(v) for v in box)))
-        out[scene] = boxes
-    return out
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -7,7 +7,10 @@ floor, standing, or on top of a piece of furniture already there (a cushion on a
 shows or one just pasted, a vase on a table) — and pasted back to front, so every box is measured on
 what stays visible. Objects the photo already holds carry no label of their own: those a COCO
 detector finds confidently, of a class the groups map places in a group (``from_classes``), are
-labelled with that group, unless pasted products cover most of them.
+labelled with that group, and so is every box drawn by hand on the photo (a ``showroom.boxes``
+file: the lamps, rugs and cushions no COCO class reaches, which would otherwise be taught as
+background), unless pasted products cover most of them. ``relabel_rooms`` adds hand-drawn boxes
+to a dataset already written.
 
 Written in the Ultralytics YOLO layout (``images/{train,val}``, ``labels/{train,val}`` with
 ``class cx cy w h`` per line, normalised; ``data.yaml``) beside a versioned manifest
@@ -31,7 +34,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from detectors.agreement import box_iou
 from detectors.category_map import CategoryMap
+from engine.data.boxes import RelativeBox, to_pixels
 from engine.data.catalog import Catalog
 from engine.data.detection import Detection
 from engine.data.iconic import IconicTest
@@ -49,6 +54,7 @@ VERSION = 1
 
 RelBox = tuple[float, float, float, float]
 WALL, FLOOR, STANDING, ON_TOP = 0, 1, 2, 3  # paste order: back to front
+HAND_DUPLICATE_IOU = 0.5
 
 
 @dataclass(frozen=True)
@@ -316,10 +322,64 @@ def product_pool(catalog: Catalog, groups_map: CategoryMap, test: IconicTest) ->
     return dict(pool), dict(skipped)
 
 
-def background_labels(detections: Sequence[Detection], groups_map: CategoryMap, min_confidence: float) -> list[Label]:
-    """A background's detections of classes the map places in a group, at least ``min_confidence``, as labels."""
-    return [Label(groups_map.from_classes[d.label], tuple(int(v) for v in d.box), f"detected:{d.label}", confidence=float(d.confidence))
-            for d in detections if d.confidence >= min_confidence and d.label in groups_map.from_classes]
+def background_labels(detections: Sequence[Detection], groups_map: CategoryMap, min_confidence: float,
+                      hand: Sequence[tuple[str, RelativeBox]] = (), size: tuple[int, int] | None = None) -> list[Label]:
+    """What a background photo already holds, as labels in its pixels: its detections of classes the map
+    places in a group, at least ``min_confidence``, then its hand-drawn boxes (``hand``: group and box
+    as fractions of the photo, whose ``size`` is (width, height)) but for those a detection of the same
+    group already labels (IoU >= ``HAND_DUPLICATE_IOU``: the detector's box is the tighter one)."""
+    detected = [Label(groups_map.from_classes[d.label], tuple(int(v) for v in d.box), f"detected:{d.label}", confidence=float(d.confidence))
+                for d in detections if d.confidence >= min_confidence and d.label in groups_map.from_classes]
+    if not hand:
+        return detected
+    if size is None:
+        raise ValueError("hand-drawn boxes need the photo's size")
+    return detected + [lb for lb in hand_labels(hand, size, groups_map.groups) if not _duplicates(lb, detected)]
+
+
+def hand_labels(hand: Sequence[tuple[str, RelativeBox]], size: tuple[int, int], groups: Sequence[str]) -> list[Label]:
+    """Hand-drawn boxes (group, fractions of the photo) as labels (source ``hand``) in the pixels of a
+    ``size`` = (width, height) image; a group the map does not have is an error (a typo in the file)."""
+    unknown = sorted({g for g, _ in hand} - set(groups))
+    if unknown:
+        raise ValueError(f"hand-drawn boxes of groups the groups map does not have: {unknown} (groups: {', '.join(groups)})")
+    return [Label(g, to_pixels(box, *size), "hand") for g, box in hand]
+
+
+def _duplicates(label: Label, others: Sequence[Label]) -> bool:
+    return any(o.group == label.group and box_iou(o.box, label.box) >= HAND_DUPLICATE_IOU for o in others)
+
+
+def relabel_rooms(images: Sequence[RoomImage], hand: Mapping[str, Sequence[tuple[str, RelativeBox]]], groups: Sequence[str],
+                  min_uncovered: float) -> list[RoomImage]:
+    """Written rooms with their backgrounds' hand-drawn boxes added to the labels, without painting them again.
+
+    A background's box (fractions of the photo: the image is the photo scaled) is added unless a
+    detection of its group already labels it, or the pasted products' boxes leave less than
+    ``min_uncovered`` of it uncovered (boxes, not the products' outlines: a little stricter than
+    synthesis, which measures what stays visible). Earlier hand labels are replaced, so relabelling
+    again with a corrected file gives the same result as once."""
+    out = []
+    for im in images:
+        kept = [lb for lb in im.labels if lb.source != "hand"]
+        boxes = hand.get(im.background, ())
+        if boxes:
+            w, h = im.size
+            pasted = np.zeros((h, w), bool)
+            for lb in kept:
+                if lb.source == "pasted":
+                    x1, y1, x2, y2 = lb.box
+                    pasted[y1:y2, x1:x2] = True
+            detected = [lb for lb in kept if lb.source != "pasted"]
+            for lb in hand_labels(boxes, (w, h), groups):
+                x1, y1, x2, y2 = lb.box
+                area = (x2 - x1) * (y2 - y1)
+                if area <= 0 or _duplicates(lb, detected):
+                    continue
+                if 1 - pasted[y1:y2, x1:x2].sum() / area >= min_uncovered:
+                    kept.append(lb)
+        out.append(replace(im, labels=tuple(kept)))
+    return out
 
 
 _WORKER: _Maker | None = None
@@ -338,10 +398,12 @@ def _run(job: tuple[str, int, str]) -> RoomImage | None:
 
 def synthesize_rooms(catalog: Catalog, splits: Mapping[str, Sequence[str]], detections: Mapping[str, Sequence[Detection]],
                      groups_map: CategoryMap, cfg: RoomSynthesisConfig, out: Path, *, workers: int = 0,
-                     progress: Callable | None = None) -> tuple[list[RoomImage], dict[str, Any]]:
+                     progress: Callable | None = None,
+                     hand: Mapping[str, Sequence[tuple[str, RelativeBox]]] | None = None) -> tuple[list[RoomImage], dict[str, Any]]:
     """Write ``cfg.train_images`` / ``cfg.val_images`` composites into ``out`` (YOLO layout) and return
     them with stats. ``splits``: 'train' and 'val' background scene names (disjoint);
-    ``detections``: each background's detections by a COCO detector (labels of what the photo holds)."""
+    ``detections``: each background's detections by a COCO detector, and ``hand``: its hand-drawn
+    boxes (group, fractions of the photo): labels of what the photo holds (``background_labels``)."""
     if not splits.get("train"):
         raise ValueError("room synthesis needs training background scenes")
     if set(splits.get("train", ())) & set(splits.get("val", ())):
@@ -351,7 +413,9 @@ def synthesize_rooms(catalog: Catalog, splits: Mapping[str, Sequence[str]], dete
     pool, skipped = product_pool(catalog, groups_map, cfg.iconic)
     images = {s.scene: str(s.image) for s in catalog.scenes}
     names = [n for split in splits.values() for n in split]
-    labels = {n: background_labels(detections.get(n, ()), groups_map, cfg.pseudo_confidence) for n in names}
+    sizes = {s.scene: s.size for s in catalog.scenes}
+    hand = hand or {}
+    labels = {n: background_labels(detections.get(n, ()), groups_map, cfg.pseudo_confidence, hand.get(n, ()), sizes[n]) for n in names}
     maker = _Maker({n: images[n] for n in names}, labels, pool, groups_map.groups, cfg, Path(out))
     jobs = []
     for split, count in (("train", cfg.train_images), ("val", cfg.val_images)):
@@ -375,10 +439,12 @@ def _map(maker: _Maker, jobs: list, workers: int, progress: Callable | None) -> 
 
 
 def write_real_split(catalog: Catalog, scenes: Sequence[str], detections: Mapping[str, Sequence[Detection]], groups_map: CategoryMap,
-                     out: Path, *, max_side: int, min_confidence: float, split: str = "test") -> list[RoomImage]:
+                     out: Path, *, max_side: int, min_confidence: float, split: str = "test",
+                     hand: Mapping[str, Sequence[tuple[str, RelativeBox]]] | None = None) -> list[RoomImage]:
     """The room photos ``scenes`` as they are (scaled to ``max_side``), labelled with their confident
-    detections of a class the map places in a group (``background_labels``): real boxes to measure a
-    detector on, for the groups a COCO detector reaches only. Written as split ``split``."""
+    detections of a class the map places in a group and their hand-drawn boxes (``background_labels``):
+    real boxes to measure a detector on (of the groups a COCO detector reaches, and of every group on
+    the scenes drawn by hand). Written as split ``split``."""
     made = []
     wanted = set(scenes)
     for scene in catalog.scenes:
@@ -389,12 +455,13 @@ def write_real_split(catalog: Catalog, scenes: Sequence[str], detections: Mappin
         except ImageError as exc:
             logger.warning("real split skips %s: %s", scene.scene, exc)
             continue
+        size = (image.shape[1], image.shape[0])
         scale = min(1.0, max_side / max(image.shape[:2]))
         if scale < 1:
             image = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
         h, w = image.shape[:2]
-        labels = tuple(replace(lb, box=_scaled(lb.box, scale, w, h)) for lb in background_labels(detections.get(scene.scene, ()), groups_map,
-                                                                                                 min_confidence))
+        found = background_labels(detections.get(scene.scene, ()), groups_map, min_confidence, (hand or {}).get(scene.scene, ()), size)
+        labels = tuple(replace(lb, box=_scaled(lb.box, scale, w, h)) for lb in found)
         rel = f"images/{split}/{split}-{len(made):05d}.jpg"
         with atomic_file(out / rel) as tmp:
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -424,15 +491,16 @@ def write_yolo_labels(images: Sequence[RoomImage], groups: Sequence[str], out: P
 
 def dataset_stats(images: Sequence[RoomImage], pool: Mapping[str, Sequence[_Product]], skipped: Mapping[str, int],
                   groups: Sequence[str]) -> dict[str, Any]:
-    """Images and boxes per split, boxes per group split by source (pasted / detected), products per group."""
+    """Images and boxes per split, boxes per group split by source (pasted / detected / hand), products per group."""
     stats: dict[str, Any] = {"skipped_products": dict(skipped), "products_per_group": {g: len(pool.get(g, ())) for g in groups}}
     for split in ("train", "val", "test"):
         ims = [im for im in images if im.split == split]
         pasted = Counter(lb.group for im in ims for lb in im.labels if lb.source == "pasted")
-        detected = Counter(lb.group for im in ims for lb in im.labels if lb.source != "pasted")
+        detected = Counter(lb.group for im in ims for lb in im.labels if lb.source.startswith("detected"))
+        drawn = Counter(lb.group for im in ims for lb in im.labels if lb.source == "hand")
         stats[split] = {"images": len(ims), "backgrounds": len({im.background for im in ims}),
-                        "boxes_pasted": sum(pasted.values()), "boxes_detected": sum(detected.values()),
-                        "per_group": {g: {"pasted": pasted[g], "detected": detected[g]} for g in groups}}
+                        "boxes_pasted": sum(pasted.values()), "boxes_detected": sum(detected.values()), "boxes_hand": sum(drawn.values()),
+                        "per_group": {g: {"pasted": pasted[g], "detected": detected[g], "hand": drawn[g]} for g in groups}}
     return stats
 
 

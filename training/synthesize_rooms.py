@@ -7,7 +7,10 @@ product group (``training.room_synthesis``), in the Ultralytics YOLO layout, for
 background already holds are labelled from a COCO detector's confident detections
 (``--detector-weights``), by the groups map's ``from_classes``. The validation scenes are also
 written as they are, with those detections as labels (split ``test``: real boxes, of the groups a
-COCO class reaches). The same catalog, settings and scenes reuse the dataset already written.
+COCO class reaches). Boxes drawn by hand on background scenes (``--background-boxes``, ``showroom.boxes``
+files) label every group a photo holds, not only the COCO classes; ``--relabel DIR`` adds them to a
+dataset already written, without painting it again. The same catalog, settings and scenes reuse the
+dataset already written.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = RoomSynthesisConfig()
     p = argparse.ArgumentParser(prog="python -m training.synthesize_rooms", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--catalog", type=Path, required=True, help="catalog directory (products.csv, scenes.csv)")
+    p.add_argument("--catalog", type=Path, default=None, help="catalog directory (products.csv, scenes.csv)")
+    p.add_argument("--background-boxes", type=Path, nargs="+", default=(), metavar="FILE",
+                   help="showroom.boxes files of boxes drawn by hand on background scenes: labels of every group they hold")
+    p.add_argument("--relabel", type=Path, default=None, metavar="DIR",
+                   help="add the --background-boxes to the rooms dataset already written in DIR (its labels and manifest), without painting it again")
     p.add_argument("--holdout-scenes", type=Path, default=None, metavar="FILE", help="scene list never used (python -m evaluation.holdout)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of the other scenes whose rooms are validation images only")
     p.add_argument("--detector-weights", default=None,
@@ -52,10 +59,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not 0 < args.val_fraction < 1:
-        raise SystemExit("--val-fraction must be between 0 and 1")
+        parser.error("--val-fraction must be between 0 and 1")
+    if args.relabel is not None:
+        if not args.background_boxes:
+            parser.error("--relabel needs --background-boxes: the boxes to add")
+        return run_cli(lambda home: _relabel(args), verbose=args.verbose, logger_name=logger.name)
+    if args.catalog is None:
+        parser.error("give --catalog (or --relabel DIR with --background-boxes)")
     return run_cli(lambda home: _run(args, home), verbose=args.verbose, logger_name=logger.name)
+
+
+def read_background_boxes(paths: Sequence[Path]) -> tuple[dict[str, list], list[dict[str, str]]]:
+    """Scene -> hand-drawn (group, relative box) from ``showroom.boxes`` files (a scene in two files is
+    an error: which to trust is unclear), and what was read (path and sha256 of each, for a manifest)."""
+    from engine.data.boxes import read_boxes
+
+    merged: dict[str, list] = {}
+    sources = []
+    for path in paths:
+        boxes = read_boxes(path)
+        twice = sorted(set(boxes) & set(merged))
+        if twice:
+            raise ValueError(f"--background-boxes: scenes drawn in two files ({path} and an earlier one): {twice[:3]}")
+        merged.update(boxes)
+        sources.append({"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()})
+    return merged, sources
 
 
 def split_backgrounds(scenes: Sequence[str], val_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -85,8 +116,17 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     splits = split_backgrounds([s.scene for s in catalog.scenes if s.scene not in holdout], args.val_fraction, args.seed)
     cfg = RoomSynthesisConfig(train_images=args.train_images, val_images=args.val_images, products=tuple(args.products),
                               max_side=args.max_side, seed=args.seed)
+    hand, hand_sources = read_background_boxes(args.background_boxes)
+    unknown = sorted(set(hand) - {s.scene for s in catalog.scenes})
+    if unknown:
+        raise ValueError(f"--background-boxes names scenes the catalog does not hold: {unknown[:3]}")
+    backgrounds = set(splits["train"]) | set(splits["val"])
+    if set(hand) - backgrounds:
+        logger.info("%d scenes of --background-boxes are not backgrounds here (held out): not used", len(set(hand) - backgrounds))
+    hand = {s: b for s, b in hand.items() if s in backgrounds}
     detector = None if args.no_detector else YoloDetector(args.detector_weights or default_weights(), conf=cfg.pseudo_confidence)
     key_parts = [catalog.fingerprint, repr(cfg), splits, detector.fingerprint if detector else "none", groups_map.version, str(groups_map.source)]
+    key_parts += [s["sha256"] for s in hand_sources]
     key = hashlib.sha256(json.dumps(key_parts, default=str).encode()).hexdigest()[:12]
     out = args.out or home / "rooms" / f"{catalog.root.name}-{key}"
     manifest = out / "manifest.json"
@@ -102,24 +142,69 @@ def _run(args: argparse.Namespace, home: Path) -> int:
             except ImageError as exc:
                 logger.warning("skipping the labels of %s: %s", s.scene, exc)
     images, stats = synthesize_rooms(catalog, splits, detections, groups_map, cfg, out, workers=args.workers,
-                                     progress=lambda it, total: tqdm(it, total=total, desc="rooms", unit="image"))
-    if detections:
-        real = write_real_split(catalog, splits["val"], detections, groups_map, out, max_side=cfg.max_side, min_confidence=cfg.pseudo_confidence)
+                                     progress=lambda it, total: tqdm(it, total=total, desc="rooms", unit="image"), hand=hand)
+    if detections or hand:
+        real = write_real_split(catalog, splits["val"], detections, groups_map, out, max_side=cfg.max_side, min_confidence=cfg.pseudo_confidence,
+                                hand=hand)
         images += real
         write_yolo_labels(images, groups_map.groups, out)
         stats = {**stats, "test": dataset_stats(real, {}, {}, groups_map.groups)["test"]}
     producer = {"tool": "training.synthesize_rooms", "key": key, "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint,
                 "config": repr(cfg), "groups_map": str(groups_map.source), "groups_map_version": groups_map.version, "groups": list(groups_map.groups),
                 "detector": detector.fingerprint if detector else "none", "train_scenes": splits["train"], "val_scenes": splits["val"],
-                "holdout_scenes": sorted(holdout), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "holdout_scenes": sorted(holdout), "background_boxes": hand_sources,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     save_rooms_manifest(manifest, images, producer, stats)
-    tr, va = stats["train"], stats["val"]
-    print(f"{tr['images']} training images ({tr['boxes_pasted']} pasted + {tr['boxes_detected']} detected boxes, {tr['backgrounds']} scenes), "
-          f"{va['images']} validation images ({va['boxes_pasted']} + {va['boxes_detected']}, {va['backgrounds']} scenes); "
-          f"{len(holdout)} scenes held out"
-          + (f"; {stats['test']['images']} real validation photos ({stats['test']['boxes_detected']} detected boxes)" if "test" in stats else "")
-          + f" -> {out / 'data.yaml'}")
+    print(_summary(stats, out) + f"; {len(holdout)} scenes held out")
     return 0
+
+
+def _summary(stats: dict, out: Path) -> str:
+    def boxes(s: dict) -> str:
+        return f"{s['boxes_pasted']} pasted + {s['boxes_detected']} detected + {s.get('boxes_hand', 0)} hand-drawn boxes, {s['backgrounds']} scenes"
+
+    tr, va = stats["train"], stats["val"]
+    return (f"{tr['images']} training images ({boxes(tr)}), {va['images']} validation images ({boxes(va)})"
+            + (f"; {stats['test']['images']} real validation photos ({stats['test']['boxes_detected']} detected + "
+               f"{stats['test'].get('boxes_hand', 0)} hand-drawn boxes)" if "test" in stats else "")
+            + f" -> {out / 'data.yaml'}")
+
+
+def _relabel(args: argparse.Namespace) -> int:
+    """Add the hand-drawn boxes of the dataset's backgrounds to its labels, manifest and stats."""
+    from training.room_synthesis import dataset_stats, load_rooms_manifest, relabel_rooms, save_rooms_manifest, write_yolo_labels
+
+    out = args.relabel
+    manifest = out / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(f"--relabel {out}: no manifest.json there (a python -m training.synthesize_rooms dataset folder)")
+    images, producer, stats = load_rooms_manifest(manifest)
+    hand, sources = read_background_boxes(args.background_boxes)
+    held = sorted(set(hand) & set(producer.get("holdout_scenes", ())))
+    if held:
+        logger.info("%d scenes of --background-boxes are held out: not used", len(held))
+    used = {im.background for im in images}
+    relabelled = relabel_rooms(images, {s: b for s, b in hand.items() if s in used}, producer["groups"],
+                               _min_uncovered(producer.get("config", "")))
+    write_yolo_labels(relabelled, producer["groups"], out)
+    fresh = dataset_stats(relabelled, {}, {}, producer["groups"])
+    stats = {**stats, **{split: fresh[split] for split in ("train", "val", "test") if fresh[split]["images"]}}
+    key = hashlib.sha256(json.dumps([producer.get("key", "")] + [s["sha256"] for s in sources]).encode()).hexdigest()[:12]
+    producer = {**producer, "key": key, "background_boxes": sources, "relabelled": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    save_rooms_manifest(manifest, relabelled, producer, stats)
+    print(_summary(stats, out) + f" (relabelled with {sum(len(hand.get(s, ())) for s in used)} hand-drawn boxes on "
+                                 f"{len(used & set(hand))} of its {len(used)} scenes)")
+    return 0
+
+
+def _min_uncovered(config: str) -> float:
+    """The dataset's ``min_uncovered`` from its recorded config (the default when not recorded)."""
+    import re
+
+    from training.room_synthesis import RoomSynthesisConfig
+
+    found = re.search(r"min_uncovered=([0-9.]+)", config)
+    return float(found.group(1)) if found else RoomSynthesisConfig().min_uncovered
 
 
 if __name__ == "__main__":

@@ -1,14 +1,10 @@
-"""AP per group and the page's box recall on hand-computable boxes; the boxes file is checked."""
+"""AP per group and the page's box recall on hand-computable boxes."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import pytest
 
 from evaluation.detection import Scored, ap_per_group, average_precision, box_recall
-from evaluation.detector_boxes import read_boxes
 
 TRUTH = {"a": [("lamp", (0, 0, 10, 10)), ("rug", (0, 50, 40, 60))], "b": [("lamp", (0, 0, 10, 10)), ("lamp", (20, 20, 30, 30))]}
 
@@ -29,20 +25,3 @@ def test_per_group_and_page_recall():
     aps = ap_per_group(dets, TRUTH)
     assert set(aps) == {"lamp", "rug"} and aps["lamp"] == pytest.approx(1 / 3) and aps["rug"] == pytest.approx(0.5)  # the rug box on b (no rug there) ranks first: precision 1/2 at full recall
     assert box_recall(dets, TRUTH) == {"lamp": pytest.approx(1 / 3), "rug": 1.0}  # the rug box on b's lamp is the wrong group
-
-
-def test_boxes_file_is_checked(tmp_path: Path):
-    good = tmp_path / "b.json"
-    good.write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": {"s": [["lamp", 0.1, 0.2, 0.3, 0.4]]}}))
-    assert read_boxes(good) == {"s": [("lamp", (0.1, 0.2, 0.3, 0.4))]}
-    good.write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": {"s": [["lamp", 0.3, 0.2, 0.1, 0.4]]}}))
-    with pytest.raises(ValueError, match="x1 < x2"):
-        read_boxes(good)
-    good.write_text("{}")
-    with pytest.raises(ValueError, match="showroom.boxes v1"):
-        read_boxes(good)
-
-
-def test_the_shipped_boxes_file_reads():
-    boxes = read_boxes(Path(__file__).resolve().parents[2] / "evaluation" / "data" / "ikea_dev_boxes.json")
-    assert len(boxes) == 11 and sum(len(v) for v in boxes.values()) == 203

@@ -130,3 +130,68 @@ def test_cli_leaves_held_out_scenes_out_and_reuses_its_dataset(tiny_catalog: Pat
     assert producer["holdout_scenes"] == held and not set(producer["train_scenes"]) & set(producer["val_scenes"])
     assert synthesize_rooms.main(argv) == 0
     assert "reusing the rooms dataset" in capsys.readouterr().out
+
+
+def _boxes_file(path: Path, boxes: dict) -> Path:
+    path.write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": boxes}))
+    return path
+
+
+def test_hand_drawn_boxes_label_what_no_detector_reaches_and_yield_to_a_detection(tiny_catalog: Path, tmp_path: Path):
+    catalog = load_catalog(tiny_catalog)
+    scene = sorted(s.scene for s in catalog.scenes)[0]
+    w, h = catalog.scene(scene).size
+    dets = [Detection((0, 0, w // 4, h // 4), "couch", 0.9)]
+    hand = [("lamp", (0.5, 0.0, 0.6, 0.3)),  # no COCO class: labelled from the drawing
+            ("sofa", (0.0, 0.0, 0.26, 0.24))]  # the couch the detector already boxed: its tighter box wins
+    groups = load_category_map(GROUPS_MAP)
+    cfg = RoomSynthesisConfig(train_images=2, val_images=0, products=(1, 1), max_side=max(w, h), min_uncovered=0.0)
+    images, stats = make_rooms(catalog, {"train": [scene]}, {scene: dets}, groups, cfg, tmp_path, workers=1, hand={scene: hand})
+    for im in images:
+        own = [(lb.group, lb.source, lb.box) for lb in im.labels if lb.source != "pasted"]
+        assert own == [("sofa", "detected:couch", (0, 0, w // 4, h // 4)), ("lamp", "hand", (round(0.5 * w), 0, round(0.6 * w), round(0.3 * h)))]
+    assert stats["train"]["per_group"]["lamp"]["hand"] == 2 and stats["train"]["boxes_hand"] == 2
+    from training.room_synthesis import background_labels
+
+    with pytest.raises(ValueError, match="groups the groups map does not have"):
+        background_labels([], groups, 0.5, [("lampp", (0.1, 0.1, 0.2, 0.2))], (w, h))
+
+
+def test_relabel_adds_what_the_pasted_products_leave_visible_and_is_idempotent():
+    from training.room_synthesis import Label, RoomImage, relabel_rooms
+
+    pasted = Label("vase", (0, 0, 50, 100), "pasted", "p1")
+    chair = Label("seating", (60, 60, 100, 100), "detected:chair", confidence=0.9)
+    im = RoomImage("images/train/train-00000.jpg", "train", "room", (100, 100), 1, (pasted, chair))
+    hand = {"room": [("lamp", (0.0, 0.0, 0.4, 0.4)),  # under the pasted vase: hidden, no label
+                     ("rug", (0.3, 0.0, 1.0, 0.2)),  # 2/7 covered: kept
+                     ("seating", (0.6, 0.6, 1.0, 0.99)),  # the detected chair: not twice
+                     ("frame", (0.7, 0.3, 0.9, 0.5))]}  # uncovered: kept
+    groups = load_category_map(GROUPS_MAP).groups
+    (once,) = relabel_rooms([im], hand, groups, min_uncovered=0.5)
+    assert once.labels == (pasted, chair, Label("rug", (30, 0, 100, 20), "hand"), Label("frame", (70, 30, 90, 50), "hand"))
+    assert relabel_rooms([once], hand, groups, 0.5) == [once]
+    assert relabel_rooms([once], {}, groups, 0.5)[0].labels == (pasted, chair)  # an emptied file takes its labels back
+    assert relabel_rooms([im], {"other room": hand["room"]}, groups, 0.5) == [im]
+
+
+def test_cli_relabels_a_written_dataset_with_hand_drawn_boxes(tiny_catalog: Path, tmp_path: Path, capsys):
+    argv = ["--catalog", str(tiny_catalog), "--no-detector", "--train-images", "4", "--val-images", "2", "--max-side", "160",
+            "--workers", "1", "--out", str(tmp_path / "rooms")]
+    assert synthesize_rooms.main(argv) == 0
+    capsys.readouterr()
+    images, producer, _ = load_rooms_manifest(tmp_path / "rooms" / "manifest.json")
+    drawn = {s: [("lamp", (0.0, 0.0, 0.05, 0.05))] for s in producer["train_scenes"] + producer["val_scenes"]}
+    boxes = _boxes_file(tmp_path / "boxes.json", {s: [[g, *b] for g, b in v] for s, v in drawn.items()})
+    before = {im.image: len((tmp_path / "rooms" / "labels" / im.split / (Path(im.image).stem + ".txt")).read_text().splitlines()) for im in images}
+    assert synthesize_rooms.main(["--relabel", str(tmp_path / "rooms"), "--background-boxes", str(boxes)]) == 0
+    assert "hand-drawn boxes" in capsys.readouterr().out
+    again, producer2, stats = load_rooms_manifest(tmp_path / "rooms" / "manifest.json")
+    assert producer2["background_boxes"][0]["path"] == str(boxes) and producer2["key"] != producer["key"]
+    for im in again:
+        rows = (tmp_path / "rooms" / "labels" / im.split / (Path(im.image).stem + ".txt")).read_text().splitlines()
+        hand = [lb for lb in im.labels if lb.source == "hand"]
+        assert len(rows) == before[im.image] + len(hand) and len(hand) <= 1
+    assert stats["train"]["boxes_hand"] == sum(lb.source == "hand" for im in again if im.split == "train" for lb in im.labels)
+    with pytest.raises(SystemExit):
+        synthesize_rooms.main(["--relabel", str(tmp_path / "rooms")])  # nothing to add

@@ -1,0 +1,40 @@
+"""The hand-drawn boxes file: read and checked, and the shipped files read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.data.boxes import BoxesFileError, read_boxes, to_pixels
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_boxes_file_is_checked(tmp_path: Path):
+    good = tmp_path / "b.json"
+    good.write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": {"s": [["lamp", 0.1, 0.2, 0.3, 0.4]]}}))
+    assert read_boxes(good) == {"s": [("lamp", (0.1, 0.2, 0.3, 0.4))]}
+    good.write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": {"s": [["lamp", 0.3, 0.2, 0.1, 0.4]]}}))
+    with pytest.raises(BoxesFileError, match="x1 < x2"):
+        read_boxes(good)
+    good.write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": {"s": [["lamp", "a", 0.2, 0.1, 0.4]]}}))
+    with pytest.raises(BoxesFileError, match=r"must be \[group, x1, y1, x2, y2\]"):
+        read_boxes(good)
+    good.write_text("{}")
+    with pytest.raises(BoxesFileError, match="showroom.boxes v1"):
+        read_boxes(good)
+    good.write_text("{")
+    with pytest.raises(BoxesFileError, match="not readable JSON"):
+        read_boxes(good)
+
+
+def test_to_pixels_rounds_inside_the_photo():
+    assert to_pixels((0.1, 0.25, 0.5, 1.0), 200, 100) == (20, 25, 100, 100)
+    assert to_pixels((0.0, 0.0, 1.0, 1.0), 7, 3) == (0, 0, 7, 3)
+
+
+def test_the_shipped_dev_boxes_file_reads():
+    boxes = read_boxes(ROOT / "evaluation" / "data" / "ikea_dev_boxes.json")
+    assert len(boxes) == 11 and sum(len(v) for v in boxes.values()) == 203
