@@ -38,3 +38,10 @@ def test_to_pixels_rounds_inside_the_photo():
 def test_the_shipped_dev_boxes_file_reads():
     boxes = read_boxes(ROOT / "evaluation" / "data" / "ikea_dev_boxes.json")
     assert len(boxes) == 11 and sum(len(v) for v in boxes.values()) == 203
+
+
+def test_the_shipped_background_boxes_are_of_other_scenes_than_the_dev_boxes():
+    train = read_boxes(ROOT / "training" / "data" / "ikea_background_boxes.json")
+    dev = read_boxes(ROOT / "evaluation" / "data" / "ikea_dev_boxes.json")
+    assert len(train) == 97 and sum(len(v) for v in train.values()) == 2373
+    assert not set(train) & set(dev), "a development (validation) scene drawn as a training background"
