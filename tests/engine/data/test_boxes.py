@@ -45,3 +45,15 @@ def test_the_shipped_background_boxes_are_of_other_scenes_than_the_dev_boxes():
     dev = read_boxes(ROOT / "evaluation" / "data" / "ikea_dev_boxes.json")
     assert len(train) == 97 and sum(len(v) for v in train.values()) == 2373
     assert not set(train) & set(dev), "a development (validation) scene drawn as a training background"
+
+
+def test_no_shipped_box_is_drawn_on_a_readme_hold_out_scene(ikea_catalog: Path):
+    from engine.data.catalog import load_catalog
+    from engine.data.splits import holdout_scenes
+
+    catalog = load_catalog(ikea_catalog)
+    held = set(holdout_scenes(catalog, 0.2, seed=0))  # the README's hold-out: python -m evaluation.holdout defaults
+    names = {s.scene for s in catalog.scenes}
+    for path in (ROOT / "training" / "data" / "ikea_background_boxes.json", ROOT / "evaluation" / "data" / "ikea_dev_boxes.json"):
+        drawn = set(read_boxes(path))
+        assert drawn <= names and not drawn & held, path.name
