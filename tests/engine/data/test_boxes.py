@@ -37,7 +37,7 @@ def test_to_pixels_rounds_inside_the_photo():
 
 def test_the_shipped_dev_boxes_file_reads():
     boxes = read_boxes(ROOT / "evaluation" / "data" / "ikea_dev_boxes.json")
-    assert len(boxes) == 11 and sum(len(v) for v in boxes.values()) == 203
+    assert len(boxes) == 25 and sum(len(v) for v in boxes.values()) == 581
 
 
 def test_the_shipped_background_boxes_are_of_other_scenes_than_the_dev_boxes():
