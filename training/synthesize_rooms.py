@@ -189,8 +189,10 @@ def _relabel(args: argparse.Namespace) -> int:
     write_yolo_labels(relabelled, producer["groups"], out)
     fresh = dataset_stats(relabelled, {}, {}, producer["groups"])
     stats = {**stats, **{split: fresh[split] for split in ("train", "val", "test") if fresh[split]["images"]}}
-    key = hashlib.sha256(json.dumps([producer.get("key", "")] + [s["sha256"] for s in sources]).encode()).hexdigest()[:12]
-    producer = {**producer, "key": key, "background_boxes": sources, "relabelled": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    painted = producer.get("painted_key", producer.get("key", ""))  # the key of the images as painted: relabelling again starts from it
+    key = hashlib.sha256(json.dumps([painted] + [s["sha256"] for s in sources]).encode()).hexdigest()[:12]
+    producer = {**producer, "key": key, "painted_key": painted, "background_boxes": sources,
+                "relabelled": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     save_rooms_manifest(manifest, relabelled, producer, stats)
     print(_summary(stats, out) + f" (relabelled with {sum(len(hand.get(s, ())) for s in used)} hand-drawn boxes on "
                                  f"{len(used & set(hand))} of its {len(used)} scenes)")

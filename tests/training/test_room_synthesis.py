@@ -193,5 +193,7 @@ def test_cli_relabels_a_written_dataset_with_hand_drawn_boxes(tiny_catalog: Path
         hand = [lb for lb in im.labels if lb.source == "hand"]
         assert len(rows) == before[im.image] + len(hand) and len(hand) <= 1
     assert stats["train"]["boxes_hand"] == sum(lb.source == "hand" for im in again if im.split == "train" for lb in im.labels)
+    assert synthesize_rooms.main(["--relabel", str(tmp_path / "rooms"), "--background-boxes", str(boxes)]) == 0
+    assert load_rooms_manifest(tmp_path / "rooms" / "manifest.json")[1]["key"] == producer2["key"]  # the same boxes again: the same dataset
     with pytest.raises(SystemExit):
         synthesize_rooms.main(["--relabel", str(tmp_path / "rooms")])  # nothing to add
