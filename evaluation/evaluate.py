@@ -348,9 +348,10 @@ def _room_lines(name: str, summary: dict, baseline) -> list[str]:
         return []
 
     def row(label: str, block: dict) -> str:
-        s, r = block["s2p_recall"], block["room_recall"]
+        s, r, g = block["s2p_recall"], block["room_recall"], block.get("s2p_group_recall") or {}
         return (f"  {label:<36} pairs {block['pairs']:>4}  cover {block['coverage']:.3f}  s2p@1 {s.get(1, s.get('1')) or 0:.3f}  "
-                f"s2p@10 {s.get(10, s.get('10')) or 0:.3f}  room@10/20/50 " + " ".join(f"{v:.3f}" for v in r.values()))
+                f"s2p@10 {s.get(10, s.get('10')) or 0:.3f}  in group @10 {g.get(10, g.get('10')) or 0:.3f}  room@10/20/50 "
+                + " ".join(f"{v:.3f}" for v in r.values()))
 
     lines = [f"whole room ({room['grouped_pairs']} of {room['pairs']} pairs in a product group; "
              f"{room['objects_per_scene']:.1f} objects a scene):", row(name, room), row(f"{name}, COCO-class pairs", room["coco_class_pairs"])]
@@ -371,11 +372,12 @@ def _room_lines(name: str, summary: dict, baseline) -> list[str]:
 
 def _room_diff(diff: dict) -> str:
     parts = []
-    for metric, ks in (("coverage", (1,)), ("s2p_recall", (1, 10)), ("room_recall", (10, 20, 50))):
+    for metric, ks in (("coverage", (1,)), ("s2p_recall", (1, 10)), ("s2p_group_recall", (10,)), ("room_recall", (10, 20, 50))):
         for k in ks:
-            entry = diff[metric].get(k, diff[metric].get(str(k)))
+            entry = diff.get(metric, {}).get(k, diff.get(metric, {}).get(str(k)))
             if entry:
-                parts.append(f"{metric.replace('_recall', '')}{'' if metric == 'coverage' else '@' + str(k)} {_signed(entry)}")
+                name = {"s2p_group_recall": "s2p in group"}.get(metric, metric.replace("_recall", ""))
+                parts.append(f"{name}{'' if metric == 'coverage' else '@' + str(k)} {_signed(entry)}")
     return "; ".join(parts)
 
 

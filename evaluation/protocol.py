@@ -279,10 +279,11 @@ def _room(inputs: EvalInputs, crop_prod: np.ndarray, cfg: EvalConfig) -> list[Ro
     spec = cfg.room
     groups = crop_groups([c.label for c in inputs.crops], spec)
     scenes = [c.scene for c in inputs.crops]
-    rooms = room_lists(crop_prod, scenes, groups, [c.confidence for c in inputs.crops], inputs.product_ids,
-                       [inputs.types[p] for p in inputs.product_ids], spec)
+    product_types = [inputs.types[p] for p in inputs.product_ids]
+    rooms = room_lists(crop_prod, scenes, groups, [c.confidence for c in inputs.crops], inputs.product_ids, product_types, spec)
     col = {p: i for i, p in enumerate(inputs.product_ids)}
-    return room_pairs([(c.product_id, c.type, c.scene) for c in inputs.cases], crop_prod, scenes, groups, rooms, col, spec)
+    return room_pairs([(c.product_id, c.type, c.scene) for c in inputs.cases], crop_prod, scenes, groups, rooms, col, spec,
+                      product_types)
 
 
 def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
@@ -451,6 +452,8 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
             out[f"{name}coverage"] = block.get("coverage")
             for k, v in (block.get("s2p_recall") or {}).items():
                 out[f"{name}s2p_recall_at_{k}"] = v
+            for k, v in (block.get("s2p_group_recall") or {}).items():
+                out[f"{name}s2p_group_recall_at_{k}"] = v
             for k, v in (block.get("room_recall") or {}).items():
                 out[f"{name}recall_at_{k}"] = v
     out["distance_accuracy"] = summary["distance_accuracy"]

@@ -10,7 +10,9 @@ Pure functions on embeddings (``evaluation.protocol`` prepares the crops and cal
 - **Coverage** (all pairs): the share of pairs whose scene has a crop of the product's group.
 - **s2p recall over all pairs**: as the main protocol, the best rank of the product over its
   group's crops of the scene, searched over the whole catalog; a pair with no such crop (or no
-  group) is a miss at every k.
+  group) is a miss at every k. **In its group** (``s2p_group_recall``): the same crops, each
+  searched among its group's catalog types only (every product when the group holds none), as the
+  page searches a proposed object a shopper taps or clicks, and as the room list does.
 - **Room recall@k**, no label used: per scene the engine's own "shop this room" list
   (``engine.search.room_ranking``: each object's matches among its group's catalog types, objects
   most confident first, first matches of every object before any second); a pair is found at k
@@ -56,7 +58,8 @@ class RoomSpec:
 @dataclass(frozen=True)
 class RoomPair:
     """One pair's whole-room ranks: ``group`` of its product ('' = none), ``covered`` (its scene has a
-    crop of that group), ``rank`` (s2p over those crops) and ``room_rank`` (place in the room list)."""
+    crop of that group), ``rank`` (s2p over those crops, whole catalog), ``room_rank`` (place in the
+    room list) and ``group_rank`` (s2p over those crops, each searched within its group)."""
 
     product_id: str
     scene: str
@@ -64,11 +67,22 @@ class RoomPair:
     covered: bool
     rank: float
     room_rank: float
+    group_rank: float = float("inf")
 
 
 def crop_groups(labels: Sequence[str], spec: RoomSpec) -> list[str]:
     """The product group of each crop label ('' = none)."""
     return [spec.label_group.get(label, spec.type_group.get(label, "")) for label in labels]
+
+
+def group_columns(product_types: Sequence[str], spec: RoomSpec) -> dict[str, np.ndarray]:
+    """Each product group → int (n,) the columns (products) of its types; a group is searched over
+    every product when it holds none (absent here)."""
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for j, t in enumerate(product_types):
+        if t in spec.type_group:
+            by_group[spec.type_group[t]].append(j)
+    return {g: np.array(cols, np.int64) for g, cols in by_group.items()}
 
 
 def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequence[str], confidences: Sequence[float],
@@ -79,11 +93,8 @@ def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequenc
     groups, confidences: per crop; product_ids / product_types: per column of ``crop_prod``. Each
     crop of a group searches only the products of that group's types (all products when the
     group holds none); crops of no group are not objects of the room."""
-    columns: dict[str, np.ndarray] = {}
-    by_group: dict[str, list[int]] = defaultdict(list)
-    for j, t in enumerate(product_types):
-        if t in spec.type_group:
-            by_group[spec.type_group[t]].append(j)
+    by_group = group_columns(product_types, spec)
+    everything = np.arange(len(product_ids), dtype=np.int64)
     per_scene: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for c, (scene, group) in enumerate(zip(crop_scene, groups)):
         if group:
@@ -92,10 +103,7 @@ def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequenc
     for scene, objs in per_scene.items():
         ranked, distances = [], []
         for _, c in sorted(objs):
-            g = groups[c]
-            if g not in columns:
-                columns[g] = np.array(by_group.get(g) or range(len(product_ids)), np.int64)
-            cols = columns[g]
+            cols = by_group.get(groups[c], everything)
             order = cols[np.argsort(crop_prod[c, cols], kind="stable")[: spec.depth]]
             ranked.append([product_ids[j] for j in order])
             distances.append([float(crop_prod[c, j]) for j in order])
@@ -104,9 +112,12 @@ def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequenc
 
 
 def room_pairs(pairs: Sequence[tuple[str, str, str]], crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequence[str],
-               rooms: Mapping[str, Sequence[str]], product_col: Mapping[str, int], spec: RoomSpec) -> list[RoomPair]:
+               rooms: Mapping[str, Sequence[str]], product_col: Mapping[str, int], spec: RoomSpec,
+               product_types: Sequence[str] | None = None) -> list[RoomPair]:
     """The whole-room ranks of ``pairs`` ((product id, type, scene) each) from the crops' distances
-    ``crop_prod`` float (C, P), their scenes and groups, and each scene's room list."""
+    ``crop_prod`` float (C, P), their scenes and groups, and each scene's room list;
+    ``product_types`` (per column of ``crop_prod``) gives the rank within the group (else left inf)."""
+    by_group = group_columns(product_types, spec) if product_types is not None else None
     crops_of: dict[tuple[str, str], list[int]] = defaultdict(list)
     for c, (scene, group) in enumerate(zip(crop_scene, groups)):
         if group:
@@ -117,9 +128,14 @@ def room_pairs(pairs: Sequence[tuple[str, str, str]], crop_prod: np.ndarray, cro
         crops = crops_of.get((scene, group), []) if group else []
         col = product_col[product]
         rank = min((rank_of(crop_prod[c], col) for c in crops), default=float("inf"))
+        group_rank = float("inf")
+        if by_group is not None and crops:
+            cols = by_group[group]  # the pair's own product is of the group: it holds a type
+            inside = int(np.searchsorted(cols, col))
+            group_rank = min(rank_of(crop_prod[c, cols], inside) for c in crops)
         room = rooms.get(scene, ())
         room_rank = float(list(room).index(product) + 1) if product in room else float("inf")
-        out.append(RoomPair(product, scene, group, bool(crops), rank, room_rank))
+        out.append(RoomPair(product, scene, group, bool(crops), rank, room_rank, group_rank))
     return out
 
 
@@ -133,6 +149,7 @@ def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: Ro
         scenes = [r.scene for r in rs]
         return {"pairs": len(rs), "coverage": float(np.mean([r.covered for r in rs])) if rs else float("nan"),
                 "s2p_recall": recall_curve(ranks, spec.ks), "s2p_recall_ci95": bootstrap_recall(ranks, scenes, spec.ks),
+                "s2p_group_recall": recall_curve(np.array([r.group_rank for r in rs], np.float64), spec.ks),
                 "room_recall": recall_curve(room, spec.room_ks), "room_recall_ci95": bootstrap_recall(room, scenes, spec.room_ks)}
 
     out = block(results)
@@ -143,6 +160,7 @@ def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: Ro
         by_group[r.group or "(no group)"].append(r)
     out["per_group"] = {g: {"pairs": len(rs), "coverage": float(np.mean([r.covered for r in rs])),
                             "s2p_recall": recall_curve(np.array([r.rank for r in rs], np.float64), (10,)),
+                            "s2p_group_recall": recall_curve(np.array([r.group_rank for r in rs], np.float64), (10,)),
                             "room_recall": recall_curve(np.array([r.room_rank for r in rs], np.float64), (50,))}
                         for g, rs in sorted(by_group.items())}
     coco = [r for r in results if types[r.product_id] in spec.coco_types]
@@ -166,7 +184,8 @@ def paired_room_difference(a: Sequence[RoomPair], b: Sequence[RoomPair], spec: R
         scenes = [r.scene for r in rs]
         out = {}
         for name, get, ks in (("coverage", lambda r: 1.0 if r.covered else float("inf"), (1,)),
-                              ("s2p_recall", lambda r: r.rank, spec.ks), ("room_recall", lambda r: r.room_rank, spec.room_ks)):
+                              ("s2p_recall", lambda r: r.rank, spec.ks), ("s2p_group_recall", lambda r: r.group_rank, spec.ks),
+                              ("room_recall", lambda r: r.room_rank, spec.room_ks)):
             ra = np.array([get(r) for r in rs], np.float64)
             rb = np.array([get(r) for r in other], np.float64)
             ci = bootstrap_recall(ra, scenes, ks, other=rb)

@@ -73,6 +73,23 @@ def test_pair_ranks_coverage_and_recall():
     assert s["per_group"]["lamp"]["pairs"] == 2 and s["per_group"]["lamp"]["coverage"] == 0.5
 
 
+def test_a_crop_searched_within_its_group_ranks_only_that_groups_products():
+    groups = crop_groups(CROP_LABEL, SPEC)
+    types = [TYPES[p] for p in PRODUCTS]
+    rooms = room_lists(CROP_PROD, CROP_SCENE, groups, CONF, PRODUCTS, types, SPEC)
+    pairs = [("lampA", "Pendant lamp", "s1"), ("chair", "Chair", "s1"), ("rug", "Rug", "s2"), ("lampB", "Table lamp", "s2")]
+    got = room_pairs(pairs, CROP_PROD, CROP_SCENE, groups, rooms, {p: i for i, p in enumerate(PRODUCTS)}, SPEC, types)
+    # lampA: 3rd over the whole catalog (the rug 0.1 and lampB 0.2 ahead), 2nd among the lamps (lampB ahead)
+    assert [(r.rank, r.group_rank) for r in got] == [(3.0, 2.0), (2.0, 1.0), (1.0, 1.0), (float("inf"), float("inf"))]
+    s = room_summary(got, TYPES, SPEC)
+    assert s["s2p_recall"][1] == pytest.approx(1 / 4) and s["s2p_group_recall"][1] == pytest.approx(2 / 4)
+    assert s["per_group"]["lamp"]["s2p_group_recall"][10] == pytest.approx(1 / 2)
+    assert room_pairs(pairs, CROP_PROD, CROP_SCENE, groups, rooms, {p: i for i, p in enumerate(PRODUCTS)}, SPEC)[0].group_rank == float("inf")
+    whole = [replace(r, group_rank=r.rank) for r in got]
+    d = paired_room_difference(got, whole, SPEC)
+    assert d["all_pairs"]["s2p_group_recall"][1]["difference"] == pytest.approx(2 / 4 - 1 / 4)
+
+
 def test_paired_difference_matches_pairs_and_refuses_others():
     a = [RoomPair("p", "s1", "lamp", True, 1.0, 1.0), RoomPair("q", "s2", "rug", True, 5.0, 2.0)]
     b = [RoomPair("q", "s2", "rug", False, float("inf"), 9.0), RoomPair("p", "s1", "lamp", True, 3.0, 1.0)]
