@@ -169,6 +169,19 @@ class SearchEngine:
         timings.add("search", t)
         return matches
 
+    def groups(self) -> frozenset[str]:
+        """The product groups a search may be kept to: those the detector proposes and those the
+        catalog's types fall in."""
+        return frozenset(self.label_groups.values()) | frozenset(self.group_types)
+
+    def types_of_group(self, group: str) -> set[str] | None:
+        """The catalog types a search within ``group`` covers; None (every product) when the catalog
+        holds none of that group. ValueError for a group the engine does not know."""
+        if group not in self.groups():
+            known = ", ".join(sorted(self.groups())) or "none: the served detector proposes no product group"
+            raise ValueError(f"unknown product group {group[:40]!r}; the groups are {known}")
+        return set(self.group_types.get(group, ())) or None
+
     def room(self, image: np.ndarray, k: int = 5, timings: Timings | None = None) -> Room:
         """"Shop this room": every proposed object of a product group (the detector's confident boxes
         and its fill-ins), embedded as one batch, each searched among its group's catalog types
@@ -183,7 +196,7 @@ class SearchEngine:
         objects = []
         for d, vec in zip(found, vectors):
             group = self.label_groups[d.label]
-            matches = self.products.search_distinct(vec[None], k, set(self.group_types.get(group, ())) or None)[0]
+            matches = self.products.search_distinct(vec[None], k, self.types_of_group(group))[0]
             objects.append(RoomObject(d.box, d.label, group, float(d.confidence), d.confidence >= prep.min_confidence, tuple(matches)))
         timings.add("search", t)
         products = room_ranking([[m.item.product_id for m in o.matches] for o in objects],

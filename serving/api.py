@@ -99,6 +99,22 @@ def read_types(known: list[str]) -> set[str] | None:
     return set(raw)
 
 
+def read_group(engine) -> str | None:
+    """The optional ``group`` a search is kept to: a product group of the engine (``""`` or ``all``:
+    the whole catalog), None when the form does not say; a 400 for a group the engine does not know."""
+    raw = request.form.get("group")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if raw in ("", "all"):
+        return ""
+    try:
+        engine.types_of_group(raw)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return raw
+
+
 def product_json(m: Match) -> dict:
     """A search result as the API returns it: ids, the catalog's fields, distance and similarity."""
     it = m.item
@@ -151,6 +167,7 @@ def search():
         raise ApiError(400, "send either box or point, not both")
     k = read_k()
     types = read_types(engine.products.types)
+    group = read_group(engine)
     detections = []
     label = None
     if point is not None:  # a tap: the region the engine proposes under it
@@ -160,12 +177,17 @@ def search():
         if dets:
             box = dets[0].box  # the most confident object
             detections = detections_json(dets)
-    matches = engine.search(image, box, k=k, types=types, timings=timings)
+    if group is None:  # not said: a tap searches within its region's group (as the room list does), a box everything
+        group = engine.label_groups.get(label, "") if label else ""
+    in_group = group if group and not types else None  # the shopper's own types win over a group
+    scope = types if types else (engine.types_of_group(group) if group else None)
+    matches = engine.search(image, box, k=k, types=scope, timings=timings)
     timings.stages["total"] = round((time.perf_counter() - t0) * 1000.0, 2)
     h, w = image.shape[:2]
     extra = {} if label is None else {"label": label, "group": engine.label_groups.get(label, "")}
     return jsonify(width=w, height=h, box=list(box) if box else None, k=k, types=sorted(types) if types else None,
-                   detections=detections, results=[product_json(m) for m in matches], timings_ms=timings.stages, **extra)
+                   in_group=in_group, detections=detections, results=[product_json(m) for m in matches],
+                   timings_ms=timings.stages, **extra)
 
 
 @bp.post("/room")

@@ -37,6 +37,8 @@
     room: null,          // the /api/room answer: every object with its matches, the room's list
     selected: null,      // the box searched for: [x1, y1, x2, y2] in image pixels
     selectedLabel: "",
+    selectedGroup: "",   // the product group of the selected proposed object: its search keeps to that group
+    allProducts: false,  // the shopper asked to search the whole catalog instead of the object's group
     hover: -1,
     drag: null,          // {start: [x, y], box} while drawing
     drawMode: false,
@@ -109,7 +111,8 @@
     if (file.type && !file.type.startsWith("image/")) { setStatus("That is not a photo: choose an image file.", "error"); return; }
     const token = ++state.token;
     if (state.search) state.search.abort();
-    Object.assign(state, { boxes: [], room: null, selected: null, selectedLabel: "", hover: -1, drag: null, lastResults: [] });
+    Object.assign(state, { boxes: [], room: null, selected: null, selectedLabel: "", selectedGroup: "", allProducts: false, hover: -1,
+                           drag: null, lastResults: [] });
     setRoomView(false);
     objectsEl.replaceChildren();
     drop.hidden = true; stage.hidden = false;
@@ -147,7 +150,7 @@
       setStatus(`${n} object${n === 1 ? "" : "s"} found${unsure ? ` (${unsure} less sure, dashed)` : ""}. ` +
                 "Tap one, tap anywhere else, or drag a box; \u201cShop this room\u201d lists them all.");
       const best = bestBox(state.boxes);
-      select(best.box, best.label);
+      select(best.box, best.label, best.group);
     } catch (e) {
       if (token !== state.token) return;
       setBusy(false);
@@ -371,7 +374,7 @@
     if (ev.type === "pointercancel") { draw(); return; }
     const p = toImage(ev);
     const hit = hitTest(p);
-    if (hit >= 0) select(state.boxes[hit].box, state.boxes[hit].label);
+    if (hit >= 0) select(state.boxes[hit].box, state.boxes[hit].label, state.boxes[hit].group);
     else searchAt(p);  // a tap or click on no box: the region the engine proposes under it
   };
   canvas.addEventListener("pointerup", endDrag);
@@ -390,7 +393,7 @@
       b.type = "button"; b.className = "object-chip" + (d.sure ? "" : " unsure"); b.dataset.index = String(i);
       b.textContent = pretty(d.label) + (count[d.label] > 1 ? ` ${seen[d.label]}` : "") + (d.sure ? "" : "?");
       if (!d.sure) b.title = "Less sure: the detector is not certain this is a " + d.label;
-      b.addEventListener("click", () => { if (!state.busy) select(d.box, d.label); });
+      b.addEventListener("click", () => { if (!state.busy) select(d.box, d.label, d.group); });
       b.addEventListener("mouseenter", () => { state.hover = i; draw(); });
       b.addEventListener("mouseleave", () => { state.hover = -1; draw(); });
       li.append(b);
@@ -414,10 +417,13 @@
   }
   drawBtn.addEventListener("click", () => setDrawMode(!state.drawMode));
 
-  function select(box, text) {
+  // A proposed object (``group`` its product group) or a drawn box (no group) to search.
+  function select(box, text, group = "") {
     state.tapped = false;
     state.selected = box.map((v) => Math.round(v));
     state.selectedLabel = text;
+    state.selectedGroup = group || "";
+    state.allProducts = false;
     setRoomView(false);
     draw();
     search();
@@ -455,12 +461,15 @@
     const fields = state.point ? { point: state.point.join(","), k: String(K) } : { box: state.selected.join(","), k: String(K), detect: "0" };
     state.point = null;
     if (state.types.length) fields.types = state.types.join("|");
+    if (state.allProducts) fields.group = "all";  // else a tap keeps to its region's group, and a proposed object to its own
+    else if (!fields.point && state.selectedGroup) fields.group = state.selectedGroup;
     try {
       const data = await post("/api/search", fields, controller.signal);
       if (token !== state.token || controller !== state.search) return;
       if (fields.point) {  // the region the engine chose under the tap
         state.selected = data.box;
         state.selectedLabel = data.label || "";
+        state.selectedGroup = data.group || "";
         draw();
       }
       showResults(data);
@@ -482,6 +491,8 @@
     state.tapped = true;
     state.selected = null;
     state.selectedLabel = "";
+    state.selectedGroup = "";
+    state.allProducts = false;
     setRoomView(false);
     draw();
     search();
@@ -518,7 +529,7 @@
       if (!d.sure) { const tag = document.createElement("span"); tag.className = "maybe"; tag.textContent = "less sure"; head.append(tag); }
       const more = document.createElement("span"); more.className = "room-more"; more.textContent = "See all";
       head.append(more);
-      head.addEventListener("click", () => { if (!state.busy) select(d.box, d.label); });
+      head.addEventListener("click", () => { if (!state.busy) select(d.box, d.label, d.group); });
       head.addEventListener("mouseenter", () => { state.hover = state.boxes.indexOf(d); draw(); });
       head.addEventListener("mouseleave", () => { state.hover = -1; draw(); });
       const row = document.createElement("div");
@@ -578,7 +589,8 @@
     resultsTitle.textContent = !n ? "No matches" : state.selectedLabel ? `Products like this ${what}` : "Products like your box";
     const t = data.timings_ms || {};
     resultsMeta.textContent = n ? `${n} closest, best first${state.types.length ? ` · ${state.types.join(", ")}` : ""}` +
-      (t.total ? ` · ${Math.round(t.total)} ms` : "") : "";
+      (data.in_group ? ` · ${pretty(data.in_group)} only` : "") + (t.total ? ` · ${Math.round(t.total)} ms` : "") : "";
+    scopeToggle(data);
     if (!n) {
       const p = document.createElement("p");
       p.className = "notice";
@@ -591,6 +603,17 @@
       const head = resultsTitle.getBoundingClientRect();
       if (head.top > window.innerHeight - 60) resultsTitle.scrollIntoView({ behavior: "smooth", block: "start" });
     }
+  }
+
+  // A search kept to the object's group offers the whole catalog, and back (no toggle under a type filter:
+  // the shopper's own types decide then).
+  function scopeToggle(data) {
+    if (state.types.length || !state.selectedGroup || !(data.in_group || state.allProducts)) return;
+    const b = document.createElement("button");
+    b.type = "button"; b.className = "link scope";
+    b.textContent = data.in_group ? "Search all products" : `Only ${pretty(state.selectedGroup).toLowerCase()}`;
+    b.addEventListener("click", () => { if (state.busy) return; state.allProducts = !!data.in_group; search(); });
+    resultsMeta.append(" · ", b);
   }
 
   function card(r) {

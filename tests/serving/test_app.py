@@ -298,7 +298,7 @@ def test_a_tap_searches_the_smallest_object_under_it_else_a_square_around_it(cli
     r = upload(client, "/api/search", jpeg(), point="60,60", k="4")
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
-    assert body["box"] == [40, 30, 120, 90] and body["label"] == "chair" and body["group"] == "seating" and len(body["results"]) == 4
+    assert body["box"] == [40, 30, 120, 90] and body["label"] == "chair" and body["group"] == "seating" and len(body["results"]) == 3  # k=4, but the catalog has 3 chairs
     body = upload(client, "/api/search", jpeg(), point="10,10").get_json()
     assert body["box"] == [0, 0, 53, 40] and body["label"] == "couch"
     body = upload(client, "/api/search", jpeg(), point="45,35").get_json()
@@ -307,6 +307,28 @@ def test_a_tap_searches_the_smallest_object_under_it_else_a_square_around_it(cli
     assert body["box"] == [128, 6, 152, 36] and body["label"] == "potted plant" and body["group"] == "vase"  # a less sure object
     body = upload(client, "/api/search", jpeg(), point="150,110").get_json()
     assert body["box"] == [120, 80, 160, 120] and body["label"] == ""  # nothing there: a square of a third of 120, kept in the photo
+
+
+def test_a_proposed_object_is_searched_within_its_group_unless_the_shopper_says_otherwise(client, tiny_catalog: Path):
+    types = load_catalog(tiny_catalog).types
+    found = lambda body: {types[r["product_id"]] for r in body["results"]}  # noqa: E731
+    # a tap on the chair: its region's group (seating) holds the catalog's chairs only
+    body = upload(client, "/api/search", jpeg(), point="60,60", k="18").get_json()
+    assert body["in_group"] == "seating" and found(body) == {"Chair"} and len(body["results"]) == 3
+    body = upload(client, "/api/search", jpeg(), point="60,60", k="18", group="all").get_json()  # the whole catalog
+    assert body["in_group"] is None and len(body["results"]) == 18
+    # a box searches everything unless the page names the group of the object it drew
+    body = upload(client, "/api/search", jpeg(), box="40,30,120,90", k="18").get_json()
+    assert body["in_group"] is None and len(body["results"]) == 18
+    body = upload(client, "/api/search", jpeg(), box="40,30,120,90", k="18", group="sofa").get_json()
+    assert body["in_group"] == "sofa" and found(body) == {"Sofa"}
+    # the shopper's own types win over a group; a tap on nothing keeps to no group
+    body = upload(client, "/api/search", jpeg(), point="60,60", k="18", types="Lamp").get_json()
+    assert body["in_group"] is None and found(body) == {"Lamp"}
+    body = upload(client, "/api/search", jpeg(), point="150,110", k="18").get_json()
+    assert body["label"] == "" and body["in_group"] is None and len(body["results"]) == 18
+    r = upload(client, "/api/search", jpeg(), box="40,30,120,90", group="spaceship")
+    assert r.status_code == 400 and "unknown product group 'spaceship'" in r.get_json()["error"] and "seating" in r.get_json()["error"]
 
 
 @pytest.mark.parametrize("point,status", [("1,2,3", 400), ("x,y", 400), ("nan,3", 400), ("200,10", 422), ("-1,5", 422)])
