@@ -8,6 +8,7 @@ Results are converted to ``Detection`` at once: no torch object leaves ``detecto
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -327,6 +328,10 @@ class YoloDetector:
         is_bare_name = path.name == weights and not path.exists()
         if not is_bare_name and not path.is_file():
             raise DetectorError(f"detector weights {path} not found; pass an existing .pt/.onnx/.tflite file or a bare name like {DEFAULT_WEIGHTS} to download")
+        if path.suffix.lower() == ".onnx" and importlib.util.find_spec("onnxruntime") is None:
+            # Ultralytics would pip-install it at the first detection, in the middle of serving
+            raise DetectorError(f"detector weights {path.name}: an .onnx detector needs onnxruntime, which Showroom does not "
+                                "install (pip install onnxruntime); or use the .tflite export (python -m detectors.export)")
         if not 0.0 <= conf <= 1.0:
             raise DetectorError(f"conf must be in [0, 1], got {conf}")
         self.weights, self.conf, self.iou, self.imgsz = weights, conf, iou, imgsz

@@ -24,6 +24,20 @@ def test_weights_of_the_wrong_kind_or_missing(tmp_path: Path):
         YoloDetector(broken).class_names
 
 
+def test_an_onnx_detector_without_onnxruntime_is_refused_at_once(tmp_path: Path, monkeypatch):
+    """Not installed at the first detection by Ultralytics, mid-request: refused when opened, saying what to install."""
+    import importlib.util
+
+    onnx = tmp_path / "groups.onnx"
+    onnx.write_bytes(b"onnx bytes")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(DetectorError, match="needs onnxruntime.*pip install onnxruntime"):
+        YoloDetector(onnx)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "onnxruntime" else real(name, *a))
+    assert YoloDetector(onnx).fingerprint.startswith("yolo:")  # with it installed, the file is accepted as before
+
+
 @pytest.fixture(scope="module")
 def shared_detector(yolo_weights: Path) -> YoloDetector:
     return YoloDetector(yolo_weights)
