@@ -410,10 +410,10 @@ def _write_pairs(path: Path, result) -> None:
         w = csv.writer(fh)
         room = result.room_pairs or [None] * len(result.pairs)
         w.writerow(["product_id", "type", "scene", "reachable", "box_source", "rank", "rank_any_crop", "scene_rank",
-                    "group", "group_covered", "group_rank", "room_rank"])
+                    "group", "group_covered", "group_rank", "in_group_rank", "room_rank"])
         for r, rp in zip(result.pairs, room):
             c = r.case
-            extra = ["", "", "", ""] if rp is None else [rp.group, int(rp.covered), fmt(rp.rank), fmt(rp.room_rank)]
+            extra = ["", "", "", "", ""] if rp is None else [rp.group, int(rp.covered), fmt(rp.rank), fmt(rp.in_group_rank), fmt(rp.room_rank)]
             w.writerow([c.product_id, c.type, c.scene, int(c.reachable), c.box_source, fmt(r.rank), fmt(r.rank_any), fmt(r.scene_rank), *extra])
 
 

@@ -59,7 +59,7 @@ class RoomSpec:
 class RoomPair:
     """One pair's whole-room ranks: ``group`` of its product ('' = none), ``covered`` (its scene has a
     crop of that group), ``rank`` (s2p over those crops, whole catalog), ``room_rank`` (place in the
-    room list) and ``group_rank`` (s2p over those crops, each searched within its group)."""
+    room list) and ``in_group_rank`` (s2p over those crops, each searched within its group)."""
 
     product_id: str
     scene: str
@@ -67,7 +67,7 @@ class RoomPair:
     covered: bool
     rank: float
     room_rank: float
-    group_rank: float = float("inf")
+    in_group_rank: float = float("inf")
 
 
 def crop_groups(labels: Sequence[str], spec: RoomSpec) -> list[str]:
@@ -128,14 +128,14 @@ def room_pairs(pairs: Sequence[tuple[str, str, str]], crop_prod: np.ndarray, cro
         crops = crops_of.get((scene, group), []) if group else []
         col = product_col[product]
         rank = min((rank_of(crop_prod[c], col) for c in crops), default=float("inf"))
-        group_rank = float("inf")
+        in_group_rank = float("inf")
         if by_group is not None and crops:
             cols = by_group[group]  # the pair's own product is of the group: it holds a type
             inside = int(np.searchsorted(cols, col))
-            group_rank = min(rank_of(crop_prod[c, cols], inside) for c in crops)
+            in_group_rank = min(rank_of(crop_prod[c, cols], inside) for c in crops)
         room = rooms.get(scene, ())
         room_rank = float(list(room).index(product) + 1) if product in room else float("inf")
-        out.append(RoomPair(product, scene, group, bool(crops), rank, room_rank, group_rank))
+        out.append(RoomPair(product, scene, group, bool(crops), rank, room_rank, in_group_rank))
     return out
 
 
@@ -149,7 +149,7 @@ def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: Ro
         scenes = [r.scene for r in rs]
         return {"pairs": len(rs), "coverage": float(np.mean([r.covered for r in rs])) if rs else float("nan"),
                 "s2p_recall": recall_curve(ranks, spec.ks), "s2p_recall_ci95": bootstrap_recall(ranks, scenes, spec.ks),
-                "s2p_group_recall": recall_curve(np.array([r.group_rank for r in rs], np.float64), spec.ks),
+                "s2p_group_recall": recall_curve(np.array([r.in_group_rank for r in rs], np.float64), spec.ks),
                 "room_recall": recall_curve(room, spec.room_ks), "room_recall_ci95": bootstrap_recall(room, scenes, spec.room_ks)}
 
     out = block(results)
@@ -160,7 +160,7 @@ def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: Ro
         by_group[r.group or "(no group)"].append(r)
     out["per_group"] = {g: {"pairs": len(rs), "coverage": float(np.mean([r.covered for r in rs])),
                             "s2p_recall": recall_curve(np.array([r.rank for r in rs], np.float64), (10,)),
-                            "s2p_group_recall": recall_curve(np.array([r.group_rank for r in rs], np.float64), (10,)),
+                            "s2p_group_recall": recall_curve(np.array([r.in_group_rank for r in rs], np.float64), (10,)),
                             "room_recall": recall_curve(np.array([r.room_rank for r in rs], np.float64), (50,))}
                         for g, rs in sorted(by_group.items())}
     coco = [r for r in results if types[r.product_id] in spec.coco_types]
@@ -184,7 +184,7 @@ def paired_room_difference(a: Sequence[RoomPair], b: Sequence[RoomPair], spec: R
         scenes = [r.scene for r in rs]
         out = {}
         for name, get, ks in (("coverage", lambda r: 1.0 if r.covered else float("inf"), (1,)),
-                              ("s2p_recall", lambda r: r.rank, spec.ks), ("s2p_group_recall", lambda r: r.group_rank, spec.ks),
+                              ("s2p_recall", lambda r: r.rank, spec.ks), ("s2p_group_recall", lambda r: r.in_group_rank, spec.ks),
                               ("room_recall", lambda r: r.room_rank, spec.room_ks)):
             ra = np.array([get(r) for r in rs], np.float64)
             rb = np.array([get(r) for r in other], np.float64)

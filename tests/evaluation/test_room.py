@@ -80,12 +80,12 @@ def test_a_crop_searched_within_its_group_ranks_only_that_groups_products():
     pairs = [("lampA", "Pendant lamp", "s1"), ("chair", "Chair", "s1"), ("rug", "Rug", "s2"), ("lampB", "Table lamp", "s2")]
     got = room_pairs(pairs, CROP_PROD, CROP_SCENE, groups, rooms, {p: i for i, p in enumerate(PRODUCTS)}, SPEC, types)
     # lampA: 3rd over the whole catalog (the rug 0.1 and lampB 0.2 ahead), 2nd among the lamps (lampB ahead)
-    assert [(r.rank, r.group_rank) for r in got] == [(3.0, 2.0), (2.0, 1.0), (1.0, 1.0), (float("inf"), float("inf"))]
+    assert [(r.rank, r.in_group_rank) for r in got] == [(3.0, 2.0), (2.0, 1.0), (1.0, 1.0), (float("inf"), float("inf"))]
     s = room_summary(got, TYPES, SPEC)
     assert s["s2p_recall"][1] == pytest.approx(1 / 4) and s["s2p_group_recall"][1] == pytest.approx(2 / 4)
     assert s["per_group"]["lamp"]["s2p_group_recall"][10] == pytest.approx(1 / 2)
-    assert room_pairs(pairs, CROP_PROD, CROP_SCENE, groups, rooms, {p: i for i, p in enumerate(PRODUCTS)}, SPEC)[0].group_rank == float("inf")
-    whole = [replace(r, group_rank=r.rank) for r in got]
+    assert room_pairs(pairs, CROP_PROD, CROP_SCENE, groups, rooms, {p: i for i, p in enumerate(PRODUCTS)}, SPEC)[0].in_group_rank == float("inf")
+    whole = [replace(r, in_group_rank=r.rank) for r in got]
     d = paired_room_difference(got, whole, SPEC)
     assert d["all_pairs"]["s2p_group_recall"][1]["difference"] == pytest.approx(2 / 4 - 1 / 4)
 
