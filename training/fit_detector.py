@@ -13,6 +13,7 @@ inside: what the server runs on LiteRT). A killed run continues with ``--resume`
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import logging
@@ -147,8 +148,13 @@ def _run(args: argparse.Namespace, cfg: DetectorTrainConfig, home: Path) -> int:
                                 "init_tflite": str(args.init_tflite or ""), "classes": len(names), "git_commit": git_commit(),
                                 **_dataset_params(data)})
         else:
+            from detectors.yolo import resume_progress
+            from training.tracking import run_metrics
+
             init = state["init"]
             logger.info("resuming detector run %s from %s", tracker.run_id, folder / "train" / "weights" / "last.pt")
+            logged = {step for step, _ in run_metrics(tracker.run_id).get("train/box_loss", [])}
+            backfill_epochs(tracker, folder / "train", logged, resume_progress(folder / "train")[0])
         best = train_yolo(init, data, folder / "train", epochs=args.epochs if state else cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, freeze=cfg.freeze, seed=cfg.seed,
                           patience=cfg.patience, close_mosaic=cfg.close_mosaic, resume=state is not None,
                           on_epoch=lambda epoch, m: tracker.log_metrics({_metric(k): v for k, v in m.items()}, step=epoch))
@@ -200,6 +206,32 @@ def _dataset_params(data: Path) -> dict:
         out.update({f"{split}_images": s.get("images", 0), f"{split}_boxes_pasted": s.get("boxes_pasted", 0),
                     f"{split}_boxes_detected": s.get("boxes_detected", 0)})
     return out
+
+
+def backfill_epochs(tracker, train_folder: Path, logged: set[int], done: int) -> list[int]:
+    """Log to ``tracker`` the metrics of the epochs up to ``done`` (the checkpoint's) that are not in
+    ``logged`` (steps already in the run), from Ultralytics' ``results.csv`` in ``train_folder``;
+    returns those epochs. Ultralytics writes an epoch's row, then its checkpoint, and only then calls
+    the hook that logs it: a run killed in between resumes after an epoch MLflow never heard of."""
+    results = train_folder / "results.csv"
+    if not results.is_file():
+        return []
+    filled = []
+    with results.open(newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row = {k.strip(): v.strip() for k, v in raw.items() if k}
+            epoch = int(float(row["epoch"]))
+            if epoch > done or epoch in logged:
+                continue
+            values = {_metric(k): float(v) for k, v in row.items() if k.startswith(("train/", "metrics/", "val/")) and v}
+            if row.get("lr/pg0"):
+                values["lr"] = float(row["lr/pg0"])
+            tracker.log_metrics(values, step=epoch)
+            filled.append(epoch)
+    if filled:
+        logger.warning("epochs %s of %s finished but were not logged (the run was killed before): logged now from %s",
+                       filled, train_folder.parent.name, results)
+    return filled
 
 
 def _metric(name: str) -> str:

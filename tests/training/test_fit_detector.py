@@ -59,6 +59,28 @@ def test_fit_detector_from_the_recovered_coco_detector(tiny_catalog: Path, yolo_
     assert fit_detector.main(["--resume", run.info.run_id]) == 2  # finished: nothing to resume
 
 
+class _Recorder:
+    def __init__(self) -> None:
+        self.logged: dict[int, dict[str, float]] = {}
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.logged[step] = dict(metrics)
+
+
+def test_epochs_a_kill_left_unlogged_are_logged_from_results_csv(tmp_path: Path):
+    """Killed after epoch 2's checkpoint but before its metrics reached MLflow: the resume logs epoch 2
+    from Ultralytics' results.csv, and nothing the run logged already or the checkpoint does not hold."""
+    (tmp_path / "results.csv").write_text(
+        "epoch,time,train/box_loss,metrics/mAP50(B),val/box_loss,lr/pg0,lr/pg1\n"
+        "1,0.2,5.9,0.10,5.3,0.0001,0.0001\n"
+        "2,0.6,5.1,0.25,5.2,0.0002,0.0002\n"
+        "3,0.3,4.8,0.30,5.0,0.0003,0.0003\n")  # epoch 3's row, written just before a kill cut its checkpoint
+    tracker = _Recorder()
+    assert fit_detector.backfill_epochs(tracker, tmp_path, logged={1}, done=2) == [2]
+    assert tracker.logged == {2: {"train/box_loss": 5.1, "metrics/mAP50_B": 0.25, "val/box_loss": 5.2, "lr": 0.0002}}
+    assert fit_detector.backfill_epochs(_Recorder(), tmp_path / "none", logged=set(), done=2) == []  # no results.csv: nothing
+
+
 @pytest.mark.slow
 def test_a_killed_detector_run_resumes_in_the_same_run(tiny_catalog: Path, yolo_weights: Path, tmp_path: Path):
     rooms = tmp_path / "rooms"

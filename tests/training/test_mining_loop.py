@@ -93,7 +93,7 @@ def test_mine_fit_mine_hard_fit(ikea_subset: Path, yolo_weights: Path, tmp_path:
 
 
 def test_bad_detector_weights_is_a_clear_error(ikea_subset: Path, tmp_path: Path, caplog):
-    bad = tmp_path / "w.onnx"
+    bad = tmp_path / "w.pt"
     bad.write_bytes(b"junk")
     assert mine_triplets.main(["--catalog", str(ikea_subset), "--detector-weights", str(bad), "--weights", "none",
                                "--out", str(tmp_path / "m.json"), "--no-mlflow"]) == 2
