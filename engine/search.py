@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -157,7 +157,7 @@ class SearchEngine:
         prep = self.embedder.preprocessing
         return self.embedder(query_crop(image, box, prep.image_size, prep.crop_padding)[None])[0]
 
-    def search(self, image: np.ndarray, box: Box | None, k: int = 10, types: set[str] | None = None,
+    def search(self, image: np.ndarray, box: Box | None, k: int = 10, types: Set[str] | None = None,
                timings: Timings | None = None) -> list[Match]:
         """The k products nearest to the crop of ``box`` in ``image``, optionally only of ``types``;
         each product and each distinct catalog photo once."""
@@ -169,18 +169,15 @@ class SearchEngine:
         timings.add("search", t)
         return matches
 
-    def groups(self) -> frozenset[str]:
-        """The product groups a search may be kept to: those the detector proposes and those the
-        catalog's types fall in."""
-        return frozenset(self.label_groups.values()) | frozenset(self.group_types)
-
-    def types_of_group(self, group: str) -> set[str] | None:
+    def types_of_group(self, group: str) -> frozenset[str] | None:
         """The catalog types a search within ``group`` covers; None (every product) when the catalog
-        holds none of that group. ValueError for a group the engine does not know."""
-        if group not in self.groups():
-            known = ", ".join(sorted(self.groups())) or "none: the served detector proposes no product group"
+        holds none of that group. ValueError for a group the engine does not know: neither one the
+        detector proposes nor one the catalog's types fall in."""
+        types = self.group_types.get(group)
+        if types is None and group not in self.label_groups.values():
+            known = ", ".join(sorted({*self.label_groups.values(), *self.group_types})) or "none: the served detector proposes no product group"
             raise ValueError(f"unknown product group {group[:40]!r}; the groups are {known}")
-        return set(self.group_types.get(group, ())) or None
+        return types or None
 
     def room(self, image: np.ndarray, k: int = 5, timings: Timings | None = None) -> Room:
         """"Shop this room": every proposed object of a product group (the detector's confident boxes

@@ -21,7 +21,7 @@ with a message that says what to rebuild.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -122,7 +122,7 @@ class CatalogIndex:
             return []
         return [self.items[j] for j in self._shared.get(int(self._image_group[row]), ()) if j != row]
 
-    def search_distinct(self, queries: np.ndarray, k: int, types: set[str] | None = None, *, overfetch: int = 4) -> list[list[Match]]:
+    def search_distinct(self, queries: np.ndarray, k: int, types: Set[str] | None = None, *, overfetch: int = 4) -> list[list[Match]]:
         """Like ``search``, but each product and each distinct image at most once: the best match of a
         product with several images, and one of several products sharing the same photo."""
         out = []
@@ -167,7 +167,7 @@ class CatalogIndex:
     def types(self) -> list[str]:
         return sorted(set(self._types.tolist()))
 
-    def search(self, queries: np.ndarray, k: int, types: set[str] | None = None) -> list[list[Match]]:
+    def search(self, queries: np.ndarray, k: int, types: Set[str] | None = None) -> list[list[Match]]:
         """Top-k matches per query (``float32 (Q, D)``), optionally only among items of ``types``.
 
         A type filter searches exactly within the chosen items when they are few, and otherwise
