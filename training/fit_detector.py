@@ -116,20 +116,18 @@ def _run(args: argparse.Namespace, cfg: DetectorTrainConfig, home: Path) -> int:
     import shutil
 
     from detectors.export import export_tflite
-    from detectors.yolo import train_yolo, validate_yolo
-    from training.tracking import git_commit, mlflow_run
+    from detectors.yolo import resume_progress, train_yolo, validate_yolo
+    from training.tracking import git_commit, mlflow_run, run_metrics
 
     os.environ.setdefault("YOLO_OFFLINE", "1")  # no update checks or DNS probes while training (downloads of --init still work)
     state = _resume_state(args, home) if args.resume else None
+    done = 0  # epochs the resumed run's checkpoint holds
     if state is not None:
         cfg = DetectorTrainConfig(**state["config"])
         if (home / "detectors" / state["run_id"] / "detector.tflite").is_file():
             raise ValueError(f"detector run {state['run_id']} finished (its detector.tflite is written): nothing to resume")
-    if state is not None and args.epochs is not None:
-        from detectors.yolo import resume_progress
-
         done, planned = resume_progress(home / "detectors" / state["run_id"] / "train")
-        if args.epochs <= done:
+        if args.epochs is not None and args.epochs <= done:
             raise ValueError(f"--epochs {args.epochs}: detector run {state['run_id']} has trained {done} of its {planned} epochs; "
                              "give more to re-plan it, or leave --epochs out to finish its plan")
     data = Path(state["data"] if state else args.data).resolve()
@@ -148,13 +146,10 @@ def _run(args: argparse.Namespace, cfg: DetectorTrainConfig, home: Path) -> int:
                                 "init_tflite": str(args.init_tflite or ""), "classes": len(names), "git_commit": git_commit(),
                                 **_dataset_params(data)})
         else:
-            from detectors.yolo import resume_progress
-            from training.tracking import run_metrics
-
             init = state["init"]
             logger.info("resuming detector run %s from %s", tracker.run_id, folder / "train" / "weights" / "last.pt")
             logged = {step for step, _ in run_metrics(tracker.run_id).get("train/box_loss", [])}
-            backfill_epochs(tracker, folder / "train", logged, resume_progress(folder / "train")[0])
+            backfill_epochs(tracker, folder / "train", logged, done)
         best = train_yolo(init, data, folder / "train", epochs=args.epochs if state else cfg.epochs, imgsz=cfg.imgsz, batch=cfg.batch, freeze=cfg.freeze, seed=cfg.seed,
                           patience=cfg.patience, close_mosaic=cfg.close_mosaic, resume=state is not None,
                           on_epoch=lambda epoch, m: tracker.log_metrics({_metric(k): v for k, v in m.items()}, step=epoch))
