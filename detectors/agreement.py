@@ -7,16 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.data.detection import Detection, Detector
-
-
-def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 when both are empty)."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+from engine.data.detection import Detection, Detector, box_iou
 
 
 @dataclass(frozen=True)

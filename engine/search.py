@@ -14,7 +14,7 @@ import numpy as np
 from engine.data.detection import Detection, Detector
 from engine.data.images import Box, check_box, query_crop
 from engine.index.catalog_index import CatalogIndex, Match
-from engine.data.proposals import confident
+from engine.data.proposals import confident, page_boxes
 
 if TYPE_CHECKING:
     from engine.model.embedder import Embedder  # loads Keras: the query engine is handed a loaded one
@@ -180,13 +180,13 @@ class SearchEngine:
         return types or None
 
     def room(self, image: np.ndarray, k: int = 5, timings: Timings | None = None) -> Room:
-        """"Shop this room": every proposed object of a product group (the detector's confident boxes
-        and its fill-ins), embedded as one batch, each searched among its group's catalog types
+        """"Shop this room": every proposed object of a product group the page offers (the detector's
+        confident boxes and its fill-ins, ``engine.data.proposals.page_boxes``), embedded as one batch, each searched among its group's catalog types
         (every product when the group holds none); the room's ranked list (``room_ranking``)."""
         timings = timings if timings is not None else Timings()
-        found = [d for d in self.detect(image, timings) if d.label in self.label_groups]
-        t = time.perf_counter()
         prep = self.embedder.preprocessing
+        found = page_boxes(self.detect(image, timings), prep.min_confidence, self.label_groups)
+        t = time.perf_counter()
         crops = [query_crop(image, d.box, prep.image_size, prep.crop_padding) for d in found]
         vectors = self.embedder(np.stack(crops)) if crops else np.zeros((0, self.embedder.dim), np.float32)
         t = timings.add("embed", t)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detectors.agreement import box_iou
+from engine.data.detection import box_iou
 
 Box = tuple[float, float, float, float]
 

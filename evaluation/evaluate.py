@@ -31,7 +31,8 @@ from engine.runtime import run_cli
 from engine.search import ROOM_ORDER, ROOM_ORDERS
 from engine.data.splits import read_scene_list, restrict_scenes
 from evaluation import plots
-from evaluation.protocol import EvalConfig, EvalInputs, EvalResult, flat_metrics, paired_difference, prepare, score, table
+from evaluation.protocol import (CROP_CHOICES, EvalConfig, EvalInputs, EvalResult, choose_query_crops, flat_metrics, paired_difference,
+                                 prepare, score, table)
 from evaluation.room import RoomSpec, paired_room_difference
 from training.manifest import read_seen_products
 from training.tracking import download_artifact, git_commit, metric_key, mlflow_run, run_params, run_tags
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
     from engine.model.embedder import Embedder
 
 logger = logging.getLogger("evaluation.evaluate")
+
+# The ImageNet features that fix each pair's query box (``--crop-choice imagenet``): the same for every model compared.
+CHOICE_MODEL = ModelConfig(backbone="mobilenet_v2", alpha=0.35, image_size=224)
 
 # Params every fit and evaluate run carries under the same names (the mlflow ui columns).
 KEY_PARAMS = ("model.backbone", "model.weights", "model.image_size", "model.embedding_dim", "model.low_level_branch",
@@ -66,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "scores of both detectors, paired pair by pair (e.g. the COCO detector against a product-groups one)")
     p.add_argument("--room-order", choices=ROOM_ORDERS, default=ROOM_ORDER,
                    help="how the room list merges its objects' matches: 'turns' (each object's first, then each second …) or 'distance' (nearest first)")
+    p.add_argument("--boxes", choices=("page", "all"), default="page",
+                   help="detector boxes scored: 'page', those the page offers a shopper (product groups only, de-duplicated, capped: "
+                        "engine.data.proposals.page_boxes), or 'all' confident ones (the older protocol)")
+    p.add_argument("--crop-choice", choices=CROP_CHOICES, default="imagenet",
+                   help="how one query box is fixed per pair among several candidates, before any model is scored: 'imagenet' "
+                        "(nearest to the product in ImageNet features), 'confidence' (the most confident), or 'best' (no choice: "
+                        "the best rank over them, the older protocol)")
+    p.add_argument("--crop-choice-weights", default=None,
+                   help=f"weights of the crop choice's ImageNet features ({CHOICE_MODEL.backbone} α {CHOICE_MODEL.alpha}, "
+                        f"{CHOICE_MODEL.image_size} px): 'imagenet', a .weights.h5 path or 'none' (default: --weights when the "
+                        "evaluated backbone is that one, else 'imagenet')")
     p.add_argument("--baseline", default="imagenet", help="also score 'imagenet' features of the same backbone on the same crops, 'none', or the metrics.json of an earlier evaluation")
     p.add_argument("--compare", type=Path, nargs="*", default=[], metavar="METRICS_JSON", help="also draw the recall@k curves of these earlier evaluations (their metrics.json) on the plot")
     p.add_argument("--backbone", choices=BACKBONES, default=None, help="backbone of the ImageNet features (default: the evaluated model's, else mobilenet_v2)")
@@ -119,7 +134,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     eval_catalog, scenes_param = _scenes(catalog, args.scenes)
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home))
-    inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights)
+    inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target)
     result = score(inputs, target.embedder, cfg)
     b_embedder = scored = None
     if args.baseline == "imagenet" and args.model != "imagenet":
@@ -229,10 +244,11 @@ def _fit_params(run_id: str) -> dict[str, str]:
 
 
 def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path, cfg: EvalConfig,
-             weights: str | None) -> tuple[EvalInputs, EvalConfig]:
-    """Decode, detect (cached) and crop once for every model scored in this call; the config with the
+             weights: str | None, target: Target) -> tuple[EvalInputs, EvalConfig]:
+    """Decode, detect (cached) and crop once for every model scored in this call, keeping the boxes
+    ``--boxes`` says, and fix each pair's query crop (``--crop-choice``); the config with the
     whole-room spec of that detector (when it runs)."""
-    detector, detect = None, None
+    detector, detect, page_labels = None, None, None
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
     if any(p.box is None for p in catalog.pairs):
         detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
@@ -240,10 +256,25 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
         cmap = map_for_detector(detector.class_names, args.category_map)
         cfg = replace(cfg, room=replace(room_spec(catalog, detector.class_names, load_category_map(args.groups_map or GROUPS_MAP), cfg.ks),
                                         order=args.room_order))
-    inputs = prepare(catalog, prep, detector=detector, category_map=cmap, detect=detect)
+        if args.boxes == "page":
+            page_labels = frozenset(cfg.room.label_group)
+    inputs = prepare(catalog, prep, detector=detector, category_map=cmap, detect=detect, page_labels=page_labels)
+    inputs = choose_query_crops(inputs, args.crop_choice, _chooser(args, target) if args.crop_choice == "imagenet" else None,
+                                cfg.room, CHOICE_MODEL.image_size)
     logger.info("%d scenes, %d crops, %d pairs (%d reachable through %s) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
                 len(inputs.cases), sum(c.reachable for c in inputs.cases), Path(cmap.source).name, inputs.seconds)
     return inputs, cfg
+
+
+def _chooser(args: argparse.Namespace, target: Target):
+    """The ImageNet features that fix each pair's query crop (``CHOICE_MODEL``; never the evaluated model)."""
+    from engine.model.embedder import Embedder
+
+    weights = args.crop_choice_weights
+    if weights is None:
+        same = target.backbone == CHOICE_MODEL.backbone and target.alpha == CHOICE_MODEL.alpha
+        weights = args.weights if same else "imagenet"
+    return Embedder.imagenet(replace(CHOICE_MODEL, weights=weights))
 
 
 def room_spec(catalog: Catalog, detector_classes, groups_map: CategoryMap, ks: Sequence[int]) -> RoomSpec:
@@ -261,7 +292,7 @@ def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target,
     """The same model(s) scored on the crops of ``--versus-detector``: its whole-room summary, and this
     call's detector minus it, pair by pair (for the model and for the baseline)."""
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home))
-    inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector)
+    inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target)
     other = score(inputs, target.embedder, cfg)
     out = {"detector": inputs.detector, "weights": args.versus_detector, "room": other.summary.get("room"),
            "difference": paired_room_difference(result.room_pairs, other.room_pairs, cfg.room, cfg.room.coco_types, inputs.types)}
@@ -277,7 +308,7 @@ def _write_outputs(args: argparse.Namespace, out: Path, report: dict, inputs: Ev
     """metrics.json, pairs.csv and the plots into ``out``; the names of the files written."""
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "metrics.json", report)
-    _write_pairs(out / "pairs.csv", result)
+    _write_pairs(out / "pairs.csv", result, inputs.crops)
     curves = {report["name"]: result.curves}
     for other_name, _, other_curves in others + compare:
         curves.setdefault(other_name, other_curves)
@@ -305,6 +336,8 @@ def _summary_lines(catalog: Catalog, report: dict, ks: Sequence[int], baseline, 
     return [
         table(rows, [k for k in ks if k <= 20] or list(ks)),
         *_room_lines(report["name"], summary, baseline),
+        f"query box per pair: {proto.get('crop_choice', 'best')} ({proto.get('chosen_among_several', 0)} pairs chose among several); "
+        f"s2p recall@{k10} at the best box instead: {_best_box(summary, k10)}",
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
         + (f"; minus {baseline[0]}: {_signed(summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in summary else ""),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
@@ -324,6 +357,7 @@ def _log_run(args: argparse.Namespace, target: Target, catalog: Catalog, scenes_
         tracker.set_tags(tags)
         tracker.log_params({**target.params, "catalog": str(catalog.root), "catalog_fingerprint": catalog.fingerprint, **scenes_param,
                             "detector": inputs.detector, "min_confidence": prep.min_confidence, "crop_padding": prep.crop_padding,
+                            "boxes": args.boxes, "crop_choice": inputs.crop_choice,
                             "git_commit": git_commit(), "baseline": baseline[0] if baseline else "none"})
         metrics = flat_metrics(result.summary)
         for t, v in result.summary["scene_to_product"]["per_type"].items():
@@ -381,6 +415,12 @@ def _room_diff(diff: dict) -> str:
     return "; ".join(parts)
 
 
+def _best_box(summary: dict, k: int) -> str:
+    best = summary["scene_to_product"].get("recall_best_box") or {}
+    v = best.get(k, best.get(str(k)))
+    return "-" if v is None else f"{v:.3f}"
+
+
 def _interval(ci) -> str:
     lo, hi = ci
     return "-" if lo is None or lo != lo else f"[{lo:.3f}, {hi:.3f}]"
@@ -401,20 +441,23 @@ def _earlier_evaluation(path: Path | str, flag: str) -> tuple[str, dict, dict]:
         raise ValueError(f"{flag} {path}: not the metrics.json of an evaluation ({exc})") from None
 
 
-def _write_pairs(path: Path, result) -> None:
-    """One row per pair: its ranks (empty = never found) and the crop that matched."""
+def _write_pairs(path: Path, result, crops) -> None:
+    """One row per pair: its ranks (empty = never found), the query box chosen for it and its best rank over the candidate boxes."""
     def fmt(v):
         return "" if v == float("inf") else int(v)
 
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         room = result.room_pairs or [None] * len(result.pairs)
-        w.writerow(["product_id", "type", "scene", "reachable", "box_source", "rank", "rank_any_crop", "scene_rank",
-                    "group", "group_covered", "group_rank", "in_group_rank", "room_rank"])
+        w.writerow(["product_id", "type", "scene", "reachable", "box_source", "query_box", "rank", "rank_best_box", "rank_any_crop",
+                    "scene_rank", "group", "group_covered", "group_rank", "group_rank_best_box", "in_group_rank", "room_rank"])
         for r, rp in zip(result.pairs, room):
             c = r.case
-            extra = ["", "", "", "", ""] if rp is None else [rp.group, int(rp.covered), fmt(rp.rank), fmt(rp.in_group_rank), fmt(rp.room_rank)]
-            w.writerow([c.product_id, c.type, c.scene, int(c.reachable), c.box_source, fmt(r.rank), fmt(r.rank_any), fmt(r.scene_rank), *extra])
+            box = crops[r.matched_crop].box if r.matched_crop is not None and crops[r.matched_crop].box else None
+            extra = (["", "", "", "", "", ""] if rp is None else
+                     [rp.group, int(rp.covered), fmt(rp.rank), fmt(min(rp.rank, rp.best_rank)), fmt(rp.in_group_rank), fmt(rp.room_rank)])
+            w.writerow([c.product_id, c.type, c.scene, int(c.reachable), c.box_source, " ".join(map(str, box)) if box else "",
+                        fmt(r.rank), fmt(min(r.rank, r.rank_best)), fmt(r.rank_any), fmt(r.scene_rank), *extra])
 
 
 def _s2p_rows(inputs, result, rng, n):

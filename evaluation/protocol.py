@@ -21,6 +21,16 @@
   windows as queries (``engine.data.proposals.windows``).
 Ranks are pessimistic: a tie with the true item ranks ahead of it.
 
+**The box the page offers.** With ``page_labels`` (the detector classes of a product group),
+``prepare`` keeps only the detections the page would draw for a shopper to click
+(``engine.data.proposals.page_boxes``: same confidence, de-duplication and cap as the page).
+**One query box per pair.** When a scene has several crops that may answer a pair,
+``choose_query_crops`` picks one before any model is scored, by a rule that does not depend on
+the evaluated model (``CROP_CHOICES``: the crop nearest the product in ImageNet features, or the
+most confident); rank(p) is then the rank at that crop, and the best rank over the candidate crops
+(the older protocol) stays as the secondary ``recall_best_box``. Without a choice, rank(p) is the
+best over the candidates.
+
 ``prepare`` decodes, detects and crops once; ``score`` embeds and ranks, so a baseline and a
 trained model are scored on exactly the same queries.
 """
@@ -30,10 +40,11 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from detectors.category_map import CategoryMap
@@ -50,6 +61,7 @@ if TYPE_CHECKING:  # annotations only: importing the embedder loads TensorFlow
 
 logger = logging.getLogger(__name__)
 KS = (1, 5, 10, 20, 50)
+CROP_CHOICES = ("imagenet", "confidence", "best")  # how one query box is picked among a pair's candidates
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class PairCase:
     box_source: str  # "pairs.csv", "detector", "unreachable" or "unreadable"
     typed_crops: tuple[int, ...]
     any_crops: tuple[int, ...]
+    query_crop: int | None = None  # the one typed crop that queries (``choose_query_crops``); None: the best of them
 
 
 @dataclass
@@ -105,6 +118,8 @@ class EvalInputs:
     detector: str
     skipped_scenes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    crop_choice: str = "best"  # the rule that picked each pair's query crop (CROP_CHOICES)
+    room_query: dict[tuple[str, str], int] = field(default_factory=dict)  # (product, scene) -> its chosen group crop
 
     @property
     def image_size(self) -> int:
@@ -118,13 +133,15 @@ def prepare(
     detector: Detector | None,
     category_map: CategoryMap,
     detect: Detect | None = None,
+    page_labels: Collection[str] | None = None,
 ) -> EvalInputs:
     """Decode the catalog, propose and cut the scene crops (``engine.data.proposals``), and list the
     pairs with the crops that may answer them.
 
     ``detect(path, image) -> list[Detection]`` defaults to ``detector.detect(image)`` (pass a
     ``DetectionCache.detect`` to reuse cached detections). A detector is required only when some
-    pair has no box.
+    pair has no box. ``page_labels``: keep only the detections of those labels the page offers
+    (``engine.data.proposals.page_boxes``); None keeps every confident detection.
     """
     t0 = time.perf_counter()
     if any(p.box is None for p in catalog.pairs) and detector is None:
@@ -142,7 +159,7 @@ def prepare(
     scenes, skipped, cases = [], [], []
     unreachable: Counter = Counter()
     seen_pairs: set[tuple[str, str]] = set()
-    for proposal in catalog_proposals(catalog, detect, preprocessing, category_map.classes):
+    for proposal in catalog_proposals(catalog, detect, preprocessing, category_map.classes, page_labels):
         start = len(crops)
         if proposal.image is None:
             skipped.append(proposal.scene.scene)
@@ -203,6 +220,72 @@ def _pair_case(pair: Pair, proposal: SceneProposals, crops: list[SceneCrop], sta
     return PairCase(pair.product_id, ptype, pair.scene, True, "detector", typed, detected)
 
 
+def choose_query_crops(inputs: EvalInputs, rule: str, embed: Callable[[np.ndarray], np.ndarray] | None = None,
+                       spec: RoomSpec | None = None, size: int | None = None) -> EvalInputs:
+    """``inputs`` with one query crop fixed per pair among its candidates: its typed crops (the main
+    protocol) and, with ``spec``, its product group's crops of the scene (the whole-room s2p).
+
+    ``rule`` (``CROP_CHOICES``): ``imagenet``, the candidate whose ``embed`` vector (uint8
+    (N, s, s, 3) → float (N, D); crops and product photos resized to ``size`` when given) is
+    nearest to the product's nearest photo; ``confidence``, the most confident candidate (a
+    ``pairs.csv`` box counts 1); ``best``, no choice (rank(p) stays the best over the candidates).
+    Ties go to the earlier crop. The rule never sees the evaluated model, so every model scored on
+    the returned inputs queries the same crops.
+    """
+    if rule not in CROP_CHOICES:
+        raise ValueError(f"crop choice {rule!r} is not one of {', '.join(CROP_CHOICES)}")
+    if rule == "best":
+        return replace(inputs, crop_choice=rule, cases=[replace(c, query_crop=None) for c in inputs.cases], room_query={})
+    if rule == "imagenet" and embed is None:
+        raise ValueError("the 'imagenet' crop choice needs the ImageNet features' embed function")
+    main = {i: c.typed_crops for i, c in enumerate(inputs.cases) if c.reachable and c.typed_crops}
+    room: dict[tuple[str, str], tuple[int, ...]] = {}
+    if spec is not None:
+        groups = crop_groups([c.label for c in inputs.crops], spec)
+        of_scene_group: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, (crop, group) in enumerate(zip(inputs.crops, groups)):
+            if group:
+                of_scene_group[(crop.scene, group)].append(i)
+        for c in inputs.cases:
+            group = spec.type_group.get(c.type, "")
+            if group and of_scene_group.get((c.scene, group)):
+                room[(c.product_id, c.scene)] = tuple(of_scene_group[(c.scene, group)])
+    wanted = [(pid, cands) for pid, cands in [(inputs.cases[i].product_id, v) for i, v in main.items()] + [(k[0], v) for k, v in room.items()]
+              if len(cands) > 1]
+    if rule == "confidence":
+        def pick(product: str, cands: tuple[int, ...]) -> int:
+            return max(cands, key=lambda i: (inputs.crops[i].confidence, -i))
+    else:
+        crops = sorted({i for _, cands in wanted for i in cands})
+        products = sorted({pid for pid, _ in wanted})
+        rows = [i for i, p in enumerate(inputs.image_products) if p in set(products)]
+        crop_vec = dict(zip(crops, _embed_at(embed, inputs.crop_images[crops], size))) if crops else {}
+        image_vec = _embed_at(embed, inputs.product_images[rows], size) if rows else np.zeros((0, 1), np.float32)
+        rows_of: dict[str, list[int]] = defaultdict(list)
+        for j, r in enumerate(rows):
+            rows_of[inputs.image_products[r]].append(j)
+
+        def pick(product: str, cands: tuple[int, ...]) -> int:
+            d = euclidean_distances(np.stack([crop_vec[i] for i in cands]), image_vec[rows_of[product]]).min(axis=1)
+            return cands[int(np.argmin(d))]
+
+    chosen = {(pid, cands): (cands[0] if len(cands) == 1 else pick(pid, cands)) for pid, cands in
+              [(inputs.cases[i].product_id, v) for i, v in main.items()] + [(k[0], v) for k, v in room.items()]}
+    cases = [replace(c, query_crop=chosen[(c.product_id, main[i])] if i in main else None) for i, c in enumerate(inputs.cases)]
+    room_query = {key: chosen[(key[0], cands)] for key, cands in room.items()}
+    logger.info("query crops chosen by %s for %d pairs with several candidates", rule, len(wanted))
+    return replace(inputs, cases=cases, crop_choice=rule, room_query=room_query)
+
+
+def _embed_at(embed: Callable[[np.ndarray], np.ndarray], images: np.ndarray, size: int | None) -> np.ndarray:
+    """``embed`` of uint8 (N, S, S, 3) images resized to ``size`` (as given when None) → float32 (N, D)."""
+    if size and images.shape[1] != size:
+        images = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+    from engine.model.embedder import embed_batches
+
+    return np.asarray(embed_batches(embed, images, 0, 256), np.float32)
+
+
 @dataclass
 class PairResult:
     """Ranks of one pair: scene → product (typed crops, any crop, any crop or window), product →
@@ -214,6 +297,7 @@ class PairResult:
     scene_rank: float
     matched_crop: int | None
     rank_all: float = float("inf")
+    rank_best: float = float("inf")  # the best rank over the typed crops, whichever queried
 
     @property
     def rank_fallback(self) -> float:
@@ -283,7 +367,7 @@ def _room(inputs: EvalInputs, crop_prod: np.ndarray, cfg: EvalConfig) -> list[Ro
     rooms = room_lists(crop_prod, scenes, groups, [c.confidence for c in inputs.crops], inputs.product_ids, product_types, spec)
     col = {p: i for i, p in enumerate(inputs.product_ids)}
     return room_pairs([(c.product_id, c.type, c.scene) for c in inputs.cases], crop_prod, scenes, groups, rooms, col, spec,
-                      product_types)
+                      product_types, inputs.room_query)
 
 
 def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
@@ -325,13 +409,14 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
         col = pid_col[case.product_id]
         typed = [(rank_of(crop_prod[c], col), c) for c in case.typed_crops]
         best = min(typed) if typed else (float("inf"), None)
+        query = best if case.query_crop is None else (rank_of(crop_prod[case.query_crop], col), case.query_crop)
         rank_any = min((rank_of(crop_prod[c], col) for c in case.any_crops), default=float("inf"))
         rank_any = min(rank_any, best[0])
         found = case.scene in scene_col and case.product_id in prod_scene
         srank = rank_of(prod_scene[case.product_id], scene_col[case.scene]) if found else float("inf")
         rank_all = min([rank_of(crop_prod[c], col) for c in crops_of.get(case.scene, [])]
                        + [rank_of(win_prod[w], col) for w in windows_of.get(case.scene, [])], default=float("inf"))
-        results.append(PairResult(case, best[0], rank_any, srank, best[1], rank_all))
+        results.append(PairResult(case, query[0], rank_any, srank, query[1], rank_all, best[0]))
     return results, top, crop_prod
 
 
@@ -364,10 +449,13 @@ def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray
             else ("detector" if not sources.get("pairs.csv") else "pairs.csv where given, else detector"),
             "ks": list(ks), "min_confidence": inputs.preprocessing.min_confidence,
             "crop_padding": inputs.preprocessing.crop_padding, "image_size": inputs.image_size, "detector": inputs.detector,
+            "crop_choice": inputs.crop_choice,
+            "chosen_among_several": sum(len(c.typed_crops) > 1 for c in inputs.cases if c.reachable),
         },
         "scene_to_product": {
             "recall": recall_curve(ranks, ks),
             "recall_ci95": bootstrap_recall(ranks, [r.case.scene for r in reach], ks),
+            "recall_best_box": recall_curve(np.array([min(r.rank, r.rank_best) for r in reach], np.float64), ks),
             "recall_any_crop": recall_curve(np.array([r.rank_any for r in reach], np.float64), ks),
             "recall_any_crop_all_pairs": recall_curve(all_any, ks),
             "found": int(np.isfinite(ranks).sum()),
@@ -438,6 +526,8 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
         out[f"s2p_recall_at_{k}"] = v
     for k, v in s2p["recall_any_crop"].items():
         out[f"s2p_any_crop_recall_at_{k}"] = v
+    for k, v in s2p.get("recall_best_box", {}).items():
+        out[f"s2p_best_box_recall_at_{k}"] = v
     for k, v in p2s["recall"].items():
         out[f"p2s_recall_at_{k}"] = v
     for key, name in (("recall_fallback", "s2p_fallback"), ("recall_seen", "s2p_seen"), ("recall_unseen", "s2p_unseen")):

@@ -8,9 +8,11 @@ Pure functions on embeddings (``evaluation.protocol`` prepares the crops and cal
   ``from_classes`` (a chair box is ``seating``). The crops are those the page offers: the confident
   boxes and the fill-ins (``engine.data.proposals``).
 - **Coverage** (all pairs): the share of pairs whose scene has a crop of the product's group.
-- **s2p recall over all pairs**: as the main protocol, the best rank of the product over its
-  group's crops of the scene, searched over the whole catalog; a pair with no such crop (or no
-  group) is a miss at every k. **In its group** (``s2p_group_recall``): the same crops, each
+- **s2p recall over all pairs**: as the main protocol, the rank of the product at its query crop
+  among its group's crops of the scene (chosen once by a model-independent rule:
+  ``evaluation.protocol.choose_query_crops``; without a choice, the best over them), searched over
+  the whole catalog; a pair with no such crop (or no group) is a miss at every k. The best over
+  them stays as ``s2p_recall_best_box``. **In its group** (``s2p_group_recall``): the same crops, each
   searched among its group's catalog types only (every product when the group holds none), as the
   page searches a proposed object a shopper taps or clicks, and as the room list does.
 - **Room recall@k**, no label used: per scene the engine's own "shop this room" list
@@ -58,8 +60,9 @@ class RoomSpec:
 @dataclass(frozen=True)
 class RoomPair:
     """One pair's whole-room ranks: ``group`` of its product ('' = none), ``covered`` (its scene has a
-    crop of that group), ``rank`` (s2p over those crops, whole catalog), ``room_rank`` (place in the
-    room list) and ``in_group_rank`` (s2p over those crops, each searched within its group)."""
+    crop of that group), ``rank`` (s2p at the chosen query crop among those, else the best over them;
+    whole catalog), ``room_rank`` (place in the room list) and ``in_group_rank`` (s2p at the same
+    crop(s), searched within the group)."""
 
     product_id: str
     scene: str
@@ -68,6 +71,7 @@ class RoomPair:
     rank: float
     room_rank: float
     in_group_rank: float = float("inf")
+    best_rank: float = float("inf")  # the best s2p rank over all those crops, whichever queried
 
 
 def crop_groups(labels: Sequence[str], spec: RoomSpec) -> list[str]:
@@ -113,10 +117,11 @@ def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequenc
 
 def room_pairs(pairs: Sequence[tuple[str, str, str]], crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequence[str],
                rooms: Mapping[str, Sequence[str]], product_col: Mapping[str, int], spec: RoomSpec,
-               product_types: Sequence[str] | None = None) -> list[RoomPair]:
+               product_types: Sequence[str] | None = None, chosen: Mapping[tuple[str, str], int] | None = None) -> list[RoomPair]:
     """The whole-room ranks of ``pairs`` ((product id, type, scene) each) from the crops' distances
     ``crop_prod`` float (C, P), their scenes and groups, and each scene's room list;
-    ``product_types`` (per column of ``crop_prod``) gives the rank within the group (else left inf)."""
+    ``product_types`` (per column of ``crop_prod``) gives the rank within the group (else left inf);
+    ``chosen``: (product, scene) → the one group crop that queries (absent: the best of them)."""
     by_group = group_columns(product_types, spec) if product_types is not None else None
     crops_of: dict[tuple[str, str], list[int]] = defaultdict(list)
     for c, (scene, group) in enumerate(zip(crop_scene, groups)):
@@ -127,15 +132,17 @@ def room_pairs(pairs: Sequence[tuple[str, str, str]], crop_prod: np.ndarray, cro
         group = spec.type_group.get(ptype, "")
         crops = crops_of.get((scene, group), []) if group else []
         col = product_col[product]
-        rank = min((rank_of(crop_prod[c], col) for c in crops), default=float("inf"))
+        best = min((rank_of(crop_prod[c], col) for c in crops), default=float("inf"))
+        query = [chosen[(product, scene)]] if chosen and (product, scene) in chosen else crops
+        rank = min((rank_of(crop_prod[c], col) for c in query), default=float("inf"))
         in_group_rank = float("inf")
         if by_group is not None and crops:
             cols = by_group[group]  # the pair's own product is of the group: it holds a type
             inside = int(np.searchsorted(cols, col))
-            in_group_rank = min(rank_of(crop_prod[c, cols], inside) for c in crops)
+            in_group_rank = min(rank_of(crop_prod[c, cols], inside) for c in query)
         room = rooms.get(scene, ())
         room_rank = float(list(room).index(product) + 1) if product in room else float("inf")
-        out.append(RoomPair(product, scene, group, bool(crops), rank, room_rank, in_group_rank))
+        out.append(RoomPair(product, scene, group, bool(crops), rank, room_rank, in_group_rank, best))
     return out
 
 
@@ -150,6 +157,7 @@ def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: Ro
         return {"pairs": len(rs), "coverage": float(np.mean([r.covered for r in rs])) if rs else float("nan"),
                 "s2p_recall": recall_curve(ranks, spec.ks), "s2p_recall_ci95": bootstrap_recall(ranks, scenes, spec.ks),
                 "s2p_group_recall": recall_curve(np.array([r.in_group_rank for r in rs], np.float64), spec.ks),
+                "s2p_recall_best_box": recall_curve(np.array([min(r.rank, r.best_rank) for r in rs], np.float64), spec.ks),
                 "room_recall": recall_curve(room, spec.room_ks), "room_recall_ci95": bootstrap_recall(room, scenes, spec.room_ks)}
 
     out = block(results)

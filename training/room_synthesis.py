@@ -34,7 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from detectors.agreement import box_iou
+from engine.data.detection import box_iou
 from detectors.category_map import CategoryMap
 from engine.data.boxes import RelativeBox, to_pixels
 from engine.data.catalog import Catalog

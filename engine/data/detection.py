@@ -12,6 +12,18 @@ from typing import Protocol
 import numpy as np
 
 
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 when both are empty)."""
+    inter = box_intersection(a, b)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_intersection(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """The area two ``(x1, y1, x2, y2)`` boxes share."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 class DetectorError(ValueError):
     """Detector weights that are missing or of the wrong kind, or a bad class name."""
 

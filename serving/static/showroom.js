@@ -12,7 +12,6 @@
   const MAX_UPLOAD_BYTES = 8 * 1024 * 1024;  // larger photos are re-encoded smaller before upload
   const MAX_UPLOAD_PIXELS = 16e6;
   const RESIZE_LONG_SIDE = 2560;
-  const MAX_BOXES = 24;
   const ROOM_K = 4;  // matches per object in the room list
   const K = 12;
   const minConfidence = parseFloat(app.dataset.minConfidence) || 0.25;
@@ -170,32 +169,12 @@
     state.width = w; state.height = h;
   }
 
-  // Boxes worth showing: every object the engine proposes (each of a product group the catalog
-  // sells), sure ones first, without near-copies of a stronger box, at most MAX_BOXES.
+  // Boxes worth showing: the server sends exactly the boxes the page offers (engine.data.proposals.page_boxes:
+  // sure ones first, no near-copies, capped), the same rule the evaluation scores; sure ones are drawn first.
   function pickBoxes(objects) {
     const sure = (d) => (d.sure === undefined ? d.confidence >= minConfidence : d.sure);
-    const pool = [...objects].map((d) => ({ ...d, sure: sure(d) }))
+    return [...objects].map((d) => ({ ...d, sure: sure(d) }))
       .sort((a, b) => (b.sure - a.sure) || (b.confidence - a.confidence));
-    const kept = [];
-    for (const d of pool) {
-      if (kept.some((k) => iou(k.box, d.box) > 0.7 || (k.label === d.label && inside(d.box, k.box) > 0.8))) continue;
-      kept.push(d);
-      if (kept.length >= MAX_BOXES) break;
-    }
-    return kept;
-  }
-
-  function inside(a, b) {  // the share of box a that lies inside box b
-    const ix = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0]));
-    const iy = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
-    return (ix * iy) / (((a[2] - a[0]) * (a[3] - a[1])) || 1);
-  }
-
-  function iou(a, b) {
-    const ix = Math.max(0, Math.min(a[2], b[2]) - Math.max(a[0], b[0]));
-    const iy = Math.max(0, Math.min(a[3], b[3]) - Math.max(a[1], b[1]));
-    const inter = ix * iy, area = (r) => (r[2] - r[0]) * (r[3] - r[1]);
-    return inter / (area(a) + area(b) - inter || 1);
   }
 
   // The object a shopper most likely means: sure, confident and large.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from detectors.agreement import Agreement, agreement, box_iou
+from detectors.agreement import Agreement, agreement
+from engine.data.detection import box_iou
 from engine.data.detection import Detection
 
 

@@ -20,7 +20,7 @@ from engine.data.catalog import CatalogError, load_catalog
 from engine.config import Preprocessing
 from engine.data.detection import Detection
 from engine.data.splits import restrict_scenes
-from evaluation.protocol import EvalConfig, flat_metrics, prepare, score
+from evaluation.protocol import EvalConfig, choose_query_crops, flat_metrics, paired_difference, prepare, score
 
 P48 = Preprocessing(image_size=48, fill_confidence=0.0)  # the hand-computed ranks assume no fill-in
 
@@ -203,3 +203,77 @@ def test_pairs_without_boxes_need_a_detector(tmp_path: Path, category_map):
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
     with pytest.raises(CatalogError, match="detector"):
         prepare(catalog, P48, detector=None, category_map=category_map)
+
+
+def test_one_query_box_per_pair_is_fixed_by_a_rule_that_never_sees_the_model(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25, fill_confidence=0.0), detector=BoxDetector(), category_map=category_map)
+    # s4 holds two chair boxes, C2's (0.7) and C3's (0.95): each of its pairs has both as candidates
+    chairs = {inputs.crops[i].box: i for i in _case(inputs, "C2", "s4").typed_crops}
+    c2_box, c3_box = chairs[(10, 100, 70, 160)], chairs[(110, 20, 170, 80)]
+
+    by_colour = choose_query_crops(inputs, "imagenet", _embed, size=32)  # features nearest the product: its own box
+    assert (_case(by_colour, "C2", "s4").query_crop, _case(by_colour, "C3", "s4").query_crop) == (c2_box, c3_box)
+    assert _case(by_colour, "C1", "s1").query_crop == _case(by_colour, "C1", "s1").typed_crops[0]  # a single candidate
+    assert _case(by_colour, "C3", "s3").query_crop is None  # no candidate
+
+    by_confidence = choose_query_crops(inputs, "confidence")  # the 0.95 box queries for both pairs
+    assert _case(by_confidence, "C2", "s4").query_crop == _case(by_confidence, "C3", "s4").query_crop == c3_box
+
+    # the evaluated model (here the same colour features) is scored at the chosen box; the best box stays a column
+    cfg = EvalConfig(ks=(1,))
+    chosen, unchosen = _by_pair(score(by_confidence, _embed, cfg)), _by_pair(score(choose_query_crops(inputs, "best"), _embed, cfg))
+    assert chosen[("C3", "s4")].rank == 1 and chosen[("C2", "s4")].rank > 1  # C2 queried by C3's box
+    assert chosen[("C2", "s4")].rank_best == 1 and unchosen[("C2", "s4")].rank == 1
+    summary = score(by_confidence, _embed, cfg).summary
+    assert summary["scene_to_product"]["recall"][1] == pytest.approx(3 / 6)
+    assert summary["scene_to_product"]["recall_best_box"][1] == pytest.approx(4 / 6)
+    assert summary["protocol"]["crop_choice"] == "confidence" and summary["protocol"]["chosen_among_several"] == 2
+    with pytest.raises(ValueError, match="ImageNet"):
+        choose_query_crops(inputs, "imagenet")
+    with pytest.raises(ValueError, match="one of"):
+        choose_query_crops(inputs, "oracle")
+
+
+class CopyingDetector(BoxDetector):
+    """BoxDetector plus, in s1, a weaker couch box that nearly copies the chair box."""
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        found = list(super().detect(image))
+        if image.shape[:2] == (200, 200):
+            found.append(Detection((21, 21, 80, 80), "couch", 0.5))
+        return found
+
+
+def test_page_faithful_boxes_keep_only_what_the_page_offers(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    prep = Preprocessing(48, min_confidence=0.25, fill_confidence=0.0)
+    every = prepare(catalog, prep, detector=CopyingDetector(), category_map=category_map)
+    page = prepare(catalog, prep, detector=CopyingDetector(), category_map=category_map, page_labels={"chair", "couch"})
+    labels = lambda inputs, scene: sorted(c.label for c in inputs.crops if c.scene == scene)  # noqa: E731
+    assert labels(every, "s1") == ["chair", "couch", "dining table"]
+    assert labels(page, "s1") == ["chair"]  # the couch copies the chair; tables are no label the page offers here
+    assert labels(page, "s4") == ["chair", "chair"]  # two chairs apart are two objects
+    t1 = _by_pair(score(page, _embed, EvalConfig(ks=(1,))))[("T1", "s1")]
+    assert t1.case.reachable and not t1.case.typed_crops and math.isinf(t1.rank)  # a box the page does not offer finds nothing
+
+
+def test_paired_difference_of_two_models_on_the_same_crops(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
+    inputs = prepare(catalog, P48, detector=None, category_map=category_map)
+    good = score(inputs, _embed, EvalConfig(ks=(1, 5)))
+    collapsed = score(inputs, lambda ims: np.zeros((len(ims), 4), np.float32), EvalConfig(ks=(1, 5)))
+    d = paired_difference(good, collapsed, (1, 5))
+    # every one of the 7 boxed pairs is found first by colour, and ranks 5 (all tie) when collapsed
+    assert d["scene_to_product"][1]["difference"] == pytest.approx(1.0) and d["scene_to_product"][1]["ci95"] == [1.0, 1.0]
+    assert d["scene_to_product"][5]["difference"] == 0.0 and d["scene_to_product"][5]["ci95"] == [0.0, 0.0]
+    same = paired_difference(good, good, (1,))
+    assert same["scene_to_product"][1] == {"difference": 0.0, "ci95": [0.0, 0.0]}
+    other = score(prepare(restrict_scenes(catalog, keep=["s1", "s2"]), P48, detector=None, category_map=category_map), _embed,
+                  EvalConfig(ks=(1,)))
+    with pytest.raises(ValueError, match="same prepared inputs"):
+        paired_difference(good, other, (1,))
+
+
+def _case(inputs, product: str, scene: str):
+    return next(c for c in inputs.cases if (c.product_id, c.scene) == (product, scene))

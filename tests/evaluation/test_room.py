@@ -59,9 +59,9 @@ def test_pair_ranks_coverage_and_recall():
              ("rug", "Rug", "s1")]
     got = room_pairs(pairs, CROP_PROD, CROP_SCENE, groups, rooms, {p: i for i, p in enumerate(PRODUCTS)}, SPEC)
     # lampA in s1: the lamp box ranks it 3rd over the whole catalog (0.5: behind the rug 0.1 and lampB 0.2)
-    assert got[0] == RoomPair("lampA", "s1", "lamp", True, 3.0, 3.0)
-    assert got[1] == RoomPair("chair", "s1", "seating", True, 2.0, 2.0)
-    assert got[2] == RoomPair("rug", "s2", "rug", True, 1.0, 1.0)
+    assert got[0] == RoomPair("lampA", "s1", "lamp", True, 3.0, 3.0, best_rank=3.0)
+    assert got[1] == RoomPair("chair", "s1", "seating", True, 2.0, 2.0, best_rank=2.0)
+    assert got[2] == RoomPair("rug", "s2", "rug", True, 1.0, 1.0, best_rank=1.0)
     assert got[3].covered is False and got[3].rank == float("inf") and got[3].room_rank == float("inf")  # no lamp box in s2
     assert got[4].covered is False and got[4].room_rank == float("inf")  # no rug box in s1, and the rug is not in s1's list
     s = room_summary(got, TYPES, SPEC, seen_products=frozenset({"rug"}), objects_per_scene=1.5)
@@ -100,3 +100,20 @@ def test_paired_difference_matches_pairs_and_refuses_others():
     assert d["coco_class_pairs"]["s2p_recall"][2]["difference"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same pairs"):
         paired_room_difference(a, b[:1], SPEC)
+
+
+def test_a_chosen_query_crop_decides_the_rank_and_the_best_crop_stays_a_column():
+    # a second lamp box in s1 that matches lampA first (0.05)
+    crop_prod = np.vstack([CROP_PROD, [0.05, 0.6, 0.7, 0.8]])
+    scenes, labels = CROP_SCENE + ["s1"], CROP_LABEL + ["lamp"]
+    groups = crop_groups(labels, SPEC)
+    types = [TYPES[p] for p in PRODUCTS]
+    rooms = room_lists(crop_prod, scenes, groups, CONF + [0.4], PRODUCTS, types, SPEC)
+    cols = {p: i for i, p in enumerate(PRODUCTS)}
+    pair = [("lampA", "Pendant lamp", "s1")]
+    best = room_pairs(pair, crop_prod, scenes, groups, rooms, cols, SPEC, types)[0]
+    assert (best.rank, best.in_group_rank, best.best_rank) == (1.0, 1.0, 1.0)
+    first_box = room_pairs(pair, crop_prod, scenes, groups, rooms, cols, SPEC, types, chosen={("lampA", "s1"): 0})[0]
+    assert (first_box.rank, first_box.in_group_rank, first_box.best_rank) == (3.0, 2.0, 1.0)
+    s = room_summary([first_box], TYPES, SPEC)
+    assert s["s2p_recall"][1] == 0.0 and s["s2p_recall_best_box"][1] == 1.0

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from engine.data.catalog import load_catalog
+from engine.data.detection import Detection
+from tests.serving.conftest import BoxDetector
 
 
 def jpeg(h: int = 120, w: int = 160, seed: int = 0) -> bytes:
@@ -285,6 +287,23 @@ def test_room_lists_every_object_with_its_group_and_matches_within_it(client, ti
     firsts = [o["results"][0]["product_id"] for o in body["objects"]]
     assert body["products"][:3] == firsts and len(body["products"]) == len(set(body["products"])) == 9
     assert {"decode", "detect", "embed", "search", "total"} <= set(body["timings_ms"])
+
+
+class CopyingDetector(BoxDetector):
+    """BoxDetector plus a weaker chair box nearly copying the first chair: the page offers one chair."""
+
+    def detect(self, image):
+        h, w = image.shape[:2]
+        return [*super().detect(image), Detection((w // 4 + 1, h // 4 + 1, 3 * w // 4, 3 * h // 4), "chair", 0.6)]
+
+
+def test_room_offers_the_boxes_the_page_draws_no_near_copies(index_folder: Path):
+    from serving import create_app
+
+    app = create_app({"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": CopyingDetector(), "TESTING": True,
+                      "SHOWROOM_RATE_LIMIT": ""})
+    body = upload(app.test_client(), "/api/room", jpeg(), k="2").get_json()
+    assert [(o["label"], o["confidence"]) for o in body["objects"]] == [("chair", 0.9), ("couch", 0.5), ("potted plant", 0.1)]
 
 
 def test_room_refuses_bad_input_like_search(client):

@@ -10,7 +10,7 @@ from PIL import Image
 from engine.config import Preprocessing
 from engine.data.catalog import Catalog, Pair, ProductImage, Scene
 from engine.data.detection import Detection
-from engine.data.proposals import SceneCrop, catalog_proposals, confident, needs_detection, propose_crops, windows
+from engine.data.proposals import SceneCrop, catalog_proposals, confident, needs_detection, page_boxes, propose_crops, windows
 
 CHAIR, SOFA, LAMP = Detection((0, 0, 10, 10), "chair", 0.9), Detection((5, 5, 20, 20), "sofa", 0.3), Detection((1, 1, 4, 4), "lamp", 0.05)
 WEAK_CHAIR, WEAK_SOFA = Detection((30, 30, 40, 40), "chair", 0.2), Detection((8, 8, 30, 30), "sofa", 0.12)
@@ -101,3 +101,25 @@ def test_catalog_proposals_follow_the_rule_per_scene(tmp_path: Path):
     whole = {p.scene.scene: p.crops for p in catalog_proposals(catalog, None, Preprocessing())}
     assert whole["bare"] == (SceneCrop("bare", None, "scene", "scene"),)
     assert whole["unboxed"] == (SceneCrop("unboxed", (4, 4, 14, 14), "Chairs", "pairs.csv"),)
+
+
+def test_page_boxes_offer_sure_boxes_first_without_near_copies_and_capped():
+    sure_chair = Detection((0, 0, 100, 100), "chair", 0.6)
+    copy_of_it = Detection((2, 2, 100, 102), "couch", 0.9)  # IoU > 0.7 with the chair: a copy, whatever its label
+    part_of_it = Detection((10, 10, 90, 90), "chair", 0.55)  # a chair lying inside the chair: a copy
+    lamp_inside = Detection((10, 10, 40, 40), "lamp", 0.5)  # another label inside the chair: its own object
+    weak_rug = Detection((0, 150, 200, 200), "rug", 0.1)  # a fill-in: offered after every sure box
+    person = Detection((120, 0, 180, 140), "person", 0.99)  # no product group
+    dets = [weak_rug, copy_of_it, person, part_of_it, lamp_inside, sure_chair]
+    labels = {"chair", "couch", "lamp", "rug"}
+    # sure (>= 0.3) by confidence: the couch (0.9) wins over the chair it copies; the chair part stays, as the chair it
+    # lies in was dropped and it is no copy of the couch (IoU 0.65)
+    got = page_boxes(dets, 0.3, labels)
+    assert got == [copy_of_it, part_of_it, lamp_inside, weak_rug]
+    assert page_boxes(got, 0.3, labels) == got  # idempotent: the page may apply it again
+    assert page_boxes(dets, 0.3)[0] == person  # without labels every label is offered
+    assert page_boxes(dets, 0.3, labels, max_boxes=2) == [copy_of_it, part_of_it]
+    # a weak box outranks no sure one, however its confidence compares with theirs
+    assert page_boxes([weak_rug, Detection((0, 0, 5, 5), "lamp", 0.3)], 0.3)[0].label == "lamp"
+    # with a sure chair and no couch, the part inside the chair is dropped
+    assert page_boxes([sure_chair, part_of_it], 0.3) == [sure_chair]
