@@ -96,6 +96,32 @@ def holdout_scenes(catalog: Catalog, fraction: float, seed: int) -> tuple[str, .
     return tuple(sorted(chosen))
 
 
+def dev_folds(catalog: Catalog, k: int, seed: int, exclude: Iterable[str] = ()) -> tuple[tuple[str, ...], ...]:
+    """``k`` seeded cross-validation folds over the scenes that have pairs, less ``exclude`` (the
+    hold-out): every such scene in exactly one fold, each room type dealt round-robin from a seeded
+    shuffle so the folds look alike. Raises ``CatalogError`` with fewer scenes than folds."""
+    if k < 2:
+        raise ValueError(f"folds must be at least 2, got {k}")
+    out = set(exclude)
+    check_scene_names(catalog, out, "the scenes to exclude")
+    with_pairs = {p.scene for p in catalog.pairs} - out
+    if len(with_pairs) < k:
+        raise CatalogError(f"{catalog.root}: {k} folds need at least {k} scenes with pairs outside the hold-out, found {len(with_pairs)}")
+    groups: dict[str, list[str]] = defaultdict(list)
+    for s in catalog.scenes:
+        if s.scene in with_pairs:
+            groups[s.room_type].append(s.scene)
+    rng = np.random.default_rng(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    turn = 0
+    for room in sorted(groups):
+        names = sorted(groups[room])
+        for i in rng.permutation(len(names)):
+            folds[turn % k].append(names[i])
+            turn += 1
+    return tuple(tuple(sorted(f)) for f in folds)
+
+
 def restrict_scenes(catalog: Catalog, *, keep: Iterable[str] | None = None, drop: Iterable[str] = ()) -> Catalog:
     """The catalog with only the scenes in ``keep`` (all if None) minus those in ``drop``, and their pairs.
 
