@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-BACKBONES = ("mobilenet_v2", "xception", "inception_resnet_v2")
+BACKBONES = ("mobilenet_v2", "xception", "inception_resnet_v2")  # by name; any keras.applications class name works too
+KERAS_APPLICATION = re.compile(r"[A-Z][A-Za-z0-9]+")  # e.g. EfficientNetV2S, ConvNeXtTiny, ResNet50
 RESIZE_RULES = ("pad_square",)
 CATALOG_DECODES = ("reduced", "full")
 
@@ -42,7 +44,9 @@ class ImageLimits:
 class ModelConfig:
     """How the embedder is built.
 
-    backbone: one of ``BACKBONES``; the pooled ImageNet CNN.
+    backbone: the pooled ImageNet CNN: one of ``BACKBONES``, or the name of any ``keras.applications``
+        class (``EfficientNetV2S``, ``ConvNeXtTiny``, ``ResNet50`` …; its input convention is
+        applied, see ``engine.model.network.input_convention``).
     weights: ``"imagenet"`` (Keras download, or the ``$SHOWROOM_WEIGHTS_DIR`` mirror, see
         ``engine.model.network.resolve_weights``),
         ``"none"`` (random init) or a path to a ``.weights.h5``/``.h5`` file for the backbone.
@@ -65,8 +69,9 @@ class ModelConfig:
     train_backbone: str = "all"
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.backbone not in BACKBONES and not KERAS_APPLICATION.fullmatch(self.backbone):
+            raise ValueError(f"backbone must be one of {BACKBONES} or a keras.applications class name (e.g. EfficientNetV2S), "
+                             f"got {self.backbone!r}")
         if not 32 <= self.image_size <= 1024:
             raise ValueError(f"image_size must be in [32, 1024] pixels, got {self.image_size}")
         if self.backbone == "xception" and self.image_size < 71:

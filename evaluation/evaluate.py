@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "evaluated backbone is that one, else 'imagenet')")
     p.add_argument("--baseline", default="imagenet", help="also score 'imagenet' features of the same backbone on the same crops, 'none', or the metrics.json of an earlier evaluation")
     p.add_argument("--compare", type=Path, nargs="*", default=[], metavar="METRICS_JSON", help="also draw the recall@k curves of these earlier evaluations (their metrics.json) on the plot")
-    p.add_argument("--backbone", choices=BACKBONES, default=None, help="backbone of the ImageNet features (default: the evaluated model's, else mobilenet_v2)")
+    p.add_argument("--backbone", default=None, help=f"backbone of the ImageNet features: {', '.join(BACKBONES)} or a keras.applications class name (default: the evaluated model's, else mobilenet_v2)")
     p.add_argument("--weights", default="imagenet", help="ImageNet weights of that backbone: 'imagenet' (Keras download or $SHOWROOM_WEIGHTS_DIR) or a .weights.h5 path")
     p.add_argument("--alpha", type=float, default=None, help="MobileNetV2 width of the ImageNet features (default: the evaluated run's, else 0.35)")
     p.add_argument("--image-size", type=int, default=None, help=f"input side for --model imagenet (default {ModelConfig().image_size}; a trained model uses its own)")

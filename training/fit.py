@@ -75,7 +75,7 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def _model_flags(g: argparse._ArgumentGroup, m: ModelConfig) -> None:
-    g.add_argument("--backbone", choices=BACKBONES, default=m.backbone, help="ImageNet CNN: mobilenet_v2 for CPU; xception or inception_resnet_v2 on a GPU")
+    g.add_argument("--backbone", default=m.backbone, help=f"ImageNet CNN: {', '.join(BACKBONES)} (mobilenet_v2 for CPU; the others on a GPU), or any keras.applications class name, e.g. EfficientNetV2S, ConvNeXtTiny (give --weights its no-top .weights.h5 offline)")
     g.add_argument("--weights", default=m.weights, help="backbone init: 'imagenet' (Keras download, or $SHOWROOM_WEIGHTS_DIR mirror), 'none', or a .weights.h5 path")
     g.add_argument("--image-size", type=int, default=None, help=f"square input side in pixels (default: {CATALOG_DEFAULTS['image_size']} for a catalog, {DEMO_DEFAULTS['image_size']} for the demo; 299 suits the big backbones on a GPU)")
     g.add_argument("--alpha", type=float, default=m.alpha, help="MobileNetV2 width multiplier")

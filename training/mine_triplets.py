@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-scenes", type=Path, default=None, help="scene list (python -m evaluation.holdout) whose pairs are not mined: kept for evaluation; recorded in the manifest so training.fit excludes them too")
     p.add_argument("--category-map", type=Path, default=None, help="YAML map of catalog types to detector classes (default: detectors/product_groups.yaml for a detector of the product groups, else detectors/category_map.yaml)")
     p.add_argument("--model", default=None, help="embedder (.keras path or MLflow run id) that picks among several crops; default: pretrained backbone features")
-    p.add_argument("--backbone", choices=BACKBONES, default="mobilenet_v2", help="backbone of the pretrained features when --model is not given")
+    p.add_argument("--backbone", default="mobilenet_v2", help=f"backbone of the pretrained features when --model is not given: {', '.join(BACKBONES)} or a keras.applications class name")
     p.add_argument("--weights", default="imagenet", help="weights of that backbone: 'imagenet', or a .weights.h5 path")
     p.add_argument("--image-size", type=int, default=128, help="crop side for the similarity embedding and the contact sheet")
     p.add_argument("--min-confidence", type=float, default=d.min_confidence, help="detector confidence a crop needs")

@@ -188,7 +188,9 @@ class Trainer:
     def _log_start(self, tracker: Tracker, ts: TrainingSet, n_val_triplets: int, model: TripletModel, val_ds: tf.data.Dataset,
                    probes: Probes) -> None:
         """Params, tags and the step-0 metrics (before training) of a new run."""
-        tracker.log_params(self._params(ts, n_val_triplets))
+        record = getattr(model.embedder, "showroom_backbone", None) or {}
+        tracker.log_params({**self._params(ts, n_val_triplets),
+                            **{f"model.backbone_{k}": v for k, v in record.items() if k in ("application", "weights_sha256", "sha256_of")}})
         tracker.set_tags({"showroom.kind": "fit", "showroom.catalog": self.plan.catalog.root.name})
         logger.info("epoch 0 (before training): evaluating")
         metrics = {f"val_{k}": v for k, v in model.evaluate(val_ds, verbose=0, return_dict=True).items()}

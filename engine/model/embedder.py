@@ -171,14 +171,18 @@ def model_fingerprint(path: str | Path) -> str:
 
 
 def save_embedder(model: keras.Model, path: str | Path, preprocessing: Preprocessing) -> Path:
-    """Save ``model`` as ``.keras`` with ``preprocessing`` inside it, atomically; returns ``path``."""
+    """Save ``model`` as ``.keras`` with ``preprocessing`` inside it (and, for a model from
+    ``build_embedder``, what its backbone started from: ``backbone_record``), atomically; returns ``path``."""
     if preprocessing.image_size != input_size(model):
         raise ValueError(f"preprocessing image_size {preprocessing.image_size} differs from the model's input {input_size(model)}")
     path = Path(path)
     with atomic_file(path) as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as zf:
-            zf.writestr(PREPROCESSING_MEMBER, json.dumps({"preprocessing": asdict(preprocessing)}, indent=1))
+            record = {"preprocessing": asdict(preprocessing)}
+            if getattr(model, "showroom_backbone", None):
+                record["backbone"] = model.showroom_backbone
+            zf.writestr(PREPROCESSING_MEMBER, json.dumps(record, indent=1))
     return path
 
 
@@ -194,6 +198,18 @@ def load_embedder(path: str | Path) -> keras.Model:
         return keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path} is not a loadable Keras embedder: {exc}") from None
+
+
+def backbone_record(path: str | Path) -> dict[str, str] | None:
+    """What a saved embedder's backbone started from (``engine.model.network.weights_record``: name,
+    weights source and sha256), or None for a file saved before it was recorded."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if PREPROCESSING_MEMBER in zf.namelist():
+                return json.loads(zf.read(PREPROCESSING_MEMBER)).get("backbone")
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read its records ({exc})") from None
+    return None
 
 
 def load_preprocessing(path: str | Path, model: keras.Model | None = None) -> Preprocessing:

@@ -7,6 +7,7 @@ what serving loads (saved as ``.keras``); ``TripletModel`` wraps it only for tra
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -27,11 +28,83 @@ class WeightsError(ValueError):
     """Backbone weights that cannot be found or do not fit the backbone."""
 
 
+NAMED = {"mobilenet_v2": "MobileNetV2", "xception": "Xception", "inception_resnet_v2": "InceptionResNetV2"}
+# How each keras.applications family wants its RGB 0..255 input (by the module its class lives in):
+# 'tf' scales to [-1, 1]; 'torch' to [0, 1] then ImageNet mean / std; 'caffe' flips to BGR and
+# subtracts the ImageNet mean; 'raw' passes 0..255 (the model normalises inside).
+CONVENTIONS = {
+    "tf": ("inception_resnet_v2", "inception_v3", "mobilenet", "mobilenet_v2", "nasnet", "resnet_v2", "xception"),
+    "torch": ("densenet",),
+    "caffe": ("resnet", "vgg16", "vgg19"),
+    "raw": ("convnext", "efficientnet", "efficientnet_v2", "mobilenet_v3"),
+}
+
+
+def application(backbone: str):
+    """The ``keras.applications`` constructor of a backbone name (``BACKBONES`` or a class name)."""
+    name = NAMED.get(backbone, backbone)
+    ctor = getattr(keras.applications, name, None)
+    if ctor is None or not callable(ctor):
+        known = ", ".join(n for n in dir(keras.applications) if n[:1].isupper())
+        raise WeightsError(f"keras.applications has no backbone {backbone!r}; one of {', '.join(NAMED)} or of: {known}")
+    return ctor
+
+
+def input_convention(backbone: str) -> str:
+    """'tf', 'torch', 'caffe' or 'raw' (``CONVENTIONS``) for a backbone name."""
+    family = application(backbone).__module__.rsplit(".", 1)[-1]
+    for convention, families in CONVENTIONS.items():
+        if family in families:
+            return convention
+    raise WeightsError(f"no known input convention for {backbone} (keras.applications.{family}); add its family to CONVENTIONS")
+
+
+@keras.saving.register_keras_serializable(package="showroom")
+class ImageNetInput(layers.Layer):
+    """RGB ``float32 (B, S, S, 3)`` in [0, 255] → the input convention ``mode`` of a backbone
+    family (``CONVENTIONS``; 'tf' models use a plain ``Rescaling`` instead)."""
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+    CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("torch", "caffe", "raw"):
+            raise ValueError(f"input mode must be torch, caffe or raw, got {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        if self.mode == "torch":
+            return (x / 255.0 - ops.convert_to_tensor(self.MEAN, x.dtype)) / ops.convert_to_tensor(self.STD, x.dtype)
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(self.CAFFE_MEAN_BGR, x.dtype)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
 def local_weights_name(cfg: ModelConfig) -> str:
     """File name of the backbone's ImageNet no-top weights in a local mirror folder."""
     if cfg.backbone == "mobilenet_v2":
         return f"mobilenet_v2_{cfg.alpha:g}_224_imagenet_no_top.weights.h5"
-    return f"{cfg.backbone}_imagenet_no_top.weights.h5"
+    return f"{cfg.backbone if cfg.backbone in NAMED else cfg.backbone.lower()}_imagenet_no_top.weights.h5"
+
+
+def weights_record(cfg: ModelConfig, weights: str | Path | None, backbone: keras.Model) -> dict[str, str]:
+    """What the backbone started from, saved with the model: its name, the weights' source and
+    sha256 (of the file when one was loaded, else of the initial weight arrays in order)."""
+    if isinstance(weights, Path):
+        digest, of = hashlib.sha256(weights.read_bytes()).hexdigest(), "file"
+    else:
+        h = hashlib.sha256()
+        for w in backbone.weights:
+            h.update(keras.ops.convert_to_numpy(w).tobytes())
+        digest, of = h.hexdigest(), "arrays"
+    source = str(weights) if weights is not None else "none"
+    return {"backbone": cfg.backbone, "application": NAMED.get(cfg.backbone, cfg.backbone), "weights": source,
+            "weights_sha256": digest, "sha256_of": of}
 
 
 def resolve_weights(cfg: ModelConfig) -> str | Path | None:
@@ -62,13 +135,16 @@ def resolve_weights(cfg: ModelConfig) -> str | Path | None:
 def _backbone(cfg: ModelConfig, weights: str | Path | None) -> keras.Model:
     shape = (cfg.image_size, cfg.image_size, 3)
     keras_weights = "imagenet" if weights == "imagenet" else None
+    ctor = application(cfg.backbone)
+    extra = {"alpha": cfg.alpha} if cfg.backbone == "mobilenet_v2" else {}
     try:
-        if cfg.backbone == "mobilenet_v2":
-            net = keras.applications.MobileNetV2(input_shape=shape, alpha=cfg.alpha, include_top=False, weights=keras_weights)
-        elif cfg.backbone == "xception":
-            net = keras.applications.Xception(input_shape=shape, include_top=False, weights=keras_weights)
-        else:
-            net = keras.applications.InceptionResNetV2(input_shape=shape, include_top=False, weights=keras_weights)
+        net = ctor(input_shape=shape, include_top=False, weights=keras_weights, **extra)
+    except WeightsError:
+        raise
+    except ValueError as exc:  # e.g. an input too small for the backbone
+        if keras_weights == "imagenet" and "download" in str(exc).lower():
+            raise WeightsError(f"could not get the ImageNet weights of {cfg.backbone} from Keras ({exc})") from exc
+        raise WeightsError(f"backbone {cfg.backbone} at {cfg.image_size} px: {exc}") from None
     except Exception as exc:  # Keras raises a bare Exception when the download fails
         if keras_weights != "imagenet":
             raise
@@ -105,15 +181,21 @@ def build_embedder(cfg: ModelConfig) -> keras.Model:
     """
     weights = resolve_weights(cfg)
     inp = keras.Input((cfg.image_size, cfg.image_size, 3), name="image", dtype="float32")
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inp)  # all three backbones use [-1, 1]
+    convention = input_convention(cfg.backbone)
+    if convention == "tf":  # the named backbones: a plain Rescaling, as models saved before other families existed
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inp)
+    else:
+        x = ImageNetInput(convention, name=f"to_{convention}_input")(inp)
     backbone = _backbone(cfg, weights)
+    record = weights_record(cfg, weights, backbone)
     _apply_freeze(backbone, cfg)
     deep = layers.GlobalAveragePooling2D(name="deep_pool")(backbone(x, training=False))
     features = deep
     if cfg.low_level_branch:
         # Wang et al. 2014: a shallow net on a subsampled copy captures colour and texture that
         # the deep, invariant features discard.
-        low = layers.AveragePooling2D(pool_size=2, name="low_subsample")(x)
+        unit = x if convention == "tf" else layers.Rescaling(1.0 / 127.5, offset=-1.0, name="low_unit_range")(inp)  # [-1, 1] whatever the backbone's
+        low = layers.AveragePooling2D(pool_size=2, name="low_subsample")(unit)
         low = layers.Conv2D(48, 5, strides=2, padding="same", activation="relu", name="low_conv1")(low)
         low = layers.MaxPooling2D(3, strides=2, padding="same", name="low_pool1")(low)
         low = layers.Conv2D(96, 3, padding="same", activation="relu", name="low_conv2")(low)
@@ -124,6 +206,7 @@ def build_embedder(cfg: ModelConfig) -> keras.Model:
     if cfg.l2_normalize:
         out = layers.UnitNormalization(name="l2_normalize", dtype="float32")(out)
     model = keras.Model(inp, out, name=f"showroom_{cfg.backbone}")
+    model.showroom_backbone = record  # saved beside the preprocessing by engine.model.embedder.save_embedder
     logger.info(
         "embedder %s: %d params (%d trainable), input %d px, D=%d, low-level branch %s",
         model.name, model.count_params(), sum(int(ops.size(w)) for w in model.trainable_weights),

@@ -98,6 +98,25 @@ def test_killed_run_resumes_from_its_checkpoint(tiny_catalog: Path, monkeypatch,
     assert [s for s, _ in hist["val_distance_accuracy"]] == [0, 1, 2]
 
 
+@pytest.mark.slow
+def test_the_recipe_runs_unchanged_on_any_keras_application_backbone(tiny_catalog: Path, tmp_path: Path, last_run, tiny_fit):
+    """A backbone Showroom does not name, from a weights file (as a GPU user would pass the real
+    ImageNet no-top weights): trained, saved and tracked with what it started from."""
+    import hashlib
+
+    from engine.model.embedder import backbone_record
+
+    weights = tmp_path / "efficientnetb0_no_top.weights.h5"
+    keras.applications.EfficientNetB0(input_shape=(48, 48, 3), include_top=False, weights=None).save_weights(weights)
+    assert fit.main(["--catalog", str(tiny_catalog), "--backbone", "EfficientNetB0", "--weights", str(weights), "--epochs", "1",
+                     "--train-backbone", "20", "--run-name", "t-effnet", "--out", str(tmp_path / "e.keras"), "--no-index", *tiny_fit]) == 0
+    params = last_run().data.params
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert params["model.backbone"] == "EfficientNetB0" and params["model.backbone_weights_sha256"] == digest
+    assert backbone_record(tmp_path / "e.keras")["weights_sha256"] == digest
+    assert Embedder.load(tmp_path / "e.keras").dim == 16
+
+
 def test_resume_without_a_checkpoint_is_a_clear_error(caplog):
     assert fit.main(["--resume", "0" * 32]) == 2
     assert "start it again without --resume" in caplog.text

@@ -232,3 +232,44 @@ def test_the_multi_worker_build_override_still_matches_keras():
     assert list(inspect.signature(keras_build).parameters) == ["self", "iterator", "data_batch"]
     source = inspect.getsource(keras_build)
     assert "self.distribute_strategy.reduce(" in source and "self._symbolic_build(data_batch=data_batch)" in source
+
+
+def test_each_backbone_family_gets_its_own_input_convention():
+    from engine.model.network import ImageNetInput, input_convention
+
+    assert [input_convention(b) for b in ("mobilenet_v2", "xception", "EfficientNetV2S", "ConvNeXtTiny", "DenseNet121", "ResNet50",
+                                          "ResNet50V2", "VGG16", "MobileNetV3Small")] == \
+        ["tf", "tf", "raw", "raw", "torch", "caffe", "tf", "caffe", "raw"]
+    red = np.array([[[[255.0, 0.0, 0.0]]]], np.float32)
+    np.testing.assert_allclose(np.asarray(ImageNetInput("caffe")(red))[0, 0, 0], [0 - 103.939, 0 - 116.779, 255 - 123.68], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(ImageNetInput("torch")(red))[0, 0, 0],
+                               [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(ImageNetInput("raw")(red)), red)
+    with pytest.raises(WeightsError, match="no backbone"):
+        input_convention("NoSuchNet")
+    with pytest.raises(ValueError, match="keras.applications class name"):
+        small(backbone="efficientnet b0")
+
+
+def test_any_keras_application_backbone_from_a_weights_file_is_recorded_with_the_model(tmp_path: Path):
+    import hashlib
+
+    from engine.config import Preprocessing
+    from engine.model.embedder import Embedder, backbone_record, save_embedder
+
+    # a "pretrained" EfficientNetB0 no-top weights file (random here: the network is not reached in tests)
+    donor = keras.applications.EfficientNetB0(input_shape=(64, 64, 3), include_top=False, weights=None)
+    donor.save_weights(tmp_path / "efficientnetb0_no_top.weights.h5")
+    weights = tmp_path / "efficientnetb0_no_top.weights.h5"
+    model = build_embedder(small(backbone="EfficientNetB0", weights=str(weights), embedding_dim=8))
+    for a, b in zip(model.get_layer("backbone").get_weights(), donor.get_weights()):
+        np.testing.assert_array_equal(a, b)  # the file's weights, not a fresh initialisation
+    assert model.get_layer("to_raw_input").mode == "raw" and model.get_layer("low_unit_range") is not None
+    save_embedder(model, tmp_path / "e.keras", Preprocessing(image_size=64))
+    record = backbone_record(tmp_path / "e.keras")
+    assert record["backbone"] == "EfficientNetB0" and record["weights"] == str(weights) and record["sha256_of"] == "file"
+    assert record["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    x = images(3, 64)
+    np.testing.assert_allclose(Embedder.load(tmp_path / "e.keras")(x), model(x.astype(np.float32)), atol=1e-5)  # the layer round-trips
+    with pytest.raises(WeightsError, match="does not fit"):
+        build_embedder(small(backbone="DenseNet121", weights=str(weights)))
