@@ -250,15 +250,15 @@ def choose_query_crops(inputs: EvalInputs, rule: str, embed: Callable[[np.ndarra
             group = spec.type_group.get(c.type, "")
             if group and of_scene_group.get((c.scene, group)):
                 room[(c.product_id, c.scene)] = tuple(of_scene_group[(c.scene, group)])
-    wanted = [(pid, cands) for pid, cands in [(inputs.cases[i].product_id, v) for i, v in main.items()] + [(k[0], v) for k, v in room.items()]
-              if len(cands) > 1]
+    asks = {(inputs.cases[i].product_id, v) for i, v in main.items()} | {(k[0], v) for k, v in room.items()}  # (product, candidates)
+    several = [(pid, cands) for pid, cands in asks if len(cands) > 1]
     if rule == "confidence":
         def pick(product: str, cands: tuple[int, ...]) -> int:
             return max(cands, key=lambda i: (inputs.crops[i].confidence, -i))
     else:
-        crops = sorted({i for _, cands in wanted for i in cands})
-        products = sorted({pid for pid, _ in wanted})
-        rows = [i for i, p in enumerate(inputs.image_products) if p in set(products)]
+        crops = sorted({i for _, cands in several for i in cands})
+        products = {pid for pid, _ in several}
+        rows = [i for i, p in enumerate(inputs.image_products) if p in products]
         crop_vec = dict(zip(crops, _embed_at(embed, inputs.crop_images[crops], size))) if crops else {}
         image_vec = _embed_at(embed, inputs.product_images[rows], size) if rows else np.zeros((0, 1), np.float32)
         rows_of: dict[str, list[int]] = defaultdict(list)
@@ -269,11 +269,10 @@ def choose_query_crops(inputs: EvalInputs, rule: str, embed: Callable[[np.ndarra
             d = euclidean_distances(np.stack([crop_vec[i] for i in cands]), image_vec[rows_of[product]]).min(axis=1)
             return cands[int(np.argmin(d))]
 
-    chosen = {(pid, cands): (cands[0] if len(cands) == 1 else pick(pid, cands)) for pid, cands in
-              [(inputs.cases[i].product_id, v) for i, v in main.items()] + [(k[0], v) for k, v in room.items()]}
+    chosen = {(pid, cands): (cands[0] if len(cands) == 1 else pick(pid, cands)) for pid, cands in asks}
     cases = [replace(c, query_crop=chosen[(c.product_id, main[i])] if i in main else None) for i, c in enumerate(inputs.cases)]
     room_query = {key: chosen[(key[0], cands)] for key, cands in room.items()}
-    logger.info("query crops chosen by %s for %d pairs with several candidates", rule, len(wanted))
+    logger.info("query crops chosen by %s: %d choices among several candidates", rule, len(several))
     return replace(inputs, cases=cases, crop_choice=rule, room_query=room_query)
 
 
