@@ -23,13 +23,13 @@ import numpy as np
 from detectors.cache import DetectionCache
 from detectors.category_map import DEFAULT_MAP, GROUPS_MAP, CategoryMap, label_groups, load_category_map, map_for_detector
 from detectors.yolo import YoloDetector, default_weights
-from engine.data.catalog import Catalog, load_catalog
+from engine.data.catalog import Catalog, CatalogError, load_catalog
 from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
 from engine.files import write_json_atomic
 from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
 from engine.search import ROOM_ORDER, ROOM_ORDERS
-from engine.data.splits import read_scene_list, restrict_scenes
+from engine.data.splits import read_product_list, read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.protocol import (CROP_CHOICES, EvalConfig, EvalInputs, EvalResult, choose_query_crops, flat_metrics, paired_difference,
                                  prepare, score, table)
@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog-decode", choices=CATALOG_DECODES, default=None,
                    help="read catalog photos 'reduced' (JPEG scaled while decoding) or 'full' (default: the model's)")
     p.add_argument("--crop-padding", type=float, default=None, help=f"padding around a crop, fraction of its longer side (default: the model's, as in training; {DEFAULT_CROP_PADDING} for imagenet)")
+    p.add_argument("--new-products", type=Path, default=None, metavar="FILE",
+                   help="the new-products protocol: a product list (python -m evaluation.holdout --new-products) of products the model was trained "
+                        "without (training.fit --holdout-products) and that are only in the index; their pairs are scored apart from the known "
+                        "products', each paired against the baseline")
     p.add_argument("--seen-products", type=Path, default=None, help="split recall by products seen / not seen in training pairs: a product list (one id per line) or a triplet manifest (its real positives); default: the evaluated run's seen_products.txt")
     p.add_argument("--ks", default=",".join(map(str, d.ks)), help="comma-separated k of recall@k")
     p.add_argument("--grid-queries", type=int, default=12, help="random queries shown in each results grid")
@@ -133,7 +137,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     catalog = load_catalog(args.catalog)
     eval_catalog, scenes_param = _scenes(catalog, args.scenes)
     target = _target(args)
-    cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home))
+    cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
+                     new_products=_new_products(args.new_products, catalog))
     inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target)
     result = score(inputs, target.embedder, cfg)
     b_embedder = scored = None
@@ -142,7 +147,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
                                                    alpha=target.alpha), inputs.preprocessing)
         scored = score(inputs, b_embedder, cfg)
         baseline = (b_embedder.name, scored.summary, scored.curves)
-        result.summary["vs_baseline"] = paired_difference(result, scored, cfg.ks, cfg.room, inputs.types)
+        result.summary["vs_baseline"] = paired_difference(result, scored, cfg.ks, cfg.room, inputs.types, cfg.new_products)
     if args.versus_detector:
         result.summary["versus_detector"] = _versus_detector(args, eval_catalog, target, result, b_embedder, scored, home)
     wall = time.perf_counter() - t_start
@@ -232,6 +237,17 @@ def _seen_products(path: Path | None, run_id: str | None, home: Path) -> frozens
     return frozenset(read_seen_products(path))
 
 
+def _new_products(path: Path | None, catalog: Catalog) -> frozenset[str] | None:
+    """The new-products list, checked against the catalog; None without ``--new-products``."""
+    if path is None:
+        return None
+    ids = frozenset(read_product_list(path))
+    unknown = sorted(ids - set(catalog.types))
+    if unknown:
+        raise CatalogError(f"--new-products {path} names {len(unknown)} products that {catalog.root} does not have, e.g. {unknown[:5]}")
+    return ids
+
+
 def _fit_params(run_id: str) -> dict[str, str]:
     """The params of the training run (empty when unknown)."""
     if not run_id:
@@ -291,7 +307,8 @@ def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target,
                      b_scored: EvalResult | None, home: Path) -> dict:
     """The same model(s) scored on the crops of ``--versus-detector``: its whole-room summary, and this
     call's detector minus it, pair by pair (for the model and for the baseline)."""
-    cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home))
+    cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
+                     new_products=_new_products(args.new_products, catalog))
     inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target)
     other = score(inputs, target.embedder, cfg)
     out = {"detector": inputs.detector, "weights": args.versus_detector, "room": other.summary.get("room"),
@@ -340,10 +357,44 @@ def _summary_lines(catalog: Catalog, report: dict, ks: Sequence[int], baseline, 
         f"s2p recall@{k10} at the best box instead: {_best_box(summary, k10)}",
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
         + (f"; minus {baseline[0]}: {_signed(summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in summary else ""),
+        *_new_product_lines(summary, k10),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
         f"pairs {proto['pairs']}: reachable {proto['reachable_pairs']}, unreachable {proto['unreachable_pairs']} "
         f"(boxes: {proto['boxes']}); wall {wall:.1f}s",
     ]
+
+
+def _new_product_lines(summary: dict, k: int) -> list[str]:
+    """The new-products protocol's lines: new vs known products, s2p and p2s recall@k, each minus the baseline."""
+    blocks = summary.get("new_products")
+    if not blocks:
+        return []
+    vs = summary.get("vs_baseline") or {}
+    room, room_vs = summary.get("room") or {}, (summary.get("vs_baseline") or {}).get("room") or {}
+    lines = []
+    for side in ("new", "known"):
+        b = blocks[side]
+        line = (f"{side} products ({b['products']} products, {b['reachable_pairs']} of {b['pairs']} pairs reachable): "
+                f"s2p recall@{k} {_recall(b['s2p_recall'], k)} {_interval(b['s2p_recall_ci95'][k])}")
+        if f"scene_to_product_{side}" in vs:
+            line += f", minus baseline {_signed(vs[f'scene_to_product_{side}'][k])}"
+        line += f"; p2s recall@{k} {_recall(b['p2s_recall'], k)}"
+        if f"product_to_scene_{side}" in vs:
+            line += f", minus baseline {_signed(vs[f'product_to_scene_{side}'][k])}"
+        if side in room:
+            line += f"; all-pairs s2p recall@{k} {_recall(room[side]['s2p_recall'], k)}"
+            if f"{side}_products" in room_vs:
+                line += f", minus baseline {_signed(room_vs[f'{side}_products']['s2p_recall'][k])}"
+        lines.append(line)
+    new, known = (blocks[s]["s2p_recall"].get(k) for s in ("new", "known"))
+    if new is not None and known:
+        lines.append(f"new / known s2p recall@{k}: {new / known:.2f}")
+    return lines
+
+
+def _recall(curve: dict, k: int) -> str:
+    v = curve.get(k, curve.get(str(k)))
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _log_run(args: argparse.Namespace, target: Target, catalog: Catalog, scenes_param: dict, inputs: EvalInputs,

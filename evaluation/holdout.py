@@ -7,6 +7,11 @@ With ``--folds K --exclude HOLDOUT`` it writes instead K seeded cross-validation
 other scenes, where settings are chosen: ``fold<i>.txt`` (fold i's validation scenes, for
 ``evaluate --scenes``), ``fold<i>-exclude.txt`` (the hold-out plus fold i, for training's
 ``--holdout-scenes``) and ``folds.json`` (the seed, the hold-out's hash and every fold).
+
+With ``--new-products FRACTION`` it writes instead a seeded, type-stratified list of products, the
+*new products* of the new-products protocol: pass it to ``training.mine_hard_negatives`` and
+``training.fit --holdout-products`` (they do not exist for training) and to ``evaluation.evaluate
+--new-products`` (their pairs are scored apart from the known products').
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 from engine.data.catalog import load_catalog
 from engine.runtime import run_cli
-from engine.data.splits import dev_folds, holdout_scenes, read_scene_list, write_scene_list
+from engine.data.splits import dev_folds, holdout_scenes, new_products, read_scene_list, write_scene_list
 from engine.files import write_json_atomic
 
 logger = logging.getLogger("evaluation.holdout")
@@ -36,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the choice")
     p.add_argument("--folds", type=int, default=0, help="write this many development folds over the scenes outside --exclude instead")
     p.add_argument("--exclude", type=Path, default=None, help="with --folds: the hold-out scene list, in no fold and excluded from every fold's training")
-    p.add_argument("--out", type=Path, required=True, help="scene list to write (one scene name per line); with --folds, a folder")
+    p.add_argument("--new-products", type=float, default=0.0, metavar="FRACTION",
+                   help="write instead a product list: this share of the catalog's products, stratified by type (the new-products protocol)")
+    p.add_argument("--out", type=Path, required=True, help="scene list to write (one scene name per line); with --folds, a folder; "
+                                                           "with --new-products, a product list")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -48,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
+    if args.new_products and (args.folds or args.exclude):
+        raise ValueError("--new-products writes a product list; it does not go with --folds or --exclude")
+    if args.new_products:
+        return _new_products(args, catalog)
     if args.folds:
         return _folds(args, catalog)
     if args.exclude:
@@ -58,6 +70,16 @@ def _run(args: argparse.Namespace) -> int:
     write_scene_list(names, args.out, f"held-out scenes of {catalog.root} (fingerprint {catalog.fingerprint})\n"
                                       f"python -m evaluation.holdout --fraction {args.fraction} --seed {args.seed}")
     print(f"{len(names)} of {len({p.scene for p in catalog.pairs})} scenes with pairs held out ({pairs} of {len(catalog.pairs)} pairs) -> {args.out}")
+    return 0
+
+
+def _new_products(args: argparse.Namespace, catalog) -> int:
+    ids = new_products(catalog, args.new_products, args.seed)
+    held = set(ids)
+    pairs = sum(p.product_id in held for p in catalog.pairs)
+    write_scene_list(ids, args.out, f"new products of {catalog.root} (fingerprint {catalog.fingerprint}): held out of training, "
+                                    f"added to the index after it\npython -m evaluation.holdout --new-products {args.new_products} --seed {args.seed}")
+    print(f"{len(ids)} of {len(catalog.types)} products are new ({pairs} of {len(catalog.pairs)} pairs are theirs) -> {args.out}")
     return 0
 
 

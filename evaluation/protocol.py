@@ -67,13 +67,16 @@ CROP_CHOICES = ("imagenet", "confidence", "best")  # how one query box is picked
 @dataclass(frozen=True)
 class EvalConfig:
     """ks: the k of recall@k; seen_products: the products of the evaluated model's training pairs
-    (None: no seen / unseen split); room: the product groups for the whole-room scores
+    (None: no seen / unseen split); new_products: products that did not exist when the model was
+    trained, added to the index only (the new-products protocol; None: no new / known split);
+    room: the product groups for the whole-room scores
     (``evaluation.room``; None: not scored). The crops' preprocessing (size, padding, detector
     confidence) is the model's (``engine.config.Preprocessing``), passed to ``prepare``."""
 
     ks: tuple[int, ...] = KS
     seen_products: frozenset[str] | None = None
     room: RoomSpec | None = None
+    new_products: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -346,7 +349,7 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     if cfg.room is not None:
         groups = crop_groups([c.label for c in inputs.crops], cfg.room)
         per_scene = sum(bool(g) for g in groups) / max(1, len(inputs.scenes))
-        summary["room"] = room_summary(whole_room, inputs.types, cfg.room, cfg.seen_products, per_scene)
+        summary["room"] = room_summary(whole_room, inputs.types, cfg.room, cfg.seen_products, per_scene, cfg.new_products)
     summary["seconds"] = {"prepare": inputs.seconds, "score": time.perf_counter() - t0}
     reach = np.array([r.rank for r in results if r.case.reachable], np.float64)
     scene_ranks = np.array([r.scene_rank for r in results], np.float64)
@@ -472,6 +475,7 @@ def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray
         },
         "product_to_scene": {"queries": len(results), "recall": recall_curve(scene_ranks, ks),
                              "recall_ci95": bootstrap_recall(scene_ranks, [r.case.scene for r in results], ks)},
+        **_new_split(results, cfg),
         "distance_accuracy": da.top1 if da else float("nan"),
         "distance_accuracy_top_3": da.top3 if da else float("nan"),
         "distance_accuracy_per_type": {t: {"top1": v[0], "top3": v[1], "queries": v[2], "products": v[3]}
@@ -491,24 +495,47 @@ def _seen_split(reach: list[PairResult], cfg: EvalConfig) -> dict:
     return out
 
 
+def _new_split(results: list[PairResult], cfg: EvalConfig) -> dict:
+    """The new-products protocol: s2p and p2s recall (with scene-bootstrap intervals) of the pairs
+    of products new to the model (``cfg.new_products``) and of the known ones."""
+    if cfg.new_products is None:
+        return {}
+    out = {}
+    for name, keep in (("new", True), ("known", False)):
+        rs = [r for r in results if (r.case.product_id in cfg.new_products) == keep]
+        reach = [r for r in rs if r.case.reachable]
+        ranks = np.array([r.rank for r in reach], np.float64)
+        scene_ranks = np.array([r.scene_rank for r in rs], np.float64)
+        out[name] = {"pairs": len(rs), "reachable_pairs": len(reach), "products": len({r.case.product_id for r in rs}),
+                     "s2p_recall": recall_curve(ranks, cfg.ks), "s2p_recall_ci95": bootstrap_recall(ranks, [r.case.scene for r in reach], cfg.ks),
+                     "p2s_recall": recall_curve(scene_ranks, cfg.ks),
+                     "p2s_recall_ci95": bootstrap_recall(scene_ranks, [r.case.scene for r in rs], cfg.ks)}
+    return {"new_products": out}
+
+
 def paired_difference(a: EvalResult, b: EvalResult, ks: Sequence[int], spec: RoomSpec | None = None,
-                      types: dict[str, str] | None = None) -> dict[str, dict]:
+                      types: dict[str, str] | None = None, new_products: frozenset[str] | None = None) -> dict[str, dict]:
     """recall@k of ``a`` minus ``b`` scored on the same prepared inputs, with a 95% scene-bootstrap
-    interval; with ``spec`` (and both scored with it) also the whole-room differences (``room``)."""
+    interval; with ``spec`` (and both scored with it) also the whole-room differences (``room``);
+    with ``new_products`` also over the new and the known products' pairs (``*_new``, ``*_known``)."""
     out: dict[str, dict[int, dict[str, object]]] = {}
     reach_a = [r for r in a.pairs if r.case.reachable]
     reach_b = [r for r in b.pairs if r.case.reachable]
     if [r.case for r in reach_a] != [r.case for r in reach_b]:
         raise ValueError("paired comparison needs two scores of the same prepared inputs")
-    for task, ra, rb, scenes in (
-        ("scene_to_product", [r.rank for r in reach_a], [r.rank for r in reach_b], [r.case.scene for r in reach_a]),
-        ("product_to_scene", [r.scene_rank for r in a.pairs], [r.scene_rank for r in b.pairs], [r.case.scene for r in a.pairs]),
-    ):
+    tasks = [("scene_to_product", reach_a, reach_b, lambda r: r.rank), ("product_to_scene", a.pairs, b.pairs, lambda r: r.scene_rank)]
+    if new_products is not None:
+        for side, keep in (("new", True), ("known", False)):
+            for task, xs, ys, get in tasks[:2]:
+                rows = [i for i, r in enumerate(xs) if (r.case.product_id in new_products) == keep]
+                tasks.append((f"{task}_{side}", [xs[i] for i in rows], [ys[i] for i in rows], get))
+    for task, xs, ys, get in tasks:
+        ra, rb, scenes = [get(r) for r in xs], [get(r) for r in ys], [r.case.scene for r in xs]
         ra, rb = np.array(ra, np.float64), np.array(rb, np.float64)
         ci = bootstrap_recall(ra, scenes, ks, other=rb)
         out[task] = {int(k): {"difference": (float((ra <= k).mean() - (rb <= k).mean()) if len(ra) else None), "ci95": list(ci[k])} for k in ks}
     if a.room_pairs and b.room_pairs and spec is not None:
-        out["room"] = paired_room_difference(a.room_pairs, b.room_pairs, spec, spec.coco_types, types)
+        out["room"] = paired_room_difference(a.room_pairs, b.room_pairs, spec, spec.coco_types, types, new_products)
     return _nan_to_none(out)
 
 
@@ -532,11 +559,16 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
     for key, name in (("recall_fallback", "s2p_fallback"), ("recall_seen", "s2p_seen"), ("recall_unseen", "s2p_unseen")):
         for k, v in s2p.get(key, {}).items():
             out[f"{name}_recall_at_{k}"] = v
+    for side, block in (summary.get("new_products") or {}).items():
+        for task, key in (("s2p", "s2p_recall"), ("p2s", "p2s_recall")):
+            for k, v in block[key].items():
+                out[f"{task}_{side}_recall_at_{k}"] = v
     for k, v in summary.get("scene_to_product_all_pairs", {}).get("recall", {}).items():
         out[f"s2p_all_pairs_recall_at_{k}"] = v
     out["coverage"] = s2p.get("coverage")
     room = summary.get("room") or {}
-    for name, block in (("room_", room), ("room_coco_", room.get("coco_class_pairs") or {})):
+    for name, block in (("room_", room), ("room_coco_", room.get("coco_class_pairs") or {}), ("room_new_", room.get("new") or {}),
+                        ("room_known_", room.get("known") or {})):
         if block:
             out[f"{name}coverage"] = block.get("coverage")
             for k, v in (block.get("s2p_recall") or {}).items():

@@ -147,9 +147,11 @@ def room_pairs(pairs: Sequence[tuple[str, str, str]], crop_prod: np.ndarray, cro
 
 
 def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: RoomSpec,
-                 seen_products: frozenset[str] | None = None, objects_per_scene: float = float("nan")) -> dict:
+                 seen_products: frozenset[str] | None = None, objects_per_scene: float = float("nan"),
+                 new_products: frozenset[str] | None = None) -> dict:
     """Coverage, s2p recall and room recall over ``results`` (with intervals), per group, seen /
-    unseen, and over the COCO-class pairs; ``types``: product id → type."""
+    unseen, new / known (the new-products protocol: ``new_products`` did not exist at training), and
+    over the COCO-class pairs; ``types``: product id → type."""
     def block(rs: Sequence[RoomPair]) -> dict:
         ranks = np.array([r.rank for r in rs], np.float64)
         room = np.array([r.room_rank for r in rs], np.float64)
@@ -176,14 +178,18 @@ def room_summary(results: Sequence[RoomPair], types: Mapping[str, str], spec: Ro
     if seen_products is not None:
         for name, keep in (("seen", True), ("unseen", False)):
             out[name] = block([r for r in results if (r.product_id in seen_products) == keep])
+    if new_products is not None:
+        for name, keep in (("new", True), ("known", False)):
+            out[name] = block([r for r in results if (r.product_id in new_products) == keep])
     return out
 
 
 def paired_room_difference(a: Sequence[RoomPair], b: Sequence[RoomPair], spec: RoomSpec, coco_types: frozenset[str] = frozenset(),
-                           types: Mapping[str, str] | None = None) -> dict:
+                           types: Mapping[str, str] | None = None, new_products: frozenset[str] | None = None) -> dict:
     """``a`` minus ``b`` for the same pairs (matched by product and scene; e.g. two models on the same
     crops, or two detectors): coverage, s2p recall@k and room recall@k with 95% scene-bootstrap
-    intervals, over all pairs and over the COCO-class pairs (``coco_types`` with ``types``)."""
+    intervals, over all pairs, over the COCO-class pairs (``coco_types`` with ``types``) and, with
+    ``new_products``, over the new and the known products' pairs."""
     index = {(r.product_id, r.scene): r for r in b}
     if len(index) != len(a) or any((r.product_id, r.scene) not in index for r in a):
         raise ValueError("a paired comparison needs whole-room ranks of the same pairs")
@@ -204,4 +210,7 @@ def paired_room_difference(a: Sequence[RoomPair], b: Sequence[RoomPair], spec: R
     result = {"all_pairs": diff(list(a))}
     if coco_types and types is not None:
         result["coco_class_pairs"] = diff([r for r in a if types[r.product_id] in coco_types])
+    if new_products is not None:
+        result["new_products"] = diff([r for r in a if r.product_id in new_products])
+        result["known_products"] = diff([r for r in a if r.product_id not in new_products])
     return result

@@ -66,6 +66,16 @@ class Manifest:
             producer = producer.get("parent")
         return tuple(sorted(names))
 
+    @property
+    def holdout_products(self) -> tuple[str, ...]:
+        """Products held out (the new-products protocol) when this manifest or one it was refreshed
+        from was made: no positive of theirs, and none named as a negative."""
+        producer, names = self.producer, set()
+        while isinstance(producer, dict):
+            names.update(producer.get("holdout_products") or ())
+            producer = producer.get("parent")
+        return tuple(sorted(names))
+
     def image_path(self, pos: Positive) -> Path:
         p = Path(pos.image)
         return p if p.is_absolute() else Path(self.catalog) / p

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from engine.data.catalog import load_catalog
+from engine.data.splits import read_product_list, restrict_products
 from engine.files import file_sha256
 from engine.data.images import load_image, query_crop
 from engine.runtime import run_cli
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triplets", type=Path, required=True, help="manifest whose positives get new negatives")
     p.add_argument("--out", type=Path, required=True, help="where to write the refreshed manifest")
     p.add_argument("--catalog", type=Path, default=None, help="catalog directory (default: the manifest's)")
+    p.add_argument("--holdout-products", type=Path, default=None, metavar="FILE",
+                   help="product list of new products (python -m evaluation.holdout --new-products): their positives are dropped and they are "
+                        "never a negative; recorded in the manifest, so training.fit holds them out too. Products the input manifest was "
+                        "made without stay held out")
     p.add_argument("--pool", type=int, default=100, help="most confusable products kept per positive (100-1000 on a real catalog)")
     p.add_argument("--negatives-per-positive", type=int, default=24, help="negatives listed per positive (fit samples from them each epoch)")
     p.add_argument("--hard-ratio", type=float, default=0.5, help="share of a positive's listed negatives that are hard (the rest random)")
@@ -82,6 +87,13 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     manifest = load_manifest(args.triplets)
     catalog = load_catalog(args.catalog or manifest.catalog)
     queries = queries_from_manifest(manifest, catalog)
+    held = set(manifest.holdout_products) | (set(read_product_list(args.holdout_products)) if args.holdout_products else set())
+    positives = manifest.positives
+    if held:
+        catalog = restrict_products(catalog, held)  # the pools and the random negatives see only the products that exist
+        keep = [i for i, q in enumerate(queries) if q.product_id not in held]
+        logger.info("holding out %d products: %d of %d positives are theirs and are dropped", len(held), len(queries) - len(keep), len(queries))
+        queries, positives = [queries[i] for i in keep], [positives[i] for i in keep]
     embedder = Embedder.load(resolve_model(args.model).path)
     padding = embedder.preprocessing.crop_padding if args.crop_padding is None else args.crop_padding
     logger.info("embedding %d catalog images and %d queries", len(catalog.products), len(queries))
@@ -92,7 +104,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     cfg = HardNegativeConfig(pool=args.pool, dup_distance=args.dup_distance)
     pools = hard_negative_pools(query_emb, [q.product_id for q in queries], image_emb, image_products, image_hashes, catalog.types, cfg)
     n_hard = round(args.hard_ratio * args.negatives_per_positive)
-    positives, stats = refresh_negatives(manifest.positives, query_emb, pools, image_emb, image_products, catalog.types,
+    positives, stats = refresh_negatives(positives, query_emb, pools, image_emb, image_products, catalog.types,
                                          n_hard=n_hard, n_random=args.negatives_per_positive - n_hard, margin=args.margin,
                                          rng=np.random.default_rng(args.seed))
     stats.update(pool=args.pool, seconds=time.perf_counter() - t0)
@@ -101,7 +113,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         producer={"tool": "training.mine_hard_negatives", "model": args.model, "from": str(args.triplets),
                   "pool": args.pool, "hard_ratio": args.hard_ratio, "negatives_per_positive": args.negatives_per_positive,
                   "dup_distance": args.dup_distance, "seed": args.seed, "crop_padding": padding, "parent": manifest.producer,
-                  "holdout_scenes": list(manifest.holdout_scenes)},
+                  "holdout_scenes": list(manifest.holdout_scenes), "holdout_products": sorted(held)},
         stats={**manifest.stats, "hard_negatives": stats},
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
@@ -135,8 +147,8 @@ def _embed_queries(embedder: Embedder, queries: list[QueryItem], padding: float)
 def _log_run(args: argparse.Namespace, out: Manifest, source: Manifest, stats: dict) -> str:
     with mlflow_run(run_name="mine-hard-negatives") as tracker:
         tracker.set_tags({"showroom.kind": "mine_hard_negatives", "showroom.model": args.model})
-        tracker.log_params({k: v for k, v in out.producer.items() if k not in ("parent", "holdout_scenes")})
-        tracker.log_params({"holdout_scenes": len(source.holdout_scenes)})
+        tracker.log_params({k: v for k, v in out.producer.items() if k not in ("parent", "holdout_scenes", "holdout_products")})
+        tracker.log_params({"holdout_scenes": len(source.holdout_scenes), "holdout_products": len(out.holdout_products)})
         tracker.log_metrics({k: v for k, v in stats.items() if isinstance(v, (int, float))}, step=0)
         tracker.log_artifact(args.out, "manifest")
         return f"MLflow run {tracker.run_id}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -206,6 +206,21 @@ def gather_queries(ctx: QueryContext, sources: tuple[QuerySource, ...] = SOURCES
     inputs = list(dict.fromkeys(s.input for s in sources))
     keyed = [((inputs.index(s.input), row), q) for s in sources for row, q in s.rows(ctx)]
     return [q for _, q in sorted(keyed, key=lambda kq: kq[0])]
+
+
+def without_products(queries: list[QueryItem], drop: frozenset[str] | set[str]) -> list[QueryItem]:
+    """``queries`` as if the products in ``drop`` did not exist: their queries removed, and removed
+    from every other query's listed negatives."""
+    if not drop:
+        return list(queries)
+    return [replace(q, negatives=tuple(n for n in q.negatives if n not in drop)) if any(n in drop for n in q.negatives) else q
+            for q in queries if q.product_id not in drop]
+
+
+def held_out_products_by_inputs(inputs: RunInputs) -> set[str]:
+    """Products the ``--triplets`` manifest (or one it was refreshed from) was made without."""
+    manifest = inputs.read("triplets", load_manifest)
+    return set(manifest.holdout_products) if manifest is not None else set()
 
 
 def held_out_by_inputs(inputs: RunInputs, sources: tuple[QuerySource, ...] = SOURCES) -> set[str]:

@@ -19,14 +19,14 @@ from detectors.category_map import load_category_map
 from detectors.yolo import YoloDetector, default_weights
 from engine.config import ModelConfig, Preprocessing, TrainConfig, from_dict
 from engine.data.catalog import Catalog, CatalogError, load_catalog
-from engine.data.splits import read_scene_list
+from engine.data.splits import read_product_list, read_scene_list, restrict_products
 from engine.model.embedder import Embedder, input_size, load_embedder
 from training import checkpoint as ckpt
 from training.demo_catalog import DemoSpec, ensure_demo_catalog
 from training.manifest import save_manifest
 from training.mining import MiningConfig, mine_catalog
 from training.model_ref import resolve_model
-from training.query_sources import INPUT_NAMES, RunInputs, catalog_of_inputs, check_mix, held_out_by_inputs
+from training.query_sources import INPUT_NAMES, RunInputs, catalog_of_inputs, check_mix, held_out_by_inputs, held_out_products_by_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class DataConfig:
         None = pairs.csv, mined first when its pairs have no boxes (unless ``whole_scene_queries``).
     synthetic: synthetic views manifest (``training.synthesize``): the synthetic queries.
     holdout_scenes: scene-list file of scenes never trained or validated on.
+    holdout_products: product-list file of products that do not exist for this run (the
+        new-products protocol, ``engine.data.splits.new_products``): no proxy, image, query,
+        negative or synthetic view of theirs.
     init_from: trained embedder (.keras path or MLflow run id) to start from; '' = the model's weights.
     detector_weights: YOLO weights that mine box-less pairs (None = ``detectors.yolo.default_weights``).
     One field per input file of ``training.query_sources.INPUT_NAMES``, named like it.
@@ -51,6 +54,7 @@ class DataConfig:
     triplets: Path | None = None
     synthetic: Path | None = None
     holdout_scenes: Path | None = None
+    holdout_products: Path | None = None
     init_from: str = ""
     detector_weights: str | None = None
     whole_scene_queries: bool = False
@@ -79,6 +83,8 @@ class RunPlan:
     data: with ``catalog`` set and ``triplets`` mined when needed. holdout: every held-out scene
     (``--holdout-scenes`` and those the input files were made without).
     resume: the killed run's state (``training.checkpoint``), None for a new run.
+    held_products: every product held out of the run (``--holdout-products`` and those the
+    ``--triplets`` manifest was made without).
     init_model: a trained embedder to start from (``data.init_from``).
     """
 
@@ -90,6 +96,7 @@ class RunPlan:
     init_model: keras.Model | None = None
     resume: dict | None = None
     inputs: RunInputs | None = field(default=None, compare=False)  # the input files, each read once for the run
+    held_products: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         check_mix(self.train.mix_weights())
@@ -106,13 +113,17 @@ class RunPlan:
         files = {name: str(path) if path else None for name, path in self.data.input_files().items()}
         return {"run_id": run_id, "model": asdict(self.model), "train": asdict(self.train), "catalog": str(self.catalog.root),
                 "catalog_fingerprint": self.catalog.fingerprint, **files,
-                "holdout_scenes": sorted(self.holdout), "init_from": self.data.init_from}
+                "holdout_scenes": sorted(self.holdout), "init_from": self.data.init_from,
+                **({"holdout_products": sorted(self.held_products)} if self.held_products else {})}
 
 
 def _plan(model: ModelConfig, train: TrainConfig, data: DataConfig, catalog: Catalog, holdout: set[str],
-          init_model: keras.Model | None = None, resume: dict | None = None) -> RunPlan:
+          init_model: keras.Model | None = None, resume: dict | None = None, products: set[str] = frozenset()) -> RunPlan:
     inputs = RunInputs(data.input_files())
-    return RunPlan(model, train, data, catalog, frozenset(holdout | held_out_by_inputs(inputs)), init_model, resume, inputs)
+    held = frozenset(set(products) | held_out_products_by_inputs(inputs))
+    if held:
+        restrict_products(catalog, held)  # every id known, some product left: else a CatalogError naming the list's problem
+    return RunPlan(model, train, data, catalog, frozenset(holdout | held_out_by_inputs(inputs)), init_model, resume, inputs, held)
 
 
 def new_plan(model: ModelConfig, train: TrainConfig, data: DataConfig, home: Path) -> RunPlan:
@@ -130,7 +141,8 @@ def new_plan(model: ModelConfig, train: TrainConfig, data: DataConfig, home: Pat
     catalog = load_catalog(data.catalog)
     if data.triplets is None and not data.whole_scene_queries and any(p.box is None for p in catalog.pairs):
         data = replace(data, triplets=auto_mine(data, model, train, catalog, holdout, home))
-    return _plan(model, train, data, catalog, holdout, init_model)
+    products = set(read_product_list(data.holdout_products)) if data.holdout_products else set()
+    return _plan(model, train, data, catalog, holdout, init_model, products=products)
 
 
 def resume_plan(folder: Path) -> RunPlan:
@@ -147,7 +159,8 @@ def resume_plan(folder: Path) -> RunPlan:
     logger.info("resuming run %s after epoch %d of %d", run_id, state["epochs_done"], tcfg.epochs)
     files = {name: Path(state[name]) if state.get(name) else None for name in INPUT_NAMES}
     data = DataConfig(catalog=Path(state["catalog"]), init_from=state.get("init_from", ""), **files)
-    return _plan(replace(mcfg, weights="none"), tcfg, data, catalog, set(state.get("holdout_scenes") or ()), resume=state)
+    return _plan(replace(mcfg, weights="none"), tcfg, data, catalog, set(state.get("holdout_scenes") or ()), resume=state,
+                 products=set(state.get("holdout_products") or ()))
 
 
 def auto_mine(data: DataConfig, mcfg: ModelConfig, tcfg: TrainConfig, catalog: Catalog, holdout: set[str], home: Path) -> Path:

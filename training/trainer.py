@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from engine.config import flatten
 from engine.data.catalog import Catalog
-from engine.data.splits import restrict_scenes, write_scene_list
+from engine.data.splits import restrict_products, restrict_scenes, write_scene_list
 from engine.files import atomic_file
 from engine.model.embedder import ModelError, embed_images, save_embedder
 from engine.model.losses import make_triplet_loss
@@ -36,7 +36,7 @@ from engine.model.network import TripletModel, build_embedder
 from training import checkpoint as ckpt
 from training.callbacks import EpochEnd, log_epoch
 from training.input_pipeline import steps_per_epoch, triplet_dataset, triplet_sheet
-from training.query_sources import SOURCES, QueryContext, QuerySource, gather_queries
+from training.query_sources import SOURCES, QueryContext, QuerySource, gather_queries, without_products
 from training.run_plan import RunPlan
 from training.strategy import Cluster, JobBackup, NullTracker, shard_by_data
 from training.tracking import Tracker, git_commit, mlflow_run
@@ -72,12 +72,17 @@ class TrainResult:
 
 
 def training_set(plan: RunPlan, sources: tuple[QuerySource, ...] = SOURCES) -> TrainingSet:
-    """Every source's queries without the held-out scenes (neither as photos nor as backgrounds);
-    split, image bank, samplers."""
+    """Every source's queries without the held-out scenes (neither as photos nor as backgrounds) and
+    without the held-out products (no proxy, bank image, query, negative or synthetic view); split,
+    image bank, samplers."""
     train_catalog = restrict_scenes(plan.catalog, drop=plan.holdout) if plan.holdout else plan.catalog
     if plan.holdout:
         logger.info("holding out %d scenes for evaluation: never trained or validated on", len(plan.holdout))
     queries = gather_queries(QueryContext(plan.catalog, train_catalog, plan.holdout, plan.inputs), sources)
+    if plan.held_products:
+        logger.info("holding out %d products (new products): they do not exist for this run", len(plan.held_products))
+        train_catalog = restrict_products(train_catalog, plan.held_products)
+        queries = without_products(queries, plan.held_products)
     return build_training_set(train_catalog, plan.train, plan.model.image_size, queries)
 
 
@@ -208,7 +213,7 @@ class Trainer:
             "n_val_queries": len(ts.val_queries), "n_val_triplets": n_val_triplets,
             "whole_scene_queries": ts.whole_scene_queries, "tensorflow_devices": _devices(),
             **{name: str(path or "") for name, path in plan.data.input_files().items()},
-            "init_from": plan.data.init_from, "holdout_scenes": len(plan.holdout),
+            "init_from": plan.data.init_from, "holdout_scenes": len(plan.holdout), "holdout_products": len(plan.held_products),
             "dropped_synthetic_val_backgrounds": ts.dropped_synthetic, "seen_products": len(ts.seen_products),
             **{f"train_queries_{k}": v for k, v in ts.source_counts().items()},
             **{f"epoch_queries_{k}": v for k, v in ts.train_sampler.epoch_counts(plan.train.seed).items()},
@@ -259,6 +264,8 @@ class Trainer:
         out: list[tuple[Path, str | None]] = [(tmp / "config.json", None), (tmp / "split.json", None)]
         if plan.holdout:
             out.append((write_scene_list(plan.holdout, tmp / "holdout_scenes.txt", "scenes held out of this run"), None))
+        if plan.held_products:
+            out.append((write_scene_list(plan.held_products, tmp / "holdout_products.txt", "products held out of this run (new products)"), None))
         out += [(path, name) for name, path in plan.data.input_files().items() if path]
         (tmp / "seen_products.txt").write_text("# products of the real training pairs\n" + "".join(f"{p}\n" for p in ts.seen_products))
         sheet = triplet_sheet(ts.bank, sample, ts.product_ids, seed=plan.train.seed)

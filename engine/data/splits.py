@@ -7,6 +7,12 @@ as ``split.json`` (``{"train": [...], "val": [...]}``); such a file is read as i
 ``training.mine_triplets --holdout-scenes`` and ``training.fit --holdout-scenes`` drop the listed
 scenes before anything is mined, split or trained; ``evaluation.evaluate --scenes`` evaluates
 exactly them.
+
+A product list (same format, one product id per line) names *new products*: products that do not
+exist when the model is trained (``new_products``; ``training.fit --holdout-products`` and
+``training.mine_hard_negatives --holdout-products`` drop them from everything training sees:
+proxies, the image bank, queries, negatives, synthetic views, validation), and that are added to
+the index only afterwards; ``evaluation.evaluate --new-products`` scores their pairs apart.
 """
 
 from __future__ import annotations
@@ -45,6 +51,21 @@ def read_scene_list(path: str | Path) -> tuple[str, ...]:
     if not names:
         raise CatalogError(f"scene list {path} names no scenes")
     return tuple(sorted(set(map(str, names))))
+
+
+def read_product_list(path: str | Path) -> tuple[str, ...]:
+    """Product ids of a product-list file (one per line, ``#`` comments), sorted and unique."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CatalogError(f"product list {path} not found; make one with `python -m evaluation.holdout --new-products`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"product list {path} cannot be read: {exc}") from None
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise CatalogError(f"product list {path} names no products")
+    return tuple(sorted(set(names)))
 
 
 def write_scene_list(names: Iterable[str], path: str | Path, comment: str = "") -> Path:
@@ -141,4 +162,51 @@ def restrict_scenes(catalog: Catalog, *, keep: Iterable[str] | None = None, drop
         scenes=tuple(s for s in catalog.scenes if wanted(s.scene)),
         pairs=tuple(p for p in catalog.pairs if wanted(p.scene)),
         _types=catalog.types,
+    )
+
+
+def new_products(catalog: Catalog, fraction: float, seed: int) -> tuple[str, ...]:
+    """A seeded share of the catalog's products, stratified by type: the products "added after
+    training" of the new-products protocol. Each type gives ``round(fraction * n)`` of its n
+    products, the rounding remainder dealt to seeded types so the total is ``round(fraction * N)``;
+    at least one product, never all of them."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    by_type: dict[str, list[str]] = defaultdict(list)
+    for pid, t in catalog.types.items():
+        by_type[t].append(pid)
+    total = sum(len(v) for v in by_type.values())
+    if total < 2:
+        raise CatalogError(f"{catalog.root}: a new-products split needs at least 2 products, found {total}")
+    rng = np.random.default_rng(seed)
+    want = min(total - 1, max(1, round(fraction * total)))
+    exact = {t: fraction * len(v) for t, v in by_type.items()}
+    take = {t: int(np.floor(x)) for t, x in exact.items()}
+    # the largest remainders first, ties broken by a seeded order: sum(take) == want
+    order = sorted(by_type, key=lambda t: (-(exact[t] - take[t]), rng.random()))
+    for t in order[: max(0, want - sum(take.values()))]:
+        take[t] += 1
+    chosen: list[str] = []
+    for t in sorted(by_type):
+        ids = sorted(by_type[t])
+        chosen += [ids[i] for i in rng.permutation(len(ids))[: take[t]]]
+    return tuple(sorted(chosen))
+
+
+def restrict_products(catalog: Catalog, drop: Iterable[str]) -> Catalog:
+    """The catalog without the products in ``drop``: their products.csv rows and pairs removed, as if
+    they did not exist yet. Scenes are untouched (a room photo may still show them, unlabelled). The
+    fingerprint stays the directory's, so manifests made from the full catalog still match."""
+    drop_set = set(drop)
+    unknown = sorted(drop_set - set(catalog.types))
+    if unknown:
+        raise CatalogError(f"the products to drop include {len(unknown)} that {catalog.root}/products.csv does not have, "
+                           f"e.g. {unknown[:5]}; was the list made for another catalog?")
+    if drop_set and drop_set >= set(catalog.types):
+        raise CatalogError(f"dropping {len(drop_set)} products leaves {catalog.root} with none")
+    return replace(
+        catalog,
+        products=tuple(p for p in catalog.products if p.product_id not in drop_set),
+        pairs=tuple(p for p in catalog.pairs if p.product_id not in drop_set),
+        _types={pid: t for pid, t in catalog.types.items() if pid not in drop_set},
     )

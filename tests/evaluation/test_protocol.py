@@ -277,3 +277,23 @@ def test_paired_difference_of_two_models_on_the_same_crops(tmp_path: Path, categ
 
 def _case(inputs, product: str, scene: str):
     return next(c for c in inputs.cases if (c.product_id, c.scene) == (product, scene))
+
+
+def test_new_products_are_scored_apart_from_the_known_ones(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
+    inputs = prepare(catalog, P48, detector=None, category_map=category_map)
+    new = frozenset({"C2", "T1"})  # pairs: C2 in s2 and s4, T1 in s1; the other 4 pairs are known products'
+    cfg = EvalConfig(ks=(1, 5), new_products=new)
+    good = score(inputs, _embed, cfg)
+    collapsed = score(inputs, lambda ims: np.zeros((len(ims), 4), np.float32), cfg)
+    split = good.summary["new_products"]
+    assert (split["new"]["pairs"], split["new"]["products"], split["known"]["pairs"], split["known"]["products"]) == (3, 2, 4, 3)
+    assert split["new"]["s2p_recall"][1] == 1.0 and collapsed.summary["new_products"]["new"]["s2p_recall"][1] == 0.0
+    assert list(split["new"]["s2p_recall_ci95"][1]) == [1.0, 1.0]
+    flat = flat_metrics(good.summary)
+    assert flat["s2p_new_recall_at_1"] == 1.0 and "s2p_known_recall_at_5" in flat and "p2s_new_recall_at_1" in flat
+    d = paired_difference(good, collapsed, (1,), new_products=new)
+    assert d["scene_to_product_new"][1]["difference"] == pytest.approx(1.0)
+    assert d["scene_to_product_known"][1]["difference"] == pytest.approx(d["scene_to_product"][1]["difference"])  # all boxed pairs rank 1
+    assert set(d) >= {"product_to_scene_new", "product_to_scene_known"}
+    assert "new_products" not in score(inputs, _embed, EvalConfig(ks=(1,))).summary  # no list, no split

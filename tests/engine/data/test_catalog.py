@@ -126,3 +126,26 @@ def test_ikea_catalog_loads(ikea_catalog: Path):
     cat = load_catalog(ikea_catalog)
     assert len(cat.products) == 2292 and len(cat.scenes) == 153 and len(cat.pairs) == 1775
     assert all(p.box is None for p in cat.pairs)
+
+
+def test_new_products_are_a_seeded_type_stratified_share_and_restricting_removes_them(tiny_catalog: Path, tmp_path: Path):
+    from engine.data.splits import new_products, read_product_list, restrict_products, write_scene_list
+
+    catalog = load_catalog(tiny_catalog)
+    ids = new_products(catalog, 0.34, seed=0)
+    n_types = len(set(catalog.types.values()))
+    per_type = len(catalog.types) // n_types  # the tiny catalog has as many products of every type
+    assert len(ids) == round(0.34 * len(catalog.types)) and len(set(ids)) == len(ids)
+    assert all(sum(catalog.types[p] == t for p in ids) == round(0.34 * per_type) for t in set(catalog.types.values()))
+    assert new_products(catalog, 0.34, seed=0) == ids and new_products(catalog, 0.34, seed=1) != ids
+    cut = restrict_products(catalog, ids)
+    assert not set(cut.types) & set(ids) and len(cut.types) == len(catalog.types) - len(ids)
+    assert not {p.product_id for p in cut.products} & set(ids) and not {p.product_id for p in cut.pairs} & set(ids)
+    assert cut.scenes == catalog.scenes and cut.fingerprint == catalog.fingerprint
+    assert read_product_list(write_scene_list(ids, tmp_path / "new.txt", "a comment")) == tuple(sorted(ids))
+    with pytest.raises(CatalogError, match="leaves"):
+        restrict_products(catalog, catalog.types)
+    with pytest.raises(CatalogError, match="names no products"):
+        read_product_list(write_scene_list([], tmp_path / "empty.txt", "only a comment"))
+    with pytest.raises(ValueError, match="fraction"):
+        new_products(catalog, 1.0, seed=0)
