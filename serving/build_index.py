@@ -16,6 +16,14 @@ embedded on Ray Data (``engine.index.ray_runner``): ``--workers`` model actors o
 cluster with ``--ray-address``; the same vectors as in process, and each manifest records the
 runner (``embedded_by``).
 
+``--add PRODUCTS.csv``, ``--update PRODUCTS.csv``, ``--remove IDS`` change the current generation of
+``--out`` instead of embedding the whole catalog (``engine.index.delta``): rows in products.csv's
+format (image paths relative to the catalog root) are added or replace a product's rows; only
+photos no row holds yet are embedded (vectors are reused by the photo's sha256), ScaNN is changed in
+place and its recall@10 against exact search measured again, and the result is published as a new
+generation like any build (the scenes index and model are carried over). ``POST /api/reload`` makes
+a running service serve it, with no restart.
+
 ``--backend milvus --milvus-uri URI``: the vectors go into new Milvus collections instead
 (``<prefix>_<build time>_<hex>_products`` and ``_scenes``, ``engine.index.milvus``), searched by the server;
 the folder keeps the model, items and a manifest naming the collections, and records each one's
@@ -27,10 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from detectors.cache import cached_detect
 from detectors.category_map import load_category_map, map_for_detector
@@ -38,7 +50,7 @@ from detectors.yolo import YoloDetector, default_weights
 from engine.index.backends import BackendSpec
 from engine.index.scann_backend import ScannIndex, ScannParams
 from engine.index.tuning import TuningConfig
-from engine.data.catalog import load_catalog
+from engine.data.catalog import CatalogError, load_catalog, read_product_rows
 from engine.index.ray_runner import RUNNERS, RayRunner
 from engine.index.generations import publish_generation
 from engine.index.milvus import MilvusIndex, MilvusSettings, unique_collection
@@ -50,8 +62,10 @@ logger = logging.getLogger("serving.build_index")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving.build_index", description="Build the products and scene-crops indexes of a catalog.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", required=True, help="trained embedder: .keras path or MLflow run id")
-    p.add_argument("--catalog", type=Path, required=True, help="catalog directory")
+    p.add_argument("--model", default=None, help="trained embedder: .keras path or MLflow run id (required for a full build; "
+                                                 "with --add/--update/--remove, the current generation's model, which --model must match)")
+    p.add_argument("--catalog", type=Path, default=None, help="catalog directory (required for a full build; with --add/--update, where "
+                                                              "their image paths are relative to: default, the index's catalog root)")
     p.add_argument("--out", type=Path, required=True, help="serving folder: a new generation is built inside it and made current atomically")
     p.add_argument("--keep", type=int, default=3, help="generations kept in --out: the current one and the newest before it")
     p.add_argument("--detector-weights", default=None, help="YOLO weights for scene crops (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
@@ -85,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None,
                    help="with --runner ray: an existing cluster ('auto' on a cluster node, or ray://head:10001); default: a local Ray "
                         "on --workers x --threads-per-worker CPUs. Cluster workers must see the catalog and the model at the same paths")
+    d = p.add_argument_group("in-place update of the current generation (no full build)")
+    d.add_argument("--add", type=Path, default=None, metavar="PRODUCTS.csv", help="rows of new products, in products.csv's format")
+    d.add_argument("--update", type=Path, default=None, metavar="PRODUCTS.csv",
+                   help="rows replacing every row of existing products (a new photo, name, type or fields), in products.csv's format")
+    d.add_argument("--remove", default=None, metavar="IDS", help="product ids to remove: comma-separated, or @FILE with one id per line")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -100,6 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--ray-address and --threads-per-worker go with --runner ray")
     if args.workers < 1 or args.threads_per_worker < 0:
         parser.error("--workers must be at least 1 and --threads-per-worker at least 0")
+    if args.add or args.update or args.remove is not None:
+        if args.backend != "local" or args.runner != "local" or args.no_detector or args.detector_weights:
+            parser.error("--add/--update/--remove change the current generation's products index: they go without --backend, "
+                         "--runner, --no-detector and --detector-weights (the scenes index is carried over)")
+        return run_cli(lambda home: _run_delta(args), verbose=args.verbose, logger_name=logger.name)
+    if not args.model or not args.catalog:
+        parser.error("a full build needs --model and --catalog (or give --add/--update/--remove to change the current generation)")
     return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
 
 
@@ -146,6 +172,78 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{name}: {len(index)} items, {index.index.kind}" + (f" — {t['reason']} (recall@{t['k']} {t['recall']:.3f} on {t['queries']})" if t else ""))
     print(f"built in {time.perf_counter() - t0:.1f}s -> {generation}")
     return 0
+
+
+def _removed_ids(text: str | None) -> tuple[str, ...]:
+    """``--remove``: comma-separated ids, or ``@FILE`` with one id per line (``#`` comments)."""
+    if text is None:
+        return ()
+    if text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise CatalogError(f"--remove {text}: cannot read {path} ({exc})") from None
+        ids = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise CatalogError(f"--remove {text!r} names no product ids")
+    return tuple(dict.fromkeys(ids))
+
+
+def _run_delta(args: argparse.Namespace) -> int:
+    """Change the current generation of ``--out`` by the delta flags and publish the result as the next one."""
+    from engine.index.catalog_index import CatalogIndex
+    from engine.index.delta import CatalogDelta, DeltaError, apply_delta, check_delta
+    from engine.index.generations import MODEL_FILE, current_generation, resolve_serving_folder
+    from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
+    from engine.model.embedder import Embedder
+    from training.model_ref import resolve_model
+
+    t0 = time.perf_counter()
+    if current_generation(args.out) is None:
+        raise DeltaError(f"{args.out} has no current generation to change; build one first with --model and --catalog")
+    removed = _removed_ids(args.remove)
+    report: dict = {}
+
+    def write(tmp: Path) -> None:
+        current = resolve_serving_folder(args.out)  # read under the build lock: a concurrent delta cannot be lost
+        embedder = Embedder.load(current / MODEL_FILE)
+        if args.model and Embedder.load(resolve_model(args.model).path).fingerprint != embedder.fingerprint:
+            raise DeltaError(f"--model is not the model of {current.name}: a delta keeps the generation's model; "
+                             "build a full index to serve another model")
+        products = CatalogIndex.load(current / PRODUCTS, model_fingerprint=embedder.fingerprint)
+        root = Path(args.catalog or products.catalog_root).resolve()
+        delta = CatalogDelta(add=tuple(read_product_rows(args.add, root)[0]) if args.add else (),
+                             update=tuple(read_product_rows(args.update, root)[0]) if args.update else (), remove=removed)
+        check_delta(products, delta)
+        queries = np.load(current / SCENES / "vectors.npy") if (current / SCENES / "vectors.npy").is_file() else None
+        updated, rep = apply_delta(products, delta, lambda paths: embedder(photo_images(paths, embedder.preprocessing)), root=root,
+                                   queries=queries, target_recall=args.target_recall or 0.95, k=10, n_queries=args.tuning_queries,
+                                   seed=args.seed)
+        _carry(current / MODEL_FILE, tmp / MODEL_FILE)
+        if (current / SCENES).is_dir():
+            shutil.copytree(current / SCENES, tmp / SCENES, copy_function=_carry)
+        updated.save(tmp / PRODUCTS)
+        report.update(rep.as_dict(), source=current.name)
+
+    generation = publish_generation(args.out, write, keep=args.keep)
+    recall = f", recall@10 {report['recall']:.3f} on {report['recall_queries']} queries" if report["recall"] is not None else ""
+    print(f"products: +{report['products_added']} ~{report['products_updated']} -{report['products_removed']} "
+          f"({report['rows_before']} -> {report['rows_after']} rows); {report['embedded']} photos embedded, {report['reused']} reused; "
+          f"{report['method']}{recall}")
+    print(f"updated {report['source']} in {time.perf_counter() - t0:.1f}s -> {generation}  (POST /api/reload to serve it)")
+    return 0
+
+
+def _carry(src: str | Path, dst: str | Path) -> None:
+    """A file of the current generation into the next: a hard link (generations are never written
+    after they are published), or a copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 if __name__ == "__main__":

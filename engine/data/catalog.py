@@ -198,10 +198,16 @@ def load_catalog(root: str | Path, *, workers: int = 8) -> Catalog:
 
 def _read_products(root: Path) -> tuple[list[ProductImage], dict[str, str]]:
     """The rows of products.csv, and product id → type (one type per product)."""
-    products_csv = root / "products.csv"
-    rows = _read_csv(products_csv, PRODUCT_COLUMNS, "A catalog needs products.csv with columns product_id,name,type,image.")
-    if not rows:
-        raise CatalogError(f"{products_csv}: no products. Add at least one row.")
+    products, types = read_product_rows(root / "products.csv", root)
+    if not products:
+        raise CatalogError(f"{root / 'products.csv'}: no products. Add at least one row.")
+    return products, types
+
+
+def read_product_rows(products_csv: Path, root: Path) -> tuple[list[ProductImage], dict[str, str]]:
+    """The rows of a CSV in products.csv's format (image paths relative to the catalog ``root``),
+    validated as the catalog's are, and product id → type (one type per product)."""
+    rows = _read_csv(products_csv, PRODUCT_COLUMNS, "A products file needs columns product_id,name,type,image.")
     products: list[ProductImage] = []
     types: dict[str, str] = {}
     type_line: dict[str, int] = {}

@@ -9,6 +9,8 @@ Folder layout (written to a temporary folder, then renamed into place)::
                     other file
     vectors.npy     float32 (N, D) embeddings
     items.json      one metadata record per vector (product id, name, type, image, scene, box)
+    photos.json     sha256 of each row's photo file (products indexes; what ``engine.index.delta``
+                    reuses vectors by); absent in indexes built before it
     index/          the backend's own files (``SearchIndex.save``: ScaNN's), empty for brute force
                     and Milvus (whose collection the manifest names, ``engine.index.milvus``)
 
@@ -88,6 +90,7 @@ class CatalogIndex:
         self.catalog_root = catalog_root  # where items' relative image paths were, when it was built
         self.tuning = tuning  # engine.index.tuning.Tuning as a dict (None: settings given, not tuned)
         self.embedded_by: dict = {}  # the runner that computed the vectors ({"runner": "local"|"ray", ...}; {}: not recorded)
+        self.photo_hashes: list[str] | None = None  # sha256 of each row's photo file, when known (engine.index.delta)
         self._types = np.array([it.type for it in items])
         self._by_product: dict[str, list[int]] = {}
         self._row: dict[str, int] = {}
@@ -198,6 +201,10 @@ class CatalogIndex:
         with atomic_folder(folder) as tmp:
             np.save(tmp / "vectors.npy", self.vectors)
             (tmp / "items.json").write_text(json.dumps([asdict(it) for it in self.items]))
+            if self.photo_hashes is not None:
+                if len(self.photo_hashes) != len(self.items):
+                    raise ValueError(f"{len(self.photo_hashes)} photo hashes for {len(self.items)} items")
+                (tmp / "photos.json").write_text(json.dumps(self.photo_hashes))
             (tmp / "index").mkdir()
             self.index.save(tmp / "index")
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -251,4 +258,9 @@ class CatalogIndex:
         loaded = cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
                      manifest.get("catalog_root", ""), manifest.get("tuning"))
         loaded.embedded_by = manifest.get("embedded_by") or {}
+        if (folder / "photos.json").is_file():
+            hashes = json.loads((folder / "photos.json").read_text())
+            if len(hashes) != len(items):
+                raise IndexFolderError(f"{folder}: photos.json lists {len(hashes)} photos for {len(items)} items; {rebuild}")
+            loaded.photo_hashes = hashes
         return loaded

@@ -25,7 +25,7 @@ from engine.index.tuning import TuningConfig
 from engine.data.catalog import Catalog, ProductImage
 from engine.config import Preprocessing
 from engine.model.embedder import Embedder, read_ahead
-from engine.files import atomic_file
+from engine.files import atomic_file, file_sha256
 from engine.data.images import load_square, query_crop
 from engine.index.catalog_index import CatalogIndex, Item
 from engine.data.proposals import Detect, catalog_proposals
@@ -78,8 +78,10 @@ def product_index(catalog: Catalog, embedder: Embedder, backend: BackendSpec = B
         vectors = np.asarray(embed_photos([p.image for p in catalog.products]), np.float32)
     else:
         vectors = embedder(product_images(catalog.products, embedder.preprocessing))
-    return CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend, asdict(embedder.preprocessing), str(catalog.root), tuning,
-                                     queries, "scene-crop embeddings")
+    index = CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend, asdict(embedder.preprocessing), str(catalog.root), tuning,
+                                      queries, "scene-crop embeddings")
+    index.photo_hashes = [file_sha256(p.image) for p in catalog.products]  # what a later delta reuses vectors by
+    return index
 
 
 def scene_rows(catalog: Catalog, embedder: Embedder, detect: Detect | None,

@@ -118,3 +118,61 @@ def test_milvus_backend_fills_new_collections_per_build_and_keeps_the_served_one
     assert "products: 18 items, milvus — Milvus backend chosen at build: FLAT index" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(args[:-4])  # --backend milvus without --milvus-uri
+
+
+def test_add_update_remove_change_the_current_generation_and_refuse_what_does_not_fit(index_folder: Path, tiny_catalog: Path,
+                                                                                      tmp_path: Path, capsys, caplog):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from engine.config import ModelConfig, Preprocessing
+    from engine.index.catalog_index import CatalogIndex
+    from engine.model.network import build_embedder
+    from engine.model.embedder import save_embedder
+    from serving import build_index
+
+    out = tmp_path / "served"
+    assert build_index.main(["--model", str(index_folder / "model.keras"), "--catalog", str(tiny_catalog), "--out", str(out),
+                             "--no-detector", "--target-recall", "0"]) == 0
+    first = current_generation(out)
+    new_photos = tmp_path / "new"  # a shop's new photos, outside the catalog folder: stored by absolute path
+    new_photos.mkdir()
+    Image.new("RGB", (64, 64), (250, 200, 10)).save(new_photos / "lamp.png")
+    shutil.copyfile(next(tiny_catalog.glob("products/*")) if (tiny_catalog / "products").is_dir() else
+                    sorted(p for p in tiny_catalog.rglob("*.png"))[0], new_photos / "copy.png")
+    (new_photos / "add.csv").write_text("product_id,name,type,image,price\nNEW-1,Yellow lamp,Lamp,lamp.png,19\nNEW-2,Twin,Lamp,copy.png,5\n")
+    assert build_index.main(["--out", str(out), "--catalog", str(new_photos), "--add", str(new_photos / "add.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "+2 ~0 -0" in printed and "1 photos embedded, 1 reused" in printed  # copy.png's bytes are an indexed photo
+    second = current_generation(out)
+    assert second != first
+    products = CatalogIndex.load(out / second / "products")
+    added = {it.product_id: it for it in products.items if it.product_id.startswith("NEW")}
+    assert set(added) == {"NEW-1", "NEW-2"} and dict(added["NEW-1"].details) == {"price": "19"}
+    assert products.image_path(added["NEW-1"]) == (new_photos / "lamp.png").resolve()
+    assert os.path.samefile(out / first / "model.keras", out / second / "model.keras")  # carried over, not copied
+    served = load_from_folder(out / second)
+    assert served.engine.products.items_of("NEW-1")
+
+    gone = sorted({it.product_id for it in products.items})[0]
+    assert build_index.main(["--out", str(out), "--remove", f"NEW-2,{gone}"]) == 0
+    third = current_generation(out)
+    after = CatalogIndex.load(out / third / "products")
+    assert not {"NEW-2", gone} & {it.product_id for it in after.items} and len(after) == len(products) - 1 - len(products.items_of(gone))
+    assert after.tuning["updates"][-1]["products_removed"] == 2
+
+    # refused, and the served generation stays: an unknown id, another model, a damaged current generation
+    other = build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=16))
+    save_embedder(other, tmp_path / "other.keras", Preprocessing(image_size=48))
+    for flags in (["--remove", "NO-SUCH"], ["--model", str(tmp_path / "other.keras"), "--remove", "NEW-1"]):
+        assert build_index.main(["--out", str(out), *flags]) == 2
+        assert current_generation(out) == third
+    vectors = out / third / "products" / "vectors.npy"
+    os.truncate(vectors, 100)
+    assert build_index.main(["--out", str(out), "--remove", "NEW-1"]) == 2
+    assert current_generation(out) == third and building(out) is None
+    err = caplog.text
+    assert "NO-SUCH" in err and "not the model" in err and "damaged" in err
+    assert np.load(out / first / "products" / "vectors.npy").shape[0] == len(products) - 2  # older generations untouched
