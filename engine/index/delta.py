@@ -151,8 +151,9 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     t2 = time.perf_counter()
     search_index, order, report.method = _change_ann(index, remove_rows, add_vectors)
     vectors = np.concatenate([index.vectors, add_vectors])[order]
-    items = [(index.items + add_items)[i] for i in order.tolist()]
-    all_hashes = [(hashes + new_hashes)[i] for i in order.tolist()]
+    every_item, every_hash = index.items + add_items, hashes + new_hashes
+    items = [every_item[i] for i in order.tolist()]
+    all_hashes = [every_hash[i] for i in order.tolist()]
     report.seconds["ann"] = time.perf_counter() - t2
 
     t3 = time.perf_counter()

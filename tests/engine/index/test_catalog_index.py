@@ -75,3 +75,27 @@ def test_search_distinct_shows_each_product_and_each_photo_once():
     found = [m.item.product_id for m in index.search_distinct(v[0][None], 5)[0]]
     assert found[0] in {"a", "b"} and sorted(found) == sorted(set(found)) and len(found) == 3  # a|b once, c, d once
     assert index.image_number(items[4]) == 1
+
+
+def test_identical_rows_are_grouped_exactly_even_when_hashes_collide(monkeypatch):
+    from engine.index import catalog_index
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(50, 8)).astype(np.float32)
+    v[7] = v[3]
+    v[20] = v[3]
+    v[11] = v[40]
+    groups = catalog_index.identical_rows(v)
+    same = {(i, j) for i in range(50) for j in range(50) if i < j and groups[i] == groups[j]}
+    assert same == {(3, 7), (3, 20), (7, 20), (11, 40)}
+
+    real_unique = np.unique
+
+    def colliding(a, *args, **kw):  # every row hashes alike: the exact split must find the groups
+        if a.dtype == np.uint64 and a.ndim == 1:
+            return real_unique(np.zeros_like(a), *args, **kw)
+        return real_unique(a, *args, **kw)
+
+    monkeypatch.setattr(catalog_index.np, "unique", colliding)
+    again = catalog_index.identical_rows(v)
+    assert {(i, j) for i in range(50) for j in range(50) if i < j and again[i] == again[j]} == same
