@@ -167,3 +167,43 @@ def distance_accuracy(
     return DistanceAccuracy(
         float(np.mean([v[0] for v in per.values()])), float(np.mean([v[1] for v in per.values()])), per
     )
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` (N,) for ``labels`` (N,) in {0, 1}: the probability that a
+    random positive scores above a random negative (ties count half). ``nan`` without both classes."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), np.float64)
+    sorted_s = s[order]
+    # average ranks over ties (1-based)
+    starts = np.flatnonzero(np.r_[True, sorted_s[1:] != sorted_s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = 10) -> tuple[float, list[dict]]:
+    """Expected calibration error of ``probabilities`` (N,) against ``labels`` (N,) in {0, 1} over
+    ``bins`` equal-width bins, and the bins (``lo``, ``hi``, ``count``, mean ``predicted``, ``observed``
+    frequency) for a reliability diagram. ECE = sum over bins of count/N * |observed - predicted|."""
+    p = np.asarray(probabilities, np.float64)
+    y = np.asarray(labels, np.float64)
+    if len(p) != len(y):
+        raise ValueError(f"{len(p)} probabilities for {len(y)} labels")
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        n = int(m.sum())
+        row = {"lo": b / bins, "hi": (b + 1) / bins, "count": n,
+               "predicted": float(p[m].mean()) if n else None, "observed": float(y[m].mean()) if n else None}
+        if n:
+            ece += n / len(p) * abs(row["observed"] - row["predicted"])
+        table.append(row)
+    return (float(ece) if len(p) else float("nan")), table

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the new-products protocol: a product list (python -m evaluation.holdout --new-products) of products the model was trained "
                         "without (training.fit --holdout-products) and that are only in the index; their pairs are scored apart from the known "
                         "products', each paired against the baseline")
+    p.add_argument("--fit-calibration", type=Path, default=None, metavar="FILE",
+                   help="fit the match calibrator (engine.calibration: P(same product) of a result, and the 'no close match' threshold) "
+                        "on these scenes' pairs and write it here; do it on development scenes, never on the hold-out")
+    p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                   help="measure a fitted calibrator on these scenes: AUROC between queries whose product is in the index and queries "
+                        "whose product is removed, shares told 'no close match' at its threshold, ECE and a reliability diagram")
     p.add_argument("--seen-products", type=Path, default=None, help="split recall by products seen / not seen in training pairs: a product list (one id per line) or a triplet manifest (its real positives); default: the evaluated run's seen_products.txt")
     p.add_argument("--ks", default=",".join(map(str, d.ks)), help="comma-separated k of recall@k")
     p.add_argument("--grid-queries", type=int, default=12, help="random queries shown in each results grid")
@@ -148,6 +154,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         scored = score(inputs, b_embedder, cfg)
         baseline = (b_embedder.name, scored.summary, scored.curves)
         result.summary["vs_baseline"] = paired_difference(result, scored, cfg.ks, cfg.room, inputs.types, cfg.new_products)
+    if args.fit_calibration or args.calibration:
+        result.summary["calibration"] = _calibration(args, target, result, scenes_param)
     if args.versus_detector:
         result.summary["versus_detector"] = _versus_detector(args, eval_catalog, target, result, b_embedder, scored, home)
     wall = time.perf_counter() - t_start
@@ -235,6 +243,25 @@ def _seen_products(path: Path | None, run_id: str | None, home: Path) -> frozens
     if path is None:
         return None
     return frozenset(read_seen_products(path))
+
+
+def _calibration(args: argparse.Namespace, target: Target, result: EvalResult, scenes_param: dict) -> dict:
+    """Fit the match calibrator on these pairs (``--fit-calibration``) and/or measure one (``--calibration``)."""
+    from engine.calibration import MatchCalibrator
+    from evaluation import calibration
+
+    out: dict = {}
+    fingerprint = target.embedder.fingerprint or target.name  # an unsaved baseline (ImageNet features) is known by its name
+    if args.fit_calibration:
+        cal = calibration.fit(result.match_rows, fingerprint, fitted={"model": args.model, "catalog": str(args.catalog),
+                                                                      "scenes": scenes_param.get("scenes") or "all",
+                                                                      "detector": args.detector_weights or ""})
+        cal.save(args.fit_calibration)
+        out["fitted"] = {"file": str(args.fit_calibration), "weights": list(cal.weights), "threshold": cal.threshold, **cal.fitted}
+    if args.calibration:
+        cal = MatchCalibrator.load(args.calibration, model_fingerprint=fingerprint)
+        out["assessed"] = {"file": str(args.calibration), **calibration.assess(cal, result.match_rows, result.match_scenes)}
+    return out
 
 
 def _new_products(path: Path | None, catalog: Catalog) -> frozenset[str] | None:
@@ -338,6 +365,10 @@ def _write_outputs(args: argparse.Namespace, out: Path, report: dict, inputs: Ev
         pick = np.sort(rng.permutation(len(inputs.product_ids))[: args.tsne_products])
         thumbs = inputs.product_images[[inputs.first_image[inputs.product_ids[i]] for i in pick]]
         images["tsne_products.png"] = plots.tsne_map(result.product_emb[pick], thumbs, seed=args.seed)
+    assessed = (report["summary"].get("calibration") or {}).get("assessed")
+    if assessed and assessed.get("pairs"):
+        images["reliability.png"] = plots.reliability_diagram(
+            assessed["reliability"], f"{report['name']}: ECE {assessed['ece']:.3f}, AUROC {assessed['auroc']:.3f} ({assessed['pairs']} pairs)")
     for fname, im in images.items():
         cv2.imwrite(str(out / fname), cv2.cvtColor(im, cv2.COLOR_RGB2BGR))
     return ["metrics.json", "pairs.csv", *images]
@@ -358,6 +389,7 @@ def _summary_lines(catalog: Catalog, report: dict, ks: Sequence[int], baseline, 
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
         + (f"; minus {baseline[0]}: {_signed(summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in summary else ""),
         *_new_product_lines(summary, k10),
+        *_calibration_lines(summary.get("calibration") or {}),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
         f"pairs {proto['pairs']}: reachable {proto['reachable_pairs']}, unreachable {proto['unreachable_pairs']} "
         f"(boxes: {proto['boxes']}); wall {wall:.1f}s",
@@ -389,6 +421,22 @@ def _new_product_lines(summary: dict, k: int) -> list[str]:
     new, known = (blocks[s]["s2p_recall"].get(k) for s in ("new", "known"))
     if new is not None and known:
         lines.append(f"new / known s2p recall@{k}: {new / known:.2f}")
+    return lines
+
+
+def _calibration_lines(cal: dict) -> list[str]:
+    lines = []
+    if "fitted" in cal:
+        f = cal["fitted"]
+        lines.append(f"match calibrator fitted on {f['pairs']} pairs: weights {[round(w, 3) for w in f['weights']]}, "
+                     f"threshold {f['threshold']:.3f} ({f['rule']}) -> {f['file']}")
+    a = cal.get("assessed")
+    if a and a.get("pairs"):
+        lines.append(f"'no close match' on {a['pairs']} pairs, each asked with its product in the index and removed: AUROC {a['auroc']:.3f}; "
+                     f"at {a['threshold']:.3f}: absent told {a['absent_told_no_close_match']:.1%} {_interval(a['absent_told_no_close_match_ci95'])}, "
+                     f"present told {a['present_told_no_close_match']:.1%}, present in the top 10 losing it "
+                     f"{a['present_in_top10_lost']:.1%} {_interval(a['present_in_top10_lost_ci95'])} of {a['present_in_top10']}; "
+                     f"ECE {a['ece']:.3f}")
     return lines
 
 

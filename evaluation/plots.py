@@ -88,3 +88,30 @@ def result_grid(rows: Sequence[tuple[np.ndarray, Sequence[np.ndarray], Sequence[
             elif truth[j - 1]:
                 cv2.rectangle(out, (x, y), (x + size - 1, y + size - 1), (0, 170, 0), 4)
     return out
+
+
+def reliability_diagram(table: Sequence[Mapping], title: str = "") -> np.ndarray:
+    """Observed frequency against predicted probability per bin (``engine.metrics.reliability``), with
+    each bin's count; the diagonal is perfect calibration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), dpi=100, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    used = [r for r in table if r["count"]]
+    ax.plot([r["predicted"] for r in used], [r["observed"] for r in used], marker="o", linewidth=2, label="calibrator")
+    ax.set_ylabel("observed share that is the product")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title(title, fontsize=9)
+    hist.bar([(r["lo"] + r["hi"]) / 2 for r in table], [r["count"] for r in table], width=[r["hi"] - r["lo"] for r in table],
+             edgecolor="white")
+    hist.set_xlabel("predicted probability (same product)")
+    hist.set_ylabel("results")
+    fig.tight_layout()
+    image = _figure_to_array(fig)
+    plt.close(fig)
+    return image

@@ -322,6 +322,10 @@ class EvalResult:
     top: np.ndarray
     curves: dict[str, list[float]]  # recall at k = 1..len for "scene_to_product", "product_to_scene"
     room_pairs: list[RoomPair] = field(default_factory=list)  # the whole-room ranks of every pair (with EvalConfig.room)
+    # per reachable pair that queried a crop: (distance to its own product, to the best and second-best other
+    # product (a photo identical to its own excluded), its rank), float64 (R, 4); the rows' scenes (``match_scenes``)
+    match_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    match_scenes: list[str] = field(default_factory=list)
 
 
 def _nan_to_none(value):
@@ -357,7 +361,26 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
         "scene_to_product": [recall_at_k(reach, k) for k in range(1, curve_max + 1)],
         "product_to_scene": [recall_at_k(scene_ranks, k) for k in range(1, curve_max + 1)],
     }
-    return EvalResult(_nan_to_none(summary), results, product_emb, crop_emb, top, curves, whole_room)
+    rows, scenes = _match_rows(inputs, results, crop_prod)
+    return EvalResult(_nan_to_none(summary), results, product_emb, crop_emb, top, curves, whole_room, rows, scenes)
+
+
+def _match_rows(inputs: EvalInputs, results: list[PairResult], crop_prod: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """What the match calibration reads (``evaluation.calibration``): for each reachable pair whose
+    query crop is known, the crop's distance to its own product, to the best and second-best other
+    products, and the pair's rank. Products at exactly the own product's distance (the same photo
+    under another id) are not "other"."""
+    pid_col = {p: i for i, p in enumerate(inputs.product_ids)}
+    out, scenes = [], []
+    for r in results:
+        if not r.case.reachable or r.matched_crop is None or crop_prod.shape[1] < 3:
+            continue
+        row = crop_prod[r.matched_crop]
+        own = float(row[pid_col[r.case.product_id]])
+        others = np.partition(row[row != own], 1)[:2] if (row != own).sum() >= 2 else np.array([np.inf, np.inf])
+        out.append((own, float(others.min()), float(others.max()), r.rank))
+        scenes.append(r.case.scene)
+    return np.array(out, np.float64).reshape(-1, 4), scenes
 
 
 def _room(inputs: EvalInputs, crop_prod: np.ndarray, cfg: EvalConfig) -> list[RoomPair]:
@@ -565,6 +588,10 @@ def flat_metrics(summary: dict, prefix: str = "") -> dict[str, float]:
                 out[f"{task}_{side}_recall_at_{k}"] = v
     for k, v in summary.get("scene_to_product_all_pairs", {}).get("recall", {}).items():
         out[f"s2p_all_pairs_recall_at_{k}"] = v
+    assessed = (summary.get("calibration") or {}).get("assessed") or {}
+    for key in ("auroc", "ece", "absent_told_no_close_match", "present_in_top10_lost"):
+        if assessed.get(key) is not None:
+            out[f"calibration_{key}"] = assessed[key]
     out["coverage"] = s2p.get("coverage")
     room = summary.get("room") or {}
     for name, block in (("room_", room), ("room_coco_", room.get("coco_class_pairs") or {}), ("room_new_", room.get("new") or {}),

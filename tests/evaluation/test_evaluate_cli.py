@@ -13,7 +13,7 @@ from detectors.category_map import DEFAULT_MAP, load_category_map
 from engine.data.catalog import CatalogError, load_catalog
 from engine.model.embedder import Embedder, load_embedder
 from engine.data.splits import holdout_scenes, read_scene_list, restrict_scenes, write_scene_list
-from evaluation import evaluate, promote
+from evaluation import evaluate, holdout, promote
 from evaluation.protocol import prepare, score
 from serving import create_app
 from training.model_ref import resolve_model
@@ -119,3 +119,41 @@ def test_compare_file_that_is_not_an_evaluation_is_refused(tiny_catalog: Path, t
     bad.write_text('{"summary": {}}')
     assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--compare", str(bad), "--no-mlflow"]) == 2
     assert "not the metrics.json of an evaluation" in caplog.text
+
+
+def test_a_calibrator_fitted_on_development_scenes_is_measured_on_others(trained_run, tiny_catalog: Path, tmp_path: Path, capsys, caplog):
+    from engine.calibration import MatchCalibrator
+    from engine.data.splits import write_scene_list
+
+    held = set(read_scene_list(trained_run.holdout))
+    dev = write_scene_list({p.scene for p in load_catalog(tiny_catalog).pairs} - held, tmp_path / "dev.txt")
+    common = ["--catalog", str(tiny_catalog), "--model", trained_run.run_id, "--weights", "none", "--baseline", "none", "--no-mlflow",
+              "--tsne-products", "0", "--grid-queries", "0"]
+    assert evaluate.main([*common, "--scenes", str(dev), "--fit-calibration", str(tmp_path / "cal.json"), "--out", str(tmp_path / "dev")]) == 0
+    cal = MatchCalibrator.load(tmp_path / "cal.json", model_fingerprint=Embedder.load(resolve_model(trained_run.run_id).path).fingerprint)
+    assert cal.fitted["pairs"] >= 10 and 0.0 <= cal.threshold <= 1.0 and cal.fitted["scenes"] == str(dev)
+    assert evaluate.main([*common, "--scenes", str(trained_run.holdout), "--calibration", str(tmp_path / "cal.json"),
+                          "--new-products", str(_new_products_file(tiny_catalog, tmp_path)), "--out", str(tmp_path / "held")]) == 0
+    printed = capsys.readouterr().out
+    assert "'no close match' on" in printed and "new products (" in printed and "known products (" in printed
+    summary = json.loads((tmp_path / "held" / "metrics.json").read_text())["summary"]
+    assessed = summary["calibration"]["assessed"]
+    assert assessed["pairs"] == len(evaluate_pairs(summary)) and 0.0 <= assessed["auroc"] <= 1.0
+    assert sum(r["count"] for r in assessed["reliability"]) == 2 * assessed["pairs"]  # own product + absent top, per pair
+    assert (tmp_path / "held" / "reliability.png").is_file()
+    assert summary["new_products"]["new"]["pairs"] + summary["new_products"]["known"]["pairs"] == summary["protocol"]["pairs"]
+    # a calibrator belongs to its model: the ImageNet features' distances are not the trained model's
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--image-size", "48", "--no-mlflow",
+                          "--scenes", str(trained_run.holdout), "--calibration", str(tmp_path / "cal.json"), "--tsne-products", "0",
+                          "--grid-queries", "0", "--out", str(tmp_path / "other")]) == 2
+    assert "fitted on model" in caplog.text
+
+
+def _new_products_file(catalog: Path, tmp_path: Path) -> Path:
+    assert holdout.main(["--catalog", str(catalog), "--new-products", "0.3", "--seed", "0", "--out", str(tmp_path / "new.txt")]) == 0
+    return tmp_path / "new.txt"
+
+
+def evaluate_pairs(summary: dict) -> list:
+    """The reachable pairs that queried a crop (every tiny-catalog pair has its pairs.csv box)."""
+    return [None] * summary["protocol"]["reachable_pairs"]
