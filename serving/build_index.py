@@ -220,7 +220,7 @@ def _run_delta(args: argparse.Namespace) -> int:
         check_delta(products, delta)
         queries = np.load(current / SCENES / "vectors.npy") if (current / SCENES / "vectors.npy").is_file() else None
         updated, rep = apply_delta(products, delta, lambda paths: embedder(photo_images(paths, embedder.preprocessing)), root=root,
-                                   queries=queries, target_recall=args.target_recall or 0.95, k=10, n_queries=args.tuning_queries,
+                                   queries=queries, target_recall=args.target_recall or 0.95, k=10, n_queries=min(200, args.tuning_queries),
                                    seed=args.seed)
         _carry(current / MODEL_FILE, tmp / MODEL_FILE)
         if (current / SCENES).is_dir():

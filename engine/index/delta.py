@@ -111,14 +111,16 @@ def check_delta(index: CatalogIndex, delta: CatalogDelta) -> None:
 
 
 def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPaths, *, root: str | Path | None = None,
-                queries: np.ndarray | None = None, target_recall: float = 0.95, k: int = 10, n_queries: int = 1000,
+                queries: np.ndarray | None = None, target_recall: float = 0.95, k: int = 10, n_queries: int = 200,
                 seed: int = 0) -> tuple[CatalogIndex, DeltaReport]:
     """The next products index: ``index`` with ``delta`` applied (see the module docstring).
 
     ``embed_paths`` embeds photo files with the index's model (called once, with only the photos no
     row holds yet); ``root``: where the index's photos are (default: its catalog root), and where
     the delta's image paths were resolved; ``queries`` float32 (Q, D): the queries recall@``k`` is
-    measured on after the change (None: a seeded sample of the new vectors, at most ``n_queries``);
+    measured on after the change (a seeded sample of at most ``n_queries`` of them; None: of the new
+    vectors; 200 queries x 10 neighbours measure a recall near 0.95 within about ±0.01, and exact
+    search over 1M vectors for them costs seconds, not the half minute of 1,000);
     an ANN index below ``target_recall`` after the change is rebuilt from the vectors.
     """
     check_delta(index, delta)

@@ -182,8 +182,6 @@ class _SceneEmbedder:
         self.detect = open_detect() if open_detect is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from dataclasses import asdict
-
         from engine.index.serving_folder import scene_crops
         from engine.data.splits import restrict_scenes
 
@@ -193,7 +191,7 @@ class _SceneEmbedder:
             if crops:
                 vectors.append(self.embedder(np.stack(crops)))
             rows += [int(row)] * len(items)
-            records += [json.dumps(asdict(it)) for it in items]
+            records += [json.dumps(it.to_dict()) for it in items]
         dim = self.embedder.dim
         return {"row": np.asarray(rows, np.int64), "vector": np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32),
                 "item": np.asarray(records, dtype=object)}

@@ -99,3 +99,11 @@ def test_identical_rows_are_grouped_exactly_even_when_hashes_collide(monkeypatch
     monkeypatch.setattr(catalog_index.np, "unique", colliding)
     again = catalog_index.identical_rows(v)
     assert {(i, j) for i in range(50) for j in range(50) if i < j and again[i] == again[j]} == same
+
+
+def test_an_items_record_is_the_dataclass_record():
+    from dataclasses import asdict
+
+    for it in (Item("a#0", "a", "A", "Chair", "a.jpg"),
+               Item("s#1", "", "s", "chair", "s.jpg", "s", (1, 2, 3, 4), "chair", "Living room", (("price", "9"), ("url", "u")))):
+        assert json.dumps(it.to_dict()) == json.dumps(asdict(it)) and Item.from_dict(json.loads(json.dumps(it.to_dict()))) == it

@@ -117,7 +117,7 @@ def test_scann_is_changed_in_place_with_its_rows_in_step_and_saved(tmp_path: Pat
     queries = rng.normal(size=(300, 16)).astype(np.float32)
     before, _ = ann_recall(ann, vectors, queries, 10, 300, 0)
     updated, report = apply_delta(index, CatalogDelta(add=tuple(_row(f"n{j}", p) for j, p in enumerate(new)), remove=gone), embed16,
-                                  root=root, queries=queries, target_recall=0.5)
+                                  root=root, queries=queries, n_queries=300, target_recall=0.5)
     assert "upserted in place" in report.method and len(updated) == 3000 - 30 + 5
     assert report.recall >= before - 0.02 and report.recall_queries == 300  # the tree and codebooks still fit the vectors
     assert updated.index is ann  # mutated, not rebuilt
