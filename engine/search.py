@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.calibration import MatchCalibrator
 from engine.data.detection import Detection, Detector
 from engine.data.images import Box, check_box, query_crop
 from engine.index.catalog_index import CatalogIndex, Match
@@ -96,6 +97,7 @@ class SearchEngine:
     classes: frozenset[str] | None = None  # whose missing boxes are filled in (the category map's)
     label_groups: Mapping[str, str] = field(default_factory=dict)  # detector class -> product group
     group_types: Mapping[str, frozenset[str]] = field(default_factory=dict)  # product group -> the catalog types in it
+    calibrator: MatchCalibrator | None = None  # P(same product) of a result, and the "no close match" threshold
     _detect_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def detect(self, image: np.ndarray, timings: Timings | None = None) -> list[Detection]:
@@ -168,6 +170,15 @@ class SearchEngine:
         matches = self.products.search_distinct(vec[None], k, types)[0]
         timings.add("search", t)
         return matches
+
+    def judge(self, matches: Sequence[Match]) -> tuple[list[float] | None, bool | None]:
+        """The calibrated probability that each of ``matches`` (one query's results, best first) is the
+        query's product, and whether the best is a close match (its probability at or above the
+        calibrator's threshold); (None, None) without a calibrator or a match."""
+        if self.calibrator is None or not matches:
+            return None, None
+        probs = self.calibrator.results(np.array([[m.distance for m in matches]], np.float64))[0]
+        return [float(p) for p in probs], bool(probs[0] >= self.calibrator.threshold)
 
     def types_of_group(self, group: str) -> frozenset[str] | None:
         """The catalog types a search within ``group`` covers; None (every product) when the catalog

@@ -115,16 +115,30 @@ def read_group(engine) -> str | None:
     return raw
 
 
-def product_json(m: Match) -> dict:
-    """A search result as the API returns it: ids, the catalog's fields, distance and similarity."""
+def product_json(m: Match, probability: float | None = None) -> dict:
+    """A search result as the API returns it: ids, the catalog's fields, distance, similarity and, when
+    the served generation is calibrated, the probability that it is the query's own product."""
     it = m.item
     products = current_engine().products
     n = products.image_number(it)
     return {"product_id": it.product_id, "name": it.name, "type": it.type, "distance": round(m.distance, 5),
-            "similarity": similarity(m.distance), "details": dict(it.details),
+            "similarity": similarity(m.distance), **({} if probability is None else {"same_product_probability": round(probability, 4)}),
+            "details": dict(it.details),
             "same_image_as": sorted({o.product_id for o in products.same_image(it)} - {it.product_id}),
             "image_url": url_for("pages.product_image", product_id=it.product_id, **({"n": n} if n else {})),
             "product_url": url_for("pages.product_page", product_id=it.product_id)}
+
+
+def results_json(engine, matches) -> dict:
+    """``results`` (best first) and the verdict on them: ``close_match`` (the best result's calibrated
+    probability at or above the threshold; None when the generation has no calibration) and, when it
+    is not, ``verdict`` "no close match in the catalog": the results are similar products, not this one."""
+    probs, close = engine.judge(matches)
+    out = {"results": [product_json(m, None if probs is None else p) for m, p in zip(matches, probs or [None] * len(matches))],
+           "close_match": close}
+    if close is False:
+        out["verdict"] = "no close match in the catalog"
+    return out
 
 
 def detections_json(dets) -> list[dict]:
@@ -186,8 +200,7 @@ def search():
     h, w = image.shape[:2]
     extra = {} if label is None else {"label": label, "group": engine.label_groups.get(label, "")}
     return jsonify(width=w, height=h, box=list(box) if box else None, k=k, types=sorted(types) if types else None,
-                   in_group=in_group, detections=detections, results=[product_json(m) for m in matches],
-                   timings_ms=timings.stages, **extra)
+                   in_group=in_group, detections=detections, **results_json(engine, matches), timings_ms=timings.stages, **extra)
 
 
 @bp.post("/room")
@@ -204,7 +217,7 @@ def room():
     timings.stages["total"] = round((time.perf_counter() - t0) * 1000.0, 2)
     h, w = image.shape[:2]
     objects = [{"box": list(o.box), "label": o.label, "group": o.group, "confidence": round(o.confidence, 4), "sure": o.sure,
-                "results": [product_json(m) for m in o.matches]} for o in found.objects]
+                **results_json(engine, o.matches)} for o in found.objects]
     return jsonify(width=w, height=h, k=k, objects=objects, products=list(found.products), timings_ms=timings.stages)
 
 

@@ -50,6 +50,7 @@ from detectors.yolo import YoloDetector, default_weights
 from engine.index.backends import BackendSpec
 from engine.index.scann_backend import ScannIndex, ScannParams
 from engine.index.tuning import TuningConfig
+from engine.calibration import FILE as CALIBRATION_FILE
 from engine.data.catalog import CatalogError, load_catalog, read_product_rows
 from engine.index.ray_runner import RUNNERS, RayRunner
 from engine.index.generations import publish_generation
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None,
                    help="with --runner ray: an existing cluster ('auto' on a cluster node, or ray://head:10001); default: a local Ray "
                         "on --workers x --threads-per-worker CPUs. Cluster workers must see the catalog and the model at the same paths")
+    p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
+                   help="the model's match calibrator (python -m evaluation.evaluate --fit-calibration on development scenes): served "
+                        "with the generation, each result then carries P(same product) and a weak best match is answered 'no close "
+                        "match in the catalog'; with --add/--update/--remove it replaces the current one, else that is carried over")
     d = p.add_argument_group("in-place update of the current generation (no full build)")
     d.add_argument("--add", type=Path, default=None, metavar="PRODUCTS.csv", help="rows of new products, in products.csv's format")
     d.add_argument("--update", type=Path, default=None, metavar="PRODUCTS.csv",
@@ -165,6 +170,8 @@ def _run(args: argparse.Namespace) -> int:
 
     def write(tmp: Path) -> None:
         built.update(build_serving_folder(model.path, catalog, tmp, detect, backend, classes, tuning, runner, open_detect))
+        if args.calibration:
+            _calibrate(args.calibration, tmp)
 
     generation = publish_generation(args.out, write, keep=args.keep)
     for name, index in built.items():
@@ -225,6 +232,10 @@ def _run_delta(args: argparse.Namespace) -> int:
         _carry(current / MODEL_FILE, tmp / MODEL_FILE)
         if (current / SCENES).is_dir():
             shutil.copytree(current / SCENES, tmp / SCENES, copy_function=_carry)
+        if args.calibration:
+            _calibrate(args.calibration, tmp)
+        elif (current / CALIBRATION_FILE).is_file():
+            _carry(current / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
         updated.save(tmp / PRODUCTS)
         report.update(rep.as_dict(), source=current.name)
 
@@ -235,6 +246,16 @@ def _run_delta(args: argparse.Namespace) -> int:
           f"{report['method']}{recall}")
     print(f"updated {report['source']} in {time.perf_counter() - t0:.1f}s -> {generation}  (POST /api/reload to serve it)")
     return 0
+
+
+def _calibrate(path: Path, generation: Path) -> None:
+    """The calibrator at ``path`` into the generation being written, refused unless fitted on its model."""
+    from engine.calibration import MatchCalibrator
+    from engine.model.embedder import model_fingerprint
+
+    cal = MatchCalibrator.load(path, model_fingerprint=model_fingerprint(generation / "model.keras"))
+    cal.save(generation / CALIBRATION_FILE)
+    logger.info("calibration %s (threshold %.3f) served with this generation", path, cal.threshold)
 
 
 def _carry(src: str | Path, dst: str | Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from detectors.category_map import CategoryMap, group_types, label_groups
 from engine.index.serving_folder import PRODUCTS, SCENES
+from engine.calibration import FILE as CALIBRATION_FILE, MatchCalibrator
 from engine.data.detection import Detector
 from engine.model.embedder import Embedder
 from engine.files import write_json_atomic
@@ -68,9 +69,11 @@ def load_from_folder(folder: Path, detector: Detector | None = None, classes: fr
     fp = embedder.fingerprint
     products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp)
     scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp) if (folder / SCENES).exists() else None
+    # a generation's calibration belongs to its model: one of another model is refused with the generation
+    calibrator = MatchCalibrator.load(folder / CALIBRATION_FILE, model_fingerprint=fp) if (folder / CALIBRATION_FILE).is_file() else None
     engine = SearchEngine(embedder, products, scenes, detector, classes,
                           label_groups=label_groups(detector.class_names, groups) if detector is not None and groups is not None else {},
-                          group_types=group_types(groups, products.types) if groups is not None else {})
+                          group_types=group_types(groups, products.types) if groups is not None else {}, calibrator=calibrator)
     logger.info("%s: warmed up in %.2f s", folder, engine.warm_up())  # before it serves (or is published)
     return Loaded(engine, fp, str(folder), generation)
 

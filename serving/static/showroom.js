@@ -577,7 +577,15 @@
       results.append(p);
       return;
     }
-    for (const r of data.results) results.append(card(r));
+    if (data.close_match === false) {  // the calibrated verdict: the catalog has nothing close enough to be this product
+      resultsTitle.textContent = "No close match in the catalog";
+      const p = document.createElement("p");
+      p.className = "notice no-match";
+      p.setAttribute("role", "status");
+      p.textContent = "We don't seem to carry this one. These are the most similar products, not the same.";
+      results.append(p);
+    }
+    for (const r of data.results) results.append(card(r, data.close_match === false));
     if (!window.matchMedia("(min-width: 900px)").matches) {  // phone: bring the results into view
       const head = resultsTitle.getBoundingClientRect();
       if (head.top > window.innerHeight - 60) resultsTitle.scrollIntoView({ behavior: "smooth", block: "start" });
@@ -595,7 +603,7 @@
     resultsMeta.append(" · ", b);
   }
 
-  function card(r) {
+  function card(r, similarOnly = false) {
     const a = document.createElement("a");
     a.className = "card result";
     a.href = r.product_url;
@@ -605,8 +613,8 @@
     img.alt = r.name; img.loading = "lazy"; img.src = r.image_url;
     img.addEventListener("error", () => figure.classList.add("missing"), { once: true });
     const match = document.createElement("span");
-    match.className = "match " + (r.similarity >= 0.7 ? "high" : r.similarity >= 0.5 ? "mid" : "low");
-    match.textContent = `${percent(r.similarity)} match`;
+    match.className = "match " + (similarOnly ? "similar" : r.similarity >= 0.7 ? "high" : r.similarity >= 0.5 ? "mid" : "low");
+    match.textContent = similarOnly ? "Similar" : `${percent(r.similarity)} match`;
     figure.append(img, match);
     const body = document.createElement("div");
     body.className = "card-body";

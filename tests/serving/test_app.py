@@ -360,3 +360,41 @@ def test_bad_points(client, point, status):
     r = upload(client, "/api/search", jpeg(), point=point)
     assert r.status_code == status and "point" in r.get_json()["error"]
     assert upload(client, "/api/search", jpeg(), point="5,5", box="1,1,50,50").status_code == 400
+
+
+def test_a_calibrated_generation_says_no_close_match_below_its_threshold(index_folder: Path, tmp_path: Path):
+    import shutil
+
+    from engine.calibration import FILE, MatchCalibrator
+    from engine.model.embedder import model_fingerprint
+    from serving import create_app
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(index_folder, folder)
+    fp = model_fingerprint(folder / "model.keras")
+    answers = {}
+    for name, threshold in (("never close", 1.0), ("always close", 0.0)):
+        MatchCalibrator((3.0, -4.0, 2.0), threshold, fp).save(folder / FILE)
+        client = create_app({"SHOWROOM_INDEX": str(folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True,
+                             "SHOWROOM_RATE_LIMIT": ""}).test_client()
+        answers[name] = upload(client, "/api/search", jpeg(), k="4").get_json()
+        room = upload(client, "/api/room", jpeg(), k="3").get_json()
+        assert all("close_match" in o and "same_product_probability" in o["results"][0] for o in room["objects"])
+    never, always = answers["never close"], answers["always close"]
+    assert never["close_match"] is False and never["verdict"] == "no close match in the catalog"
+    assert always["close_match"] is True and "verdict" not in always
+    probs = [r["same_product_probability"] for r in always["results"]]
+    d = np.array([[r["distance"] for r in always["results"]]])
+    assert probs == pytest.approx(MatchCalibrator((3.0, -4.0, 2.0), 0.0, fp).results(d)[0], abs=1e-3)
+    assert probs[0] == max(probs)  # the best result stands clear of the rest: the most likely to be the product
+
+    uncalibrated = create_app({"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True,
+                               "SHOWROOM_RATE_LIMIT": ""}).test_client()
+    plain = upload(uncalibrated, "/api/search", jpeg(), k="4").get_json()
+    assert plain["close_match"] is None and "same_product_probability" not in plain["results"][0]
+
+    MatchCalibrator((3.0, -4.0, 2.0), 0.5, "another-model").save(folder / FILE)
+    from serving.app import ServingSetupError
+
+    with pytest.raises(ServingSetupError, match="fitted on model another"):
+        create_app({"SHOWROOM_INDEX": str(folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""})
