@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="the model's match calibrator (python -m evaluation.evaluate --fit-calibration on development scenes): served "
                         "with the generation, each result then carries P(same product) and a weak best match is answered 'no close "
-                        "match in the catalog'; with --add/--update/--remove it replaces the current one, else that is carried over")
+                        "match in the catalog'; alone (no --model/--catalog) it makes the next generation from the current one with "
+                        "this calibrator; with --add/--update/--remove it replaces the current one, else that is carried over")
     d = p.add_argument_group("in-place update of the current generation (no full build)")
     d.add_argument("--add", type=Path, default=None, metavar="PRODUCTS.csv", help="rows of new products, in products.csv's format")
     d.add_argument("--update", type=Path, default=None, metavar="PRODUCTS.csv",
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--ray-address and --threads-per-worker go with --runner ray")
     if args.workers < 1 or args.threads_per_worker < 0:
         parser.error("--workers must be at least 1 and --threads-per-worker at least 0")
-    if args.add or args.update or args.remove is not None:
+    if args.add or args.update or args.remove is not None or (args.calibration and not args.model and not args.catalog):
         if args.backend != "local" or args.runner != "local" or args.no_detector or args.detector_weights:
             parser.error("--add/--update/--remove change the current generation's products index: they go without --backend, "
                          "--runner, --no-detector and --detector-weights (the scenes index is carried over)")
@@ -202,7 +203,7 @@ def _removed_ids(text: str | None) -> tuple[str, ...]:
 def _run_delta(args: argparse.Namespace) -> int:
     """Change the current generation of ``--out`` by the delta flags and publish the result as the next one."""
     from engine.index.catalog_index import CatalogIndex
-    from engine.index.delta import CatalogDelta, DeltaError, apply_delta, check_delta
+    from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, apply_delta, check_delta
     from engine.index.generations import MODEL_FILE, current_generation, resolve_serving_folder
     from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
     from engine.model.embedder import Embedder
@@ -224,23 +225,29 @@ def _run_delta(args: argparse.Namespace) -> int:
         root = Path(args.catalog or products.catalog_root).resolve()
         delta = CatalogDelta(add=tuple(read_product_rows(args.add, root)[0]) if args.add else (),
                              update=tuple(read_product_rows(args.update, root)[0]) if args.update else (), remove=removed)
-        check_delta(products, delta)
-        queries = np.load(current / SCENES / "vectors.npy") if (current / SCENES / "vectors.npy").is_file() else None
-        updated, rep = apply_delta(products, delta, lambda paths: embedder(photo_images(paths, embedder.preprocessing)), root=root,
-                                   queries=queries, target_recall=args.target_recall or 0.95, k=10, n_queries=min(200, args.tuning_queries),
-                                   seed=args.seed)
         _carry(current / MODEL_FILE, tmp / MODEL_FILE)
+        if not delta:  # --calibration alone: the same products, a new calibrator
+            shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=_carry)
+            report.update(DeltaReport(rows_before=len(products), rows_after=len(products), method="products carried over").as_dict())
+        else:
+            check_delta(products, delta)
+            queries = np.load(current / SCENES / "vectors.npy") if (current / SCENES / "vectors.npy").is_file() else None
+            updated, rep = apply_delta(products, delta, lambda paths: embedder(photo_images(paths, embedder.preprocessing)), root=root,
+                                       queries=queries, target_recall=args.target_recall or 0.95, k=10,
+                                       n_queries=min(200, args.tuning_queries), seed=args.seed)
+            updated.save(tmp / PRODUCTS)
+            report.update(rep.as_dict())
         if (current / SCENES).is_dir():
             shutil.copytree(current / SCENES, tmp / SCENES, copy_function=_carry)
         if args.calibration:
             _calibrate(args.calibration, tmp)
         elif (current / CALIBRATION_FILE).is_file():
             _carry(current / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
-        updated.save(tmp / PRODUCTS)
-        report.update(rep.as_dict(), source=current.name)
+        report.update(source=current.name)
 
     generation = publish_generation(args.out, write, keep=args.keep)
     recall = f", recall@10 {report['recall']:.3f} on {report['recall_queries']} queries" if report["recall"] is not None else ""
+    recall += f"; calibration {args.calibration}" if args.calibration else ""
     print(f"products: +{report['products_added']} ~{report['products_updated']} -{report['products_removed']} "
           f"({report['rows_before']} -> {report['rows_after']} rows); {report['embedded']} photos embedded, {report['reused']} reused; "
           f"{report['method']}{recall}")

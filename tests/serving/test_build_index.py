@@ -163,6 +163,22 @@ def test_add_update_remove_change_the_current_generation_and_refuse_what_does_no
     assert not {"NEW-2", gone} & {it.product_id for it in after.items} and len(after) == len(products) - 1 - len(products.items_of(gone))
     assert after.tuning["updates"][-1]["products_removed"] == 2
 
+    # a calibrator of the generation's model alone makes the next generation; a delta then carries it
+    from engine.calibration import FILE, MatchCalibrator
+    from engine.model.embedder import model_fingerprint
+
+    MatchCalibrator((1.0, -2.0, 3.0), 0.4, model_fingerprint(out / third / "model.keras")).save(tmp_path / "cal.json")
+    assert build_index.main(["--out", str(out), "--calibration", str(tmp_path / "cal.json")]) == 0
+    calibrated = current_generation(out)
+    assert (out / calibrated / FILE).is_file() and os.path.samefile(out / third / "products" / "vectors.npy",
+                                                                    out / calibrated / "products" / "vectors.npy")
+    assert build_index.main(["--out", str(out), "--remove", "NEW-1"]) == 0
+    third = current_generation(out)
+    assert MatchCalibrator.load(out / third / FILE).threshold == 0.4
+    MatchCalibrator((1.0, -2.0, 3.0), 0.4, "another-model").save(tmp_path / "other-cal.json")
+    assert build_index.main(["--out", str(out), "--calibration", str(tmp_path / "other-cal.json")]) == 2
+    assert current_generation(out) == third
+
     # refused, and the served generation stays: an unknown id, another model, a damaged current generation
     other = build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=16))
     save_embedder(other, tmp_path / "other.keras", Preprocessing(image_size=48))
@@ -175,4 +191,4 @@ def test_add_update_remove_change_the_current_generation_and_refuse_what_does_no
     assert current_generation(out) == third and building(out) is None
     err = caplog.text
     assert "NO-SUCH" in err and "not the model" in err and "damaged" in err
-    assert np.load(out / first / "products" / "vectors.npy").shape[0] == len(products) - 2  # older generations untouched
+    assert "fitted on model another" in err
