@@ -24,7 +24,7 @@ KEEP_TOP = 10  # "whose right product is in the top 10"
 
 def _features(rows: np.ndarray) -> dict[str, np.ndarray]:
     """float (R, 2) features of each pair's own product, of its absent query's top result, of its present query's top result."""
-    own, best, second, _ = rows.T
+    own, best, second = rows[:, 0], rows[:, 1], rows[:, 2]
     positives = np.stack([own, best - own], axis=1)
     absent_top = np.stack([best, second - best], axis=1)
     present_d = np.minimum(own, best)

@@ -541,7 +541,8 @@ def _earlier_evaluation(path: Path | str, flag: str) -> tuple[str, dict, dict]:
 
 
 def _write_pairs(path: Path, result, crops) -> None:
-    """One row per pair: its ranks (empty = never found), the query box chosen for it and its best rank over the candidate boxes."""
+    """One row per pair: its ranks (empty = never found), the query box chosen for it and its best rank over the candidate boxes;
+    the query crop's distance to its own product and to the best and second-best other ones (what the match calibration reads)."""
     def fmt(v):
         return "" if v == float("inf") else int(v)
 
@@ -549,14 +550,17 @@ def _write_pairs(path: Path, result, crops) -> None:
         w = csv.writer(fh)
         room = result.room_pairs or [None] * len(result.pairs)
         w.writerow(["product_id", "type", "scene", "reachable", "box_source", "query_box", "rank", "rank_best_box", "rank_any_crop",
-                    "scene_rank", "group", "group_covered", "group_rank", "group_rank_best_box", "in_group_rank", "room_rank"])
-        for r, rp in zip(result.pairs, room):
+                    "scene_rank", "group", "group_covered", "group_rank", "group_rank_best_box", "in_group_rank", "room_rank",
+                    "own_distance", "best_other_distance", "second_other_distance"])
+        match = {int(row[4]): row[:3] for row in result.match_rows}
+        for i, (r, rp) in enumerate(zip(result.pairs, room)):
             c = r.case
             box = crops[r.matched_crop].box if r.matched_crop is not None and crops[r.matched_crop].box else None
             extra = (["", "", "", "", "", ""] if rp is None else
                      [rp.group, int(rp.covered), fmt(rp.rank), fmt(min(rp.rank, rp.best_rank)), fmt(rp.in_group_rank), fmt(rp.room_rank)])
             w.writerow([c.product_id, c.type, c.scene, int(c.reachable), c.box_source, " ".join(map(str, box)) if box else "",
-                        fmt(r.rank), fmt(min(r.rank, r.rank_best)), fmt(r.rank_any), fmt(r.scene_rank), *extra])
+                        fmt(r.rank), fmt(min(r.rank, r.rank_best)), fmt(r.rank_any), fmt(r.scene_rank), *extra,
+                        *([f"{v:.5f}" for v in match[i]] if i in match else ["", "", ""])])
 
 
 def _s2p_rows(inputs, result, rng, n):

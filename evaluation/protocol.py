@@ -323,8 +323,8 @@ class EvalResult:
     curves: dict[str, list[float]]  # recall at k = 1..len for "scene_to_product", "product_to_scene"
     room_pairs: list[RoomPair] = field(default_factory=list)  # the whole-room ranks of every pair (with EvalConfig.room)
     # per reachable pair that queried a crop: (distance to its own product, to the best and second-best other
-    # product (a photo identical to its own excluded), its rank), float64 (R, 4); the rows' scenes (``match_scenes``)
-    match_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+    # product (a photo identical to its own excluded), its rank, its index in ``pairs``), float64 (R, 5); the rows' scenes
+    match_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))
     match_scenes: list[str] = field(default_factory=list)
 
 
@@ -372,15 +372,15 @@ def _match_rows(inputs: EvalInputs, results: list[PairResult], crop_prod: np.nda
     under another id) are not "other"."""
     pid_col = {p: i for i, p in enumerate(inputs.product_ids)}
     out, scenes = [], []
-    for r in results:
+    for i, r in enumerate(results):
         if not r.case.reachable or r.matched_crop is None or crop_prod.shape[1] < 3:
             continue
         row = crop_prod[r.matched_crop]
         own = float(row[pid_col[r.case.product_id]])
         others = np.partition(row[row != own], 1)[:2] if (row != own).sum() >= 2 else np.array([np.inf, np.inf])
-        out.append((own, float(others.min()), float(others.max()), r.rank))
+        out.append((own, float(others.min()), float(others.max()), r.rank, i))
         scenes.append(r.case.scene)
-    return np.array(out, np.float64).reshape(-1, 4), scenes
+    return np.array(out, np.float64).reshape(-1, 5), scenes
 
 
 def _room(inputs: EvalInputs, crop_prod: np.ndarray, cfg: EvalConfig) -> list[RoomPair]:

@@ -297,3 +297,19 @@ def test_new_products_are_scored_apart_from_the_known_ones(tmp_path: Path, categ
     assert d["scene_to_product_known"][1]["difference"] == pytest.approx(d["scene_to_product"][1]["difference"])  # all boxed pairs rank 1
     assert set(d) >= {"product_to_scene_new", "product_to_scene_known"}
     assert "new_products" not in score(inputs, _embed, EvalConfig(ks=(1,))).summary  # no list, no split
+
+
+def test_match_rows_hold_each_queried_pairs_own_and_best_other_distances(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
+    inputs = prepare(catalog, P48, detector=None, category_map=category_map)
+    good = score(inputs, _embed, EvalConfig(ks=(1,)))
+    rows = good.match_rows
+    queried = [i for i, r in enumerate(good.pairs) if r.case.reachable and r.matched_crop is not None]
+    assert rows[:, 4].astype(int).tolist() == queried and len(good.match_scenes) == len(queried)
+    assert (rows[:, 0] < rows[:, 1]).all() and (rows[:, 1] <= rows[:, 2]).all() and (rows[:, 3] == 1).all()  # found first by colour
+    for own, best, _, _, i in rows:
+        r = good.pairs[int(i)]
+        crop = _embed(inputs.crop_images[[r.matched_crop]])
+        d = np.linalg.norm(_embed(inputs.product_images) - crop, axis=1)
+        mine = inputs.image_products.index(r.case.product_id)
+        assert own == pytest.approx(d[mine], abs=1e-5) and best == pytest.approx(np.delete(d, mine).min(), abs=1e-5)
