@@ -3,9 +3,9 @@
 A result's features are its distance ``d`` to the query and its ``gap``: the distance of the
 nearest *other* result minus ``d`` (positive for a top result that stands clear of the rest,
 negative below the top). ``MatchCalibrator`` maps them through a logistic model fitted on
-development pairs (``fit_calibrator``): positives are each query's own product, negatives the
-best wrong product a query meets when its own product is not in the index (the case of a shop
-that does not carry it). Below ``threshold`` the top result is "no close match in the catalog".
+development pairs (``evaluation.calibration``): each pair asked with its product in the index and
+with it removed (the case of a shop that does not carry it), labelled by whether the top result is
+the query's own product. Below ``threshold`` the top result is "no close match in the catalog".
 
 The calibrator belongs to one model (``model_fingerprint``): distances of another model mean
 something else, so loading it for another model is refused.

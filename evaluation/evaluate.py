@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-calibration", type=Path, default=None, metavar="FILE",
                    help="fit the match calibrator (engine.calibration: P(same product) of a result, and the 'no close match' threshold) "
                         "on these scenes' pairs and write it here; do it on development scenes, never on the hold-out")
+    p.add_argument("--calibration-features", choices=("distance", "distance+gap"), default="distance",
+                   help="with --fit-calibration: what the top result's probability reads (chosen on development scenes: the gap added nothing)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="measure a fitted calibrator on these scenes: AUROC between queries whose product is in the index and queries "
                         "whose product is removed, shares told 'no close match' at its threshold, ECE and a reliability diagram")
@@ -253,7 +255,7 @@ def _calibration(args: argparse.Namespace, target: Target, result: EvalResult, s
     out: dict = {}
     fingerprint = target.embedder.fingerprint or target.name  # an unsaved baseline (ImageNet features) is known by its name
     if args.fit_calibration:
-        cal = calibration.fit(result.match_rows, fingerprint, fitted={"model": args.model, "catalog": str(args.catalog),
+        cal = calibration.fit(result.match_rows, fingerprint, features=args.calibration_features, fitted={"model": args.model, "catalog": str(args.catalog),
                                                                       "scenes": scenes_param.get("scenes") or "all",
                                                                       "detector": args.detector_weights or ""})
         cal.save(args.fit_calibration)
@@ -436,7 +438,7 @@ def _calibration_lines(cal: dict) -> list[str]:
                      f"at {a['threshold']:.3f}: absent told {a['absent_told_no_close_match']:.1%} {_interval(a['absent_told_no_close_match_ci95'])}, "
                      f"present told {a['present_told_no_close_match']:.1%}, present in the top 10 losing it "
                      f"{a['present_in_top10_lost']:.1%} {_interval(a['present_in_top10_lost_ci95'])} of {a['present_in_top10']}; "
-                     f"ECE {a['ece']:.3f}")
+                     f"ECE {a['ece']:.3f}; AUROC ceiling at this R@1 ({a['recall_at_1']:.3f}): {a['auroc_ceiling']:.3f}")
     return lines
 
 

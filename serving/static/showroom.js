@@ -506,6 +506,9 @@
       head.type = "button"; head.className = "room-pick";
       head.textContent = pretty(d.label);
       if (!d.sure) { const tag = document.createElement("span"); tag.className = "maybe"; tag.textContent = "less sure"; head.append(tag); }
+      if (d.close_match === false) {  // the calibrated verdict on this object's best match
+        const tag = document.createElement("span"); tag.className = "maybe no-close"; tag.textContent = "no close match"; head.append(tag);
+      }
       const more = document.createElement("span"); more.className = "room-more"; more.textContent = "See all";
       head.append(more);
       head.addEventListener("click", () => { if (!state.busy) select(d.box, d.label, d.group); });
@@ -513,7 +516,7 @@
       head.addEventListener("mouseleave", () => { state.hover = -1; draw(); });
       const row = document.createElement("div");
       row.className = "room-row";
-      for (const r of d.results.slice(0, ROOM_K)) row.append(card(r));
+      for (const r of d.results.slice(0, ROOM_K)) row.append(card(r, d.close_match === false));
       section.append(head, row);
       list.append(section);
     }

@@ -294,3 +294,38 @@ def test_rotated_phone_jpeg_is_upright_and_a_drawn_box_is_accepted(browser, live
     assert page.locator("#results .result").count() == 12
     no_console_errors(page)
     page.context.close()
+
+
+def test_a_catalog_without_the_product_says_no_close_match_at_both_sizes(browser, index_folder: Path, scene: Path, tmp_path: Path):
+    """A generation whose calibrator finds no result close enough (threshold 1): the search says so above
+    the results, which are marked similar, and the room list tags every object."""
+    from engine.calibration import FILE, MatchCalibrator
+    from engine.model.embedder import model_fingerprint
+    from serving import create_app
+    from tests.serving.conftest import BoxDetector
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(index_folder, folder)
+    MatchCalibrator((3.0, -4.0, 0.0), 1.0, model_fingerprint(folder / "model.keras")).save(folder / FILE)
+    app = create_app({"SHOWROOM_INDEX": str(folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for context in (DESKTOP, PHONE):
+            page = open_page(browser, **context)
+            page.goto(f"http://127.0.0.1:{server.server_port}/")
+            room = upload(page, scene)
+            assert all(o["close_match"] is False for o in room["objects"])
+            page.wait_for_selector("#results .notice.no-match")
+            assert page.inner_text("#results-title") == "No close match in the catalog"
+            assert "don't seem to carry" in page.inner_text("#results .notice.no-match")
+            badges = page.locator("#results .result .match").all_inner_texts()
+            assert badges and set(badges) == {"Similar"}
+            page.click("#room")
+            page.wait_for_selector("#results .room-object")
+            assert page.locator("#results .room-object .no-close").count() == len([o for o in room["objects"] if o["results"]])
+            no_console_errors(page)
+    finally:
+        server.shutdown()
+        thread.join()
