@@ -42,7 +42,7 @@ def test_imports_point_down(path: Path):
 
 
 # Inside engine/, the same rule one level down: each part imports only itself and the parts below it.
-ENGINE_FLOORS = {"engine.runtime": 0, "engine.files": 0, "engine.config": 0, "engine.metrics": 0, "engine.data": 1,
+ENGINE_FLOORS = {"engine.runtime": 0, "engine.files": 0, "engine.config": 0, "engine.metrics": 0, "engine.data": 1, "engine.calibration": 1,
                  "engine.model": 2, "engine.synthesis": 2, "engine.index": 3, "engine.search": 4}
 
 
