@@ -232,7 +232,7 @@ def _run_delta(args: argparse.Namespace) -> int:
         else:
             check_delta(products, delta)
             queries = np.load(current / SCENES / "vectors.npy") if (current / SCENES / "vectors.npy").is_file() else None
-            updated, rep = apply_delta(products, delta, lambda paths: embedder(photo_images(paths, embedder.preprocessing)), root=root,
+            updated, rep = apply_delta(products, delta, lambda paths: embedder(photo_images(paths, embedder.preprocessing)),
                                        queries=queries, target_recall=args.target_recall or 0.95, k=10,
                                        n_queries=min(200, args.tuning_queries), seed=args.seed)
             updated.save(tmp / PRODUCTS)

@@ -116,8 +116,8 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     """The next products index: ``index`` with ``delta`` applied (see the module docstring).
 
     ``embed_paths`` embeds photo files with the index's model (called once, with only the photos no
-    row holds yet); ``root``: where the index's photos are (default: its catalog root), and where
-    the delta's image paths were resolved; ``queries`` float32 (Q, D): the queries recall@``k`` is
+    row holds yet); ``root``: where the index's own photos are, read only to hash them when the index
+    predates ``photos.json`` (default: its catalog root; the delta's rows carry resolved paths); ``queries`` float32 (Q, D): the queries recall@``k`` is
     measured on after the change (a seeded sample of at most ``n_queries`` of them; None: of the new
     vectors; 200 queries x 10 neighbours measure a recall near 0.95 within about ±0.01, and exact
     search over 1M vectors for them costs seconds, not the half minute of 1,000);
