@@ -29,15 +29,25 @@ from engine.data.catalog import Catalog, CatalogError
 from engine.files import write_text_atomic
 
 
+def _read_list_text(path: Path, what: str, make: str) -> str:
+    """The text of a scene or product list file, or a ``CatalogError`` saying what is wrong with it."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise CatalogError(f"{what} {path} not found; make one with `{make}`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{what} {path} cannot be read: {exc}") from None
+
+
+def _list_lines(text: str) -> list[str]:
+    """The names of a list file: one per line, blank lines and ``#`` comments skipped."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 def read_scene_list(path: str | Path) -> tuple[str, ...]:
     """Scene names of a scene-list file (or of a ``split.json``'s ``val``), sorted and unique."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise CatalogError(f"scene list {path} not found; make one with `python -m evaluation.holdout`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"scene list {path} cannot be read: {exc}") from None
+    text = _read_list_text(path, "scene list", "python -m evaluation.holdout")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
@@ -47,7 +57,7 @@ def read_scene_list(path: str | Path) -> tuple[str, ...]:
         if not isinstance(names, list):
             raise CatalogError(f"scene list {path}: a .json scene list must be a training split.json with a 'val' list")
     else:
-        names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        names = _list_lines(text)
     if not names:
         raise CatalogError(f"scene list {path} names no scenes")
     return tuple(sorted(set(map(str, names))))
@@ -56,13 +66,7 @@ def read_scene_list(path: str | Path) -> tuple[str, ...]:
 def read_product_list(path: str | Path) -> tuple[str, ...]:
     """Product ids of a product-list file (one per line, ``#`` comments), sorted and unique."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise CatalogError(f"product list {path} not found; make one with `python -m evaluation.holdout --new-products`") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"product list {path} cannot be read: {exc}") from None
-    names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    names = _list_lines(_read_list_text(path, "product list", "python -m evaluation.holdout --new-products"))
     if not names:
         raise CatalogError(f"product list {path} names no products")
     return tuple(sorted(set(names)))
