@@ -51,7 +51,7 @@ from engine.index.backends import BackendSpec
 from engine.index.scann_backend import ScannIndex, ScannParams
 from engine.index.tuning import TuningConfig
 from engine.calibration import FILE as CALIBRATION_FILE
-from engine.data.catalog import CatalogError, load_catalog, read_product_rows
+from engine.data.catalog import CatalogError, check_product_images, load_catalog, read_product_rows
 from engine.index.ray_runner import RUNNERS, RayRunner
 from engine.index.generations import publish_generation
 from engine.index.milvus import MilvusIndex, MilvusSettings, unique_collection
@@ -223,8 +223,10 @@ def _run_delta(args: argparse.Namespace) -> int:
                              "build a full index to serve another model")
         products = CatalogIndex.load(current / PRODUCTS, model_fingerprint=embedder.fingerprint)
         root = Path(args.catalog or products.catalog_root).resolve()
-        delta = CatalogDelta(add=tuple(read_product_rows(args.add, root)[0]) if args.add else (),
-                             update=tuple(read_product_rows(args.update, root)[0]) if args.update else (), remove=removed)
+        def rows(csv: Path | None) -> tuple:  # validated as a catalog's rows: every photo found, decodable, hashed once
+            return tuple(check_product_images(read_product_rows(csv, root)[0], csv)) if csv else ()
+
+        delta = CatalogDelta(add=rows(args.add), update=rows(args.update), remove=removed)
         _carry(current / MODEL_FILE, tmp / MODEL_FILE)
         if not delta:  # --calibration alone: the same products, a new calibrator
             shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=_carry)

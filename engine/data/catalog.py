@@ -18,7 +18,7 @@ import io
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -49,6 +49,7 @@ class ProductImage:
     image: Path
     row: int
     details: tuple[tuple[str, str], ...] = ()  # the row's other non-empty columns (color, size, desc, price, url ...)
+    sha256: str = field(default="", compare=False)  # of the image file's bytes, once checked ("" before)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ def load_catalog(root: str | Path, *, workers: int = 8) -> Catalog:
     checks: list[tuple[Path, Path, int]] = [(p.image, root / "products.csv", p.row) for p in products]
     checks += [(img, root / "scenes.csv", line) for line, _, img in scene_rows]
     results = _check_images(checks, workers)
+    products = [replace(p, sha256=results[p.image][0]) for p in products]  # each photo hashed once, here
     scenes = [Scene(row["scene"], image, row.get("room_type", ""), results[image][1]) for _, row, image in scene_rows]
     pairs = _read_pairs(root, scenes, types)
     h = hashlib.sha256()
@@ -225,6 +227,14 @@ def read_product_rows(products_csv: Path, root: Path) -> tuple[list[ProductImage
         details = tuple((k, v) for k, v in row.items() if k not in PRODUCT_COLUMNS and v)
         products.append(ProductImage(pid, row["name"] or pid, ptype, image, line, details))
     return products, types
+
+
+def check_product_images(products: Iterable[ProductImage], products_csv: Path, *, workers: int = 8) -> list[ProductImage]:
+    """``products`` (rows of ``products_csv``) with each image hashed and decoded as a catalog's are,
+    their ``sha256`` filled; ``CatalogError`` naming the row of the first image that cannot be decoded."""
+    products = list(products)
+    results = _check_images([(p.image, products_csv, p.row) for p in products], workers)
+    return [replace(p, sha256=results[p.image][0]) for p in products]
 
 
 def _read_scene_rows(root: Path) -> list[tuple[int, dict[str, str], Path]]:

@@ -132,7 +132,7 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     changed = set(delta.remove) | {p.product_id for p in delta.update}
     remove_rows = np.array([i for i, it in enumerate(index.items) if it.product_id in changed], np.int64)
     new_rows = list(delta.add) + list(delta.update)
-    new_hashes = [file_sha256(p.image) for p in new_rows]
+    new_hashes = [p.sha256 or file_sha256(p.image) for p in new_rows]
     have = {h: i for i, h in enumerate(hashes)}
     need = sorted({h: p.image for p, h in zip(new_rows, new_hashes) if h not in have}.items())
     report.seconds["hash"] = time.perf_counter() - t0
@@ -201,7 +201,7 @@ def _change_ann(index: CatalogIndex, remove: np.ndarray, add: np.ndarray):
     ann = index.index
     n = len(index)
     if hasattr(ann, "mutate") and n - len(remove) + len(add) >= 2:
-        order = ann.mutate(index.vectors, remove, add)
+        order = ann.mutate(remove, add)
         return ann, order, f"{ann.kind}: {len(remove)} rows deleted and {len(add)} upserted in place"
     if not isinstance(ann, BruteForceIndex):
         raise DeltaError(f"a {ann.kind} index cannot be changed in place; build a full index with python -m serving.build_index")

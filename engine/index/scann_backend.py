@@ -131,17 +131,14 @@ class ScannIndex:
         return replace(params, leaves=leaves, leaves_to_search=to_search, reorder=params.reorder or 250, training_sample=sample,
                        metric=metric)
 
-    def mutate(self, vectors: np.ndarray, remove: np.ndarray | list[int], add: np.ndarray) -> np.ndarray:
+    def mutate(self, remove: np.ndarray | list[int], add: np.ndarray) -> np.ndarray:
         """Delete rows ``remove`` and append ``add`` float32 (A, D) in place, with ScaNN's own mutation
         (points are assigned to the existing tree and codebooks: nothing is retrained).
 
-        ``vectors`` float32 (N, D) are the rows indexed now. ScaNN fills a deleted row with its last
-        one, so the rows move: returns ``order`` int64 (N - R + A,), for each new row the old row it
-        holds, or ``N + j`` for ``add[j]``. The caller keeps its items in that order."""
-        vectors = np.asarray(vectors, np.float32)
+        ScaNN fills a deleted row with its last one, so the rows move: returns ``order`` int64
+        (N - R + A,), for each new row the old row it holds, or ``N + j`` for ``add[j]``. The caller
+        keeps its vectors and items in that order."""
         add = np.ascontiguousarray(add, np.float32).reshape(-1, self._d)
-        if len(vectors) != self._n:
-            raise ValueError(f"{len(vectors)} vectors given for an index of {self._n}")
         gone = sorted({int(r) for r in remove}, reverse=True)
         if gone and (gone[0] >= self._n or gone[-1] < 0):
             raise ValueError(f"rows to remove must be in [0, {self._n}), got {gone[-1]}..{gone[0]}")
@@ -158,8 +155,8 @@ class ScannIndex:
             raw.upsert([None] * len(add), add, min(len(add), 256))
             order += range(self._n, self._n + len(add))
         order_arr = np.asarray(order, np.int64)
+        self._sq = np.concatenate([self._sq, np.einsum("ij,ij->i", add, add)])[order_arr]  # squared norms follow their rows
         self._n = len(order_arr)
-        self._sq = np.einsum("ij,ij->i", *(2 * (np.concatenate([vectors, add])[order_arr],)))
         return order_arr
 
     @property

@@ -80,7 +80,7 @@ def product_index(catalog: Catalog, embedder: Embedder, backend: BackendSpec = B
         vectors = embedder(product_images(catalog.products, embedder.preprocessing))
     index = CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend, asdict(embedder.preprocessing), str(catalog.root), tuning,
                                       queries, "scene-crop embeddings")
-    index.photo_hashes = [file_sha256(p.image) for p in catalog.products]  # what a later delta reuses vectors by
+    index.photo_hashes = [p.sha256 or file_sha256(p.image) for p in catalog.products]  # what a later delta reuses vectors by
     return index
 
 

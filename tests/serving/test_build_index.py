@@ -182,7 +182,10 @@ def test_add_update_remove_change_the_current_generation_and_refuse_what_does_no
     # refused, and the served generation stays: an unknown id, another model, a damaged current generation
     other = build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=16))
     save_embedder(other, tmp_path / "other.keras", Preprocessing(image_size=48))
-    for flags in (["--remove", "NO-SUCH"], ["--model", str(tmp_path / "other.keras"), "--remove", "NEW-1"]):
+    (new_photos / "broken.jpg").write_bytes(b"not a photo")
+    (new_photos / "broken.csv").write_text("product_id,name,type,image\nNEW-9,Broken,Lamp,broken.jpg\n")
+    for flags in (["--remove", "NO-SUCH"], ["--model", str(tmp_path / "other.keras"), "--remove", "NEW-1"],
+                  ["--catalog", str(new_photos), "--add", str(new_photos / "broken.csv")]):
         assert build_index.main(["--out", str(out), *flags]) == 2
         assert current_generation(out) == third
     vectors = out / third / "products" / "vectors.npy"
@@ -191,4 +194,5 @@ def test_add_update_remove_change_the_current_generation_and_refuse_what_does_no
     assert current_generation(out) == third and building(out) is None
     err = caplog.text
     assert "NO-SUCH" in err and "not the model" in err and "damaged" in err
+    assert "broken.csv, line 2: image" in err and "cannot be decoded" in err  # a delta's photos are checked like a catalog's
     assert "fitted on model another" in err

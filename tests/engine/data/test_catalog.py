@@ -149,3 +149,14 @@ def test_new_products_are_a_seeded_type_stratified_share_and_restricting_removes
         read_product_list(write_scene_list([], tmp_path / "empty.txt", "only a comment"))
     with pytest.raises(ValueError, match="fraction"):
         new_products(catalog, 1.0, seed=0)
+
+
+def test_each_product_photo_is_hashed_once_when_the_catalog_is_checked(tiny_catalog: Path, tmp_path: Path):
+    from engine.data.catalog import check_product_images, read_product_rows
+    from engine.files import file_sha256
+
+    catalog = load_catalog(tiny_catalog)
+    assert all(p.sha256 == file_sha256(p.image) for p in catalog.products)
+    rows, _ = read_product_rows(tiny_catalog / "products.csv", tiny_catalog)
+    assert {p.sha256 for p in rows} == {""} and check_product_images(rows, tiny_catalog / "products.csv") == list(catalog.products)
+    assert [p.sha256 for p in check_product_images(rows, tiny_catalog / "products.csv")] == [p.sha256 for p in catalog.products]
