@@ -203,10 +203,10 @@ def _removed_ids(text: str | None) -> tuple[str, ...]:
 def _run_delta(args: argparse.Namespace) -> int:
     """Change the current generation of ``--out`` by the delta flags and publish the result as the next one."""
     from engine.index.catalog_index import CatalogIndex
-    from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, apply_delta, check_delta
+    from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, apply_delta
     from engine.index.generations import MODEL_FILE, current_generation, resolve_serving_folder
     from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
-    from engine.model.embedder import Embedder
+    from engine.model.embedder import Embedder, model_fingerprint
     from training.model_ref import resolve_model
 
     t0 = time.perf_counter()
@@ -217,14 +217,19 @@ def _run_delta(args: argparse.Namespace) -> int:
 
     def write(tmp: Path) -> None:
         current = resolve_serving_folder(args.out)  # read under the build lock: a concurrent delta cannot be lost
-        embedder = Embedder.load(current / MODEL_FILE)
-        if args.model and Embedder.load(resolve_model(args.model).path).fingerprint != embedder.fingerprint:
+        fingerprint = model_fingerprint(current / MODEL_FILE)  # the file's hash: no model is loaded unless photos need embedding
+        if args.model and model_fingerprint(resolve_model(args.model).path) != fingerprint:
             raise DeltaError(f"--model is not the model of {current.name}: a delta keeps the generation's model; "
                              "build a full index to serve another model")
-        products = CatalogIndex.load(current / PRODUCTS, model_fingerprint=embedder.fingerprint)
+        products = CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint)
         root = Path(args.catalog or products.catalog_root).resolve()
+
         def rows(csv: Path | None) -> tuple:  # validated as a catalog's rows: every photo found, decodable, hashed once
             return tuple(check_product_images(read_product_rows(csv, root)[0], csv)) if csv else ()
+
+        def embed(paths: Sequence[Path]) -> np.ndarray:
+            embedder = Embedder.load(current / MODEL_FILE)
+            return embedder(photo_images(paths, embedder.preprocessing))
 
         delta = CatalogDelta(add=rows(args.add), update=rows(args.update), remove=removed)
         _carry(current / MODEL_FILE, tmp / MODEL_FILE)
@@ -232,10 +237,8 @@ def _run_delta(args: argparse.Namespace) -> int:
             shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=_carry)
             report.update(DeltaReport(rows_before=len(products), rows_after=len(products), method="products carried over").as_dict())
         else:
-            check_delta(products, delta)
             queries = np.load(current / SCENES / "vectors.npy") if (current / SCENES / "vectors.npy").is_file() else None
-            updated, rep = apply_delta(products, delta, lambda paths: embedder(photo_images(paths, embedder.preprocessing)),
-                                       queries=queries, target_recall=args.target_recall or 0.95, k=10,
+            updated, rep = apply_delta(products, delta, embed, queries=queries, target_recall=args.target_recall or 0.95, k=10,
                                        n_queries=min(200, args.tuning_queries), seed=args.seed)
             updated.save(tmp / PRODUCTS)
             report.update(rep.as_dict())

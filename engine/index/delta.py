@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data.catalog import CatalogError, ProductImage
+from engine.data.catalog import ProductImage
 from engine.files import file_sha256
 from engine.index.brute_force import BruteForceIndex
 from engine.index.catalog_index import CatalogIndex, Item
