@@ -45,10 +45,14 @@ def test_scann_on_unit_vectors_scores_dot_products_but_returns_euclidean_distanc
     ann = ScannIndex(db, ScannParams(leaves=60, leaves_to_search=10, reorder=100))
     assert ann.params.metric == "dot_product" and ann.params.training_sample == 4000
     exact = BruteForceIndex(db).search(q, 10)
-    for got in (ann.search(q, 10), ann.search(q[:1], 10)):  # the batched and the single-query path
-        same = got.indices[:, 0] == exact.indices[: len(got.indices), 0]
-        assert same.mean() > 0.9
-        np.testing.assert_allclose(got.distances[same, 0], exact.distances[: len(got.indices)][same, 0], rtol=1e-3, atol=1e-3)
+    got = ann.search(q, 10)
+    same = got.indices[:, 0] == exact.indices[:, 0]
+    assert same.mean() > 0.9  # over 100 queries: one query's miss (ScaNN's k-means is not seeded) cannot fail it
+    np.testing.assert_allclose(got.distances[same, 0], exact.distances[same, 0], rtol=1e-3, atol=1e-3)
+    for i in range(10):  # the single-query path answers as the batched one does
+        one = ann.search(q[i : i + 1], 10)
+        np.testing.assert_array_equal(one.indices[0], got.indices[i])
+        np.testing.assert_allclose(one.distances[0], got.distances[i], rtol=1e-5, atol=1e-5)
     # per-call knobs: searching every leaf with a deep reorder is exact here
     full = ann.search(q, 10, leaves_to_search=60, reorder=1000)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(full.indices, exact.indices)]) > 0.99
