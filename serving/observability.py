@@ -86,13 +86,8 @@ def install(app: Flask, generation_of) -> Limiter:
     generation the current request is answered from."""
     metrics = Metrics()
     app.extensions["showroom_metrics"] = metrics
-    limit = app.config.get("SHOWROOM_RATE_LIMIT") or ""
-    limiter = Limiter(get_remote_address, app=app, default_limits=[limit] if limit else [],
-                      default_limits_exempt_when=lambda: request.endpoint not in LIMITED_ENDPOINTS,
-                      storage_uri=app.config.get("SHOWROOM_RATE_LIMIT_STORAGE") or "memory://",
-                      headers_enabled=True, enabled=bool(limit))
 
-    @app.before_request
+    @app.before_request  # registered before the limiter's own check, so a 429 is timed, logged and stamped too
     def _start() -> None:
         g.t0 = time.perf_counter()
         g.generation = generation_of()  # also makes this worker follow a reload published by another
@@ -102,6 +97,12 @@ def install(app: Flask, generation_of) -> Limiter:
                 request_timings().stages["queue"] = round(max(0.0, time.time() - float(start[2:])) * 1000.0, 2)
             except ValueError:
                 pass
+
+    limit = app.config.get("SHOWROOM_RATE_LIMIT") or ""
+    limiter = Limiter(get_remote_address, app=app, default_limits=[limit] if limit else [],
+                      default_limits_exempt_when=lambda: request.endpoint not in LIMITED_ENDPOINTS,
+                      storage_uri=app.config.get("SHOWROOM_RATE_LIMIT_STORAGE") or "memory://",
+                      headers_enabled=True, enabled=bool(limit))
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -131,6 +132,8 @@ def install(app: Flask, generation_of) -> Limiter:
 
     @app.get("/metrics")
     def _metrics() -> Response:
-        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: Flask would append a second "charset" to CONTENT_TYPE_LATEST's own,
+        # a duplicated parameter that strict scrapers (Prometheus 3's parser) refuse
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
     return limiter

@@ -51,6 +51,18 @@ def test_metrics_count_requests_stages_and_errors(client):
     assert "showroom_index_generation 1.0" in text
 
 
+def test_metrics_exposition_parses_with_one_charset(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    search(client, k="3")
+    r = client.get("/metrics")
+    params = [p.strip().split("=")[0] for p in r.headers["Content-Type"].split(";")[1:]]
+    assert r.mimetype == "text/plain" and sorted(params) == ["charset", "version"]  # each parameter once
+    families = {f.name: f for f in text_string_to_metric_families(r.get_data(as_text=True))}
+    assert {"showroom_requests", "showroom_request_seconds", "showroom_index_generation"} <= set(families)
+    assert any(s.labels.get("route") == "/api/search" and s.value == 1.0 for s in families["showroom_requests"].samples)
+
+
 def test_security_headers_on_pages_api_and_errors(client):
     for url in ("/", "/api/types", "/api/products/nope", "/static/showroom.js"):
         r = client.get(url)
@@ -58,14 +70,18 @@ def test_security_headers_on_pages_api_and_errors(client):
         assert r.headers["X-Frame-Options"] == "DENY" and r.headers["X-Showroom-Generation"] == "1"
 
 
-def test_rate_limit_per_client_on_search_only(index_folder: Path):
+def test_rate_limit_per_client_on_search_only(index_folder: Path, caplog):
     from serving import create_app
 
     app = create_app({"SHOWROOM_INDEX": str(index_folder), "TESTING": True, "SHOWROOM_RATE_LIMIT": "2 per minute"})
     c = app.test_client()
     assert [search(c, k="2").status_code for _ in range(3)] == [200, 200, 429]
-    r = search(c, k="2")
+    with caplog.at_level(logging.INFO, logger="serving.requests"):
+        r = search(c, k="2")
     assert "too many requests" in r.get_json()["error"] and int(r.headers["Retry-After"]) > 0
+    assert r.headers["X-Showroom-Generation"] == "1"  # a refused request is stamped, timed and logged like any other
+    line = json.loads(next(x.getMessage() for x in caplog.records if x.name == "serving.requests"))
+    assert line["status"] == 429 and line["generation"] == 1 and line["ms"] > 0
     other = app.test_client()
     assert other.post("/api/search", data={"image": (io.BytesIO(jpeg()), "p.jpg"), "k": "2"}, content_type="multipart/form-data",
                       environ_base={"REMOTE_ADDR": "10.0.0.7"}).status_code == 200  # another client has its own budget
