@@ -18,9 +18,13 @@ Configuration (``test_config`` or environment):
   (10): what an uploaded image's header may declare; checked before any pixel is decoded.
 - ``SHOWROOM_RELOAD_TOKEN``: enables ``POST /api/reload`` for clients that send it (no default secret).
 - ``SHOWROOM_GENERATION_FILE``: the record the workers of one server share (default under
-  gunicorn: one per master process in the temp folder), see ``serving.state``.
+  gunicorn: one per master process in the temp folder), see ``serving.state``;
+  ``SHOWROOM_WATCH_SECONDS`` (1): how often an idle worker looks at it (a newer generation is
+  loaded in the background while the current one answers).
 - ``SHOWROOM_RATE_LIMIT`` (default ``2 per second;60 per minute`` per client on search and detect;
-  empty: off), ``SHOWROOM_RATE_LIMIT_STORAGE``; ``SHOWROOM_PROXY_HOPS``: trust that many
+  empty: off), counted for the whole server in ``SHOWROOM_RATE_LIMIT_STORAGE`` (default under
+  gunicorn: a SQLite file shared by its workers, one per master process in the temp folder, see
+  ``serving.ratelimit``; else ``memory://``); ``SHOWROOM_PROXY_HOPS``: trust that many
   ``X-Forwarded-*`` hops (behind a reverse proxy), see ``serving.observability``.
 - ``SHOWROOM_DETECTOR``: a ready ``Detector`` object (tests inject one); overrides the weights.
 - ``SHOWROOM_STATE``: a ready ``ServingState`` (tests inject one).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +45,13 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from detectors.category_map import GROUPS_MAP, load_category_map, map_for_detector
 from detectors.open import open_detector
 from engine.config import ImageLimits, Preprocessing
-from engine.index.generations import resolve_serving_folder
+from engine.index.generations import generations, resolve_serving_folder
 from engine.runtime import configure_runtime, setup_logging, state_dir
 from serving.api import bp as api_bp
 from serving.errors import register_error_handlers
 from serving.observability import install
 from serving.pages import bp as pages_bp
+from serving.ratelimit import default_storage_uri
 from serving.state import ServingState, SharedGeneration, load_from_folder
 from training.checkpoint import run_folder
 from training.model_ref import is_registered, resolve_model
@@ -53,6 +59,7 @@ from training.model_ref import is_registered, resolve_model
 logger = logging.getLogger(__name__)
 
 DEFAULT_RATE_LIMIT = "2 per second;60 per minute"
+RESTART_PAUSE = 5.0  # seconds a worker that cannot load any generation waits before exiting to be restarted
 
 
 class ServingSetupError(RuntimeError):
@@ -133,8 +140,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                                           int(env("SHOWROOM_MIN_SIDE", ImageLimits.min_side)),
                                           float(env("SHOWROOM_MAX_ASPECT", ImageLimits.max_aspect))),
         SHOWROOM_RATE_LIMIT=env("SHOWROOM_RATE_LIMIT", DEFAULT_RATE_LIMIT),
-        SHOWROOM_RATE_LIMIT_STORAGE=env("SHOWROOM_RATE_LIMIT_STORAGE", "memory://"),
+        SHOWROOM_RATE_LIMIT_STORAGE=env("SHOWROOM_RATE_LIMIT_STORAGE") or default_storage_uri(),
         SHOWROOM_PROXY_HOPS=int(env("SHOWROOM_PROXY_HOPS", 0)),
+        SHOWROOM_WATCH_SECONDS=float(env("SHOWROOM_WATCH_SECONDS", 1.0)),
         SHOWROOM_STATE=None,
         SHOWROOM_DETECTOR=None,
         DEFAULT_K=12,
@@ -154,7 +162,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_bp)
     app.register_blueprint(pages_bp)
     register_error_handlers(app)
-    install(app, lambda: state.current.generation)
+    install(app, lambda: state.current)
     return app
 
 
@@ -190,7 +198,18 @@ def _start_state(app: Flask) -> ServingState:
     def load(folder: Path, generation: int):
         return load_from_folder(folder, detector, classes, generation, groups)
 
+    def fallbacks() -> list[Path]:  # the serving folder's other generations, newest first (a registered version has none)
+        return [] if is_registered(str(index)) else generations(index)[::-1]
+
+    shared = SharedGeneration.for_server(str(index))
     try:
-        return ServingState.start(resolve, load, SharedGeneration.for_server(str(index)))
+        return ServingState.start(resolve, load, shared, fallbacks, watch=float(app.config["SHOWROOM_WATCH_SECONDS"]))
     except (ValueError, OSError) as exc:
+        if shared is not None and shared.read() is not None:
+            # the server's other workers serve from memory: exit for gunicorn to start this worker again
+            # (after a pause), rather than fail to boot, which would take the whole server down
+            logger.critical("%s: no generation loads in this worker (%s); its siblings go on serving; exiting to be restarted "
+                            "in %.0f s", source, exc, RESTART_PAUSE)
+            time.sleep(RESTART_PAUSE)
+            raise SystemExit(1) from None
         raise ServingSetupError(f"{source}: {exc}") from None

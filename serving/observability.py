@@ -7,9 +7,12 @@
 - ``GET /metrics``: request counts by route and status, latency histograms per route and per
   stage, the served generation (``prometheus_client``). Under gunicorn, set
   ``PROMETHEUS_MULTIPROC_DIR`` to an empty folder so the numbers add up over all workers.
-- Rate limits on the search endpoints, per client address (``Flask-Limiter``):
-  ``SHOWROOM_RATE_LIMIT`` (empty: off), stored in ``SHOWROOM_RATE_LIMIT_STORAGE`` (default
-  ``memory://``, per worker; ``redis://...`` to share it).
+- Rate limits on the search endpoints, per client address (``Flask-Limiter``, fixed windows):
+  ``SHOWROOM_RATE_LIMIT`` (empty: off), counted in ``SHOWROOM_RATE_LIMIT_STORAGE``: under
+  gunicorn by default a ``showroom-sqlite://`` file shared by the server's workers
+  (``serving.ratelimit``), so a client gets the configured number whatever the worker count;
+  ``memory://`` in a single process (or to count per worker); ``redis://...`` to share it between
+  servers.
 - Security headers on every response (CSP, ``X-Content-Type-Options``, frame and referrer policy).
 """
 
@@ -34,6 +37,7 @@ from prometheus_client import (
 )
 
 from engine.search import Timings
+from serving.ratelimit import STRATEGY  # importing serving.ratelimit registers its showroom-sqlite:// storage with limits
 
 request_log = logging.getLogger("serving.requests")
 
@@ -64,6 +68,8 @@ class Metrics:
                               ["route", "status"], registry=self.registry)
         self.generation = Gauge("showroom_index_generation", "The index generation this worker serves",
                                 registry=self.registry, multiprocess_mode="max")
+        self.degraded = Gauge("showroom_degraded", "1 while a worker serves an older generation because the published one "
+                              "does not load there (see /healthz)", registry=self.registry, multiprocess_mode="max")
 
     def exposition(self) -> bytes:
         """The text format, summed over all workers when ``PROMETHEUS_MULTIPROC_DIR`` is set."""
@@ -81,16 +87,18 @@ def request_timings() -> Timings:
     return g.timings
 
 
-def install(app: Flask, generation_of) -> Limiter:
-    """Wire logging, metrics, rate limits and headers into ``app``; ``generation_of()`` is the
-    generation the current request is answered from."""
+def install(app: Flask, served_of) -> Limiter:
+    """Wire logging, metrics, rate limits and headers into ``app``; ``served_of()`` is what the
+    current request is answered from (its ``generation`` number and ``degraded`` reason, "" if none)."""
     metrics = Metrics()
     app.extensions["showroom_metrics"] = metrics
 
     @app.before_request  # registered before the limiter's own check, so a 429 is timed, logged and stamped too
     def _start() -> None:
         g.t0 = time.perf_counter()
-        g.generation = generation_of()  # also makes this worker follow a reload published by another
+        served = served_of()  # also makes this worker notice a reload published by another
+        # one snapshot per request: the answer, its header and its log line name the same generation
+        g.loaded, g.generation, g.degraded = served, served.generation, bool(served.degraded)
         start = request.headers.get("X-Request-Start", "")
         if start.startswith("t="):
             try:
@@ -102,7 +110,8 @@ def install(app: Flask, generation_of) -> Limiter:
     limiter = Limiter(get_remote_address, app=app, default_limits=[limit] if limit else [],
                       default_limits_exempt_when=lambda: request.endpoint not in LIMITED_ENDPOINTS,
                       storage_uri=app.config.get("SHOWROOM_RATE_LIMIT_STORAGE") or "memory://",
-                      headers_enabled=True, enabled=bool(limit))
+                      strategy=STRATEGY, headers_enabled=True, enabled=bool(limit),
+                      swallow_errors=True)  # a store that fails (locked past its timeout, disk full) lets the request through, logged
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -123,6 +132,7 @@ def install(app: Flask, generation_of) -> Limiter:
             metrics.errors.labels(route, str(response.status_code)).inc()
         if generation is not None:
             metrics.generation.set(generation)
+            metrics.degraded.set(1 if g.get("degraded") else 0)
         if route != "/metrics":
             request_log.info(json.dumps({
                 "route": route, "method": request.method, "status": response.status_code, "ms": round(seconds * 1000.0, 2),

@@ -3,11 +3,13 @@ the health report, and whole numbers read from the query string."""
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import os
 import re
 from dataclasses import asdict
 
-from flask import current_app, jsonify, url_for
+from flask import current_app, jsonify, request, url_for
 
 from serving.errors import ApiError
 from serving.state import request_loaded
@@ -64,12 +66,33 @@ def _tuning_summary(index) -> dict | None:
     return None if t is None else {k: v for k, v in t.items() if k != "trees"}
 
 
+def trusted_caller() -> bool:
+    """A caller who may see the service's internals: on this machine (loopback, after any trusted
+    proxy hops), or holding the reload token."""
+    addr = request.remote_addr or ""
+    try:
+        if ipaddress.ip_address(addr.split("%", 1)[0]).is_loopback:
+            return True
+    except ValueError:
+        pass
+    token = current_app.config.get("SHOWROOM_RELOAD_TOKEN")
+    given = request.headers.get("X-Reload-Token", "")
+    return bool(token) and hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8"))
+
+
 def health():
-    """``/healthz`` and ``/api/healthz``: what is served (generation, model, index, catalog images, detector), as JSON."""
+    """``/healthz`` and ``/api/healthz``: ``status`` ("ok", or "degraded" while this worker serves an
+    older generation than the published one) and the generation number to anyone; to a trusted
+    caller (``trusted_caller``) also what is served: model, index, folders, catalog images, detector,
+    process id and why it is degraded."""
     loaded = request_loaded()
+    status = "degraded" if loaded.degraded else "ok"
+    if not trusted_caller():
+        return jsonify(status=status, generation=loaded.generation)
     e = loaded.engine
     root = current_app.config.get("SHOWROOM_CATALOG_ROOT") or e.products.catalog_root
-    return jsonify(status="ok", generation=loaded.generation, pid=os.getpid(), model=loaded.model_fingerprint[:12], index_created=e.products.created,
+    return jsonify(status=status, degraded=loaded.degraded or None,
+                   generation=loaded.generation, pid=os.getpid(), model=loaded.model_fingerprint[:12], index_created=e.products.created,
                    catalog_root=root, catalog_images_found=bool(len(e.products)) and e.products.image_path(e.products.items[0], root).is_file(),
                    products=len(e.products), scene_crops=len(e.scenes) if e.scenes is not None else 0,
                    index_kind=e.products.index.kind, detector=e.detector.fingerprint if e.detector is not None else None,

@@ -16,9 +16,10 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +48,7 @@ class Loaded:
     model_fingerprint: str
     source: str
     generation: int = 1
+    degraded: str = ""  # why this is not the published generation (it did not load here); "" when it is
 
 
 def request_loaded() -> Loaded:
@@ -80,11 +82,13 @@ def load_from_folder(folder: Path, detector: Detector | None = None, classes: fr
 
 @dataclass(frozen=True)
 class Record:
-    """The published generation: its number and the folder every worker loads."""
+    """The published generation: its number and the folder every worker loads (``degraded``: why
+    the worker that published it fell back to this folder, "" when it is the one asked for)."""
 
     generation: int
     folder: str
     model: str
+    degraded: str = ""
 
 
 class SharedGeneration:
@@ -103,11 +107,8 @@ class SharedGeneration:
         explicit = os.environ.get("SHOWROOM_GENERATION_FILE")
         if explicit:
             return cls(explicit)
-        if "gunicorn" not in os.environ.get("SERVER_SOFTWARE", ""):
-            return None
-        master = os.getppid()
-        key = hashlib.sha256(f"{master}|{_start_time(master)}|{index}".encode()).hexdigest()[:16]
-        return cls(Path(tempfile.gettempdir()) / f"showroom-{os.getuid()}" / f"generation-{master}-{key}.json")
+        path = server_file("generation", ".json", index)
+        return cls(path) if path is not None else None
 
     def signature(self) -> tuple[int, int, int] | None:
         """A cheap change detector: (inode, size, mtime ns) of the record, None if absent."""
@@ -120,7 +121,7 @@ class SharedGeneration:
     def read(self) -> Record | None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            return Record(int(data["generation"]), str(data["folder"]), str(data.get("model", "")))
+            return Record(int(data["generation"]), str(data["folder"]), str(data.get("model", "")), str(data.get("degraded", "")))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
@@ -129,6 +130,7 @@ class SharedGeneration:
 
     def write(self, record: Record) -> None:
         write_json_atomic(self.path, {"generation": record.generation, "folder": record.folder, "model": record.model,
+                                      "degraded": record.degraded,
                                       "published": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pid": os.getpid()})
 
     @contextmanager
@@ -142,12 +144,76 @@ class SharedGeneration:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _marked(loaded: Loaded, degraded: str) -> Loaded:
+    return loaded if loaded.degraded == degraded else replace(loaded, degraded=degraded)
+
+
+def _first_that_loads(resolve: Callable[[], Path], load: Callable[[Path, int], Loaded], record: Record | None, number: int,
+                      fallbacks: Callable[[], list[Path]]) -> Loaded:
+    """The resolved folder loaded as generation ``number``; when it does not load, the first of
+    ``fallbacks()`` that does (not the published folder, which was tried), marked degraded; else
+    ``NothingLoads`` naming every failure."""
+    failures = []
+    try:
+        asked = resolve()
+    except (ValueError, OSError) as exc:
+        asked, failures = None, [str(exc)]
+    if asked is not None and (record is None or Path(record.folder) != asked):
+        try:
+            return load(asked, number)
+        except (ValueError, OSError) as exc:
+            failures.append(f"{asked}: {exc}")
+    elif asked is not None:
+        failures.append(f"{asked}: the published generation, see above")
+    tried = {str(asked), record.folder if record else ""}
+    for folder in fallbacks():
+        if str(folder) in tried:
+            continue
+        try:
+            loaded = load(folder, number if record is None else record.generation)
+        except (ValueError, OSError) as exc:
+            failures.append(f"{folder}: {exc}")
+            continue
+        return _marked(loaded, f"{asked or 'the index asked for'} does not load ({failures[-1] if failures else 'unknown'}); "
+                               f"serving the older {folder}")
+    raise NothingLoads("; ".join(failures) or "nothing to load")
+
+
+def server_file(name: str, suffix: str, salt: str = "") -> Path | None:
+    """A file shared by the workers of this gunicorn server and by no other server:
+    ``<temp>/showroom-<uid>/<name>-<master pid>-<key><suffix>``, ``key`` a hash of the master's pid,
+    its start time (a reused pid gets another file) and ``salt``; None outside gunicorn (no
+    ``SERVER_SOFTWARE`` of gunicorn's), where the process is the whole server. Nothing is created."""
+    if "gunicorn" not in os.environ.get("SERVER_SOFTWARE", ""):
+        return None
+    master = os.getppid()
+    key = hashlib.sha256(f"{master}|{_start_time(master)}|{salt}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"showroom-{os.getuid()}" / f"{name}-{master}-{key}{suffix}"
+
+
 def _start_time(pid: int) -> str:
     """A process's start time in clock ticks (Linux ``/proc``), to tell a reused pid apart."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return ""
+
+
+# One load at a time in a process: a reload and a background follow (or two apps in one test process)
+# must not read Keras/HDF5 files concurrently, which can deadlock in h5py's lock.
+LOAD_LOCK = threading.RLock()
+
+
+def one_at_a_time(load: Callable[[Path, int], Loaded]) -> Callable[[Path, int], Loaded]:
+    """``load`` under the process's ``LOAD_LOCK`` (wrapping twice is harmless: the lock is reentrant)."""
+    def serialised(folder: Path, generation: int) -> Loaded:
+        with LOAD_LOCK:
+            return load(folder, generation)
+    return serialised
+
+
+class NothingLoads(ValueError):
+    """No generation loads: neither the published one, nor the resolved one, nor any older one on disk."""
 
 
 class ServingState:
@@ -157,57 +223,118 @@ class ServingState:
         version's download), called at start and on every reload.
     load: reads a resolved folder as generation n.
     shared: the record shared with the other workers (None: this process is the whole server).
+    fallbacks: older folders that may be served when the asked-for one does not load (the serving
+        folder's other generations, newest first); tried only at start.
     """
 
     def __init__(self, loaded: Loaded, resolve: Callable[[], Path] | None = None,
-                 load: Callable[[Path, int], Loaded] | None = None, shared: SharedGeneration | None = None) -> None:
+                 load: Callable[[Path, int], Loaded] | None = None, shared: SharedGeneration | None = None,
+                 watch: float = 0.0) -> None:
         self._current = loaded
-        self._resolve, self._load, self._shared = resolve, load, shared
+        self._resolve, self._load, self._shared = resolve, one_at_a_time(load) if load is not None else None, shared
         self._lock = threading.Lock()
         self._seen = shared.signature() if shared is not None else None
+        self._loading = False
+        if shared is not None and watch > 0:  # an idle worker notices a publication too, not only at its next request
+            threading.Thread(target=self._watch, args=(watch,), daemon=True, name="showroom-generation-watch").start()
 
     @classmethod
-    def start(cls, resolve: Callable[[], Path], load: Callable[[Path, int], Loaded], shared: SharedGeneration | None) -> ServingState:
-        """Load what the server's other workers serve (the shared record), or resolve and publish it."""
+    def start(cls, resolve: Callable[[], Path], load: Callable[[Path, int], Loaded], shared: SharedGeneration | None,
+              fallbacks: Callable[[], list[Path]] = list, watch: float = 1.0) -> ServingState:
+        """Load what the server's other workers serve (the shared record), or resolve and publish it.
+
+        A worker never refuses to start while some generation loads: when the published folder is
+        damaged (a worker restarted after its generation's files were broken), it serves the newest
+        older generation that loads, marked ``degraded`` (logged as an error, in ``/healthz`` and
+        ``/metrics``), and follows the next good publication. ``NothingLoads`` when none does.
+        ``watch``: seconds between looks at the shared record (0: only when a request comes)."""
+        load = one_at_a_time(load)
         if shared is None:
-            return cls(load(resolve(), 1), resolve, load, None)
+            loaded = _first_that_loads(resolve, load, None, 1, fallbacks)
+            if loaded.degraded:
+                logger.error("DEGRADED: %s", loaded.degraded)
+            return cls(loaded, resolve, load, None)
         with shared.locked():
             record = shared.read()
-            loaded = None
             if record is not None:
                 try:
                     loaded = load(Path(record.folder), record.generation)
+                    return cls(_marked(loaded, record.degraded), resolve, load, shared, watch)
                 except (ValueError, OSError) as exc:
-                    logger.error("the published generation %d (%s) does not load (%s); resolving afresh", record.generation, record.folder, exc)
-            if loaded is None:
-                loaded = load(resolve(), record.generation + 1 if record else 1)
-                shared.write(Record(loaded.generation, loaded.source, loaded.model_fingerprint))
-        return cls(loaded, resolve, load, shared)
+                    logger.error("the published generation %d (%s) does not load here: %s", record.generation, record.folder, exc)
+                    asked = f"the published generation {record.generation} ({record.folder}) does not load: {exc}"
+            loaded = _first_that_loads(resolve, load, record, record.generation + 1 if record else 1, fallbacks)
+            if record is None or not loaded.degraded:  # a new CURRENT (or the first start): every worker serves it
+                shared.write(Record(loaded.generation, loaded.source, loaded.model_fingerprint, loaded.degraded))
+                if loaded.degraded:
+                    logger.error("DEGRADED: %s", loaded.degraded)
+            else:  # the others still serve the published generation from memory: this worker alone falls back
+                loaded = _marked(loaded, f"{asked}; this worker serves {loaded.source} instead")
+                logger.error("DEGRADED: %s", loaded.degraded)
+        return cls(loaded, resolve, load, shared, watch)
 
     @property
     def current(self) -> Loaded:
-        """The generation to answer from: the shared one, loaded first if another worker published it."""
+        """The generation to answer from. When another worker published a newer one, it is loaded
+        in the background and this one keeps answering until the new one is ready (no request waits
+        for a load)."""
         if self._shared is not None and self._shared.signature() != self._seen:
-            self._follow()
+            self._notice()
         return self._current
 
-    def _follow(self) -> None:
-        with self._lock:
-            signature = self._shared.signature()
-            if signature == self._seen:
-                return  # another thread of this worker caught up while we waited
-            record = self._shared.read()
-            self._seen = signature
-            if record is None or record.generation == self._current.generation and record.folder == self._current.source:
-                return
+    @property
+    def loading(self) -> bool:
+        """Whether a published generation is being loaded in the background now."""
+        return self._loading
+
+    @property
+    def served(self) -> Loaded:
+        """The generation answered from now, without looking at the shared record."""
+        return self._current
+
+    def _watch(self, seconds: float) -> None:
+        while True:
+            time.sleep(seconds)
             try:
-                fresh = self._load(Path(record.folder), record.generation)
-            except (ValueError, OSError) as exc:
-                logger.error("cannot follow generation %d (%s): %s; still serving generation %d",
-                             record.generation, record.folder, exc, self._current.generation)
-                return
-            self._current = fresh
-            logger.info("following generation %d from %s (model %s)", fresh.generation, fresh.source, fresh.model_fingerprint[:12])
+                if self._shared.signature() != self._seen:
+                    self._notice()
+            except Exception:  # never let the watcher die: requests still notice on their own
+                logger.exception("the generation watcher failed once; it goes on")
+
+    def _notice(self) -> None:
+        with self._lock:
+            if self._loading or self._shared.signature() == self._seen:
+                return  # already loading, or another thread caught up
+            self._loading = True
+        # not a daemon: an interpreter that exits waits for a load in progress (TensorFlow aborts if torn down mid-load)
+        threading.Thread(target=self._follow, name="showroom-generation-follow").start()
+
+    def _follow(self) -> None:
+        """Load the published generation (until none newer was published meanwhile), then swap it in."""
+        try:
+            while True:
+                signature = self._shared.signature()
+                record = self._shared.read()
+                current = self._current
+                if record is None or record.generation == current.generation and record.folder == current.source:
+                    fresh = None
+                else:
+                    try:
+                        fresh = _marked(self._load(Path(record.folder), record.generation), record.degraded)
+                    except (ValueError, OSError) as exc:
+                        logger.error("cannot follow generation %d (%s): %s; still serving generation %d",
+                                     record.generation, record.folder, exc, current.generation)
+                        fresh = None
+                with self._lock:
+                    self._seen = signature
+                    if fresh is not None and fresh.generation >= self._current.generation:  # never back past a reload of ours
+                        self._current = fresh
+                        logger.info("following generation %d from %s (model %s)", fresh.generation, fresh.source,
+                                    fresh.model_fingerprint[:12])
+                    if self._shared.signature() == signature:
+                        return
+        finally:
+            self._loading = False
 
     def reload(self) -> Loaded:
         """Resolve and load the index anew; publish it to every worker. A ``ValueError`` (damaged or

@@ -35,6 +35,15 @@ def test_healthz(client):
         body = r.get_json()
         assert body["status"] == "ok" and body["products"] == 18 and body["scene_crops"] > 0
         assert len(body["model"]) == 12 and body["index_kind"] == "brute_force"
+        assert body["pid"] > 0 and body["source"] and body["degraded"] is None  # a loopback caller sees the details
+
+
+def test_healthz_tells_a_remote_caller_only_that_it_is_alive(client):
+    remote = {"REMOTE_ADDR": "203.0.113.9"}
+    assert client.get("/healthz", environ_base=remote).get_json() == {"status": "ok", "generation": 1}
+    assert client.get("/api/healthz", environ_base=remote, headers={"X-Reload-Token": "wrong"}).get_json() == {"status": "ok", "generation": 1}
+    detailed = client.get("/healthz", environ_base=remote, headers={"X-Reload-Token": "s3cret"}).get_json()
+    assert detailed["products"] == 18 and "source" in detailed and "pid" in detailed
 
 
 def test_detect(client):

@@ -3,12 +3,19 @@ before their next request; a build killed midway never reaches them."""
 
 from __future__ import annotations
 
+import io
 import shutil
+import time
 from pathlib import Path
+
+import cv2
+import numpy as np
 
 import pytest
 
 from engine.index.generations import publish_generation
+
+JPEG = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))[1].tobytes()
 
 
 @pytest.fixture()
@@ -26,6 +33,17 @@ def make_app(out: Path):
                        "SHOWROOM_RELOAD_TOKEN": "s3cret", "SHOWROOM_RATE_LIMIT": ""})
 
 
+def caught_up(client, generation: int, timeout: float = 120.0) -> dict:
+    """``/healthz`` of ``client`` once it answers ``generation``; every answer before is the old one, none fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        h = client.get("/healthz")
+        assert h.status_code == 200 and h.get_json()["generation"] in (generation - 1, generation)
+        if h.get_json()["generation"] == generation or time.monotonic() > deadline:
+            return h.get_json()
+        time.sleep(0.05)
+
+
 def test_two_workers_serve_one_generation_after_a_reload(served: Path, index_folder: Path, copy_of):
     a, b = make_app(served).test_client(), make_app(served).test_client()  # two workers of one server
     first = a.get("/healthz").get_json()
@@ -34,10 +52,34 @@ def test_two_workers_serve_one_generation_after_a_reload(served: Path, index_fol
     assert b.get("/healthz").get_json()["generation"] == 1
     r = a.post("/api/reload", headers={"X-Reload-Token": "s3cret"})
     assert r.status_code == 200 and r.get_json()["generation"] == 2 and r.headers["X-Showroom-Generation"] == "2"
+    assert caught_up(b, 2)["source"] == str(newer)
     for client in (a, b) * 5:
         h = client.get("/healthz")
         assert h.get_json()["generation"] == 2 and h.get_json()["source"] == str(newer)
         assert h.headers["X-Showroom-Generation"] == "2"
+
+
+def test_a_worker_loads_a_published_generation_in_the_background(served: Path, index_folder: Path, copy_of, monkeypatch):
+    a, b = make_app(served), make_app(served)
+    state = b.extensions["showroom"]
+    publish_generation(served, copy_of(index_folder))
+    assert a.test_client().post("/api/reload", headers={"X-Reload-Token": "s3cret"}).get_json()["generation"] == 2
+    # b's next request is answered at once by generation 1 while generation 2 loads beside it
+    h = b.test_client().get("/healthz")
+    assert h.status_code == 200 and h.get_json()["generation"] == 1 and state.loading
+    deadline = time.monotonic() + 120
+    while state.served.generation != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state.served.generation == 2 and not state.loading
+    # an idle worker follows without any request: its watcher notices the record
+    c = make_app(served)
+    publish_generation(served, copy_of(index_folder))
+    assert a.test_client().post("/api/reload", headers={"X-Reload-Token": "s3cret"}).get_json()["generation"] == 3
+    idle = c.extensions["showroom"]
+    deadline = time.monotonic() + 120
+    while idle.served.generation != 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert idle.served.generation == 3
 
 
 def test_a_worker_that_starts_after_a_reload_joins_the_published_generation(served: Path, index_folder: Path, copy_of):
@@ -45,7 +87,54 @@ def test_a_worker_that_starts_after_a_reload_joins_the_published_generation(serv
     publish_generation(served, copy_of(index_folder))
     assert a.post("/api/reload", headers={"X-Reload-Token": "s3cret"}).get_json()["generation"] == 2
     late = make_app(served).test_client()  # e.g. gunicorn replaced a worker
-    assert late.get("/healthz").get_json() == a.get("/healthz").get_json()
+    assert late.get("/healthz").get_json() | {"pid": 0} == a.get("/healthz").get_json() | {"pid": 0}
+
+
+def test_a_worker_restarted_on_a_damaged_generation_serves_the_newest_that_loads(served: Path, index_folder: Path, copy_of):
+    older = Path(served / (served / "CURRENT").read_text().strip())
+    newer = publish_generation(served, copy_of(index_folder))
+    a = make_app(served).test_client()
+    assert a.get("/healthz").get_json()["source"] == str(newer)
+    with open(newer / "products" / "vectors.npy", "r+b") as fh:  # damaged under the running server
+        fh.truncate(100)
+    assert a.post("/api/reload", headers={"X-Reload-Token": "s3cret"}).status_code == 409  # refused: a keeps serving
+    restarted = make_app(served)  # gunicorn replaced a killed worker: it must come up, on the older generation
+    b = restarted.test_client()
+    h = b.get("/healthz").get_json()
+    assert h["status"] == "degraded" and h["source"] == str(older) and "does not load" in h["degraded"]
+    assert str(newer) in h["degraded"] and a.get("/healthz").get_json()["status"] == "ok"
+    assert "showroom_degraded 1.0" in b.get("/metrics").get_data(as_text=True)
+    assert b.post("/api/search", data={"image": (io.BytesIO(JPEG), "p.jpg")}, content_type="multipart/form-data").status_code == 200
+    # the next good generation published by a reload is followed, and the worker is whole again
+    publish_generation(served, copy_of(index_folder))
+    assert a.post("/api/reload", headers={"X-Reload-Token": "s3cret"}).get_json()["generation"] == 2
+    h = caught_up(b, 2)
+    assert h["status"] == "ok" and h["degraded"] is None
+    assert "showroom_degraded 0.0" in b.get("/metrics").get_data(as_text=True)
+
+
+def test_a_first_start_on_a_damaged_current_serves_the_newest_intact_generation(served: Path, index_folder: Path, copy_of,
+                                                                              tmp_path: Path, monkeypatch):
+    import serving.app
+    from serving import create_app
+
+    older = Path(served / (served / "CURRENT").read_text().strip())
+    newer = publish_generation(served, copy_of(index_folder))
+    (newer / "products" / "items.json").write_text("[]")
+    h = make_app(served).test_client().get("/healthz").get_json()
+    assert h["status"] == "degraded" and h["source"] == str(older) and str(newer) in h["degraded"]
+    (older / "products" / "items.json").write_text("[]")
+    # a worker restarted while its siblings serve from memory: it exits to be started again (gunicorn restarts
+    # it), it does not fail to boot (which would stop the whole server)
+    monkeypatch.setattr(serving.app, "RESTART_PAUSE", 0.0)
+    with pytest.raises(SystemExit) as exited:
+        make_app(served)
+    assert exited.value.code == 1
+    # a server's first worker when nothing loads at all: a clear refusal, naming every generation tried
+    monkeypatch.setenv("SHOWROOM_GENERATION_FILE", str(tmp_path / "another-server.json"))
+    with pytest.raises(RuntimeError, match="items") as info:
+        create_app({"SHOWROOM_INDEX": str(served), "TESTING": True})
+    assert str(newer) in str(info.value) and str(older) in str(info.value)
 
 
 def test_a_refused_reload_publishes_nothing(served: Path, index_folder: Path, copy_of):
