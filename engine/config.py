@@ -26,12 +26,13 @@ class ImageLimits:
     """What an untrusted image may declare in its header before any pixel is decoded.
 
     max_pixels: width x height above this is refused (a decompression bomb declares 30000 x 30000
-        in a few KB); 40 MP covers every phone camera.
+        in a few KB); 24 MP covers a phone's photos (12 MP by default, 24 MP at most on most), and
+        bounds what one upload may cost in memory to decode (``engine.data.images.decode_cost``).
     min_side: a shorter side below this holds no product to find.
     max_aspect: longer side / shorter side above this is a strip, not a photo.
     """
 
-    max_pixels: int = 40_000_000
+    max_pixels: int = 24_000_000
     min_side: int = 32
     max_aspect: float = 10.0
 

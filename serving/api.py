@@ -16,10 +16,13 @@ from engine.data.images import (
     ImageShapeError,
     ImageTooLarge,
     check_box,
+    check_limits,
     decode_image,
+    read_header,
 )
 from engine.index.catalog_index import Match
 from engine.search import Timings
+from serving.budget import BudgetBusy
 from serving.errors import ApiError
 from serving.observability import request_timings
 from serving.records import WHOLE, current_engine, health, product_record, scenes_json, similarity
@@ -43,8 +46,12 @@ def read_upload(timings: Timings) -> np.ndarray:
     if not data:
         raise ApiError(400, "empty file: the uploaded 'image' has no bytes")
     source = "the photo"
+    limits = current_app.config["SHOWROOM_IMAGE_LIMITS"]
     try:
-        image = decode_image(data, source=source, limits=current_app.config["SHOWROOM_IMAGE_LIMITS"])
+        header = read_header(data, source=source)
+        check_limits(header, limits, source=source)
+        reserve_decode(header.decode_cost)  # held until the answer is made: the decoded photo lives that long
+        image = decode_image(data, source=source, limits=limits)
     except ImageTooLarge as exc:
         raise ApiError(413, str(exc)) from None
     except ImageShapeError as exc:
@@ -53,6 +60,26 @@ def read_upload(timings: Timings) -> np.ndarray:
         raise ApiError(400, f"{exc}; send a JPEG, PNG, WebP or BMP photo") from None
     timings.add("decode", t)
     return image
+
+
+def reserve_decode(cost: int) -> None:
+    """Reserve ``cost`` bytes of this worker's decode budget for the rest of the request (given back
+    by ``release_decode``), or a 503 with ``Retry-After`` when it stays full."""
+    budget = current_app.extensions.get("showroom_decode_budget")
+    if budget is None:
+        return
+    try:
+        g.decode_reserved = g.get("decode_reserved", 0) + budget.reserve(cost)
+    except BudgetBusy as exc:
+        raise ApiError(503, f"busy decoding other large photos ({exc}); try again in a moment", {"Retry-After": "2"}) from None
+
+
+@bp.teardown_app_request
+def release_decode(_exc: BaseException | None = None) -> None:
+    reserved = g.pop("decode_reserved", 0)
+    budget = current_app.extensions.get("showroom_decode_budget")
+    if reserved and budget is not None:
+        budget.release(reserved)
 
 
 def read_box(image: np.ndarray) -> tuple[int, int, int, int] | None:

@@ -14,8 +14,10 @@ Configuration (``test_config`` or environment):
 - ``SHOWROOM_DETECTOR_WEIGHTS``: YOLO weights for detecting products in uploads (none: no detection);
   a ``.tflite`` export runs directly on LiteRT (``detectors.open``), others through Ultralytics.
 - ``SHOWROOM_MAX_UPLOAD``: upload limit in bytes (default 10 MB).
-- ``SHOWROOM_MAX_PIXELS`` (default 40,000,000), ``SHOWROOM_MIN_SIDE`` (32), ``SHOWROOM_MAX_ASPECT``
+- ``SHOWROOM_MAX_PIXELS`` (default 24,000,000), ``SHOWROOM_MIN_SIDE`` (32), ``SHOWROOM_MAX_ASPECT``
   (10): what an uploaded image's header may declare; checked before any pixel is decoded.
+- ``SHOWROOM_DECODE_BUDGET_MB`` (512): what a worker's threads may hold in decoded uploads at once
+  (``serving.budget``); a request waits up to ``SHOWROOM_DECODE_WAIT`` (10 s) for room, then 503.
 - ``SHOWROOM_RELOAD_TOKEN``: enables ``POST /api/reload`` for clients that send it (no default secret).
 - ``SHOWROOM_GENERATION_FILE``: the record the workers of one server share (default under
   gunicorn: one per master process in the temp folder), see ``serving.state``;
@@ -48,6 +50,8 @@ from engine.config import ImageLimits, Preprocessing
 from engine.index.generations import generations, resolve_serving_folder
 from engine.runtime import configure_runtime, setup_logging, state_dir
 from serving.api import bp as api_bp
+from serving.bodies import DrainUnreadBody
+from serving.budget import DecodeBudget
 from serving.errors import register_error_handlers
 from serving.observability import install
 from serving.pages import bp as pages_bp
@@ -143,6 +147,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SHOWROOM_RATE_LIMIT_STORAGE=env("SHOWROOM_RATE_LIMIT_STORAGE") or default_storage_uri(),
         SHOWROOM_PROXY_HOPS=int(env("SHOWROOM_PROXY_HOPS", 0)),
         SHOWROOM_WATCH_SECONDS=float(env("SHOWROOM_WATCH_SECONDS", 1.0)),
+        SHOWROOM_DECODE_BUDGET=int(float(env("SHOWROOM_DECODE_BUDGET_MB", 512)) * 2 ** 20),
+        SHOWROOM_DECODE_WAIT=float(env("SHOWROOM_DECODE_WAIT", 10.0)),
         SHOWROOM_STATE=None,
         SHOWROOM_DETECTOR=None,
         DEFAULT_K=12,
@@ -155,9 +161,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if state is None:
         state = _start_state(app)
     app.extensions["showroom"] = state
+    app.extensions["showroom_decode_budget"] = DecodeBudget(app.config["SHOWROOM_DECODE_BUDGET"], app.config["SHOWROOM_DECODE_WAIT"])
     hops = app.config["SHOWROOM_PROXY_HOPS"]
     if hops:  # behind a reverse proxy: the client address (for rate limits and logs) is in X-Forwarded-For
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    # a body answered without being read (a refusal, a 404, a 413 from the declared length) is read
+    # to its end, up to 4x the upload limit, so a keep-alive client gets the answer and keeps its connection
+    app.wsgi_app = DrainUnreadBody(app.wsgi_app, cap=4 * int(app.config["MAX_CONTENT_LENGTH"]))
 
     app.register_blueprint(api_bp)
     app.register_blueprint(pages_bp)

@@ -16,9 +16,9 @@ JSON_PREFIXES = ("/api/", "/healthz", "/metrics")
 class ApiError(Exception):
     """A client error answered as JSON ``{"error": message}`` (or an HTML page to a browser) with a 4xx status."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, dict(headers or {})
 
 
 def wants_html() -> bool:
@@ -36,36 +36,24 @@ def error_response(status: int, message: str):
     return jsonify(error=message), status
 
 
-def _drain(limit: int, cap: int) -> None:
-    """Read and drop a refused upload's body (up to ``cap`` bytes), so the client, still sending,
-    reads our 413 instead of a reset connection (gunicorn closes it on a pending body). Only when
-    the refusal came from the declared length, before any of the body was read."""
-    stream = request.environ.get("wsgi.input")
-    length = request.content_length
-    if stream is None or length is None or not limit < length <= cap:
-        return
-    try:
-        while length > 0:
-            chunk = stream.read(min(length, 1 << 16))
-            if not chunk:
-                break
-            length -= len(chunk)
-    except (OSError, ValueError):  # the client went away: nothing to answer
-        pass
-
-
 def register_error_handlers(app: Flask) -> None:
     """Every error a client can cause becomes a 4xx with a message saying what to fix; anything
     else a 500 that names no internals (and is logged with its traceback)."""
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.message)
+        body, status = error_response(exc.status, exc.message)
+        return body, status, exc.headers
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc):
         limit = app.config["MAX_CONTENT_LENGTH"]
-        _drain(limit, 4 * limit)
+        length = request.content_length
+        if length is not None and length <= limit:  # not the size: Werkzeug's cap on a form's parts or memory
+            parts, memory = app.config.get("MAX_FORM_PARTS"), app.config.get("MAX_FORM_MEMORY_SIZE")
+            return error_response(413, f"the form is too large in parts, not bytes: over {parts} parts, or a text field over "
+                                       f"{memory} bytes; send one 'image' file and a few short fields")
+        # the body is not read here: serving.bodies drains it after the answer, so the client reads this 413
         return error_response(413, f"upload too large: the limit is {limit / (1024 * 1024):.3g} MB; send a smaller photo")
 
     @app.errorhandler(HTTPException)

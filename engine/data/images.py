@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from engine.config import ImageLimits
 
@@ -42,6 +42,17 @@ class ImageHeader:
     width: int
     height: int
     orientation: int = 1
+    mode: str = ""  # PIL's mode ("RGB", "RGBA", "I;16", "P", ...), then "/" and the stored layout when it differs ("RGB/RGB;16B")
+
+    @property
+    def decode_cost(self) -> int:
+        """An upper bound of the bytes decoding this image holds at its peak: the decoder's buffer
+        (4 channels, 2 bytes each when deeper than 8 bits), the RGB result and, when the
+        orientation turns it, the upright copy. Known from the header, before any pixel is decoded."""
+        deep = 2 if any(tag in self.mode for tag in ("16", "I", "F")) else 1
+        upright = 3 if self.orientation != 1 else 0
+        band = 128 * self.width * 8 * 2  # the alpha compositing's working rows (``on_white``)
+        return self.width * self.height * (4 * deep + 3 + upright) + band
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -58,16 +69,45 @@ def read_header(data: bytes, *, source: str = "image") -> ImageHeader:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
                 try:
-                    orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+                    orientation = int(_exif(im).get(EXIF_ORIENTATION, 1))
                 except Exception:  # a damaged EXIF block: show the pixels as stored, as browsers do
                     orientation = 1
-                return ImageHeader(im.format or "", int(im.width), int(im.height), orientation if 1 <= orientation <= 8 else 1)
+                raw = im.tile[0].args if im.tile else ""  # the stored layout: "RGB;16B" for a 16-bit PNG PIL calls "RGB"
+                stored = raw if isinstance(raw, str) else str(raw[0]) if isinstance(raw, tuple) and raw else ""
+                return ImageHeader(im.format or "", int(im.width), int(im.height), orientation if 1 <= orientation <= 8 else 1,
+                                   str(im.mode or "") + (f"/{stored}" if stored and stored != im.mode else ""))
     except Image.DecompressionBombError:
         # PIL itself refuses absurd sizes before we can read them; report it as too large
         raise ImageTooLarge(f"{source}: the image declares over {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; "
                             "send a smaller photo (any phone photo fits)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as exc:
-        raise ImageError(f"{source}: not a decodable image (JPEG, PNG, WebP or BMP expected): {type(exc).__name__}") from None
+        raise ImageError(_undecodable(source, exc)) from None
+
+
+def _undecodable(source: str, exc: BaseException) -> str:
+    """What is wrong with bytes PIL or OpenCV would not decode, in words: PIL's own safety limits
+    (a PNG's text chunks over its budget, say) are named, not only the exception's type."""
+    text = str(exc).lower()
+    if "decompressed data too large" in text:  # one compressed text or ICC profile chunk over PIL's 1 MB
+        return (f"{source}: a metadata block (compressed text or colour profile) unpacks to over the decoder's limit of "
+                f"{PngImagePlugin.MAX_TEXT_CHUNK // 1024 ** 2} MB; send the photo without it (re-save or export it)")
+    if "too much memory used in text chunks" in text:
+        return (f"{source}: its metadata (text chunks) is over the decoder's limit of {PngImagePlugin.MAX_TEXT_MEMORY // 1024 ** 2} MB "
+                "in all; send the photo without it (re-save or export it)")
+    return f"{source}: not a decodable image (JPEG, PNG, WebP or BMP expected): {type(exc).__name__}"
+
+
+def _exif(im: Image.Image) -> Image.Exif:
+    """The EXIF block of an opened image without decoding its pixels: PIL's ``getexif`` on a PNG
+    decodes the whole image first (to find an eXIf chunk after the pixels); here a PNG's EXIF is
+    taken only from an eXIf chunk before them, where the PNG specification puts it."""
+    if im.format != "PNG":
+        return im.getexif()
+    exif = Image.Exif()
+    raw = im.info.get("exif")
+    if raw:
+        exif.load(raw)
+    return exif
 
 
 def check_limits(header: ImageHeader, limits: ImageLimits, *, source: str = "image") -> None:
@@ -127,10 +167,29 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     if img.shape[2] == 4:
-        rgb = img[..., :3].astype(np.float32)
-        alpha = img[..., 3:4].astype(np.float32) / 255.0
-        img = (rgb * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+        out = on_white(img)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB, dst=out)  # in place: no second full-size array
     return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def on_white(four: np.ndarray, rows: int = 128) -> np.ndarray:
+    """``uint8 (H, W, 4)`` colour + alpha composited on white into a new ``uint8 (H, W, 3)``
+    (channel order kept), ``rows`` at a time in 16-bit integers: the extra memory is a band of the
+    image, not the float copies of all of it a one-line formula would make."""
+    h, w = four.shape[:2]
+    out = np.empty((h, w, 3), np.uint8)
+    for top in range(0, h, rows):
+        band = four[top : top + rows]
+        alpha = band[..., 3:4].astype(np.uint16)
+        mixed = band[..., :3].astype(np.uint16)
+        mixed *= alpha
+        alpha ^= 255  # 255 - alpha, in place
+        alpha *= 255
+        alpha += 127
+        mixed += alpha  # at most 255 * 255 + 127: fits 16 bits
+        mixed //= 255
+        out[top : top + rows] = mixed
+    return out
 
 
 def _decode_with_pil(data: bytes, source: str) -> np.ndarray:
@@ -139,10 +198,8 @@ def _decode_with_pil(data: bytes, source: str) -> np.ndarray:
             im.seek(0)
             rgba = im.convert("RGBA")
     except Exception as exc:  # PIL raises many types on damaged files
-        raise ImageError(f"{source}: not a decodable image (JPEG, PNG, WebP or BMP expected): {type(exc).__name__}") from None
-    arr = np.asarray(rgba, np.float32)
-    alpha = arr[..., 3:4] / 255.0
-    return (arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+        raise ImageError(_undecodable(source, exc)) from None
+    return on_white(np.asarray(rgba))
 
 
 def load_image(path: str | Path) -> np.ndarray:

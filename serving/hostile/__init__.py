@@ -17,7 +17,7 @@
 The contract the cases hold the server to:
 
 - no ``image`` field, an empty file, or bytes that are not a decodable still image: 400;
-- an image whose header declares more than ``SHOWROOM_MAX_PIXELS`` (default 40,000,000) pixels: 413,
+- an image whose header declares more than ``SHOWROOM_MAX_PIXELS`` (default 24,000,000) pixels: 413,
   refused from the header before decoding; an upload over ``MAX_CONTENT_LENGTH``: 413;
 - an image with a side under 32 px or an aspect ratio over 10:1: 422;
 - a malformed, non-finite or wrong-count box: 400; a box outside the image or empty: 422;

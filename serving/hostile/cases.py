@@ -25,6 +25,8 @@ from serving.hostile.forged import (
     SVG_WITH_SCRIPT,
     animated,
     bmp_claiming,
+    bmp_rle_claiming,
+    bmp_rle_claiming,
     gif_claiming,
     jpeg_claiming,
     jpeg_header_only,
@@ -39,7 +41,7 @@ from serving.hostile.forged import (
 )
 
 DEFAULT_MAX_UPLOAD = 10 * MB  # the app's default MAX_CONTENT_LENGTH
-DEFAULT_MAX_PIXELS = 40_000_000  # the app's default SHOWROOM_MAX_PIXELS
+DEFAULT_MAX_PIXELS = 24_000_000  # the app's default SHOWROOM_MAX_PIXELS
 BOUNDARY = "showroom-hostile-5c1e0f"
 PLACEHOLDER_PRODUCT_ID = "placeholder-product-id"
 
@@ -208,6 +210,12 @@ def build_cases(max_upload: int, product_id: str, token: str | None, *, max_pixe
     search("bomb_bmp_just_over_max_pixels", TOO_LARGE, bmp_claiming(side, side), "photo.bmp", "image/bmp")
     search("bomb_tiff_100000x100000", TOO_LARGE, tiff_claiming(100000, 100000), "photo.tif", "image/tiff")
     search("bomb_webp_16384x16384", TOO_LARGE, webp_claiming(16384, 16384), "photo.webp", "image/webp")
+    # --- just under the limit, a few bytes that decode to a whole canvas: allowed, but paid from the decode budget
+    under = min(math.isqrt(max_pixels) - 8, 16384)
+    search("bomb_webp_lossless_34_bytes_just_under_max_pixels", BAD_REQUEST, webp_claiming(under, under), "photo.webp", "image/webp")
+    # decoded whole (a valid image), then refused for its box outside the image (422): the decode's memory is what counts
+    search("bomb_bmp_rle_1kb_just_under_max_pixels", BAD_OR_UNPROCESSABLE, bmp_rle_claiming(under, under), "photo.bmp", "image/bmp",
+           box=f"{under + 10},{under + 10},{under + 50},{under + 50}", detect="0")
 
     # --- extreme shapes, real decodable PNGs: a side under 32 px or an aspect ratio over 10:1 (422)
     for w, h in ((1, 1), (20000, 1), (1, 20000), (31, 31), (5000, 2), (400, 39), (32, 330), (31, 200)):

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(the app's default, 2 per second and 60 per minute on search "
                                                           "and detect, needs 1)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    p.add_argument("--concurrent", type=int, default=1, help="send each decompression-bomb case this many times at once "
+                                                             "(the memory of N worst-case uploads in flight)")
     p.add_argument("--verbose", action="store_true", help="log every case")
     return p
 
@@ -88,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     logger.info("%d cases (%d bombs), product id %r, pid(s) %s", len(cases), sum(c.bomb for c in cases), product_id, pids or "none")
-    outcomes, memory = run_cases(cases, args.url, pids=pids, pause=args.pause, timeout=args.timeout)
+    outcomes, memory = run_cases(cases, args.url, pids=pids, pause=args.pause, timeout=args.timeout, concurrent=args.concurrent)
     table, ok = report(outcomes, memory, args.url)
     print(table)
     return 0 if ok else 1

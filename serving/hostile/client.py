@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from serving.hostile.cases import Case, image_field
@@ -84,14 +85,22 @@ def discover_product_id(base_url: str, timeout: float = 60.0) -> str:
 
 
 def run_cases(cases: Sequence[Case], base_url: str, *, pids: Sequence[int] = (), pause: float = 0.0,
-              timeout: float = 60.0) -> tuple[list[Outcome], Memory | None]:
-    """Send every case (bombs last, with memory sampled while they run); outcomes in the order of ``cases``."""
+              timeout: float = 60.0, concurrent: int = 1) -> tuple[list[Outcome], Memory | None]:
+    """Send every case (bombs last, with memory sampled while they run; each bomb ``concurrent``
+    times at once); outcomes in the order of ``cases`` (of a bomb's copies, the first unexpected one)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
     outcomes: dict[str, Outcome] = {}
 
+    def send_all(case: Case) -> Outcome:
+        if not case.bomb or concurrent <= 1:
+            return send(case, base_url, timeout, opener)
+        with ThreadPoolExecutor(concurrent) as pool:
+            copies = list(pool.map(lambda _: send(case, base_url, timeout, opener), range(concurrent)))
+        return next((o for o in copies if not o.expected), copies[0])
+
     def run(batch: Sequence[Case]) -> None:
         for case in batch:
-            outcome = send(case, base_url, timeout, opener)
+            outcome = send_all(case)
             outcomes[case.name] = outcome
             logger.debug("%s -> %s in %.2fs", case.name, outcome.status, outcome.seconds)
             if not outcome.expected:

@@ -153,6 +153,18 @@ def bmp_claiming(width: int, height: int) -> bytes:
 
 
 @functools.cache
+def bmp_rle_claiming(width: int, height: int) -> bytes:
+    """A valid 8-bit run-length-encoded BMP of ``width`` x ``height`` in about 1 KB: a grey palette and an
+    end-of-bitmap code at once, so the decoder fills the whole canvas it allocated with the first colour."""
+    palette = b"".join(bytes((v, v, v, 0)) for v in range(256))
+    pixels = b"\x00\x01"  # RLE8 escape: end of bitmap
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    header = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
+    return header + info + palette + pixels
+
+
+@functools.cache
 def tiff_claiming(width: int, height: int) -> bytes:
     """A little-endian 8-bit grayscale TIFF declaring ``width`` x ``height`` in one strip of 16 bytes."""
     entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),

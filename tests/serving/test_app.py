@@ -103,7 +103,13 @@ def test_search_errors(client, data, form, status, message):
 
 def test_upload_too_large(client):
     r = upload(client, "/api/search", jpeg(800, 800, seed=1) * 3)
-    assert r.status_code == 413 and "too large" in r.get_json()["error"]
+    assert r.status_code == 413 and "upload too large" in r.get_json()["error"]
+
+
+def test_a_form_of_too_many_parts_is_told_so_not_that_it_is_too_large(client):
+    fields = {f"f{i}": "1" for i in range(1001)}  # a few KB: under the byte limit
+    r = client.post("/api/search", data={"image": (io.BytesIO(jpeg()), "p.jpg"), **fields}, content_type="multipart/form-data")
+    assert r.status_code == 413 and "over 1000 parts" in r.get_json()["error"] and "upload too large" not in r.get_json()["error"]
 
 
 def test_products_and_scenes(client, tiny_catalog: Path):

@@ -74,7 +74,8 @@ def _png_header(width: int, height: int, idat: bytes = b"") -> bytes:
 @pytest.mark.parametrize("width,height,error,words", [
     (30000, 30000, ImageTooLarge, "megapixels"),   # a classic decompression bomb
     (60000, 60000, ImageTooLarge, "megapixels"),   # over OpenCV's own pixel limit too
-    (8000, 6000, ImageTooLarge, "the limit is 40 MP"),
+    (8000, 6000, ImageTooLarge, "the limit is 24 MP"),
+    (6000, 4001, ImageTooLarge, "the limit is 24 MP"),  # a 48 MP sensor's full photo; its 12 MP default fits
     (1, 1, ImageShapeError, "too small"),
     (31, 400, ImageShapeError, "at least 32"),
     (20000, 1, ImageShapeError, "too small"),
@@ -169,3 +170,63 @@ def test_load_square_small_jpegs_and_pngs_take_the_full_path(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ImageError):
         load_square(tmp_path / "bad.jpg", 112)
+
+
+def test_the_decode_cost_is_known_from_the_header_and_bounds_the_decode():
+    import tracemalloc
+
+    import cv2
+
+    from engine.data.images import read_header
+
+    h, w = 1500, 2000
+    ramp = np.linspace(0, 255, w, dtype=np.float32)[None, :].repeat(h, 0)
+    rgba = np.dstack([ramp, ramp[::-1], ramp, 255 - ramp]).astype(np.uint8)
+    data = cv2.imencode(".png", rgba)[1].tobytes()
+    header = read_header(data)
+    assert header.mode == "RGBA" and header.decode_cost == w * h * 7 + 128 * w * 16
+    deep = read_header(cv2.imencode(".png", (rgba[..., :3].astype(np.uint16) * 257))[1].tobytes())
+    assert deep.mode == "RGB/RGB;16B" and deep.decode_cost == w * h * (8 + 3) + 128 * w * 16
+    tracemalloc.start()
+    image = decode_image(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert image.shape == (h, w, 3) and peak <= header.decode_cost  # numpy's allocations (OpenCV's own are not traced)
+
+
+def test_reading_a_png_header_decodes_no_pixels(monkeypatch):
+    from PIL import ImageFile
+
+    from engine.data.images import read_header
+
+    data = cv2.imencode(".png", np.zeros((400, 500, 3), np.uint16))[1].tobytes()
+
+    def no_loading(self):
+        raise AssertionError("pixels were decoded")  # PIL's getexif() on a PNG loads the whole image
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_loading)
+    assert read_header(data).upright_size == (500, 400)
+
+
+def test_alpha_is_composited_on_white_in_integers_as_in_floats():
+    from engine.data.images import on_white
+
+    four = np.random.default_rng(1).integers(0, 256, (301, 17, 4), dtype=np.uint8)
+    alpha = four[..., 3:4] / 255.0
+    expected = (four[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
+    np.testing.assert_array_equal(on_white(four, rows=64), expected)
+
+
+def test_a_png_whose_metadata_is_over_the_decoders_limit_is_told_so():
+    import struct
+    import zlib
+
+    import cv2
+
+    raw = cv2.imencode(".png", np.full((64, 64, 3), 128, np.uint8))[1].tobytes()
+    for kind, body in ((b"zTXt", b"Comment\x00\x00"), (b"iCCP", b"icc\x00\x00")):
+        body += zlib.compress(b"a" * (2 * 1024 * 1024))  # 2 KB in the file, 2 MB unpacked: over PIL's 1 MB per chunk
+        chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        with pytest.raises(ImageError, match="metadata block .* over the decoder's limit of 1 MB") as info:
+            decode_image(raw[:33] + chunk + raw[33:])
+        assert "ValueError" not in str(info.value)
