@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="length of the load")
     p.add_argument("--reloads", type=int, default=3, help="reloads spread over the load")
     p.add_argument("--healthz", type=int, default=30, help="health calls after the load")
+    p.add_argument("--catch-up", type=float, default=60.0, help="seconds to wait, after the load, for every worker to answer "
+                                                                "from the last generation (they load it in the background)")
     return p
 
 
@@ -123,10 +125,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     tally, answers = load(url, args.image.read_bytes(), args.clients, args.seconds, reloads)
     wall = time.perf_counter() - t0
     final = answers[-1].get("generation") if answers and answers[-1]["http"] == 200 else None
+    # the other workers load the new generation in the background (answering from the old one meanwhile):
+    # the time until every worker answers from it is the catch-up
+    caught_up = None
+    t1 = time.perf_counter()
+    while final is not None and time.perf_counter() - t1 < args.catch_up:
+        window = [request(url + "/healthz") for _ in range(10)]
+        if all(s == 200 and json.loads(b).get("generation") == final for s, _, b in window):
+            caught_up = time.perf_counter() - t1
+            break
+        time.sleep(0.1)
     health = collections.Counter()
     for _ in range(args.healthz):
         status, _, body = request(url + "/healthz")
         health[json.loads(body).get("generation") if status == 200 else f"status {status}"] += 1
+    print(f"every worker answered from generation {final} {f'{caught_up:.1f} s' if caught_up is not None else 'NOT'} "
+          f"after the load ended (up to {args.catch_up:g} s waited)")
     ok = not tally.failures and all(a["http"] == 200 for a in answers) and final is not None and set(health) == {final}
     print(f"{args.clients} clients, {wall:.1f} s, {len(answers)} reloads (statuses {[a['http'] for a in answers]}, "
           f"last generation {final})")

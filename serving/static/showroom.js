@@ -107,7 +107,13 @@
 
   async function loadPhoto(file) {
     if (!file) return;
-    if (file.type && !file.type.startsWith("image/")) { setStatus("That is not a photo: choose an image file.", "error"); return; }
+    if (file.type && !file.type.startsWith("image/")) {
+      // the status line lives beside the photo, hidden until one is open: say it where it is seen too
+      const message = `"${file.name}" is not a photo: choose an image file (JPEG, PNG, WebP).`;
+      setStatus(message, "error");
+      showError(message);
+      return;
+    }
     const token = ++state.token;
     if (state.search) state.search.abort();
     Object.assign(state, { boxes: [], room: null, selected: null, selectedLabel: "", selectedGroup: "", allProducts: false, hover: -1,

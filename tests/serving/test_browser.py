@@ -329,3 +329,16 @@ def test_a_catalog_without_the_product_says_no_close_match_at_both_sizes(browser
     finally:
         server.shutdown()
         thread.join()
+
+
+def test_choosing_a_file_that_is_not_a_photo_says_so_where_it_is_seen(browser, live_server: str, tmp_path: Path):
+    page = open_page(browser, **PHONE)
+    page.goto(live_server)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    page.set_input_files("#file", str(notes))
+    message = page.locator("#results .notice.error")
+    message.wait_for(state="visible", timeout=10_000)
+    assert "notes.txt" in message.inner_text() and "not a photo" in message.inner_text()
+    assert page.locator("#drop").is_visible()  # still on the landing page, ready for another file
+    no_console_errors(page)
