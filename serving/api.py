@@ -7,6 +7,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request, url_for
@@ -15,9 +16,11 @@ from engine.data.images import (
     ImageError,
     ImageShapeError,
     ImageTooLarge,
+    Box,
     check_box,
     check_limits,
     decode_image,
+    jpeg_reduction,
     read_header,
 )
 from engine.index.catalog_index import Match
@@ -32,9 +35,44 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # float() also takes '١' and 'inf'
 
 
-def read_upload(timings: Timings) -> np.ndarray:
-    """The uploaded ``image`` file decoded upright to ``uint8 (H, W, 3)``. Its header is checked
-    against the image limits first (413 too many pixels, 422 too small or elongated), nothing decoded."""
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded photo: ``image`` decoded upright, ``uint8 (h, w, 3)``, and the photo's own upright
+    ``width`` x ``height``, which every box and point of the API is in. They differ only for a JPEG
+    decoded smaller (``engine.data.images.jpeg_reduction``); ``to_photo`` and ``to_image`` convert."""
+
+    image: np.ndarray
+    width: int
+    height: int
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(photo pixels per image pixel) across and down; (1, 1) when decoded whole."""
+        h, w = self.image.shape[:2]
+        return self.width / w, self.height / h
+
+    def to_photo(self, box: Box) -> list[int]:
+        """An image-pixel box in the photo's pixels (for answers)."""
+        sx, sy = self.scale
+        if (sx, sy) == (1.0, 1.0):
+            return list(box)
+        x1, y1, x2, y2 = box
+        return [int(x1 * sx), int(y1 * sy), min(self.width, math.ceil(x2 * sx)), min(self.height, math.ceil(y2 * sy))]
+
+    def to_image(self, box: Box) -> Box:
+        """A photo-pixel box (checked against the photo) in the decoded image's pixels."""
+        sx, sy = self.scale
+        if (sx, sy) == (1.0, 1.0):
+            return box
+        h, w = self.image.shape[:2]
+        x1, y1, x2, y2 = box
+        return int(x1 / sx), int(y1 / sy), max(int(x1 / sx) + 1, min(w, math.ceil(x2 / sx))), max(int(y1 / sy) + 1, min(h, math.ceil(y2 / sy)))
+
+
+def read_upload(timings: Timings) -> Upload:
+    """The uploaded ``image`` file decoded upright. Its header is checked against the image limits
+    first (413 too many pixels, 422 too small or elongated), nothing decoded; a JPEG whose long side
+    is at least twice ``SHOWROOM_DECODE_LONG_SIDE`` is decoded 2, 4 or 8 times smaller by libjpeg."""
     t = time.perf_counter()
     files = request.files.getlist("image")
     if not files:
@@ -50,8 +88,9 @@ def read_upload(timings: Timings) -> np.ndarray:
     try:
         header = read_header(data, source=source)
         check_limits(header, limits, source=source)
-        reserve_decode(header.decode_cost)  # held until the answer is made: the decoded photo lives that long
-        image = decode_image(data, source=source, limits=limits)
+        factor = jpeg_reduction(header, current_app.config["SHOWROOM_DECODE_LONG_SIDE"])
+        reserve_decode(header.reduced(factor).decode_cost)  # held until the answer is made: the decoded photo lives that long
+        image = decode_image(data, source=source, limits=limits, reduce=factor)
     except ImageTooLarge as exc:
         raise ApiError(413, str(exc)) from None
     except ImageShapeError as exc:
@@ -59,7 +98,8 @@ def read_upload(timings: Timings) -> np.ndarray:
     except ImageError as exc:
         raise ApiError(400, f"{exc}; send a JPEG, PNG, WebP or BMP photo") from None
     timings.add("decode", t)
-    return image
+    width, height = header.upright_size
+    return Upload(image, width, height)
 
 
 def reserve_decode(cost: int) -> None:
@@ -82,7 +122,9 @@ def release_decode(_exc: BaseException | None = None) -> None:
         budget.release(reserved)
 
 
-def read_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+def read_box(upload: Upload) -> Box | None:
+    """The optional ``box=x1,y1,x2,y2`` in the photo's pixels, checked against it and returned in the
+    decoded image's pixels, or a 400 / 422."""
     raw = request.form.get("box", "").strip()
     if not raw:
         return None
@@ -93,11 +135,11 @@ def read_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
     values = [float(v) for v in parts]
     if len(values) != 4 or not all(math.isfinite(v) for v in values):
         raise bad
-    h, w = image.shape[:2]
+    w, h = upload.width, upload.height
     if any(abs(v) > 1e9 for v in values):
         raise ApiError(422, f"box {raw[:80]!r} is outside the {w}x{h} image")
     try:
-        return check_box(tuple(int(round(v)) for v in values), w, h)
+        return upload.to_image(check_box(tuple(int(round(v)) for v in values), w, h))
     except ImageError as exc:
         raise ApiError(422, str(exc)) from None
 
@@ -168,21 +210,21 @@ def results_json(engine, matches) -> dict:
     return out
 
 
-def detections_json(dets) -> list[dict]:
-    return [{"box": list(d.box), "label": d.label, "confidence": round(d.confidence, 4)} for d in dets]
+def detections_json(dets, upload: Upload) -> list[dict]:
+    return [{"box": upload.to_photo(d.box), "label": d.label, "confidence": round(d.confidence, 4)} for d in dets]
 
 
 @bp.post("/detect")
 def detect():
     timings = request_timings()
-    image = read_upload(timings)
-    dets = current_engine().detect(image, timings)
-    h, w = image.shape[:2]
-    return jsonify(width=w, height=h, detections=detections_json(dets), timings_ms=timings.stages)
+    upload = read_upload(timings)
+    dets = current_engine().detect(upload.image, timings)
+    return jsonify(width=upload.width, height=upload.height, detections=detections_json(dets, upload), timings_ms=timings.stages)
 
 
-def read_point(image: np.ndarray) -> tuple[float, float] | None:
-    """The optional ``point=x,y`` of a tap on the photo, in pixels, or a 400 / 422."""
+def read_point(upload: Upload) -> tuple[float, float] | None:
+    """The optional ``point=x,y`` of a tap on the photo, in the photo's pixels, returned in the
+    decoded image's pixels, or a 400 / 422."""
     raw = request.form.get("point", "").strip()
     if not raw:
         return None
@@ -190,20 +232,22 @@ def read_point(image: np.ndarray) -> tuple[float, float] | None:
     if len(parts) != 2 or not all(NUMBER.fullmatch(v) for v in parts) or not all(math.isfinite(float(v)) for v in parts):
         raise ApiError(400, f"point {raw[:80]!r} must be two finite numbers x,y in pixels")
     x, y = (float(v) for v in parts)
-    h, w = image.shape[:2]
+    w, h = upload.width, upload.height
     if not (0 <= x < w and 0 <= y < h):
         raise ApiError(422, f"point {raw[:80]!r} is outside the {w}x{h} image")
-    return x, y
+    sx, sy = upload.scale
+    return x / sx, y / sy
 
 
 @bp.post("/search")
 def search():
     t0 = time.perf_counter()
     timings = request_timings()
-    image = read_upload(timings)
+    upload = read_upload(timings)
+    image = upload.image
     engine = current_engine()
-    box = read_box(image)
-    point = read_point(image)
+    box = read_box(upload)
+    point = read_point(upload)
     if box is not None and point is not None:
         raise ApiError(400, "send either box or point, not both")
     k = read_k()
@@ -217,16 +261,15 @@ def search():
         dets = engine.detect(image, timings)
         if dets:
             box = dets[0].box  # the most confident object
-            detections = detections_json(dets)
+            detections = detections_json(dets, upload)
     if group is None:  # not said: a tap searches within its region's group (as the room list does), a box everything
         group = engine.label_groups.get(label, "") if label else ""
     in_group = group if group and not types else None  # the shopper's own types win over a group
     scope = types if types else (engine.types_of_group(group) if group else None)
     matches = engine.search(image, box, k=k, types=scope, timings=timings)
     timings.stages["total"] = round((time.perf_counter() - t0) * 1000.0, 2)
-    h, w = image.shape[:2]
     extra = {} if label is None else {"label": label, "group": engine.label_groups.get(label, "")}
-    return jsonify(width=w, height=h, box=list(box) if box else None, k=k, types=sorted(types) if types else None,
+    return jsonify(width=upload.width, height=upload.height, box=upload.to_photo(box) if box else None, k=k, types=sorted(types) if types else None,
                    in_group=in_group, detections=detections, **results_json(engine, matches), timings_ms=timings.stages, **extra)
 
 
@@ -237,15 +280,14 @@ def room():
     room's one ranked list of products."""
     t0 = time.perf_counter()
     timings = request_timings()
-    image = read_upload(timings)
+    upload = read_upload(timings)
     engine = current_engine()
     k = read_k(current_app.config["ROOM_K"])
-    found = engine.room(image, k=k, timings=timings)
+    found = engine.room(upload.image, k=k, timings=timings)
     timings.stages["total"] = round((time.perf_counter() - t0) * 1000.0, 2)
-    h, w = image.shape[:2]
-    objects = [{"box": list(o.box), "label": o.label, "group": o.group, "confidence": round(o.confidence, 4), "sure": o.sure,
+    objects = [{"box": upload.to_photo(o.box), "label": o.label, "group": o.group, "confidence": round(o.confidence, 4), "sure": o.sure,
                 **results_json(engine, o.matches)} for o in found.objects]
-    return jsonify(width=w, height=h, k=k, objects=objects, products=list(found.products), timings_ms=timings.stages)
+    return jsonify(width=upload.width, height=upload.height, k=k, objects=objects, products=list(found.products), timings_ms=timings.stages)
 
 
 def _product_or_404(product_id: str):

@@ -18,6 +18,9 @@ Configuration (``test_config`` or environment):
   (10): what an uploaded image's header may declare; checked before any pixel is decoded.
 - ``SHOWROOM_DECODE_BUDGET_MB`` (512): what a worker's threads may hold in decoded uploads at once
   (``serving.budget``); a request waits up to ``SHOWROOM_DECODE_WAIT`` (10 s) for room, then 503.
+  ``SHOWROOM_DECODE_LONG_SIDE`` (3000; 0: never): a JPEG whose long side is at least twice this is
+  decoded 2, 4 or 8 times smaller by libjpeg, keeping the long side at least this (boxes and points
+  stay in the photo's own pixels).
 - ``SHOWROOM_RELOAD_TOKEN``: enables ``POST /api/reload`` for clients that send it (no default secret).
 - ``SHOWROOM_GENERATION_FILE``: the record the workers of one server share (default under
   gunicorn: one per master process in the temp folder), see ``serving.state``;
@@ -149,6 +152,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         SHOWROOM_WATCH_SECONDS=float(env("SHOWROOM_WATCH_SECONDS", 1.0)),
         SHOWROOM_DECODE_BUDGET=int(float(env("SHOWROOM_DECODE_BUDGET_MB", 512)) * 2 ** 20),
         SHOWROOM_DECODE_WAIT=float(env("SHOWROOM_DECODE_WAIT", 10.0)),
+        SHOWROOM_DECODE_LONG_SIDE=int(env("SHOWROOM_DECODE_LONG_SIDE", 3000)),
         SHOWROOM_STATE=None,
         SHOWROOM_DETECTOR=None,
         DEFAULT_K=12,

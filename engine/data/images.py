@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -54,10 +54,26 @@ class ImageHeader:
         band = 128 * self.width * 8 * 2  # the alpha compositing's working rows (``on_white``)
         return self.width * self.height * (4 * deep + 3 + upright) + band
 
+    def reduced(self, factor: int) -> ImageHeader:
+        """The header of this image decoded ``factor`` times smaller per side (sides rounded up, as libjpeg does)."""
+        return replace(self, width=-(-self.width // factor), height=-(-self.height // factor))
+
     @property
     def upright_size(self) -> tuple[int, int]:
         """(width, height) once the orientation is applied: 5-8 swap the sides."""
         return (self.height, self.width) if self.orientation in (5, 6, 7, 8) else (self.width, self.height)
+
+
+def jpeg_reduction(header: ImageHeader, long_side: int) -> int:
+    """The factor, 1, 2, 4 or 8, by which a JPEG can be decoded smaller during the decode itself
+    (libjpeg's DCT scaling: no full-size buffer is ever made) while its long side stays at least
+    ``long_side``; 1 for other formats, or when ``long_side`` is 0."""
+    if header.format != "JPEG" or long_side <= 0:
+        return 1
+    factor, longest = 1, max(header.width, header.height)
+    while factor < 8 and longest // (2 * factor) >= long_side:
+        factor *= 2
+    return factor
 
 
 def read_header(data: bytes, *, source: str = "image") -> ImageHeader:
@@ -139,18 +155,26 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops.get(orientation, ops[1])(image))
 
 
-def decode_image(data: bytes, *, source: str = "image", limits: ImageLimits | None = None) -> np.ndarray:
+REDUCED_JPEG = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode_image(data: bytes, *, source: str = "image", limits: ImageLimits | None = None, reduce: int = 1) -> np.ndarray:
     """Decode JPEG/PNG/WebP/BMP/GIF bytes into upright ``uint8 (H, W, 3)`` RGB (alpha composited on white).
 
     The header is read first: with ``limits`` (untrusted uploads) an oversized, tiny or elongated
     image is refused before any pixel is decoded. EXIF orientation is applied, so the pixels are
-    those a browser shows.
+    those a browser shows. ``reduce`` (2, 4 or 8, from ``jpeg_reduction``): a JPEG is decoded that
+    many times smaller per side by libjpeg itself (sides rounded up); ignored for other formats.
     """
     header = read_header(data, source=source)
     if limits is not None:
         check_limits(header, limits, source=source)
+    flag = REDUCED_JPEG.get(reduce) if header.format == "JPEG" else None
     try:
-        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if flag is not None:  # orientation is ours to apply, below, as for every other decode
+            img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+        else:
+            img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         img = None
     if img is None or img.size == 0:

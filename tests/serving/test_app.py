@@ -413,3 +413,29 @@ def test_a_calibrated_generation_says_no_close_match_below_its_threshold(index_f
 
     with pytest.raises(ServingSetupError, match="fitted on model another"):
         create_app({"SHOWROOM_INDEX": str(folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""})
+
+
+def test_a_large_jpeg_is_decoded_smaller_and_answered_in_its_own_pixels(index_folder):
+    """A 6000 x 3904 JPEG is decoded at half size by libjpeg (SHOWROOM_DECODE_LONG_SIDE 3000); every box
+    and point of the API stays in the photo's own pixels, and the search finds what the whole decode finds."""
+    from serving import create_app
+
+    big = cv2.resize(np.random.default_rng(2).integers(0, 255, (39, 60, 3), dtype=np.uint8), (6000, 3904), interpolation=cv2.INTER_LINEAR)
+    data = cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    answers = {}
+    for side in (3000, 0):  # 0: decoded whole, as before
+        app = create_app({"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True,
+                          "SHOWROOM_RATE_LIMIT": "", "SHOWROOM_DECODE_LONG_SIDE": side, "MAX_CONTENT_LENGTH": 20_000_000})
+        c = app.test_client()
+        budget = app.extensions["showroom_decode_budget"]
+        detected = upload(c, "/api/detect", data).get_json()
+        searched = upload(c, "/api/search", data, box="1000,800,3000,2400", k="5").get_json()
+        tapped = upload(c, "/api/search", data, point="3000,1950", k="5").get_json()
+        answers[side] = (detected, searched, tapped, budget.peak)
+    (detected, searched, tapped, reduced_peak), (whole_detected, whole_searched, whole_tapped, whole_peak) = answers[3000], answers[0]
+    assert (detected["width"], detected["height"]) == (6000, 3904)
+    assert detected["detections"][0]["box"] == [1500, 976, 4500, 2928] == whole_detected["detections"][0]["box"]
+    assert searched["box"] == [1000, 800, 3000, 2400]
+    assert np.abs(np.subtract(tapped["box"], whole_tapped["box"])).max() <= 2  # the same region, to the reduced pixel
+    assert [r["product_id"] for r in searched["results"]] == [r["product_id"] for r in whole_searched["results"]]
+    assert reduced_peak * 3 < whole_peak  # a quarter of the pixels: about a quarter of the decode budget

@@ -230,3 +230,18 @@ def test_a_png_whose_metadata_is_over_the_decoders_limit_is_told_so():
         with pytest.raises(ImageError, match="metadata block .* over the decoder's limit of 1 MB") as info:
             decode_image(raw[:33] + chunk + raw[33:])
         assert "ValueError" not in str(info.value)
+
+
+def test_a_jpeg_is_reduced_during_decode_only_as_far_as_the_long_side_allows():
+    from engine.data.images import ImageHeader, jpeg_reduction, read_header
+
+    assert [jpeg_reduction(ImageHeader("JPEG", w, 3000), 3000) for w in (4032, 5999, 6000, 12000, 48000)] == [1, 1, 2, 4, 8]
+    assert jpeg_reduction(ImageHeader("PNG", 12000, 3000), 3000) == 1 and jpeg_reduction(ImageHeader("JPEG", 12000, 3000), 0) == 1
+    photo = cv2.resize(np.random.default_rng(3).integers(0, 255, (30, 40, 3), dtype=np.uint8), (4001, 3001))
+    data = cv2.imencode(".jpg", photo)[1].tobytes()
+    header = read_header(data)
+    small = decode_image(data, reduce=4)
+    assert small.shape == (751, 1001, 3) == (header.reduced(4).height, header.reduced(4).width, 3)  # sides rounded up
+    whole = cv2.resize(decode_image(data), (1001, 751), interpolation=cv2.INTER_AREA)
+    assert np.abs(whole.astype(int) - small).mean() < 3  # the same picture
+    assert header.reduced(4).decode_cost * 10 < header.decode_cost
