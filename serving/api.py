@@ -90,7 +90,7 @@ def read_upload(timings: Timings) -> Upload:
         check_limits(header, limits, source=source)
         factor = jpeg_reduction(header, current_app.config["SHOWROOM_DECODE_LONG_SIDE"])
         reserve_decode(header.reduced(factor).decode_cost)  # held until the answer is made: the decoded photo lives that long
-        image = decode_image(data, source=source, limits=limits, reduce=factor)
+        image = decode_image(data, source=source, reduce=factor, header=header)
     except ImageTooLarge as exc:
         raise ApiError(413, str(exc)) from None
     except ImageShapeError as exc:

@@ -35,6 +35,10 @@ from engine.search import SearchEngine
 
 logger = logging.getLogger(__name__)
 
+# One load at a time in a process: a reload and a background follow (or two apps in one test process)
+# must not read Keras/HDF5 files concurrently, which can deadlock in h5py's lock.
+LOAD_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -65,8 +69,13 @@ def load_from_folder(folder: Path, detector: Detector | None = None, classes: fr
                      generation: int = 1, groups: CategoryMap | None = None) -> Loaded:
     """Load ``folder/model.keras`` (with its preprocessing) and the verified indexes built with it;
     ``groups`` (the product-groups map) says which detector classes are objects of a room and which
-    catalog types each group searches."""
-    folder = Path(folder)
+    catalog types each group searches. One load at a time in a process (``LOAD_LOCK``)."""
+    with LOAD_LOCK:
+        return _load_folder(Path(folder), detector, classes, generation, groups)
+
+
+def _load_folder(folder: Path, detector: Detector | None, classes: frozenset[str] | None, generation: int,
+                 groups: CategoryMap | None) -> Loaded:
     embedder = Embedder.load(folder / MODEL_FILE)
     fp = embedder.fingerprint
     products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp)
@@ -199,19 +208,6 @@ def _start_time(pid: int) -> str:
         return ""
 
 
-# One load at a time in a process: a reload and a background follow (or two apps in one test process)
-# must not read Keras/HDF5 files concurrently, which can deadlock in h5py's lock.
-LOAD_LOCK = threading.RLock()
-
-
-def one_at_a_time(load: Callable[[Path, int], Loaded]) -> Callable[[Path, int], Loaded]:
-    """``load`` under the process's ``LOAD_LOCK`` (wrapping twice is harmless: the lock is reentrant)."""
-    def serialised(folder: Path, generation: int) -> Loaded:
-        with LOAD_LOCK:
-            return load(folder, generation)
-    return serialised
-
-
 class NothingLoads(ValueError):
     """No generation loads: neither the published one, nor the resolved one, nor any older one on disk."""
 
@@ -231,7 +227,7 @@ class ServingState:
                  load: Callable[[Path, int], Loaded] | None = None, shared: SharedGeneration | None = None,
                  watch: float = 0.0) -> None:
         self._current = loaded
-        self._resolve, self._load, self._shared = resolve, one_at_a_time(load) if load is not None else None, shared
+        self._resolve, self._load, self._shared = resolve, load, shared
         self._lock = threading.Lock()
         self._seen = shared.signature() if shared is not None else None
         self._loading = False
@@ -248,7 +244,6 @@ class ServingState:
         older generation that loads, marked ``degraded`` (logged as an error, in ``/healthz`` and
         ``/metrics``), and follows the next good publication. ``NothingLoads`` when none does.
         ``watch``: seconds between looks at the shared record (0: only when a request comes)."""
-        load = one_at_a_time(load)
         if shared is None:
             loaded = _first_that_loads(resolve, load, None, 1, fallbacks)
             if loaded.degraded:

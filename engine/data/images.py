@@ -158,17 +158,20 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
 REDUCED_JPEG = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def decode_image(data: bytes, *, source: str = "image", limits: ImageLimits | None = None, reduce: int = 1) -> np.ndarray:
+def decode_image(data: bytes, *, source: str = "image", limits: ImageLimits | None = None, reduce: int = 1,
+                 header: ImageHeader | None = None) -> np.ndarray:
     """Decode JPEG/PNG/WebP/BMP/GIF bytes into upright ``uint8 (H, W, 3)`` RGB (alpha composited on white).
 
     The header is read first: with ``limits`` (untrusted uploads) an oversized, tiny or elongated
     image is refused before any pixel is decoded. EXIF orientation is applied, so the pixels are
     those a browser shows. ``reduce`` (2, 4 or 8, from ``jpeg_reduction``): a JPEG is decoded that
     many times smaller per side by libjpeg itself (sides rounded up); ignored for other formats.
+    ``header``: the one ``read_header`` gave the caller (who checked it), so it is not read again.
     """
-    header = read_header(data, source=source)
-    if limits is not None:
-        check_limits(header, limits, source=source)
+    if header is None:
+        header = read_header(data, source=source)
+        if limits is not None:
+            check_limits(header, limits, source=source)
     flag = REDUCED_JPEG.get(reduce) if header.format == "JPEG" else None
     try:
         if flag is not None:  # orientation is ours to apply, below, as for every other decode
