@@ -19,9 +19,13 @@ runner (``embedded_by``).
 ``--add PRODUCTS.csv``, ``--update PRODUCTS.csv``, ``--remove IDS`` change the current generation of
 ``--out`` instead of embedding the whole catalog (``engine.index.delta``): rows in products.csv's
 format (image paths relative to the catalog root) are added or replace a product's rows; only
-photos no row holds yet are embedded (vectors are reused by the photo's sha256), ScaNN is changed in
-place and its recall@10 against exact search measured again, and the result is published as a new
-generation like any build (the scenes index and model are carried over). ``POST /api/reload`` makes
+photos no row holds yet are embedded (vectors are reused by the photo's sha256), and the result is
+published as a new generation like any build (the scenes index and model are carried over). The
+products index is written *segmented* (``engine.index.segments``): the previous base hard-linked, its
+ANN index untouched, the deleted rows and the delta rows beside it, so a 1 % delta of a 1M index
+costs seconds, not a rewrite. Once tombstones and delta rows pass ``--compact-above`` of the base
+(or with ``--compact``) the delta compacts instead: the whole index loaded, ScaNN changed in place
+and its recall@10 against exact search measured again, written flat. ``POST /api/reload`` makes
 a running service serve it, with no restart.
 
 ``--backend milvus --milvus-uri URI``: the vectors go into new Milvus collections instead
@@ -110,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--update", type=Path, default=None, metavar="PRODUCTS.csv",
                    help="rows replacing every row of existing products (a new photo, name, type or fields), in products.csv's format")
     d.add_argument("--remove", default=None, metavar="IDS", help="product ids to remove: comma-separated, or @FILE with one id per line")
+    d.add_argument("--compact", action="store_true",
+                   help="write the products index flat again (one ANN index of the live rows) instead of a segment; alone (no --model/"
+                        "--catalog), the next generation is the current one compacted")
+    d.add_argument("--compact-above", type=float, default=None, metavar="SHARE",
+                   help="a delta compacts once deleted and added rows pass this share of the base index's rows (default 0.1)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -125,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--ray-address and --threads-per-worker go with --runner ray")
     if args.workers < 1 or args.threads_per_worker < 0:
         parser.error("--workers must be at least 1 and --threads-per-worker at least 0")
-    if args.add or args.update or args.remove is not None or (args.calibration and not args.model and not args.catalog):
+    if args.add or args.update or args.remove is not None or ((args.calibration or args.compact) and not args.model and not args.catalog):
         if args.backend != "local" or args.runner != "local" or args.no_detector or args.detector_weights:
             parser.error("--add/--update/--remove change the current generation's products index: they go without --backend, "
                          "--runner, --no-detector and --detector-weights (the scenes index is carried over)")
@@ -202,8 +211,9 @@ def _removed_ids(text: str | None) -> tuple[str, ...]:
 
 def _run_delta(args: argparse.Namespace) -> int:
     """Change the current generation of ``--out`` by the delta flags and publish the result as the next one."""
-    from engine.index.catalog_index import CatalogIndex
-    from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, apply_delta
+    from engine.index.catalog_index import CatalogIndex, read_manifest
+    from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted, write_delta_folder
+    from engine.index.segments import COMPACT_ABOVE
     from engine.index.generations import MODEL_FILE, current_generation, resolve_serving_folder
     from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
     from engine.model.embedder import Embedder, model_fingerprint
@@ -221,8 +231,7 @@ def _run_delta(args: argparse.Namespace) -> int:
         if args.model and model_fingerprint(resolve_model(args.model).path) != fingerprint:
             raise DeltaError(f"--model is not the model of {current.name}: a delta keeps the generation's model; "
                              "build a full index to serve another model")
-        products = CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint)
-        root = Path(args.catalog or products.catalog_root).resolve()
+        root = Path(args.catalog or read_manifest(current / PRODUCTS).get("catalog_root") or ".").resolve()
 
         def rows(csv: Path | None) -> tuple:  # validated as a catalog's rows: every photo found, decodable, hashed once
             return tuple(check_product_images(read_product_rows(csv, root)[0], csv)) if csv else ()
@@ -233,14 +242,22 @@ def _run_delta(args: argparse.Namespace) -> int:
 
         delta = CatalogDelta(add=rows(args.add), update=rows(args.update), remove=removed)
         _carry(current / MODEL_FILE, tmp / MODEL_FILE)
-        if not delta:  # --calibration alone: the same products, a new calibrator
+        if not delta and args.compact:  # --compact alone: the same products in one flat index
+            products = compacted(CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint))
+            products.save(tmp / PRODUCTS)
+            report.update(DeltaReport(rows_before=len(products), rows_after=len(products), method="compacted into one flat index").as_dict())
+        elif not delta:  # --calibration alone: the same products, a new calibrator
+            CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint)  # verified before it is carried over
+            count = read_manifest(current / PRODUCTS)["count"]
             shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=_carry)
-            report.update(DeltaReport(rows_before=len(products), rows_after=len(products), method="products carried over").as_dict())
+            report.update(DeltaReport(rows_before=count, rows_after=count, method="products carried over").as_dict())
         else:
-            queries = np.load(current / SCENES / "vectors.npy") if (current / SCENES / "vectors.npy").is_file() else None
-            updated, rep = apply_delta(products, delta, embed, queries=queries, target_recall=args.target_recall or 0.95, k=10,
-                                       n_queries=min(200, args.tuning_queries), seed=args.seed)
-            updated.save(tmp / PRODUCTS)
+            scenes = current / SCENES / "vectors.npy"
+            rep = write_delta_folder(current / PRODUCTS, tmp / PRODUCTS, delta, embed, model_fingerprint=fingerprint,
+                                     queries=(lambda: np.load(scenes)) if scenes.is_file() else None,
+                                     target_recall=args.target_recall or 0.95, k=10, n_queries=min(200, args.tuning_queries),
+                                     seed=args.seed, compact=args.compact,
+                                     compact_above=COMPACT_ABOVE if args.compact_above is None else args.compact_above)
             report.update(rep.as_dict())
         if (current / SCENES).is_dir():
             shutil.copytree(current / SCENES, tmp / SCENES, copy_function=_carry)

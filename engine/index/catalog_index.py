@@ -5,8 +5,8 @@ Folder layout (written to a temporary folder, then renamed into place)::
     manifest.json   model fingerprint, embedding dim, distance, item count, item ids, kind and
                     settings of the index, how they were tuned (``tuning``: engine chosen and why,
                     recall@k measured against exact search, single-thread queries per second),
-                    the preprocessing the crops were cut with, creation time, sha256 of every
-                    other file
+                    the preprocessing the crops were cut with, creation time, sha256 and size of
+                    every other file
     vectors.npy     float32 (N, D) embeddings
     items.json      one metadata record per vector (product id, name, type, image, scene, box)
     photos.json     sha256 of each row's photo file (products indexes; what ``engine.index.delta``
@@ -18,6 +18,10 @@ Loading checks the checksums and, when asked, the model fingerprint, then hands 
 folder to the backend registered for the manifest's ``index_kind`` (``engine.index.backends``); a
 damaged index, one built with another model, or one whose backend data does not match is refused
 with a message that says what to rebuild.
+
+That is a *flat* folder (manifest version 1). A catalog delta writes a *segmented* one (version 2,
+``engine.index.segments``): a flat folder as its ``base/``, plus tombstones and delta rows; loading it
+verifies both and searches them as one index (``SegmentedIndex``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 from engine.files import atomic_folder, file_sha256
 from engine.index.backends import BACKENDS, Backend, BackendSpec, load_search_index
 from engine.index.base import BuildRequest, IndexBackendError, SearchIndex
+from engine.index import segments
 from engine.index.brute_force import BruteForceIndex
 from engine.index.tuning import TuningConfig
 
@@ -246,52 +251,119 @@ class CatalogIndex:
                 "index_kind": self.index.kind, "index_params": self.index.describe(), "tuning": self.tuning, "preprocessing": self.preprocessing,
                 "catalog_root": self.catalog_root, "embedded_by": self.embedded_by,
                 "checksums": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
+                "sizes": {str(p.relative_to(tmp)): p.stat().st_size for p in files},  # what a segmented delta checks the base by
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         return folder
 
     @classmethod
     def load(cls, folder: Path, *, model_fingerprint: str | None = None, backends: Mapping[str, Backend] = BACKENDS) -> CatalogIndex:
-        """Load and verify an index folder, its index by the class ``backends`` registers for its kind;
-        refuse a damaged one or one built with another model."""
+        """Load and verify an index folder, flat or segmented (``engine.index.segments``), its index by the
+        class ``backends`` registers for its kind; refuse a damaged one or one built with another model."""
         folder = Path(folder)
-        rebuild = "rebuild it with python -m serving.build_index"
-        mpath = folder / "manifest.json"
-        if not mpath.is_file():
-            raise IndexFolderError(f"{folder} is not a Showroom index (no manifest.json); {rebuild}")
+        manifest = read_manifest(folder)
+        if manifest.get("layout") != segments.LAYOUT:
+            return cls._assemble(_read_flat(folder, manifest, model_fingerprint, backends))
+        verify_checksums(folder, manifest)
+        check_model(folder, manifest, model_fingerprint)
+        base = _read_flat(folder / segments.BASE, read_manifest(folder / segments.BASE), manifest["model_fingerprint"], backends)
         try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise IndexFolderError(f"{mpath} is damaged ({exc}); {rebuild}") from None
-        if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-            raise IndexFolderError(f"{folder} is a {manifest.get('format')} v{manifest.get('version')} index, expected {FORMAT} v{VERSION}; {rebuild}")
-        missing = [k for k in ("checksums", "model_fingerprint", "count", "item_ids", "index_kind", "index_params", "created") if k not in manifest]
-        if missing:
-            raise IndexFolderError(f"{mpath} lacks {', '.join(missing)}: it is damaged or not written by Showroom; {rebuild}")
-        for rel, digest in manifest["checksums"].items():
-            p = folder / rel
-            if not p.is_file() or file_sha256(p) != digest:
-                raise IndexFolderError(f"{folder}: {rel} is missing or damaged (checksum mismatch); {rebuild}")
-        if model_fingerprint is not None and manifest["model_fingerprint"] != model_fingerprint:
-            raise IndexFolderError(
-                f"{folder} was built with model {manifest['model_fingerprint'][:12]}, but the loaded model is "
-                f"{model_fingerprint[:12]}; {rebuild} --model <the model you serve>"
-            )
-        vectors = np.load(folder / "vectors.npy")
-        items = [Item.from_dict(it) for it in json.loads((folder / "items.json").read_text())]
-        if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
-            raise IndexFolderError(f"{folder}: items do not match the manifest; {rebuild}")
-        try:  # a backend holding the vectors elsewhere (Milvus) checks they are these rows, filled by the manifest's model
-            index = load_search_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"],
-                                      model_fingerprint=manifest["model_fingerprint"], backends=backends)
-        except IndexBackendError as exc:
-            raise IndexFolderError(f"{folder}: {exc}") from None
-        loaded = cls(vectors, items, index, manifest["model_fingerprint"], manifest["created"], manifest.get("preprocessing"),
-                     manifest.get("catalog_root", ""), manifest.get("tuning"))
-        loaded.embedded_by = manifest.get("embedded_by") or {}
-        if (folder / "photos.json").is_file():
-            hashes = json.loads((folder / "photos.json").read_text())
-            if len(hashes) != len(items):
-                raise IndexFolderError(f"{folder}: photos.json lists {len(hashes)} photos for {len(items)} items; {rebuild}")
-            loaded.photo_hashes = hashes
+            removed, delta_vectors, delta_items, delta_hashes = segments.read_delta(folder, base.vectors.shape[1])
+            search_index = segments.SegmentedIndex(base.index, removed, delta_vectors)
+        except (ValueError, KeyError, OSError) as exc:
+            raise IndexFolderError(f"{folder}: its delta segment is damaged ({exc}); {REBUILD}") from None
+        if base.hashes is None:
+            raise IndexFolderError(f"{folder}: its base has no photos.json; {REBUILD}")
+        live = segments.live_base_rows(len(base.items), removed)
+        items = [base.items[i] for i in live.tolist()] + [Item.from_dict(r) for r in delta_items]
+        if len(items) != manifest["count"]:
+            raise IndexFolderError(f"{folder}: {len(items)} live rows, the manifest says {manifest['count']}; {REBUILD}")
+        return cls._assemble(_Flat(manifest, np.concatenate([base.vectors[live], delta_vectors]), items, search_index,
+                                   [base.hashes[i] for i in live.tolist()] + delta_hashes))
+
+    @classmethod
+    def _assemble(cls, flat: _Flat) -> CatalogIndex:
+        m = flat.manifest
+        loaded = cls(flat.vectors, flat.items, flat.index, m["model_fingerprint"], m["created"], m.get("preprocessing"),
+                     m.get("catalog_root", ""), m.get("tuning"))
+        loaded.embedded_by = m.get("embedded_by") or {}
+        loaded.photo_hashes = flat.hashes
         return loaded
+
+
+REBUILD = "rebuild it with python -m serving.build_index"
+
+
+@dataclass(frozen=True, eq=False)
+class _Flat:
+    """What a verified index folder holds: its manifest, vectors float32 (N, D), items, search index and photo hashes."""
+
+    manifest: dict
+    vectors: np.ndarray
+    items: list[Item]
+    index: SearchIndex
+    hashes: list[str] | None
+
+
+def read_manifest(folder: Path) -> dict:
+    """The parsed ``manifest.json`` of an index folder, flat or segmented; ``IndexFolderError`` when it is
+    missing, damaged, of another format or version, or lacks a field every index has."""
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    if not mpath.is_file():
+        raise IndexFolderError(f"{folder} is not a Showroom index (no manifest.json); {REBUILD}")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexFolderError(f"{mpath} is damaged ({exc}); {REBUILD}") from None
+    segmented = manifest.get("layout") == segments.LAYOUT
+    if manifest.get("format") != FORMAT or manifest.get("version") != (segments.VERSION if segmented else VERSION):
+        raise IndexFolderError(f"{folder} is a {manifest.get('format')} v{manifest.get('version')} index, expected {FORMAT} "
+                               f"v{VERSION} (or v{segments.VERSION}, segmented); {REBUILD}")
+    need = ("checksums", "model_fingerprint", "count", "index_kind", "index_params", "created") + (() if segmented else ("item_ids",))
+    missing = [k for k in need if k not in manifest]
+    if missing:
+        raise IndexFolderError(f"{mpath} lacks {', '.join(missing)}: it is damaged or not written by Showroom; {REBUILD}")
+    return manifest
+
+
+def verify_checksums(folder: Path, manifest: dict, only: Set[str] | None = None) -> None:
+    """Every file the manifest checksums (or those of them in ``only``) is there with its sha256."""
+    for rel, digest in manifest["checksums"].items():
+        if only is not None and rel not in only:
+            continue
+        p = Path(folder) / rel
+        if not p.is_file() or file_sha256(p) != digest:
+            raise IndexFolderError(f"{folder}: {rel} is missing or damaged (checksum mismatch); {REBUILD}")
+
+
+def check_model(folder: Path, manifest: dict, model_fingerprint: str | None) -> None:
+    """Refuse (``IndexFolderError``) an index folder whose manifest names another model than ``model_fingerprint`` (None: any)."""
+    if model_fingerprint is not None and manifest["model_fingerprint"] != model_fingerprint:
+        raise IndexFolderError(
+            f"{folder} was built with model {manifest['model_fingerprint'][:12]}, but the loaded model is "
+            f"{model_fingerprint[:12]}; {REBUILD} --model <the model you serve>"
+        )
+
+
+def _read_flat(folder: Path, manifest: dict, model_fingerprint: str | None, backends: Mapping[str, Backend]) -> _Flat:
+    """A flat (version 1) index folder, verified: checksums, model, items against the manifest, the backend's data."""
+    if manifest.get("layout") == segments.LAYOUT:
+        raise IndexFolderError(f"{folder}: a segmented index cannot be the base of another; {REBUILD}")
+    verify_checksums(folder, manifest)
+    check_model(folder, manifest, model_fingerprint)
+    vectors = np.load(folder / "vectors.npy")
+    items = [Item.from_dict(it) for it in json.loads((folder / "items.json").read_text())]
+    if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
+        raise IndexFolderError(f"{folder}: items do not match the manifest; {REBUILD}")
+    try:  # a backend holding the vectors elsewhere (Milvus) checks they are these rows, filled by the manifest's model
+        index = load_search_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"],
+                                  model_fingerprint=manifest["model_fingerprint"], backends=backends)
+    except IndexBackendError as exc:
+        raise IndexFolderError(f"{folder}: {exc}") from None
+    hashes = None
+    if (folder / "photos.json").is_file():
+        hashes = json.loads((folder / "photos.json").read_text())
+        if len(hashes) != len(items):
+            raise IndexFolderError(f"{folder}: photos.json lists {len(hashes)} photos for {len(items)} items; {REBUILD}")
+    return _Flat(manifest, vectors, items, index, hashes)

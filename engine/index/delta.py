@@ -14,22 +14,35 @@
 The result is a new ``CatalogIndex`` (saved into a new generation by ``serving.build_index``, so the
 served one is never written); its ``tuning`` record keeps how it was tuned and adds ``updates``:
 what each delta did and measured.
+
+``write_delta_folder`` is what ``build_index`` runs: from one index folder to the next without loading
+or rewriting the unchanged rows. It writes a *segmented* folder (``engine.index.segments``): the
+base's files hard-linked, its tombstones and the delta rows beside them, the base's ANN index
+untouched. Only when the changes pass ``COMPACT_ABOVE`` of the base (or on ``compact=True``, or for a
+base that cannot be a segment) does it load the whole index, apply ``apply_delta`` and write a flat
+folder again: the compaction.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from engine.data.catalog import ProductImage
-from engine.files import file_sha256
+from engine.files import atomic_folder, file_sha256
+from engine.index import segments
 from engine.index.brute_force import BruteForceIndex
-from engine.index.catalog_index import CatalogIndex, Item
+from engine.index.catalog_index import FORMAT, CatalogIndex, IndexFolderError, Item, check_model, read_manifest, verify_checksums
+from engine.index.scann_backend import ScannIndex
 from engine.index.tuning import recall_at_k
 
 logger = logging.getLogger(__name__)
@@ -86,13 +99,13 @@ def photo_hashes(index: CatalogIndex, root: str | Path | None = None) -> list[st
     return [file_sha256(index.image_path(it, root)) for it in index.items]
 
 
-def check_delta(index: CatalogIndex, delta: CatalogDelta) -> None:
-    """Raise ``DeltaError`` when ``delta`` does not fit ``index``: nothing to do, an added product that
-    exists, an updated or removed one that does not, a product in two lists, another image than a
-    product's own type."""
+def check_delta(index: CatalogIndex | set[str], delta: CatalogDelta) -> None:
+    """Raise ``DeltaError`` when ``delta`` does not fit ``index`` (or the set of its product ids): nothing
+    to do, an added product that exists, an updated or removed one that does not, a product in two
+    lists, every product removed."""
     if not delta:
         raise DeltaError("the delta is empty: give products to add, update or remove")
-    known = {it.product_id for it in index.items}
+    known = index if isinstance(index, set) else {it.product_id for it in index.items}
     added = {p.product_id for p in delta.add}
     updated = {p.product_id for p in delta.update}
     removed = set(delta.remove)
@@ -125,6 +138,8 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     """
     check_delta(index, delta)
     t0 = time.perf_counter()
+    if isinstance(index.index, segments.SegmentedIndex):
+        index = compacted(index)
     report = DeltaReport(len({p.product_id for p in delta.add}), len({p.product_id for p in delta.update}), len(set(delta.remove)),
                          rows_before=len(index))
     root = Path(root or index.catalog_root)
@@ -185,9 +200,17 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
 def _new_items(index: CatalogIndex, rows: Sequence[ProductImage]) -> list[Item]:
     """Items of the delta's rows, their ids ``<product>#<n>`` numbered after every id the index has used;
     photo paths relative to the index's catalog root (absolute outside it), as a full build stores them."""
-    root = Path(index.catalog_root).resolve() if index.catalog_root else None
-    used = [int(it.item_id.rsplit("#", 1)[1]) for it in index.items if it.item_id.rsplit("#", 1)[-1].isdigit()]
-    start = max(used, default=-1) + 1
+    return _items_for(rows, index.catalog_root, _next_item_number(it.item_id for it in index.items))
+
+
+def _next_item_number(item_ids) -> int:
+    """One more than the largest ``n`` of the ``<product>#<n>`` ids given (0 for none)."""
+    used = [int(tail) for tail in (i.rsplit("#", 1)[-1] for i in item_ids) if tail.isdigit()]
+    return max(used, default=-1) + 1
+
+
+def _items_for(rows: Sequence[ProductImage], catalog_root: str, start: int) -> list[Item]:
+    root = Path(catalog_root).resolve() if catalog_root else None
     out = []
     for j, p in enumerate(rows):
         image = p.image.relative_to(root).as_posix() if root is not None and p.image.is_relative_to(root) else str(p.image)
@@ -220,3 +243,203 @@ def ann_recall(ann, vectors: np.ndarray, queries: np.ndarray | None, k: int, n_q
     exact = BruteForceIndex(vectors).search(queries, k).indices
     approx = ann.search(queries, k).indices
     return float(recall_at_k(approx, exact, queries=queries, vectors=vectors)), len(queries)
+
+
+def compacted(index: CatalogIndex) -> CatalogIndex:
+    """A segmented ``index`` made flat: one ANN index over its live vectors, of its base's kind and
+    settings (ScaNN trained again; exact search stays exact). Its rows, items and hashes are unchanged."""
+    seg = index.index
+    if not isinstance(seg, segments.SegmentedIndex):
+        return index
+    t = time.perf_counter()
+    base = seg.base
+    ann = ScannIndex(index.vectors, base.params) if isinstance(base, ScannIndex) and len(index.vectors) >= 2 else BruteForceIndex(index.vectors)
+    flat = CatalogIndex(index.vectors, index.items, ann, index.model_fingerprint, preprocessing=index.preprocessing,
+                        catalog_root=index.catalog_root, tuning=index.tuning)
+    flat.embedded_by, flat.photo_hashes = index.embedded_by, index.photo_hashes
+    logger.info("compacted %d base rows, %d tombstones and %d delta rows into one %s index of %d rows in %.1fs", base.size,
+                len(seg.removed), len(seg.delta_vectors), ann.kind, len(flat), time.perf_counter() - t)
+    return flat
+
+
+def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths: EmbedPaths, *, model_fingerprint: str | None = None,
+                       queries: np.ndarray | Callable[[], np.ndarray] | None = None, target_recall: float = 0.95, k: int = 10, n_queries: int = 200, seed: int = 0,
+                       compact: bool = False, compact_above: float = segments.COMPACT_ABOVE) -> DeltaReport:
+    """Write into ``out`` the products index folder ``source`` changed by ``delta`` (see the module docstring).
+
+    Segmented when it can be: ``source``'s base hard-linked, never loaded; its photo hashes read only
+    when rows are added, and its vectors only when an added photo is already indexed (each file's
+    checksum verified before it is read); its other files checked by size (a missing or truncated one
+    is refused here, any other damage by the next full load, the service's, which hashes every file). Flat (``apply_delta``, then ``save``) when ``compact``, when the
+    tombstones and delta rows would pass ``compact_above`` of the base's rows, or when the base cannot
+    be a segment (no photo hashes, or a backend holding its vectors elsewhere, as Milvus does);
+    ``queries`` (or a function loading them, called only then) … ``seed`` are then ``apply_delta``'s.
+    """
+    source, out = Path(source), Path(out)
+    t0 = time.perf_counter()
+    manifest = read_manifest(source)
+    check_model(source, manifest, model_fingerprint)
+    state = None if compact else _segments_of(source, manifest)
+    if state is not None:
+        report = _segmented_delta(state, delta, embed_paths, out, compact_above, t0)
+        if report is not None:
+            return report
+    index = CatalogIndex.load(source, model_fingerprint=model_fingerprint)
+    updated, report = apply_delta(index, delta, embed_paths, queries=queries() if callable(queries) else queries, target_recall=target_recall, k=k, n_queries=n_queries,
+                                  seed=seed)
+    t = time.perf_counter()
+    updated.save(out)
+    report.seconds["save"] = time.perf_counter() - t
+    report.seconds["total"] = time.perf_counter() - t0
+    return report
+
+
+@dataclass
+class _Segments:
+    """An index folder opened for a segmented delta: where its flat base is, the manifests, and its segments."""
+
+    folder: Path
+    manifest: dict
+    base: Path
+    base_manifest: dict
+    removed: np.ndarray
+    delta_vectors: np.ndarray
+    delta_items: list[dict]
+    delta_hashes: list[str]
+
+
+def _segments_of(source: Path, manifest: dict) -> _Segments | None:
+    """``source`` opened for a segmented delta, or None (logged) when its base cannot be a segment."""
+    if manifest.get("layout") == segments.LAYOUT:
+        verify_checksums(source, manifest)  # the tombstones, the delta rows and the base's manifest
+        base = source / segments.BASE
+        base_manifest = read_manifest(base)
+        try:
+            removed, vectors, items, hashes = segments.read_delta(source, int(manifest["dim"]))
+        except (ValueError, KeyError, OSError) as exc:
+            raise IndexFolderError(f"{source}: its delta segment is damaged ({exc}); rebuild it with python -m serving.build_index") from None
+    else:
+        base, base_manifest = source, manifest
+        removed, vectors, items, hashes = np.zeros(0, np.int64), np.zeros((0, int(manifest["dim"])), np.float32), [], []
+    why = ""
+    if base_manifest["index_kind"] not in ("scann", "brute_force"):
+        why = f"its {base_manifest['index_kind']} index holds the vectors outside the folder"
+    elif "photos.json" not in base_manifest["checksums"]:
+        why = "it predates photos.json, so its photos' hashes are not stored"
+    elif not all(i.rsplit("#", 1)[-1].isdigit() for i in base_manifest["item_ids"][:1000]):
+        why = "its item ids are not <product>#<n>"
+    if why:
+        logger.info("%s cannot be the base of a segmented index (%s): the delta rewrites the index", source, why)
+        return None
+    sizes = base_manifest.get("sizes")
+    if sizes is None:  # written before sizes were stored: its bytes are hashed once, by this delta
+        logger.info("%s records no file sizes: verifying its checksums", base)
+        verify_checksums(base, base_manifest)
+    else:
+        bad = [rel for rel in base_manifest["checksums"] if not (base / rel).is_file() or (base / rel).stat().st_size != sizes.get(rel)]
+        if bad:
+            raise IndexFolderError(f"{base}: {', '.join(bad[:3])} missing or damaged (size mismatch); "
+                                   "rebuild it with python -m serving.build_index")
+    return _Segments(source, manifest, base, base_manifest, removed, vectors, items, hashes)
+
+
+def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPaths, out: Path, compact_above: float,
+                     t0: float) -> DeltaReport | None:
+    """The delta written as a segmented folder, or None (logged) when it should compact instead."""
+    base_ids: list[str] = state.base_manifest["item_ids"]
+    n_base = len(base_ids)
+    base_products = [i.rsplit("#", 1)[0] for i in base_ids]
+    dead = np.zeros(n_base, bool)
+    dead[state.removed] = True
+    known = {p for p, d in zip(base_products, dead.tolist()) if not d} | {r["product_id"] for r in state.delta_items}
+    check_delta(known, delta)
+    report = DeltaReport(len({p.product_id for p in delta.add}), len({p.product_id for p in delta.update}), len(set(delta.remove)),
+                         rows_before=int(n_base - dead.sum() + len(state.delta_items)))
+    changed = set(delta.remove) | {p.product_id for p in delta.update}
+    tombstones = np.array([i for i, p in enumerate(base_products) if p in changed and not dead[i]], np.int64)
+    keep = [j for j, r in enumerate(state.delta_items) if r["product_id"] not in changed]
+    new_rows = list(delta.add) + list(delta.update)
+    new_hashes = [p.sha256 or file_sha256(p.image) for p in new_rows]
+    removed = np.union1d(state.removed, tombstones).astype(np.int64)
+    n_delta = len(keep) + len(new_rows)
+    share = (len(removed) + n_delta) / max(1, n_base)
+    if share > compact_above:
+        logger.info("tombstones and delta rows would be %.1f%% of the base's %d rows (above %.0f%%): compacting", 100 * share, n_base,
+                    100 * compact_above)
+        return None
+    report.seconds["read"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    have_delta = {state.delta_hashes[j]: j for j in keep}
+    base_hashes: dict[str, int] = {}
+    if new_rows and any(h not in have_delta for h in new_hashes):
+        verify_checksums(state.base, state.base_manifest, only={"photos.json"})
+        base_hashes = {h: i for i, h in enumerate(json.loads((state.base / "photos.json").read_text()))}
+    need = sorted({h: p.image for p, h in zip(new_rows, new_hashes) if h not in have_delta and h not in base_hashes}.items())
+    dim = int(state.base_manifest["dim"])
+    fresh: dict[str, np.ndarray] = {}
+    if need:
+        vecs = np.asarray(embed_paths([path for _, path in need]), np.float32)
+        if vecs.shape != (len(need), dim):
+            raise DeltaError(f"the model gave vectors of shape {vecs.shape} for {len(need)} photos; the index holds "
+                             f"{dim}-dim vectors: was it built with another model?")
+        fresh = dict(zip((h for h, _ in need), vecs))
+    base_vectors = None
+    if any(h in base_hashes and h not in have_delta for h in new_hashes):
+        verify_checksums(state.base, state.base_manifest, only={"vectors.npy"})
+        base_vectors = np.load(state.base / "vectors.npy", mmap_mode="r")
+    report.embedded, report.reused = len(need), len(new_rows) - len(need)
+    add = [fresh[h] if h in fresh else state.delta_vectors[have_delta[h]] if h in have_delta else np.asarray(base_vectors[base_hashes[h]])
+           for h in new_hashes]
+    report.seconds["embed"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    start = state.manifest.get("next_item_number")
+    if start is None:
+        start = _next_item_number(base_ids + [r["item_id"] for r in state.delta_items])
+    new_items = _items_for(new_rows, state.base_manifest.get("catalog_root", ""), start)
+    vectors = np.concatenate([state.delta_vectors[keep], np.asarray(add, np.float32).reshape(-1, dim)])
+    items = [state.delta_items[j] for j in keep] + [it.to_dict() for it in new_items]
+    hashes = [state.delta_hashes[j] for j in keep] + new_hashes
+    report.rows_after = n_base - len(removed) + len(items)
+    report.method = (f"segmented: the base's {state.base_manifest['index_kind']} index of {n_base} rows kept as it is, "
+                     f"{len(removed)} of them deleted, {len(items)} delta rows searched exactly ({100 * share:.1f}% of the base; "
+                     f"compacted above {100 * compact_above:.0f}%)")
+    tuning = dict(state.manifest.get("tuning") or {})
+    manifest = {
+        "format": FORMAT, "version": segments.VERSION, "layout": segments.LAYOUT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model_fingerprint": state.base_manifest["model_fingerprint"],
+        "dim": dim, "distance": "euclidean", "count": report.rows_after, "index_kind": segments.LAYOUT,
+        "index_params": {"base_kind": state.base_manifest["index_kind"], "base_params": state.base_manifest["index_params"],
+                         "removed": len(removed), "delta": len(items)},
+        "preprocessing": state.base_manifest.get("preprocessing"), "catalog_root": state.base_manifest.get("catalog_root", ""),
+        "embedded_by": state.base_manifest.get("embedded_by") or {}, "next_item_number": start + len(new_items),
+        "base": {"count": n_base, "created": state.base_manifest["created"]},
+    }
+    with atomic_folder(out) as tmp:
+        _link_tree(state.base, tmp / segments.BASE)
+        segments.write_delta(tmp, removed, vectors, items, hashes)
+        report.seconds["write"] = time.perf_counter() - t2
+        report.seconds["total"] = time.perf_counter() - t0
+        tuning["updates"] = [*tuning.get("updates", []), report.as_dict()]
+        files = [segments.REMOVED, *segments.DELTA_FILES, f"{segments.BASE}/manifest.json"]
+        manifest.update(tuning=tuning, checksums={rel: file_sha256(tmp / rel) for rel in files})
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    logger.info("delta: +%d ~%d -%d products, %d photos embedded and %d reused, %s; %d -> %d rows in %.2fs",
+                report.products_added, report.products_updated, report.products_removed, report.embedded, report.reused,
+                report.method, report.rows_before, report.rows_after, report.seconds["total"])
+    return report
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Every file under ``src`` hard-linked at the same place under ``dst`` (copied across file systems)."""
+    for p in sorted(src.rglob("*")):
+        target = dst / p.relative_to(src)
+        if p.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(p, target)
+        except OSError:
+            shutil.copy2(p, target)

@@ -1,0 +1,242 @@
+"""Segmented products indexes: a sealed base searched past its tombstones plus exact delta rows answer
+as exact search over the live rows does; a delta folder hard-links the base and writes only what
+changed; successive deltas, reuse of indexed photos, compaction, and damaged or foreign folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.data.catalog import ProductImage
+from engine.index.backends import BackendSpec
+from engine.index.brute_force import BruteForceIndex
+from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
+from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
+from engine.index.scann_backend import ScannIndex, ScannParams
+from engine.index.segments import SegmentedIndex
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _live(base: np.ndarray, removed: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.delete(base, removed, axis=0), delta])
+
+
+def test_segmented_search_is_exact_search_over_the_live_rows():
+    rng = np.random.default_rng(0)
+    base, delta = _unit(rng, 300, 8), _unit(rng, 20, 8)
+    removed = rng.choice(300, 40, replace=False)
+    seg = SegmentedIndex(BruteForceIndex(base), removed, delta)
+    live = _live(base, removed, delta)
+    queries = _unit(rng, 50, 8)
+    got, want = seg.search(queries, 10), BruteForceIndex(live).search(queries, 10)
+    assert seg.size == 280 and seg.dim == 8
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_allclose(got.distances, want.distances, atol=1e-5)
+
+
+def test_tombstones_among_the_nearest_are_skipped_by_searching_further():
+    rng = np.random.default_rng(1)
+    base = _unit(rng, 200, 6)
+    query = base[:1] + 1e-3
+    nearest = BruteForceIndex(base).search(query, 60).indices[0]
+    removed = nearest[:50]  # the 50 nearest base rows are gone: the first fetch (k + 8) finds none alive
+    seg = SegmentedIndex(BruteForceIndex(base), removed, np.zeros((0, 6), np.float32))
+    got = seg.search(query, 5)
+    want = BruteForceIndex(_live(base, removed, np.zeros((0, 6), np.float32))).search(query, 5)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    assert seg.search(query, 500).indices.shape == (1, 150)  # k above the live rows: all of them
+
+
+def test_a_scann_base_keeps_its_recall_with_tombstones_and_delta_rows():
+    rng = np.random.default_rng(2)
+    base, delta = _unit(rng, 3000, 16), _unit(rng, 60, 16)
+    removed = rng.choice(3000, 60, replace=False)
+    seg = SegmentedIndex(ScannIndex(base, ScannParams(brute_force_below=0, leaves=30, leaves_to_search=30)), removed, delta)
+    queries = np.concatenate([delta[:20], _unit(rng, 80, 16)])
+    got = seg.search(queries, 10).indices
+    want = BruteForceIndex(_live(base, removed, delta)).search(queries, 10).indices
+    assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)]) >= 0.95
+    assert (got[:20, 0] == np.arange(2940, 2960)).all()  # a delta row is its own nearest
+
+
+def test_segmented_index_refuses_rows_outside_its_base():
+    with pytest.raises(ValueError, match="removed rows"):
+        SegmentedIndex(BruteForceIndex(np.eye(3, dtype=np.float32)), np.array([3]), np.zeros((0, 3), np.float32))
+
+
+# --- folders ---------------------------------------------------------------------------------------------
+
+def _photo(root: Path, name: str, colour: tuple[int, int, int]) -> Path:
+    path = root / f"{name}.png"
+    Image.new("RGB", (8, 8), colour).save(path)
+    return path
+
+
+class ColourEmbed:
+    """A photo's mean colour (unit norm, D = 4); records every path it embeds."""
+
+    def __init__(self) -> None:
+        self.paths: list[Path] = []
+
+    def __call__(self, paths) -> np.ndarray:
+        self.paths += list(paths)
+        out = []
+        for p in paths:
+            v = np.concatenate([np.asarray(Image.open(p).convert("RGB"), np.float32).reshape(-1, 3).mean(0) + 1.0, [1.0]])
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, np.float32)
+
+
+COLOURS = {f"p{i}": (int(25 * i) % 256, int(97 * i) % 256, int(181 * i) % 256) for i in range(40)}
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> tuple[Path, Path, ColourEmbed]:
+    """A flat products index folder of 40 one-photo products (exact search), with its photos' hashes."""
+    root = tmp_path / "catalog"
+    root.mkdir()
+    embed = ColourEmbed()
+    paths = [_photo(root, n, c) for n, c in COLOURS.items()]
+    items = [Item(f"{n}#{i}", n, n, "Lamp", p.name) for i, (n, p) in enumerate(zip(COLOURS, paths))]
+    vectors = embed(paths)
+    embed.paths.clear()
+    index = CatalogIndex(vectors, items, BruteForceIndex(vectors), "model-1", catalog_root=str(root))
+    from engine.files import file_sha256
+
+    index.photo_hashes = [file_sha256(p) for p in paths]
+    index.save(tmp_path / "g1")
+    return tmp_path, root, embed
+
+
+def _row(pid: str, path: Path, name: str = "") -> ProductImage:
+    return ProductImage(pid, name or pid, "Lamp", path, 2)
+
+
+def _rows(index: CatalogIndex) -> dict[str, tuple[str, tuple]]:
+    return {it.product_id: (it.name, tuple(np.round(v, 6))) for it, v in zip(index.items, index.vectors)}
+
+
+def test_a_delta_folder_links_the_base_and_answers_as_the_rewritten_index(folder):
+    tmp, root, embed = folder
+    new = _photo(root, "new", (3, 200, 90))
+    delta = CatalogDelta(add=(_row("new", new),), remove=("p3", "p7"))
+    report = write_delta_folder(tmp / "g1", tmp / "g2", delta, embed, model_fingerprint="model-1")
+    manifest = json.loads((tmp / "g2" / "manifest.json").read_text())
+    assert manifest["layout"] == "segmented" and manifest["count"] == 39 and report.rows_after == 39
+    assert embed.paths == [new] and (report.embedded, report.reused) == (1, 0)
+    for rel in ("vectors.npy", "items.json", "photos.json"):  # the base is the same bytes on disk, not a copy
+        assert os.stat(tmp / "g2" / "base" / rel).st_ino == os.stat(tmp / "g1" / rel).st_ino
+    seg = CatalogIndex.load(tmp / "g2", model_fingerprint="model-1")
+    flat, _ = apply_delta(CatalogIndex.load(tmp / "g1"), delta, ColourEmbed())
+    assert isinstance(seg.index, SegmentedIndex) and _rows(seg) == _rows(flat)
+    queries = ColourEmbed()([new, root / "p3.png", root / "p10.png"])
+    got = [[m.item.product_id for m in ms] for ms in seg.search(queries, 5)]
+    assert got == [[m.item.product_id for m in ms] for ms in flat.search(queries, 5)]
+    assert got[0][0] == "new" and "p3" not in got[1] and got[2][0] == "p10"
+    assert seg.search(queries[:1], 3, types={"Lamp"})[0][0].item.product_id == "new"
+
+
+def test_successive_deltas_keep_one_base_and_reuse_indexed_photos(folder):
+    tmp, root, embed = folder
+    new = _photo(root, "new", (3, 200, 90))
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(add=(_row("new", new),), remove=("p3",)), embed)
+    embed.paths.clear()
+    # an update with the same photo (a new name), a new product photographed with an indexed photo, a removal of a delta row
+    delta = CatalogDelta(add=(_row("twin", root / "p5.png"),), update=(_row("p9", root / "p9.png", name="renamed"),), remove=("new",))
+    report = write_delta_folder(tmp / "g2", tmp / "g3", delta, embed)
+    assert embed.paths == [] and (report.embedded, report.reused) == (0, 2)
+    assert os.stat(tmp / "g3" / "base" / "vectors.npy").st_ino == os.stat(tmp / "g1" / "vectors.npy").st_ino
+    g3 = CatalogIndex.load(tmp / "g3")
+    rows = _rows(g3)
+    assert "new" not in rows and "p3" not in rows and rows["p9"][0] == "renamed" and rows["twin"][1] == rows["p5"][1]
+    assert len({it.item_id for it in g3.items}) == len(g3.items) == 40
+    assert [u["products_added"] for u in g3.tuning["updates"]] == [1, 1]
+    with pytest.raises(DeltaError, match="not in the index"):
+        write_delta_folder(tmp / "g3", tmp / "g4", CatalogDelta(remove=("p3",)), embed)  # removed two generations ago
+
+
+def test_changes_past_the_share_compact_into_a_flat_index(folder):
+    tmp, root, embed = folder
+    delta = CatalogDelta(remove=tuple(f"p{i}" for i in range(5)))  # 5 of 40 rows: 12.5 %, above the 10 % default
+    report = write_delta_folder(tmp / "g1", tmp / "g2", delta, embed)
+    manifest = json.loads((tmp / "g2" / "manifest.json").read_text())
+    assert manifest["version"] == 1 and "layout" not in manifest and report.rows_after == 35
+    write_delta_folder(tmp / "g1", tmp / "g3", CatalogDelta(remove=("p1",)), embed)
+    report = write_delta_folder(tmp / "g3", tmp / "g4", CatalogDelta(remove=("p2",)), embed, compact=True)
+    g4 = CatalogIndex.load(tmp / "g4")
+    assert isinstance(g4.index, BruteForceIndex) and "p1" not in _rows(g4) and "p2" not in _rows(g4) and len(g4) == 38
+
+
+def test_a_damaged_delta_or_another_model_is_refused(folder):
+    tmp, root, embed = folder
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    with pytest.raises(IndexFolderError, match="built with model"):
+        write_delta_folder(tmp / "g2", tmp / "g3", CatalogDelta(remove=("p4",)), embed, model_fingerprint="model-2")
+    with open(tmp / "g2" / "delta" / "items.json", "a") as fh:
+        fh.write(" ")
+    for call in (lambda: CatalogIndex.load(tmp / "g2"), lambda: write_delta_folder(tmp / "g2", tmp / "g3", CatalogDelta(remove=("p4",)), embed)):
+        with pytest.raises(IndexFolderError, match="delta/items.json is missing or damaged"):
+            call()
+    assert not (tmp / "g3").exists()
+
+
+def test_a_damaged_base_is_refused_when_loaded(folder):
+    tmp, root, embed = folder
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    os.unlink(tmp / "g2" / "base" / "vectors.npy")  # the link only: g1 keeps its file
+    np.save(tmp / "g2" / "base" / "vectors.npy", np.zeros((40, 4), np.float32))
+    with pytest.raises(IndexFolderError, match="vectors.npy is missing or damaged"):
+        CatalogIndex.load(tmp / "g2")
+    assert len(CatalogIndex.load(tmp / "g1")) == 40
+
+
+def test_a_segmented_folder_is_not_saved_as_one_backend(folder):
+    tmp, root, embed = folder
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    with pytest.raises(TypeError, match="segmented"):
+        CatalogIndex.load(tmp / "g2").save(tmp / "g3")
+
+
+def test_a_truncated_base_is_refused_by_the_next_delta(folder):
+    tmp, root, embed = folder
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    (tmp / "g2" / "base" / "items.json").unlink()  # the link only: g1 keeps its file
+    (tmp / "g2" / "base" / "items.json").write_text("[]")
+    with pytest.raises(IndexFolderError, match="items.json missing or damaged"):
+        write_delta_folder(tmp / "g2", tmp / "g3", CatalogDelta(remove=("p4",)), embed)
+    assert not (tmp / "g3").exists()
+
+
+def test_a_scann_base_compacts_into_one_scann_index_of_the_live_rows(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    vectors = _unit(rng, 2500, 8)
+    root = tmp_path / "catalog"
+    root.mkdir()
+    items = [Item(f"p{i}#{i}", f"p{i}", "", "Lamp", f"p{i}.png") for i in range(2500)]
+    flat = CatalogIndex.from_vectors(vectors, items, "m", BackendSpec("scann", ScannParams(brute_force_below=0, leaves=20, leaves_to_search=20)),
+                                     catalog_root=str(root))
+    flat.photo_hashes = [f"{i:064x}" for i in range(2500)]
+    flat.save(tmp_path / "g1")
+    extra = _unit(rng, 30, 8)
+    photos = {root / f"n{j}.png": v for j, v in enumerate(extra)}
+    for p in photos:
+        p.write_bytes(p.name.encode())
+    embed = lambda paths: np.stack([photos[Path(p)] for p in paths])  # noqa: E731
+    delta = CatalogDelta(add=tuple(ProductImage(f"n{j}", "", "Lamp", root / f"n{j}.png", 2) for j in range(30)), remove=("p0", "p1"))
+    write_delta_folder(tmp_path / "g1", tmp_path / "g2", delta, embed)
+    seg = CatalogIndex.load(tmp_path / "g2")
+    assert isinstance(seg.index, SegmentedIndex) and isinstance(seg.index.base, ScannIndex) and len(seg) == 2528
+    report = write_delta_folder(tmp_path / "g2", tmp_path / "g3", CatalogDelta(remove=("p2",)), embed, compact=True, queries=extra)
+    g3 = CatalogIndex.load(tmp_path / "g3")
+    assert isinstance(g3.index, ScannIndex) and len(g3) == 2527 and report.recall >= 0.95
+    assert _rows(g3) == {k: v for k, v in _rows(seg).items() if k != "p2"}
+    assert [m.item.product_id for m in g3.search(extra[:1], 1)[0]] == ["n0"]
