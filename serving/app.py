@@ -209,15 +209,19 @@ def _start_state(app: Flask) -> ServingState:
             return local
         return resolve_serving_folder(index)
 
+    served: list[ServingState] = []  # this worker's state once started: a reload reuses what it serves
+
     def load(folder: Path, generation: int):
-        return load_from_folder(folder, detector, classes, generation, groups)
+        return load_from_folder(folder, detector, classes, generation, groups, served[0].served if served else None)
 
     def fallbacks() -> list[Path]:  # the serving folder's other generations, newest first (a registered version has none)
         return [] if is_registered(str(index)) else generations(index)[::-1]
 
     shared = SharedGeneration.for_server(str(index))
     try:
-        return ServingState.start(resolve, load, shared, fallbacks, watch=float(app.config["SHOWROOM_WATCH_SECONDS"]))
+        state = ServingState.start(resolve, load, shared, fallbacks, watch=float(app.config["SHOWROOM_WATCH_SECONDS"]))
+        served.append(state)
+        return state
     except (ValueError, OSError) as exc:
         if shared is not None and shared.read() is not None:
             # the server's other workers serve from memory: exit for gunicorn to start this worker again

@@ -66,19 +66,22 @@ def request_loaded() -> Loaded:
 
 
 def load_from_folder(folder: Path, detector: Detector | None = None, classes: frozenset[str] | None = None,
-                     generation: int = 1, groups: CategoryMap | None = None) -> Loaded:
+                     generation: int = 1, groups: CategoryMap | None = None, previous: Loaded | None = None) -> Loaded:
     """Load ``folder/model.keras`` (with its preprocessing) and the verified indexes built with it;
     ``groups`` (the product-groups map) says which detector classes are objects of a room and which
-    catalog types each group searches. One load at a time in a process (``LOAD_LOCK``)."""
+    catalog types each group searches; ``previous``: the generation served now, whose products index's
+    base a segmented products index over the same base reuses from memory (``CatalogIndex.load``).
+    One load at a time in a process (``LOAD_LOCK``)."""
     with LOAD_LOCK:
-        return _load_folder(Path(folder), detector, classes, generation, groups)
+        return _load_folder(Path(folder), detector, classes, generation, groups, previous)
 
 
 def _load_folder(folder: Path, detector: Detector | None, classes: frozenset[str] | None, generation: int,
-                 groups: CategoryMap | None) -> Loaded:
+                 groups: CategoryMap | None, previous: Loaded | None) -> Loaded:
     embedder = Embedder.load(folder / MODEL_FILE)
     fp = embedder.fingerprint
-    products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp)
+    reuse = previous.engine.products if previous is not None else None
+    products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp, reuse=reuse)
     scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp) if (folder / SCENES).exists() else None
     # a generation's calibration belongs to its model: one of another model is refused with the generation
     calibrator = MatchCalibrator.load(folder / CALIBRATION_FILE, model_fingerprint=fp) if (folder / CALIBRATION_FILE).is_file() else None

@@ -27,6 +27,7 @@ verifies both and searches them as one index (``SegmentedIndex``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Set
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ from engine.index import segments
 from engine.index.brute_force import BruteForceIndex
 from engine.index.tuning import TuningConfig
 
+logger = logging.getLogger(__name__)
 FORMAT = "showroom.index"
 VERSION = 1
 
@@ -128,6 +130,8 @@ class CatalogIndex:
         self.tuning = tuning  # engine.index.tuning.Tuning as a dict (None: settings given, not tuned)
         self.embedded_by: dict = {}  # the runner that computed the vectors ({"runner": "local"|"ray", ...}; {}: not recorded)
         self.photo_hashes: list[str] | None = None  # sha256 of each row's photo file, when known (engine.index.delta)
+        self._base: _Flat | None = None  # the flat index this one was loaded from or over (``load``'s ``reuse``)
+        self._base_key = ""
         self._types = np.array([it.type for it in items])
         self._by_product: dict[str, list[int]] = {}
         self._row: dict[str, int] = {}
@@ -257,16 +261,28 @@ class CatalogIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: Path, *, model_fingerprint: str | None = None, backends: Mapping[str, Backend] = BACKENDS) -> CatalogIndex:
+    def load(cls, folder: Path, *, model_fingerprint: str | None = None, backends: Mapping[str, Backend] = BACKENDS,
+             reuse: CatalogIndex | None = None) -> CatalogIndex:
         """Load and verify an index folder, flat or segmented (``engine.index.segments``), its index by the
-        class ``backends`` registers for its kind; refuse a damaged one or one built with another model."""
+        class ``backends`` registers for its kind; refuse a damaged one or one built with another model.
+
+        ``reuse``: an index loaded before (the one a server serves). When ``folder`` is segmented and its
+        base is the same flat index as ``reuse``'s (its ``base/manifest.json``, which checksums every
+        base file, has the same sha256), that base is taken from memory, already verified, instead of
+        being read and hashed again: a reload after a delta costs the delta's rows, not the base's."""
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest.get("layout") != segments.LAYOUT:
-            return cls._assemble(_read_flat(folder, manifest, model_fingerprint, backends))
+            flat = _read_flat(folder, manifest, model_fingerprint, backends)
+            return cls._assemble(flat, base=flat, base_key=file_sha256(folder / "manifest.json"))
         verify_checksums(folder, manifest)
         check_model(folder, manifest, model_fingerprint)
-        base = _read_flat(folder / segments.BASE, read_manifest(folder / segments.BASE), manifest["model_fingerprint"], backends)
+        key = manifest["checksums"][f"{segments.BASE}/manifest.json"]
+        if reuse is not None and reuse._base is not None and reuse._base_key == key:
+            base = reuse._base
+            logger.info("%s: its base (%d rows) is the one already loaded: reused, not read again", folder, len(base.items))
+        else:
+            base = _read_flat(folder / segments.BASE, read_manifest(folder / segments.BASE), manifest["model_fingerprint"], backends)
         try:
             removed, delta_vectors, delta_items, delta_hashes = segments.read_delta(folder, base.vectors.shape[1])
             search_index = segments.SegmentedIndex(base.index, removed, delta_vectors)
@@ -279,15 +295,16 @@ class CatalogIndex:
         if len(items) != manifest["count"]:
             raise IndexFolderError(f"{folder}: {len(items)} live rows, the manifest says {manifest['count']}; {REBUILD}")
         return cls._assemble(_Flat(manifest, np.concatenate([base.vectors[live], delta_vectors]), items, search_index,
-                                   [base.hashes[i] for i in live.tolist()] + delta_hashes))
+                                   [base.hashes[i] for i in live.tolist()] + delta_hashes), base=base, base_key=key)
 
     @classmethod
-    def _assemble(cls, flat: _Flat) -> CatalogIndex:
+    def _assemble(cls, flat: _Flat, base: _Flat | None = None, base_key: str = "") -> CatalogIndex:
         m = flat.manifest
         loaded = cls(flat.vectors, flat.items, flat.index, m["model_fingerprint"], m["created"], m.get("preprocessing"),
                      m.get("catalog_root", ""), m.get("tuning"))
         loaded.embedded_by = m.get("embedded_by") or {}
         loaded.photo_hashes = flat.hashes
+        loaded._base, loaded._base_key = base, base_key  # what a later load of a segment over the same base reuses
         return loaded
 
 

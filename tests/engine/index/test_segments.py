@@ -240,3 +240,23 @@ def test_a_scann_base_compacts_into_one_scann_index_of_the_live_rows(tmp_path: P
     assert isinstance(g3.index, ScannIndex) and len(g3) == 2527 and report.recall >= 0.95
     assert _rows(g3) == {k: v for k, v in _rows(seg).items() if k != "p2"}
     assert [m.item.product_id for m in g3.search(extra[:1], 1)[0]] == ["n0"]
+
+
+def test_a_reload_over_the_same_base_reuses_it_from_memory(folder, caplog):
+    tmp, root, embed = folder
+    new = _photo(root, "new", (3, 200, 90))
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(add=(_row("new", new),), remove=("p3",)), embed)
+    write_delta_folder(tmp / "g2", tmp / "g3", CatalogDelta(remove=("p4",)), embed)
+    g1 = CatalogIndex.load(tmp / "g1")
+    with caplog.at_level("INFO", logger="engine.index.catalog_index"):
+        g2 = CatalogIndex.load(tmp / "g2", reuse=g1)
+        g3 = CatalogIndex.load(tmp / "g3", reuse=g2)
+    assert g2.index.base is g1.index and g3.index.base is g1.index
+    assert caplog.text.count("already loaded: reused") == 2
+    fresh = CatalogIndex.load(tmp / "g3")
+    assert fresh.index.base is not g1.index and _rows(fresh) == _rows(g3)
+    queries = ColourEmbed()([new, root / "p10.png"])
+    assert [[m.item.item_id for m in ms] for ms in g3.search(queries, 5)] == [[m.item.item_id for m in ms] for ms in fresh.search(queries, 5)]
+    write_delta_folder(tmp / "g3", tmp / "g4", CatalogDelta(remove=("p5",)), embed, compact=True)
+    write_delta_folder(tmp / "g4", tmp / "g5", CatalogDelta(remove=("p6",)), embed)  # a segment over the compacted base
+    assert CatalogIndex.load(tmp / "g5", reuse=g3).index.base is not g1.index  # another base: read from its folder
