@@ -13,7 +13,8 @@ ScaNN changed in place and its recall checked on 200 queries, the whole folder w
 them, a **full rebuild** builds and saves the index of the post-add vectors from scratch (no
 embedding counted: the rebuild's real cost is higher). For every row: seconds by stage, the ratio
 to the full rebuild, the time a starting worker then takes to load the result (every file hashed) and
-a serving worker to reload it (a segment's base reused from memory when it is the one it serves), and
+a serving worker to reload it (a segment's base reused from memory when it is the one it serves), the
+median time of one query through it and through the index served before (alternated, 200 queries), and
 recall@10 against exact search on test queries drawn from the same clusters, before and after
 (measured outside the timing).
 
@@ -60,6 +61,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def _recall(index: CatalogIndex, queries: np.ndarray, k: int) -> float:
     exact = BruteForceIndex(index.vectors).search(queries, k).indices
     return float(recall_at_k(index.index.search(queries, k).indices, exact, queries=queries, vectors=index.vectors))
+
+
+def _latency(index: CatalogIndex, base: CatalogIndex, queries: np.ndarray, k: int) -> tuple[float, float]:
+    """Median ms of one query through ``index``'s search index and through ``base``'s, alternated query by query."""
+    a, b = [], []
+    for q in queries:
+        for out, idx in ((a, index.index), (b, base.index)):
+            t = time.perf_counter()
+            idx.search(q[None], k)
+            out.append(time.perf_counter() - t)
+    return 1000 * float(np.median(a)), 1000 * float(np.median(b))
 
 
 def synthetic(args: argparse.Namespace) -> list[dict]:
@@ -112,8 +124,9 @@ def synthetic(args: argparse.Namespace) -> list[dict]:
             t3 = time.perf_counter()
             assert reloaded.items == updated.items
             del reloaded
+            latency = _latency(updated, served, queries[:200], args.k)
             rows.append({"row": label, "rows": len(updated), "total_s": t1 - t0, "serve_load_s": t2 - t1, "reload_s": t3 - t2,
-                         "recall_before": before,
+                         "recall_before": before, "query_ms": latency,
                          "recall_after": _recall(updated, queries, args.k), "method": report.method, "stages": report.seconds,
                          "embedded": report.embedded})
             if name == "add":
@@ -214,6 +227,8 @@ def _table(rows: list[dict]) -> str:
             parts.append(f"{r['total_s']:.1f}s" + (f" ({r['share_of_full']:.1%} of the full rebuild)" if "share_of_full" in r else ""))
         if r.get("serve_load_s"):
             parts.append(f"then loaded by a starting worker in {r['serve_load_s']:.1f}s, reloaded by a serving one in {r['reload_s']:.1f}s")
+        if r.get("query_ms"):
+            parts.append(f"one query {r['query_ms'][0]:.3f} ms (the served index before: {r['query_ms'][1]:.3f} ms)")
         if r.get("stages"):
             parts.append("delta stages " + ", ".join(f"{k} {v:.1f}s" for k, v in r["stages"].items() if k != "total"))
         if r.get("recall_after") is not None:

@@ -222,3 +222,19 @@ def test_the_app_limits_blas_to_one_thread(app):
 
     blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
     assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+def test_a_reload_after_a_delta_reuses_the_served_base_and_answers_without_the_removed(served: Path):
+    from engine.index.segments import SegmentedIndex
+    from serving import build_index
+
+    app = make_app(served)
+    client = app.test_client()
+    before = app.extensions["showroom"].served.engine.products
+    gone = before.items[0].product_id
+    assert build_index.main(["--out", str(served), "--remove", gone]) == 0  # a segmented generation over the served index
+    r = client.post("/api/reload", headers={"X-Reload-Token": "s3cret"})
+    assert r.status_code == 200 and r.get_json()["products"] == len(before) - len(before.items_of(gone))
+    after = app.extensions["showroom"].served.engine.products
+    assert isinstance(after.index, SegmentedIndex) and after.index.base is before.index  # from memory, not read again
+    assert not after.items_of(gone) and client.get(f"/api/products/{gone}").status_code == 404
