@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,8 +40,10 @@ import numpy as np
 from engine.data.catalog import ProductImage
 from engine.files import atomic_folder, file_sha256
 from engine.index import segments
+from engine.index.base import SearchIndex
 from engine.index.brute_force import BruteForceIndex
 from engine.index.catalog_index import FORMAT, CatalogIndex, IndexFolderError, Item, check_model, read_manifest, verify_checksums
+from engine.index.milvus import MilvusIndex, split_collection, unique_collection
 from engine.index.scann_backend import ScannIndex
 from engine.index.tuning import recall_at_k
 
@@ -252,14 +254,30 @@ def compacted(index: CatalogIndex) -> CatalogIndex:
     if not isinstance(seg, segments.SegmentedIndex):
         return index
     t = time.perf_counter()
-    base = seg.base
-    ann = ScannIndex(index.vectors, base.params) if isinstance(base, ScannIndex) and len(index.vectors) >= 2 else BruteForceIndex(index.vectors)
-    flat = CatalogIndex(index.vectors, index.items, ann, index.model_fingerprint, preprocessing=index.preprocessing,
-                        catalog_root=index.catalog_root, tuning=index.tuning)
-    flat.embedded_by, flat.photo_hashes = index.embedded_by, index.photo_hashes
-    logger.info("compacted %d base rows, %d tombstones and %d delta rows into one %s index of %d rows in %.1fs", base.size,
-                len(seg.removed), len(seg.delta_vectors), ann.kind, len(flat), time.perf_counter() - t)
+    flat = rebuilt_like(index, seg.base)
+    logger.info("compacted %d base rows, %d tombstones and %d delta rows into one %s index of %d rows in %.1fs", seg.base.size,
+                len(seg.removed), len(seg.delta_vectors), flat.index.kind, len(flat), time.perf_counter() - t)
     return flat
+
+
+def rebuilt_like(index: CatalogIndex, like: SearchIndex | None) -> CatalogIndex:
+    """``index`` (its rows, items and hashes unchanged) searched by a new index of ``like``'s kind and
+    settings built from its vectors: ScaNN trained again, a new Milvus collection (named as a build
+    names one; the collections of earlier generations are never written), else exact search (also
+    for ``like`` None)."""
+    if isinstance(like, MilvusIndex):
+        prefix, suffix = split_collection(like.settings.collection)
+        settings = replace(like.settings, collection=f"{unique_collection(prefix)}{suffix}")
+        meta = [{"item_id": it.item_id, "product_id": it.product_id, "type": it.type} for it in index.items]
+        ann = MilvusIndex.create(index.vectors, settings, index.model_fingerprint, meta)
+    elif isinstance(like, ScannIndex) and len(index.vectors) >= 2:
+        ann = ScannIndex(index.vectors, like.params)
+    else:
+        ann = BruteForceIndex(index.vectors)
+    out = CatalogIndex(index.vectors, index.items, ann, index.model_fingerprint, preprocessing=index.preprocessing,
+                       catalog_root=index.catalog_root, tuning=index.tuning)
+    out.embedded_by, out.photo_hashes = index.embedded_by, index.photo_hashes
+    return out
 
 
 def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths: EmbedPaths, *, model_fingerprint: str | None = None,
@@ -272,7 +290,8 @@ def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths
     checksum verified before it is read); its other files checked by size (a missing or truncated one
     is refused here, any other damage by the next full load, the service's, which hashes every file). Flat (``apply_delta``, then ``save``) when ``compact``, when the
     tombstones and delta rows would pass ``compact_above`` of the base's rows, or when the base cannot
-    be a segment (no photo hashes, or a backend holding its vectors elsewhere, as Milvus does);
+    be a segment (no photo hashes). A Milvus base is never changed: a segment searches its collection
+    as it is, and compaction fills a new collection;
     ``queries`` (or a function loading them, called only then) … ``seed`` are then ``apply_delta``'s.
     """
     source, out = Path(source), Path(out)
@@ -285,8 +304,16 @@ def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths
         if report is not None:
             return report
     index = CatalogIndex.load(source, model_fingerprint=model_fingerprint)
-    updated, report = apply_delta(index, delta, embed_paths, queries=queries() if callable(queries) else queries, target_recall=target_recall, k=k, n_queries=n_queries,
-                                  seed=seed)
+    queries = queries() if callable(queries) else queries
+    like = index.index.base if isinstance(index.index, segments.SegmentedIndex) else index.index
+    if isinstance(like, MilvusIndex):  # a collection is never changed in place (an earlier generation searches it): exact, then a new one
+        index = rebuilt_like(index, None)
+    updated, report = apply_delta(index, delta, embed_paths, queries=queries, target_recall=target_recall,
+                                  k=k, n_queries=n_queries, seed=seed)
+    if isinstance(like, MilvusIndex):
+        updated = rebuilt_like(updated, like)
+        report.method += f"; a new Milvus collection {updated.index.settings.collection} of the {len(updated)} rows"
+        report.recall, report.recall_queries = ann_recall(updated.index, updated.vectors, queries, k, n_queries, seed)
     t = time.perf_counter()
     updated.save(out)
     report.seconds["save"] = time.perf_counter() - t
@@ -322,8 +349,8 @@ def _segments_of(source: Path, manifest: dict) -> _Segments | None:
         base, base_manifest = source, manifest
         removed, vectors, items, hashes = np.zeros(0, np.int64), np.zeros((0, int(manifest["dim"])), np.float32), [], []
     why = ""
-    if base_manifest["index_kind"] not in ("scann", "brute_force"):
-        why = f"its {base_manifest['index_kind']} index holds the vectors outside the folder"
+    if base_manifest["index_kind"] not in ("scann", "brute_force", "milvus"):
+        why = f"a segment is not searched over a {base_manifest['index_kind']} index"
     elif "photos.json" not in base_manifest["checksums"]:
         why = "it predates photos.json, so its photos' hashes are not stored"
     elif not all(i.rsplit("#", 1)[-1].isdigit() for i in base_manifest["item_ids"][:1000]):

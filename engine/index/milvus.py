@@ -93,6 +93,16 @@ def unique_collection(prefix: str, now: datetime | None = None) -> str:
     return f"{prefix}_{now.strftime('%Y%m%dT%H%M%S')}_{secrets.token_hex(3)}"
 
 
+_UNIQUE = re.compile(r"^(?P<prefix>\w+?)_\d{8}T\d{6}_[0-9a-f]{6}(?P<suffix>_\w+)?$")
+
+
+def split_collection(name: str) -> tuple[str, str]:
+    """(prefix, suffix) of a collection named ``<prefix>_<timestamp>_<hex><suffix>`` (``unique_collection``,
+    then ``MilvusSettings.named``), so a compaction names its collection as a build would; (name, "") for another name."""
+    m = _UNIQUE.match(name)
+    return (m["prefix"], m["suffix"] or "") if m else (name, "")
+
+
 def items_digest(item_ids: Sequence[str]) -> str:
     """sha256 of the item ids in row order (one per line)."""
     return hashlib.sha256("\n".join(item_ids).encode()).hexdigest()

@@ -127,3 +127,34 @@ def test_settings_and_names(tmp_path: Path):
     catalog(db, tmp_path / "m.db", "taken")
     with pytest.raises(MilvusIndexError, match="collection taken already exists"):
         catalog(db, tmp_path / "m.db", "taken")
+
+
+def test_a_delta_over_a_milvus_index_never_changes_its_collection(tmp_path: Path):
+    from engine.data.catalog import ProductImage
+    from engine.index.delta import CatalogDelta, write_delta_folder
+    from engine.index.segments import SegmentedIndex
+
+    db, q = clustered_unit(400, 16, seed=4, queries=20)
+    name = unique_collection("shop") + "_products"
+    items = [Item(f"p{k}#{k}", f"p{k}", "", "Lamp", f"{k}.jpg") for k in range(400)]
+    built = CatalogIndex.from_vectors(db, items, "m", BackendSpec("milvus", MilvusSettings(str(tmp_path / "m.db"), name)))
+    built.photo_hashes = [f"{k:064x}" for k in range(400)]
+    built.save(tmp_path / "g1")
+    photos = {tmp_path / f"n{j}.jpg": v for j, v in enumerate(q)}
+    for p in photos:
+        p.write_bytes(p.name.encode())
+    embed = lambda paths: np.stack([photos[Path(p)] for p in paths])  # noqa: E731
+    add = CatalogDelta(add=tuple(ProductImage(f"n{j}", "", "Lamp", tmp_path / f"n{j}.jpg", 2) for j in range(5)), remove=("p0", "p1"))
+    write_delta_folder(tmp_path / "g1", tmp_path / "g2", add, embed, model_fingerprint="m")
+    g2 = CatalogIndex.load(tmp_path / "g2")  # the base collection, checked as a load checks it, searched past its tombstones
+    assert isinstance(g2.index, SegmentedIndex) and isinstance(g2.index.base, MilvusIndex) and len(g2) == 403
+    exact = BruteForceIndex(g2.vectors).search(q, 10).indices
+    np.testing.assert_array_equal(g2.index.search(q, 10).indices, exact)
+    report = write_delta_folder(tmp_path / "g2", tmp_path / "g3", CatalogDelta(remove=("p2",)), embed, compact=True)
+    g3 = CatalogIndex.load(tmp_path / "g3")
+    collection = g3.index.settings.collection
+    assert isinstance(g3.index, MilvusIndex) and collection != name and collection.startswith("shop_") and collection.endswith("_products")
+    assert len(g3) == 402 and "new Milvus collection" in report.method and report.recall == 1.0
+    np.testing.assert_array_equal(g3.index.search(q, 10).indices, BruteForceIndex(g3.vectors).search(q, 10).indices)
+    g1 = CatalogIndex.load(tmp_path / "g1")  # the first generation's collection is as it was built
+    assert len(g1) == 400 and g1.index.search(db[:1], 1).indices[0, 0] == 0
