@@ -8,6 +8,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request, url_for
@@ -313,21 +314,75 @@ def types():
     return jsonify(types=current_engine().products.types)
 
 
-@bp.post("/reload")
-def reload():
+def _operator(what: str) -> None:
+    """The operators' endpoints (reload, catalog updates): off without ``SHOWROOM_RELOAD_TOKEN`` (404),
+    403 without its value in ``X-Reload-Token``."""
     token = current_app.config.get("SHOWROOM_RELOAD_TOKEN")
     if not token:
-        raise ApiError(404, "reloading is off: set SHOWROOM_RELOAD_TOKEN to enable it")
+        raise ApiError(404, f"{what} is off: set SHOWROOM_RELOAD_TOKEN to enable it")
     given = request.headers.get("X-Reload-Token", "")
     if not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):  # bytes: any header text compares
         raise ApiError(403, "wrong or missing X-Reload-Token")
+
+
+def _reloaded():
     try:
         loaded = current_app.extensions["showroom"].reload()
     except (ValueError, OSError) as exc:  # a damaged or mismatched index: keep serving the old one
         raise ApiError(409, f"reload refused, still serving the previous index: {exc}") from None
     g.loaded, g.generation = loaded, loaded.generation
+    return loaded
+
+
+@bp.post("/reload")
+def reload():
+    _operator("reloading")
+    loaded = _reloaded()
     return jsonify(status="reloaded", generation=loaded.generation, model=loaded.model_fingerprint[:12],
                    products=len(loaded.engine.products), source=loaded.source)
+
+
+@bp.post("/catalog")
+def catalog_update():
+    """Products added, updated or removed, published as the serving folder's next generation and
+    served (``serving.catalog_update``; the same as ``build_index --add/--update/--remove``). Multipart:
+    ``add`` / ``update`` files in products.csv's format whose ``image`` column names uploaded ``photo``
+    files, ``remove`` comma-separated product ids."""
+    from engine.data.catalog import CatalogError
+    from engine.index.delta import CatalogDelta, DeltaError
+    from engine.model.embedder import Embedder, model_fingerprint
+    from serving.catalog_update import publish_delta, stage_photos
+
+    _operator("updating the catalog")
+    served = current_app.extensions["showroom"].served
+    folder = Path(served.source).parent
+    if not (folder / "CURRENT").is_file():
+        raise ApiError(409, f"{served.source} is not a generation of a serving folder (a registered model?): catalog updates "
+                            "need one built by python -m serving.build_index --out DIR")
+    tables = {what: request.files[what].read() for what in ("add", "update") if what in request.files}
+    photos: dict[str, bytes] = {}
+    for f in request.files.getlist("photo"):
+        if f.filename in photos:
+            raise ApiError(400, f"two uploaded photos are named {f.filename!r}")
+        photos[f.filename or ""] = f.read()
+    remove = tuple(dict.fromkeys(t.strip() for t in request.form.get("remove", "").split(",") if t.strip()))
+    if not tables and not remove:
+        raise ApiError(400, "nothing to change: send 'add' or 'update' (products.csv rows, with their 'photo' files) or 'remove' (ids)")
+    try:
+        rows = stage_photos(folder, tables, photos, limits=current_app.config["SHOWROOM_IMAGE_LIMITS"])
+        delta = CatalogDelta(add=rows.get("add", ()), update=rows.get("update", ()), remove=remove)
+        embedder = served.engine.embedder
+        generation, report = publish_delta(
+            folder, delta, lambda current: embedder if model_fingerprint(current / "model.keras") == served.model_fingerprint
+            else Embedder.load(current / "model.keras"))
+    except (CatalogError, DeltaError) as exc:
+        raise ApiError(400 if isinstance(exc, CatalogError) else 409, f"catalog not changed: {exc}") from None
+    loaded = _reloaded()
+    logger.info("catalog update: %s -> %s (+%d ~%d -%d products)", report["source"], generation.name, report["products_added"],
+                report["products_updated"], report["products_removed"])
+    return jsonify(status="updated", generation=loaded.generation, products=len(loaded.engine.products), source=loaded.source,
+                   report={k: report[k] for k in ("products_added", "products_updated", "products_removed", "rows_before", "rows_after",
+                                                  "embedded", "reused", "method", "recall")})
 
 
 @bp.get("/healthz", endpoint="healthz_api")

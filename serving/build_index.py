@@ -39,14 +39,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-
-import numpy as np
 
 from detectors.cache import cached_detect
 from detectors.category_map import load_category_map, map_for_detector
@@ -211,63 +207,30 @@ def _removed_ids(text: str | None) -> tuple[str, ...]:
 
 def _run_delta(args: argparse.Namespace) -> int:
     """Change the current generation of ``--out`` by the delta flags and publish the result as the next one."""
-    from engine.index.catalog_index import CatalogIndex, read_manifest
-    from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted, write_delta_folder
+    from engine.index.delta import CatalogDelta, DeltaError
+    from engine.index.generations import current_generation, resolve_serving_folder
+    from engine.index.catalog_index import read_manifest
     from engine.index.segments import COMPACT_ABOVE
-    from engine.index.generations import MODEL_FILE, current_generation, resolve_serving_folder
-    from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
     from engine.model.embedder import Embedder, model_fingerprint
+    from serving.catalog_update import publish_delta
     from training.model_ref import resolve_model
 
     t0 = time.perf_counter()
     if current_generation(args.out) is None:
         raise DeltaError(f"{args.out} has no current generation to change; build one first with --model and --catalog")
-    removed = _removed_ids(args.remove)
-    report: dict = {}
+    current = resolve_serving_folder(args.out)
+    root = Path(args.catalog or read_manifest(current / "products").get("catalog_root") or ".").resolve()
 
-    def write(tmp: Path) -> None:
-        current = resolve_serving_folder(args.out)  # read under the build lock: a concurrent delta cannot be lost
-        fingerprint = model_fingerprint(current / MODEL_FILE)  # the file's hash: no model is loaded unless photos need embedding
-        if args.model and model_fingerprint(resolve_model(args.model).path) != fingerprint:
-            raise DeltaError(f"--model is not the model of {current.name}: a delta keeps the generation's model; "
-                             "build a full index to serve another model")
-        root = Path(args.catalog or read_manifest(current / PRODUCTS).get("catalog_root") or ".").resolve()
+    def rows(csv: Path | None) -> tuple:  # validated as a catalog's rows: every photo found, decodable, hashed once
+        return tuple(check_product_images(read_product_rows(csv, root)[0], csv)) if csv else ()
 
-        def rows(csv: Path | None) -> tuple:  # validated as a catalog's rows: every photo found, decodable, hashed once
-            return tuple(check_product_images(read_product_rows(csv, root)[0], csv)) if csv else ()
-
-        def embed(paths: Sequence[Path]) -> np.ndarray:
-            embedder = Embedder.load(current / MODEL_FILE)
-            return embedder(photo_images(paths, embedder.preprocessing))
-
-        delta = CatalogDelta(add=rows(args.add), update=rows(args.update), remove=removed)
-        _carry(current / MODEL_FILE, tmp / MODEL_FILE)
-        if not delta and args.compact:  # --compact alone: the same products in one flat index
-            products = compacted(CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint))
-            products.save(tmp / PRODUCTS)
-            report.update(DeltaReport(rows_before=len(products), rows_after=len(products), method="compacted into one flat index").as_dict())
-        elif not delta:  # --calibration alone: the same products, a new calibrator
-            CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint)  # verified before it is carried over
-            count = read_manifest(current / PRODUCTS)["count"]
-            shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=_carry)
-            report.update(DeltaReport(rows_before=count, rows_after=count, method="products carried over").as_dict())
-        else:
-            scenes = current / SCENES / "vectors.npy"
-            rep = write_delta_folder(current / PRODUCTS, tmp / PRODUCTS, delta, embed, model_fingerprint=fingerprint,
-                                     queries=(lambda: np.load(scenes)) if scenes.is_file() else None,
-                                     target_recall=args.target_recall or 0.95, k=10, n_queries=min(200, args.tuning_queries),
-                                     seed=args.seed, compact=args.compact,
-                                     compact_above=COMPACT_ABOVE if args.compact_above is None else args.compact_above)
-            report.update(rep.as_dict())
-        if (current / SCENES).is_dir():
-            shutil.copytree(current / SCENES, tmp / SCENES, copy_function=_carry)
-        if args.calibration:
-            _calibrate(args.calibration, tmp)
-        elif (current / CALIBRATION_FILE).is_file():
-            _carry(current / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
-        report.update(source=current.name)
-
-    generation = publish_generation(args.out, write, keep=args.keep)
+    delta = CatalogDelta(add=rows(args.add), update=rows(args.update), remove=_removed_ids(args.remove))
+    generation, report = publish_delta(
+        args.out, delta, lambda folder: Embedder.load(folder / "model.keras"),
+        model=model_fingerprint(resolve_model(args.model).path) if args.model else None,
+        calibrate=(lambda tmp: _calibrate(args.calibration, tmp)) if args.calibration else None, compact=args.compact,
+        compact_above=COMPACT_ABOVE if args.compact_above is None else args.compact_above, target_recall=args.target_recall or 0.95,
+        n_queries=min(200, args.tuning_queries), seed=args.seed, keep=args.keep)
     recall = f", recall@10 {report['recall']:.3f} on {report['recall_queries']} queries" if report["recall"] is not None else ""
     recall += f"; calibration {args.calibration}" if args.calibration else ""
     print(f"products: +{report['products_added']} ~{report['products_updated']} -{report['products_removed']} "
@@ -286,14 +249,6 @@ def _calibrate(path: Path, generation: Path) -> None:
     cal.save(generation / CALIBRATION_FILE)
     logger.info("calibration %s (threshold %.3f) served with this generation", path, cal.threshold)
 
-
-def _carry(src: str | Path, dst: str | Path) -> None:
-    """A file of the current generation into the next: a hard link (generations are never written
-    after they are published), or a copy across file systems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""A catalog delta published as the next generation of a serving folder: what ``build_index --add/
+--update/--remove`` and ``POST /api/catalog`` share.
+
+``publish_delta`` makes the next generation from the current one under the build lock
+(``engine.index.generations.publish_generation``): the model, scenes index and calibration carried
+over by hard link, the products index changed by ``engine.index.delta.write_delta_folder``.
+``stage_photos`` takes the API's uploaded rows and photos: each photo checked like an upload,
+then like a catalog's, and kept content-addressed under the serving folder's ``photos/`` (outside
+every generation, so pruning a generation never removes a photo a newer one shows).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from engine.calibration import FILE as CALIBRATION_FILE
+from engine.data.catalog import CatalogError, ProductImage, check_product_images, read_product_rows
+from engine.config import ImageLimits
+from engine.data.images import ImageError, check_limits, read_header
+from engine.index.catalog_index import CatalogIndex, read_manifest
+from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted, write_delta_folder
+from engine.index.generations import MODEL_FILE, publish_generation, resolve_serving_folder
+from engine.index.segments import COMPACT_ABOVE
+from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
+from engine.model.embedder import Embedder, model_fingerprint
+
+logger = logging.getLogger(__name__)
+PHOTOS = "photos"  # a serving folder's store of photos added through the API, named by their sha256
+MAX_API_ROWS = 100  # rows of --add / --update one POST /api/catalog may carry
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path], Embedder], *, model: str | None = None,
+                  calibrate: Callable[[Path], None] | None = None, compact: bool = False, compact_above: float = COMPACT_ABOVE,
+                  target_recall: float = 0.95, n_queries: int = 200, seed: int = 0, keep: int = 3) -> tuple[Path, dict]:
+    """Publish ``out``'s next generation: its current one changed by ``delta`` (``--compact`` alone when
+    ``delta`` is empty and ``compact``; a new calibration alone when empty and ``calibrate`` is given).
+
+    embedder_for(current generation) → the embedder of its model, called only when photos need
+    embedding; model: the sha256 the generation's model must have (``DeltaError`` otherwise);
+    calibrate(new generation folder): writes its calibration (else the current one is carried over).
+    Returns (the new generation's folder, the report: ``DeltaReport`` fields and ``source``)."""
+    report: dict = {}
+
+    def write(tmp: Path) -> None:
+        current = resolve_serving_folder(out)  # read under the build lock: a concurrent delta cannot be lost
+        fingerprint = model_fingerprint(current / MODEL_FILE)  # the file's hash: no model is loaded unless photos need embedding
+        if model is not None and model != fingerprint:
+            raise DeltaError(f"--model is not the model of {current.name}: a delta keeps the generation's model; "
+                             "build a full index to serve another model")
+
+        def embed(paths) -> np.ndarray:
+            embedder = embedder_for(current)
+            return embedder(photo_images(paths, embedder.preprocessing))
+
+        carry(current / MODEL_FILE, tmp / MODEL_FILE)
+        if not delta and compact:  # the same products in one flat index
+            products = compacted(CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint))
+            products.save(tmp / PRODUCTS)
+            report.update(DeltaReport(rows_before=len(products), rows_after=len(products), method="compacted into one flat index").as_dict())
+        elif not delta:  # a new calibrator alone: the same products
+            CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint)  # verified before it is carried over
+            count = read_manifest(current / PRODUCTS)["count"]
+            shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=carry)
+            report.update(DeltaReport(rows_before=count, rows_after=count, method="products carried over").as_dict())
+        else:
+            scenes = current / SCENES / "vectors.npy"
+            rep = write_delta_folder(current / PRODUCTS, tmp / PRODUCTS, delta, embed, model_fingerprint=fingerprint,
+                                     queries=(lambda: np.load(scenes)) if scenes.is_file() else None, target_recall=target_recall,
+                                     k=10, n_queries=n_queries, seed=seed, compact=compact, compact_above=compact_above)
+            report.update(rep.as_dict())
+        if (current / SCENES).is_dir():
+            shutil.copytree(current / SCENES, tmp / SCENES, copy_function=carry)
+        if calibrate is not None:
+            calibrate(tmp)
+        elif (current / CALIBRATION_FILE).is_file():
+            carry(current / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+        report.update(source=current.name)
+
+    generation = publish_generation(out, write, keep=keep)
+    return generation, report
+
+
+def carry(src: str | Path, dst: str | Path) -> None:
+    """A file of the current generation into the next: a hard link (generations are never written
+    after they are published), or a copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, bytes], *, limits: ImageLimits = ImageLimits(),
+                 max_rows: int = MAX_API_ROWS) -> dict[str, tuple[ProductImage, ...]]:
+    """The rows of ``tables`` (``"add"`` / ``"update"`` → a CSV in products.csv's format whose ``image``
+    column names one of ``photos``: uploaded file name → bytes), each photo checked (header within
+    ``limits``, then decoded and hashed as a catalog's photo) and stored as ``out/photos/<sha256><suffix>``,
+    which the rows then name. ``CatalogError`` (nothing kept) for a bad table, name, photo or count."""
+    for name in photos:
+        if not _SAFE_NAME.match(name) or Path(name).suffix.lower() not in _PHOTO_SUFFIXES:
+            raise CatalogError(f"photo file name {name!r}: use letters, digits, '.', '_' or '-' and a "
+                               f"{'/'.join(sorted(_PHOTO_SUFFIXES))} suffix")
+        try:
+            check_limits(read_header(photos[name], source=name), limits, source=name)
+        except ImageError as exc:
+            raise CatalogError(str(exc)) from None
+    store = Path(out) / PHOTOS
+    store.mkdir(parents=True, exist_ok=True)
+    staged: dict[str, tuple[ProductImage, ...]] = {}
+    with tempfile.TemporaryDirectory(dir=store, prefix=".incoming-") as tmp:
+        tmp = Path(tmp)
+        for name, data in photos.items():
+            (tmp / name).write_bytes(data)
+        total = 0
+        for what, table in tables.items():
+            named = _image_names(table, what)
+            total += len(named)
+            if total > max_rows:
+                raise CatalogError(f"{total} rows to add or update in one request; at most {max_rows}: send them in several")
+            unknown = [n for n in named if n not in photos]
+            if unknown:
+                raise CatalogError(f"{what}: image {unknown[0]!r} is not one of the uploaded photos ({', '.join(sorted(photos)) or 'none'})")
+            path = tmp / f"{what}.csv"
+            path.write_bytes(table)
+            try:
+                staged[what] = tuple(check_product_images(read_product_rows(path, tmp)[0], path))
+            except CatalogError as exc:  # named as the client sent it, not by this server's paths
+                raise CatalogError(str(exc).replace(f"{tmp}{os.sep}", "")) from None
+        for what, rows in staged.items():
+            kept = []
+            for p in rows:
+                target = store / f"{p.sha256}{p.image.suffix.lower()}"
+                if not target.exists():  # content-addressed: the same bytes are kept once, never overwritten
+                    os.replace(p.image, target)
+                kept.append(replace(p, image=target.resolve()))
+            staged[what] = tuple(kept)
+    logger.info("catalog update: %d photos checked and kept in %s", sum(len(r) for r in staged.values()), store)
+    return staged
+
+
+def _image_names(table: bytes, what: str) -> list[str]:
+    """The ``image`` column of an uploaded products table, one per row (checked before any path is made of them)."""
+    try:
+        reader = csv.DictReader(io.StringIO(table.decode("utf-8-sig")))
+        rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise CatalogError(f"{what}: not a UTF-8 CSV table ({exc})") from None
+    if "image" not in (reader.fieldnames or []):
+        raise CatalogError(f"{what}: no 'image' column; header is {reader.fieldnames}. Required are product_id, name, type, image")
+    return [(row.get("image") or "").strip() for row in rows]

@@ -1,0 +1,95 @@
+"""POST /api/catalog: products added, updated and removed through the API are published as the next
+generation and served at once; the operator's token, the uploaded photos' names and contents, the
+rows and the ids are checked first, and a refused update publishes nothing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.index.generations import current_generation, publish_generation
+
+AUTH = {"X-Reload-Token": "s3cret"}
+
+
+def _png(colour: tuple[int, int, int], size: int = 64) -> bytes:
+    return cv2.imencode(".png", np.full((size, size, 3), colour, np.uint8))[1].tobytes()
+
+
+@pytest.fixture()
+def served(index_folder: Path, tmp_path: Path, monkeypatch, copy_of) -> Path:
+    out = tmp_path / "serve"
+    publish_generation(out, copy_of(index_folder))
+    monkeypatch.setenv("SHOWROOM_GENERATION_FILE", str(tmp_path / "run" / "generation.json"))
+    return out
+
+
+@pytest.fixture()
+def client(served: Path):
+    from serving import create_app
+
+    return create_app({"SHOWROOM_INDEX": str(served), "TESTING": True, "SHOWROOM_RELOAD_TOKEN": "s3cret",
+                       "SHOWROOM_RATE_LIMIT": ""}).test_client()
+
+
+def _post(client, headers=AUTH, **fields):
+    data = {}
+    for key, value in fields.items():
+        if key == "photos":
+            data["photo"] = [(io.BytesIO(b), name) for name, b in value.items()]
+        elif isinstance(value, bytes):
+            data[key] = (io.BytesIO(value), f"{key}.csv")
+        else:
+            data[key] = value
+    return client.post("/api/catalog", data=data, headers=headers, content_type="multipart/form-data")
+
+
+def test_products_added_and_removed_through_the_api_are_served_at_once(client, served: Path):
+    before = client.get("/healthz").get_json()
+    products = client.application.extensions["showroom"].served.engine.products
+    gone = products.items[0].product_id
+    add = b"product_id,name,type,image,price\nNEW-1,Yellow lamp,Lamp,yellow.png,19\nNEW-2,Blue lamp,Lamp,blue.png,24\n"
+    r = _post(client, add=add, remove=gone, photos={"yellow.png": _png((10, 220, 240)), "blue.png": _png((200, 30, 10))})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["status"] == "updated" and body["generation"] == before["generation"] + 1
+    assert body["products"] == len(products) + 2 - len(products.items_of(gone))
+    assert body["report"]["products_added"] == 2 and body["report"]["embedded"] == 2  # 3 of 18 rows changed: it compacted
+    new = client.get("/api/products/NEW-1").get_json()
+    assert new["name"] == "Yellow lamp" and client.get(f"/api/products/{gone}").status_code == 404
+    image = client.get("/images/products/NEW-1")
+    assert image.status_code == 200 and cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)[0, 0].tolist() == [10, 220, 240]
+    kept = sorted((served / "photos").iterdir())
+    assert len(kept) == 2 and all(len(p.stem) == 64 and p.suffix == ".png" for p in kept)  # content-addressed, outside the generations
+    assert client.get("/healthz").get_json()["generation"] == body["generation"]
+
+
+@pytest.mark.parametrize("fields,status,message", [
+    ({"add": b"product_id,name,type,image\nNEW-1,Lamp,Lamp,../model.keras\n", "photos": {"a.png": _png((1, 2, 3))}}, 400,
+     "not one of the uploaded photos"),
+    ({"add": b"product_id,name,type,image\nNEW-1,Lamp,Lamp,x.png\n", "photos": {"x.png": b"not an image"}}, 400, "x.png"),
+    ({"add": b"product_id,name,type,image\nNEW-1,Lamp,Lamp,a.png\n", "photos": {"../a.png": _png((1, 2, 3))}}, 400, "file name"),
+    ({"add": b"product_id,name\nNEW-1,Lamp\n", "photos": {}}, 400, "no 'image' column"),
+    ({"add": b"product_id,name,image\nNEW-1,Lamp,a.png\n", "photos": {"a.png": _png((1, 2, 3))}}, 400, "add.csv"),
+    ({"remove": "NO-SUCH"}, 409, "not in the index"),
+    ({}, 400, "nothing to change"),
+])
+def test_a_refused_update_publishes_nothing(client, served: Path, fields, status, message):
+    generation = current_generation(served)
+    r = _post(client, **fields)
+    assert r.status_code == status and message in r.get_json()["error"] and str(served) not in r.get_json()["error"]
+    assert current_generation(served) == generation
+    assert not list((served / "photos").iterdir()) if (served / "photos").exists() else True  # no photo kept, no temporary left
+
+
+def test_catalog_updates_need_the_operators_token(client, served: Path):
+    assert _post(client, headers={}, remove="X").status_code == 403
+    assert _post(client, headers={"X-Reload-Token": "wrong"}, remove="X").status_code == 403
+    from serving import create_app
+
+    off = create_app({"SHOWROOM_INDEX": str(served), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""}).test_client()
+    assert _post(off, remove="X").status_code == 404
