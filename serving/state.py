@@ -69,8 +69,9 @@ def load_from_folder(folder: Path, detector: Detector | None = None, classes: fr
                      generation: int = 1, groups: CategoryMap | None = None, previous: Loaded | None = None) -> Loaded:
     """Load ``folder/model.keras`` (with its preprocessing) and the verified indexes built with it;
     ``groups`` (the product-groups map) says which detector classes are objects of a room and which
-    catalog types each group searches; ``previous``: the generation served now, whose products index's
-    base a segmented products index over the same base reuses from memory (``CatalogIndex.load``).
+    catalog types each group searches; ``previous``: the generation served now, whose indexes are
+    reused from memory where this folder holds the same bytes (a scenes index carried over by a
+    catalog delta; the base of a segmented products index: ``CatalogIndex.load``).
     One load at a time in a process (``LOAD_LOCK``)."""
     with LOAD_LOCK:
         return _load_folder(Path(folder), detector, classes, generation, groups, previous)
@@ -82,7 +83,8 @@ def _load_folder(folder: Path, detector: Detector | None, classes: frozenset[str
     fp = embedder.fingerprint
     reuse = previous.engine.products if previous is not None else None
     products = CatalogIndex.load(folder / PRODUCTS, model_fingerprint=fp, reuse=reuse)
-    scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp) if (folder / SCENES).exists() else None
+    reuse_scenes = previous.engine.scenes if previous is not None else None
+    scenes = CatalogIndex.load(folder / SCENES, model_fingerprint=fp, reuse=reuse_scenes) if (folder / SCENES).exists() else None
     # a generation's calibration belongs to its model: one of another model is refused with the generation
     calibrator = MatchCalibrator.load(folder / CALIBRATION_FILE, model_fingerprint=fp) if (folder / CALIBRATION_FILE).is_file() else None
     engine = SearchEngine(embedder, products, scenes, detector, classes,

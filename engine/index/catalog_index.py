@@ -269,12 +269,19 @@ class CatalogIndex:
         ``reuse``: an index loaded before (the one a server serves). When ``folder`` is segmented and its
         base is the same flat index as ``reuse``'s (its ``base/manifest.json``, which checksums every
         base file, has the same sha256), that base is taken from memory, already verified, instead of
-        being read and hashed again: a reload after a delta costs the delta's rows, not the base's."""
+        being read and hashed again: a reload after a delta costs the delta's rows, not the base's.
+        When ``folder`` is the very flat index ``reuse`` was loaded from (the scenes index a delta
+        carries over by hard link), ``reuse`` itself is returned."""
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest.get("layout") != segments.LAYOUT:
+            key = file_sha256(folder / "manifest.json")
+            if reuse is not None and reuse._base_key == key and reuse._base is not None and reuse.index is reuse._base.index:
+                check_model(folder, manifest, model_fingerprint)
+                logger.info("%s: the same index as the one already loaded (%d rows): reused, not read again", folder, len(reuse))
+                return reuse  # the same bytes (its manifest checksums every file), never written after it was published
             flat = _read_flat(folder, manifest, model_fingerprint, backends)
-            return cls._assemble(flat, base=flat, base_key=file_sha256(folder / "manifest.json"))
+            return cls._assemble(flat, base=flat, base_key=key)
         verify_checksums(folder, manifest)
         check_model(folder, manifest, model_fingerprint)
         key = manifest["checksums"][f"{segments.BASE}/manifest.json"]

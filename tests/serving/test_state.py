@@ -231,10 +231,13 @@ def test_a_reload_after_a_delta_reuses_the_served_base_and_answers_without_the_r
     app = make_app(served)
     client = app.test_client()
     before = app.extensions["showroom"].served.engine.products
+    before_scenes = app.extensions["showroom"].served.engine.scenes
     gone = before.items[0].product_id
     assert build_index.main(["--out", str(served), "--remove", gone]) == 0  # a segmented generation over the served index
     r = client.post("/api/reload", headers={"X-Reload-Token": "s3cret"})
     assert r.status_code == 200 and r.get_json()["products"] == len(before) - len(before.items_of(gone))
     after = app.extensions["showroom"].served.engine.products
     assert isinstance(after.index, SegmentedIndex) and after.index.base is before.index  # from memory, not read again
+    scenes = [app.extensions["showroom"].served.engine.scenes, before_scenes]
+    assert scenes[0] is scenes[1]  # carried over by the delta: the very same index
     assert not after.items_of(gone) and client.get(f"/api/products/{gone}").status_code == 404

@@ -260,3 +260,16 @@ def test_a_reload_over_the_same_base_reuses_it_from_memory(folder, caplog):
     write_delta_folder(tmp / "g3", tmp / "g4", CatalogDelta(remove=("p5",)), embed, compact=True)
     write_delta_folder(tmp / "g4", tmp / "g5", CatalogDelta(remove=("p6",)), embed)  # a segment over the compacted base
     assert CatalogIndex.load(tmp / "g5", reuse=g3).index.base is not g1.index  # another base: read from its folder
+
+
+def test_the_same_flat_index_is_reused_whole_and_another_is_read(folder):
+    tmp, root, embed = folder
+    g1 = CatalogIndex.load(tmp / "g1")
+    import shutil
+
+    shutil.copytree(tmp / "g1", tmp / "linked", copy_function=os.link)  # a generation carrying it over by hard link
+    assert CatalogIndex.load(tmp / "linked", reuse=g1) is g1
+    with pytest.raises(IndexFolderError, match="built with model"):
+        CatalogIndex.load(tmp / "linked", model_fingerprint="model-2", reuse=g1)
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    assert CatalogIndex.load(tmp / "g2", reuse=g1) is not g1
