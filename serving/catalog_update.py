@@ -69,7 +69,8 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path],
         if not delta and compact:  # the same products in one flat index
             products = compacted(CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint))
             products.save(tmp / PRODUCTS)
-            report.update(DeltaReport(rows_before=len(products), rows_after=len(products), method="compacted into one flat index").as_dict())
+            report.update(DeltaReport(rows_before=len(products), rows_after=len(products),
+                                      method="compacted into one flat index").as_dict())
         elif not delta:  # a new calibrator alone: the same products
             CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint)  # verified before it is carried over
             count = read_manifest(current / PRODUCTS)["count"]
@@ -131,7 +132,8 @@ def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, by
                 raise CatalogError(f"{total} rows to add or update in one request; at most {max_rows}: send them in several")
             unknown = [n for n in named if n not in photos]
             if unknown:
-                raise CatalogError(f"{what}: image {unknown[0]!r} is not one of the uploaded photos ({', '.join(sorted(photos)) or 'none'})")
+                raise CatalogError(f"{what}: image {unknown[0]!r} is not one of the uploaded photos "
+                                   f"({', '.join(sorted(photos)) or 'none'})")
             path = tmp / f"{what}.csv"
             path.write_bytes(table)
             try:

@@ -141,6 +141,8 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     check_delta(index, delta)
     t0 = time.perf_counter()
     if isinstance(index.index, segments.SegmentedIndex):
+        if isinstance(index.index.base, MilvusIndex):
+            raise DeltaError("a Milvus-backed index is never changed in place: write_delta_folder writes a segment or a new collection")
         index = compacted(index)
     report = DeltaReport(len({p.product_id for p in delta.add}), len({p.product_id for p in delta.update}), len(set(delta.remove)),
                          rows_before=len(index))
@@ -281,18 +283,20 @@ def rebuilt_like(index: CatalogIndex, like: SearchIndex | None) -> CatalogIndex:
 
 
 def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths: EmbedPaths, *, model_fingerprint: str | None = None,
-                       queries: np.ndarray | Callable[[], np.ndarray] | None = None, target_recall: float = 0.95, k: int = 10, n_queries: int = 200, seed: int = 0,
-                       compact: bool = False, compact_above: float = segments.COMPACT_ABOVE) -> DeltaReport:
+                       queries: np.ndarray | Callable[[], np.ndarray] | None = None, target_recall: float = 0.95, k: int = 10,
+                       n_queries: int = 200, seed: int = 0, compact: bool = False,
+                       compact_above: float = segments.COMPACT_ABOVE) -> DeltaReport:
     """Write into ``out`` the products index folder ``source`` changed by ``delta`` (see the module docstring).
 
     Segmented when it can be: ``source``'s base hard-linked, never loaded; its photo hashes read only
     when rows are added, and its vectors only when an added photo is already indexed (each file's
     checksum verified before it is read); its other files checked by size (a missing or truncated one
-    is refused here, any other damage by the next full load, the service's, which hashes every file). Flat (``apply_delta``, then ``save``) when ``compact``, when the
-    tombstones and delta rows would pass ``compact_above`` of the base's rows, or when the base cannot
-    be a segment (no photo hashes). A Milvus base is never changed: a segment searches its collection
-    as it is, and compaction fills a new collection;
-    ``queries`` (or a function loading them, called only then) … ``seed`` are then ``apply_delta``'s.
+    is refused here, any other damage by the next full load, the service's, which hashes every file).
+    Flat (``apply_delta``, then ``save``) when ``compact``, when the tombstones and delta rows would
+    pass ``compact_above`` of the base's rows, or when the base cannot be a segment (no photo hashes).
+    A Milvus base is never changed: a segment searches its collection as it is, and compaction fills
+    a new collection. ``queries`` (or a function loading them, called only when it compacts) …
+    ``seed`` are then ``apply_delta``'s.
     """
     source, out = Path(source), Path(out)
     t0 = time.perf_counter()
@@ -344,7 +348,8 @@ def _segments_of(source: Path, manifest: dict) -> _Segments | None:
         try:
             removed, vectors, items, hashes = segments.read_delta(source, int(manifest["dim"]))
         except (ValueError, KeyError, OSError) as exc:
-            raise IndexFolderError(f"{source}: its delta segment is damaged ({exc}); rebuild it with python -m serving.build_index") from None
+            raise IndexFolderError(f"{source}: its delta segment is damaged ({exc}); "
+                                   "rebuild it with python -m serving.build_index") from None
     else:
         base, base_manifest = source, manifest
         removed, vectors, items, hashes = np.zeros(0, np.int64), np.zeros((0, int(manifest["dim"])), np.float32), [], []

@@ -131,7 +131,7 @@ def test_settings_and_names(tmp_path: Path):
 
 def test_a_delta_over_a_milvus_index_never_changes_its_collection(tmp_path: Path):
     from engine.data.catalog import ProductImage
-    from engine.index.delta import CatalogDelta, write_delta_folder
+    from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
     from engine.index.segments import SegmentedIndex
 
     db, q = clustered_unit(400, 16, seed=4, queries=20)
@@ -150,6 +150,8 @@ def test_a_delta_over_a_milvus_index_never_changes_its_collection(tmp_path: Path
     assert isinstance(g2.index, SegmentedIndex) and isinstance(g2.index.base, MilvusIndex) and len(g2) == 403
     exact = BruteForceIndex(g2.vectors).search(q, 10).indices
     np.testing.assert_array_equal(g2.index.search(q, 10).indices, exact)
+    with pytest.raises(DeltaError, match="never changed in place"):
+        apply_delta(g2, CatalogDelta(remove=("p2",)), embed)
     report = write_delta_folder(tmp_path / "g2", tmp_path / "g3", CatalogDelta(remove=("p2",)), embed, compact=True)
     g3 = CatalogIndex.load(tmp_path / "g3")
     collection = g3.index.settings.collection
