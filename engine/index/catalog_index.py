@@ -271,12 +271,15 @@ class CatalogIndex:
         base file, has the same sha256), that base is taken from memory, already verified, instead of
         being read and hashed again: a reload after a delta costs the delta's rows, not the base's.
         When ``folder`` is the very flat index ``reuse`` was loaded from (the scenes index a delta
-        carries over by hard link), ``reuse`` itself is returned."""
+        carries over by hard link), ``reuse`` itself is returned. Either only while the folder's files
+        are all there with their recorded sizes (``files_in_place``); else the folder is read and
+        verified as usual."""
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest.get("layout") != segments.LAYOUT:
             key = file_sha256(folder / "manifest.json")
-            if reuse is not None and reuse._base_key == key and reuse._base is not None and reuse.index is reuse._base.index:
+            if (reuse is not None and reuse._base_key == key and reuse._base is not None and reuse.index is reuse._base.index
+                    and files_in_place(folder, manifest)):
                 check_model(folder, manifest, model_fingerprint)
                 logger.info("%s: the same index as the one already loaded (%d rows): reused, not read again", folder, len(reuse))
                 return reuse  # the same bytes (its manifest checksums every file), never written after it was published
@@ -285,7 +288,8 @@ class CatalogIndex:
         verify_checksums(folder, manifest)
         check_model(folder, manifest, model_fingerprint)
         key = manifest["checksums"][f"{segments.BASE}/manifest.json"]
-        if reuse is not None and reuse._base is not None and reuse._base_key == key:
+        if (reuse is not None and reuse._base is not None and reuse._base_key == key
+                and files_in_place(folder / segments.BASE, read_manifest(folder / segments.BASE))):
             base = reuse._base
             logger.info("%s: its base (%d rows) is the one already loaded: reused, not read again", folder, len(base.items))
         else:
@@ -349,6 +353,22 @@ def read_manifest(folder: Path) -> dict:
     if missing:
         raise IndexFolderError(f"{mpath} lacks {', '.join(missing)}: it is damaged or not written by Showroom; {REBUILD}")
     return manifest
+
+
+def files_in_place(folder: Path, manifest: dict) -> bool:
+    """Whether every file the manifest lists is there with its recorded size (False for a manifest
+    written before sizes were): what reusing an index already verified in memory asks of the folder,
+    so a file truncated or replaced since is read, and refused, instead of passed over."""
+    sizes = manifest.get("sizes")
+    if sizes is None or set(sizes) != set(manifest["checksums"]):
+        return False
+    for rel, size in sizes.items():
+        try:
+            if (Path(folder) / rel).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def verify_checksums(folder: Path, manifest: dict, only: Set[str] | None = None) -> None:

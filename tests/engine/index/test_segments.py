@@ -273,3 +273,13 @@ def test_the_same_flat_index_is_reused_whole_and_another_is_read(folder):
         CatalogIndex.load(tmp / "linked", model_fingerprint="model-2", reuse=g1)
     write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
     assert CatalogIndex.load(tmp / "g2", reuse=g1) is not g1
+
+
+def test_a_file_damaged_since_it_was_loaded_is_read_and_refused_not_reused(folder):
+    tmp, root, embed = folder
+    g1 = CatalogIndex.load(tmp / "g1")
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    os.truncate(tmp / "g1" / "vectors.npy", 100)  # g2's base is the same file (a hard link)
+    for name in ("g1", "g2"):
+        with pytest.raises(IndexFolderError, match="vectors.npy is missing or damaged"):
+            CatalogIndex.load(tmp / name, reuse=g1)
