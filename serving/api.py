@@ -350,6 +350,7 @@ def catalog_update():
     files, ``remove`` comma-separated product ids."""
     from engine.data.catalog import CatalogError
     from engine.index.delta import CatalogDelta, DeltaError
+    from engine.index.generations import ServingFolderError
     from engine.model.embedder import Embedder, model_fingerprint
     from serving.catalog_update import publish_delta, stage_photos
 
@@ -369,14 +370,20 @@ def catalog_update():
     if not tables and not remove:
         raise ApiError(400, "nothing to change: send 'add' or 'update' (products.csv rows, with their 'photo' files) or 'remove' (ids)")
     try:
-        rows = stage_photos(folder, tables, photos, limits=current_app.config["SHOWROOM_IMAGE_LIMITS"])
+        rows, added = stage_photos(folder, tables, photos, limits=current_app.config["SHOWROOM_IMAGE_LIMITS"])
+    except CatalogError as exc:
+        raise ApiError(400, f"catalog not changed: {exc}") from None
+    embedder = served.engine.embedder
+    try:
         delta = CatalogDelta(add=rows.get("add", ()), update=rows.get("update", ()), remove=remove)
-        embedder = served.engine.embedder
         generation, report = publish_delta(
             folder, delta, lambda current: embedder if model_fingerprint(current / "model.keras") == served.model_fingerprint
             else Embedder.load(current / "model.keras"))
-    except (CatalogError, DeltaError) as exc:
-        raise ApiError(400 if isinstance(exc, CatalogError) else 409, f"catalog not changed: {exc}") from None
+    except (DeltaError, ServingFolderError) as exc:  # an id that does not fit, or another build writing the folder now
+        for path in added:  # nothing of a refused update is kept
+            path.unlink(missing_ok=True)
+        headers = {"Retry-After": "5"} if isinstance(exc, ServingFolderError) else None
+        raise ApiError(409, f"catalog not changed: {exc}", headers) from None
     loaded = _reloaded()
     logger.info("catalog update: %s -> %s (+%d ~%d -%d products)", report["source"], generation.name, report["products_added"],
                 report["products_updated"], report["products_removed"])

@@ -104,11 +104,12 @@ def carry(src: str | Path, dst: str | Path) -> None:
 
 
 def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, bytes], *, limits: ImageLimits = ImageLimits(),
-                 max_rows: int = MAX_API_ROWS) -> dict[str, tuple[ProductImage, ...]]:
+                 max_rows: int = MAX_API_ROWS) -> tuple[dict[str, tuple[ProductImage, ...]], list[Path]]:
     """The rows of ``tables`` (``"add"`` / ``"update"`` → a CSV in products.csv's format whose ``image``
     column names one of ``photos``: uploaded file name → bytes), each photo checked (header within
     ``limits``, then decoded and hashed as a catalog's photo) and stored as ``out/photos/<sha256><suffix>``,
-    which the rows then name. ``CatalogError`` (nothing kept) for a bad table, name, photo or count."""
+    which the rows then name; and the files this call added to the store (for the caller to remove if
+    the update is then refused). ``CatalogError`` (nothing kept) for a bad table, name, photo or count."""
     for name in photos:
         if not _SAFE_NAME.match(name) or Path(name).suffix.lower() not in _PHOTO_SUFFIXES:
             raise CatalogError(f"photo file name {name!r}: use letters, digits, '.', '_' or '-' and a "
@@ -140,16 +141,18 @@ def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, by
                 staged[what] = tuple(check_product_images(read_product_rows(path, tmp)[0], path))
             except CatalogError as exc:  # named as the client sent it, not by this server's paths
                 raise CatalogError(str(exc).replace(f"{tmp}{os.sep}", "")) from None
+        added: list[Path] = []
         for what, rows in staged.items():
             kept = []
             for p in rows:
                 target = store / f"{p.sha256}{p.image.suffix.lower()}"
                 if not target.exists():  # content-addressed: the same bytes are kept once, never overwritten
                     os.replace(p.image, target)
+                    added.append(target)
                 kept.append(replace(p, image=target.resolve()))
             staged[what] = tuple(kept)
-    logger.info("catalog update: %d photos checked and kept in %s", sum(len(r) for r in staged.values()), store)
-    return staged
+    logger.info("catalog update: %d photos checked, %d new in %s", sum(len(r) for r in staged.values()), len(added), store)
+    return staged, added
 
 
 def _image_names(table: bytes, what: str) -> list[str]:

@@ -93,3 +93,19 @@ def test_catalog_updates_need_the_operators_token(client, served: Path):
 
     off = create_app({"SHOWROOM_INDEX": str(served), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""}).test_client()
     assert _post(off, remove="X").status_code == 404
+
+
+def test_a_refused_delta_keeps_none_of_its_photos_and_a_busy_folder_is_a_409_to_retry(client, served: Path):
+    import fcntl
+
+    existing = client.application.extensions["showroom"].served.engine.products.items[0].product_id
+    add = f"product_id,name,type,image\n{existing},Again,Lamp,again.png\n".encode()
+    r = _post(client, add=add, photos={"again.png": _png((9, 9, 9))})
+    assert r.status_code == 409 and "already in the index" in r.get_json()["error"]
+    assert not [p for p in (served / "photos").iterdir()]  # the photo stored for it went with the refusal
+    with open(served / ".lock", "a") as fh:  # a build is writing the folder
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = _post(client, remove=existing)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    assert r.status_code == 409 and "another build" in r.get_json()["error"] and r.headers["Retry-After"] == "5"
+    assert _post(client, remove=existing).status_code == 200  # once it is done
