@@ -24,6 +24,17 @@ class Neighbors:
     distances: np.ndarray
 
 
+def checked_queries(queries: np.ndarray, dim: int, k: int, size: int) -> tuple[np.ndarray, int]:
+    """What every ``SearchIndex.search`` checks first: ``queries`` as contiguous float32 (Q, ``dim``)
+    and k >= 1 (``ValueError`` otherwise), and k capped at the ``size`` rows there are."""
+    queries = np.ascontiguousarray(queries, np.float32)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries must be (Q, {dim}), got {queries.shape}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return queries, min(k, size)
+
+
 class IndexBackendError(ValueError):
     """A saved index whose backend data does not belong to it (e.g. a Milvus collection filled by
     another model), or whose backend is not registered; the message says what to rebuild."""

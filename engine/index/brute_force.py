@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.index.base import BuildRequest, Neighbors
+from engine.index.base import BuildRequest, Neighbors, checked_queries
 
 
 class BruteForceIndex:
@@ -48,12 +48,7 @@ class BruteForceIndex:
         return self._v.shape[1]
 
     def search(self, queries: np.ndarray, k: int) -> Neighbors:
-        queries = np.asarray(queries, np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must be (Q, {self.dim}), got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, self.size)
+        queries, k = checked_queries(queries, self.dim, k, self.size)
         idx = np.zeros((len(queries), k), np.int64)
         dist = np.zeros((len(queries), k), np.float32)
         for s in range(0, len(queries), self._block):

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.index.base import BuildRequest, IndexBackendError, Neighbors
+from engine.index.base import BuildRequest, IndexBackendError, Neighbors, checked_queries
 from engine.index.brute_force import BruteForceIndex
 from engine.index.tuning import recall_at_k
 
@@ -247,12 +247,7 @@ class MilvusIndex:
     def search(self, queries: np.ndarray, k: int) -> Neighbors:
         """As ``SearchIndex.search``, by the server, in requests of at most 64 queries. An approximate
         index may find fewer than k items for some query: all rows are then cut to the fewest found."""
-        queries = np.asarray(queries, np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self._d:
-            raise ValueError(f"queries must be (Q, {self._d}), got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, self._n)
+        queries, k = checked_queries(queries, self._d, k, self._n)
         hits = []
         for s in range(0, len(queries), _QUERIES_PER_REQUEST):
             hits.extend(self._client.search(self.settings.collection, data=list(queries[s : s + _QUERIES_PER_REQUEST]), limit=k, output_fields=[ROW],

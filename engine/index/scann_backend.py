@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.index.base import BuildRequest, Neighbors, SearchIndex
+from engine.index.base import BuildRequest, Neighbors, SearchIndex, checked_queries
 from engine.index.brute_force import BruteForceIndex
 
 
@@ -180,12 +180,7 @@ class ScannIndex:
         """As ``SearchIndex.search``; ``leaves_to_search`` / ``reorder`` > 0 override the index's own for
         this call. One query goes through ScaNN's single-query path; batches of 256 or more are split
         over ``set_threads`` threads."""
-        queries = np.ascontiguousarray(queries, np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self._d:
-            raise ValueError(f"queries must be (Q, {self._d}), got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, self._n)
+        queries, k = checked_queries(queries, self._d, k, self._n)
         lts = leaves_to_search or self.params.leaves_to_search
         pre = max(k, reorder or self.params.reorder)
         dot = self.params.metric == "dot_product"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.index.base import Neighbors, SearchIndex
+from engine.index.base import Neighbors, SearchIndex, checked_queries
 from engine.index.brute_force import BruteForceIndex
 
 LAYOUT = "segmented"
@@ -71,12 +71,7 @@ class SegmentedIndex:
 
     def search(self, queries: np.ndarray, k: int) -> Neighbors:
         """``queries`` float32 (Q, D) → the min(k, N) nearest live rows of each, nearest first."""
-        queries = np.asarray(queries, np.float32)
-        if queries.ndim != 2 or queries.shape[1] != self.dim:
-            raise ValueError(f"queries must be (Q, {self.dim}), got {queries.shape}")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        k = min(k, self.size)
+        queries, k = checked_queries(queries, self.dim, k, self.size)
         parts = []
         if self._live_base:
             parts.append(self._search_base(queries, k))
