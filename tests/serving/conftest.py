@@ -15,6 +15,7 @@ from engine.data.catalog import load_catalog
 from engine.config import ModelConfig, Preprocessing
 from engine.data.detection import Detection
 from engine.model.embedder import Embedder, save_embedder
+from engine.index.generations import publish_generation
 from engine.index.milvus import MilvusSettings
 from engine.model.network import build_embedder
 
@@ -74,3 +75,13 @@ def copy_of() -> Callable[[Path], Callable[[Path], None]]:
                 (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp / p.name)
         return write
     return copy_of
+
+
+@pytest.fixture()
+def served(index_folder: Path, tmp_path: Path, monkeypatch, copy_of) -> Path:
+    """A serving folder whose one generation is a copy of ``index_folder``, with this test's own
+    shared generation record (so its apps are the workers of one server)."""
+    out = tmp_path / "serve"
+    publish_generation(out, copy_of(index_folder))
+    monkeypatch.setenv("SHOWROOM_GENERATION_FILE", str(tmp_path / "run" / "generation.json"))
+    return out

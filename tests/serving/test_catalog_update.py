@@ -11,21 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.index.generations import current_generation, publish_generation
+from engine.index.generations import current_generation
 
 AUTH = {"X-Reload-Token": "s3cret"}
 
 
 def _png(colour: tuple[int, int, int], size: int = 64) -> bytes:
     return cv2.imencode(".png", np.full((size, size, 3), colour, np.uint8))[1].tobytes()
-
-
-@pytest.fixture()
-def served(index_folder: Path, tmp_path: Path, monkeypatch, copy_of) -> Path:
-    out = tmp_path / "serve"
-    publish_generation(out, copy_of(index_folder))
-    monkeypatch.setenv("SHOWROOM_GENERATION_FILE", str(tmp_path / "run" / "generation.json"))
-    return out
 
 
 @pytest.fixture()

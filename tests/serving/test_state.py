@@ -18,14 +18,6 @@ from engine.index.generations import publish_generation
 JPEG = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8))[1].tobytes()
 
 
-@pytest.fixture()
-def served(index_folder: Path, tmp_path: Path, monkeypatch, copy_of) -> Path:
-    out = tmp_path / "serve"
-    publish_generation(out, copy_of(index_folder))
-    monkeypatch.setenv("SHOWROOM_GENERATION_FILE", str(tmp_path / "run" / "generation.json"))
-    return out
-
-
 def make_app(out: Path):
     from serving import create_app
 

@@ -7,35 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine.data.catalog import ProductImage
 from engine.index.brute_force import BruteForceIndex
 from engine.index.catalog_index import CatalogIndex, Item
 from engine.index.delta import CatalogDelta, DeltaError, ann_recall, apply_delta
 from engine.index.scann_backend import ScannIndex, ScannParams
-
-
-def _photo(root: Path, name: str, colour: tuple[int, int, int]) -> Path:
-    path = root / f"{name}.png"
-    Image.new("RGB", (8, 8), colour).save(path)
-    return path
-
-
-class ColourEmbed:
-    """Embeds a photo as its mean colour (unit norm, padded to D = 4) and records every path it embeds."""
-
-    def __init__(self) -> None:
-        self.paths: list[Path] = []
-
-    def __call__(self, paths) -> np.ndarray:
-        self.paths += list(paths)
-        out = []
-        for p in paths:
-            rgb = np.asarray(Image.open(p).convert("RGB"), np.float32).reshape(-1, 3).mean(0) + 1.0
-            v = np.concatenate([rgb, [1.0]])
-            out.append(v / np.linalg.norm(v))
-        return np.asarray(out, np.float32)
+from tests.engine.index.conftest import ColourEmbed, photo
 
 
 @pytest.fixture()
@@ -43,7 +21,7 @@ def small(tmp_path: Path) -> tuple[CatalogIndex, Path, ColourEmbed]:
     """Three products with one photo each, indexed by exact search."""
     colours = {"red": (250, 10, 10), "green": (10, 250, 10), "blue": (10, 10, 250)}
     embed = ColourEmbed()
-    paths = [_photo(tmp_path, n, c) for n, c in colours.items()]
+    paths = [photo(tmp_path, n, c) for n, c in colours.items()]
     items = [Item(f"{n}#{i}", n, n.title(), "Lamp", p.name) for i, (n, p) in enumerate(zip(colours, paths))]
     vectors = embed(paths)
     embed.paths.clear()
@@ -57,7 +35,7 @@ def _row(pid: str, path: Path, name: str = "", type_: str = "Lamp") -> ProductIm
 
 def test_an_added_product_is_found_and_a_removed_one_never_returned(small):
     index, root, embed = small
-    yellow = _photo(root, "yellow", (240, 240, 10))
+    yellow = photo(root, "yellow", (240, 240, 10))
     updated, report = apply_delta(index, CatalogDelta(add=(_row("yellow", yellow),), remove=("red",)), embed)
     assert sorted(it.product_id for it in updated.items) == ["blue", "green", "yellow"]
     assert embed.paths == [yellow] and (report.embedded, report.reused) == (1, 0)
@@ -78,7 +56,7 @@ def test_unchanged_photos_are_reused_not_embedded(small):
     by_id = {it.product_id: (it, v) for it, v in zip(updated.items, updated.vectors)}
     assert by_id["green"][0].name == "Green lamp, new name"
     np.testing.assert_array_equal(by_id["twin"][1], index.vectors[2])
-    recoloured = _photo(root, "green-v2", (10, 120, 10))
+    recoloured = photo(root, "green-v2", (10, 120, 10))
     again, report = apply_delta(updated, CatalogDelta(update=(_row("green", recoloured),)), embed)
     assert embed.paths == [recoloured] and report.embedded == 1
 
@@ -93,7 +71,7 @@ def test_deltas_that_do_not_fit_are_refused(small):
         with pytest.raises(DeltaError, match=message):
             apply_delta(index, delta, embed)
     with pytest.raises(DeltaError, match="another model"):
-        apply_delta(index, CatalogDelta(add=(_row("y", _photo(root, "y", (1, 2, 3))),)), lambda paths: np.zeros((len(paths), 7), np.float32))
+        apply_delta(index, CatalogDelta(add=(_row("y", photo(root, "y", (1, 2, 3))),)), lambda paths: np.zeros((len(paths), 7), np.float32))
     assert embed.paths == []
 
 
@@ -106,7 +84,7 @@ def test_scann_is_changed_in_place_with_its_rows_in_step_and_saved(tmp_path: Pat
     index = CatalogIndex(vectors, items, ann, "m")
     index.photo_hashes = [f"h{i}" for i in range(len(vectors))]
     root = tmp_path
-    new = [_photo(root, f"n{j}", (j * 20, 255 - j * 20, 40)) for j in range(5)]
+    new = [photo(root, f"n{j}", (j * 20, 255 - j * 20, 40)) for j in range(5)]
     gone = tuple(f"p{i}" for i in rng.choice(3000, 30, replace=False))
     embed = ColourEmbed()
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from engine.data.catalog import ProductImage
 from engine.index.backends import BackendSpec
@@ -18,6 +17,7 @@ from engine.index.brute_force import BruteForceIndex
 from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
 from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
 from engine.index.scann_backend import ScannIndex, ScannParams
+from tests.engine.index.conftest import ColourEmbed, photo
 from engine.index.segments import SegmentedIndex
 
 
@@ -75,26 +75,6 @@ def test_segmented_index_refuses_rows_outside_its_base():
 
 # --- folders ---------------------------------------------------------------------------------------------
 
-def _photo(root: Path, name: str, colour: tuple[int, int, int]) -> Path:
-    path = root / f"{name}.png"
-    Image.new("RGB", (8, 8), colour).save(path)
-    return path
-
-
-class ColourEmbed:
-    """A photo's mean colour (unit norm, D = 4); records every path it embeds."""
-
-    def __init__(self) -> None:
-        self.paths: list[Path] = []
-
-    def __call__(self, paths) -> np.ndarray:
-        self.paths += list(paths)
-        out = []
-        for p in paths:
-            v = np.concatenate([np.asarray(Image.open(p).convert("RGB"), np.float32).reshape(-1, 3).mean(0) + 1.0, [1.0]])
-            out.append(v / np.linalg.norm(v))
-        return np.asarray(out, np.float32)
-
 
 COLOURS = {f"p{i}": (int(25 * i) % 256, int(97 * i) % 256, int(181 * i) % 256) for i in range(40)}
 
@@ -105,7 +85,7 @@ def folder(tmp_path: Path) -> tuple[Path, Path, ColourEmbed]:
     root = tmp_path / "catalog"
     root.mkdir()
     embed = ColourEmbed()
-    paths = [_photo(root, n, c) for n, c in COLOURS.items()]
+    paths = [photo(root, n, c) for n, c in COLOURS.items()]
     items = [Item(f"{n}#{i}", n, n, "Lamp", p.name) for i, (n, p) in enumerate(zip(COLOURS, paths))]
     vectors = embed(paths)
     embed.paths.clear()
@@ -127,7 +107,7 @@ def _rows(index: CatalogIndex) -> dict[str, tuple[str, tuple]]:
 
 def test_a_delta_folder_links_the_base_and_answers_as_the_rewritten_index(folder):
     tmp, root, embed = folder
-    new = _photo(root, "new", (3, 200, 90))
+    new = photo(root, "new", (3, 200, 90))
     delta = CatalogDelta(add=(_row("new", new),), remove=("p3", "p7"))
     report = write_delta_folder(tmp / "g1", tmp / "g2", delta, embed, model_fingerprint="model-1")
     manifest = json.loads((tmp / "g2" / "manifest.json").read_text())
@@ -147,7 +127,7 @@ def test_a_delta_folder_links_the_base_and_answers_as_the_rewritten_index(folder
 
 def test_successive_deltas_keep_one_base_and_reuse_indexed_photos(folder):
     tmp, root, embed = folder
-    new = _photo(root, "new", (3, 200, 90))
+    new = photo(root, "new", (3, 200, 90))
     write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(add=(_row("new", new),), remove=("p3",)), embed)
     embed.paths.clear()
     # an update with the same photo (a new name), a new product photographed with an indexed photo, a removal of a delta row
@@ -244,7 +224,7 @@ def test_a_scann_base_compacts_into_one_scann_index_of_the_live_rows(tmp_path: P
 
 def test_a_reload_over_the_same_base_reuses_it_from_memory(folder, caplog):
     tmp, root, embed = folder
-    new = _photo(root, "new", (3, 200, 90))
+    new = photo(root, "new", (3, 200, 90))
     write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(add=(_row("new", new),), remove=("p3",)), embed)
     write_delta_folder(tmp / "g2", tmp / "g3", CatalogDelta(remove=("p4",)), embed)
     g1 = CatalogIndex.load(tmp / "g1")
