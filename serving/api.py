@@ -351,7 +351,7 @@ def catalog_update():
     from engine.data.catalog import CatalogError
     from engine.index.delta import CatalogDelta, DeltaError
     from engine.index.generations import ServingFolderError
-    from engine.model.embedder import Embedder, model_fingerprint
+    from engine.model.embedder import Embedder
     from serving.catalog_update import publish_delta, stage_photos
 
     _operator("updating the catalog")
@@ -377,8 +377,7 @@ def catalog_update():
     try:
         delta = CatalogDelta(add=rows.get("add", ()), update=rows.get("update", ()), remove=remove)
         generation, report = publish_delta(
-            folder, delta, lambda current: embedder if model_fingerprint(current / "model.keras") == served.model_fingerprint
-            else Embedder.load(current / "model.keras"))
+            folder, delta, lambda current, model: embedder if model == served.model_fingerprint else Embedder.load(current / "model.keras"))
     except (DeltaError, ServingFolderError) as exc:  # an id that does not fit, or another build writing the folder now
         for path in added:  # nothing of a refused update is kept
             path.unlink(missing_ok=True)

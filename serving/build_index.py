@@ -226,7 +226,7 @@ def _run_delta(args: argparse.Namespace) -> int:
 
     delta = CatalogDelta(add=rows(args.add), update=rows(args.update), remove=_removed_ids(args.remove))
     generation, report = publish_delta(
-        args.out, delta, lambda folder: Embedder.load(folder / "model.keras"),
+        args.out, delta, lambda folder, model: Embedder.load(folder / "model.keras"),
         model=model_fingerprint(resolve_model(args.model).path) if args.model else None,
         calibrate=(lambda tmp: _calibrate(args.calibration, tmp)) if args.calibration else None, compact=args.compact,
         compact_above=COMPACT_ABOVE if args.compact_above is None else args.compact_above, target_recall=args.target_recall or 0.95,

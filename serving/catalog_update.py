@@ -42,14 +42,14 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path], Embedder], *, model: str | None = None,
+def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path, str], Embedder], *, model: str | None = None,
                   calibrate: Callable[[Path], None] | None = None, compact: bool = False, compact_above: float = COMPACT_ABOVE,
                   target_recall: float = 0.95, n_queries: int = 200, seed: int = 0, keep: int = 3) -> tuple[Path, dict]:
     """Publish ``out``'s next generation: its current one changed by ``delta`` (``--compact`` alone when
     ``delta`` is empty and ``compact``; a new calibration alone when empty and ``calibrate`` is given).
 
-    embedder_for(current generation) → the embedder of its model, called only when photos need
-    embedding; model: the sha256 the generation's model must have (``DeltaError`` otherwise);
+    embedder_for(current generation, its model's sha256) → the embedder of that model, called only when
+    photos need embedding; model: the sha256 the generation's model must have (``DeltaError`` otherwise);
     calibrate(new generation folder): writes its calibration (else the current one is carried over).
     Returns (the new generation's folder, the report: ``DeltaReport`` fields and ``source``)."""
     report: dict = {}
@@ -62,7 +62,7 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path],
                              "build a full index to serve another model")
 
         def embed(paths) -> np.ndarray:
-            embedder = embedder_for(current)
+            embedder = embedder_for(current, fingerprint)
             return embedder(photo_images(paths, embedder.preprocessing))
 
         carry(current / MODEL_FILE, tmp / MODEL_FILE)
