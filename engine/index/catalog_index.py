@@ -288,12 +288,12 @@ class CatalogIndex:
         verify_checksums(folder, manifest)
         check_model(folder, manifest, model_fingerprint)
         key = manifest["checksums"][f"{segments.BASE}/manifest.json"]
-        if (reuse is not None and reuse._base is not None and reuse._base_key == key
-                and files_in_place(folder / segments.BASE, read_manifest(folder / segments.BASE))):
+        base_manifest = read_manifest(folder / segments.BASE)
+        if reuse is not None and reuse._base is not None and reuse._base_key == key and files_in_place(folder / segments.BASE, base_manifest):
             base = reuse._base
             logger.info("%s: its base (%d rows) is the one already loaded: reused, not read again", folder, len(base.items))
         else:
-            base = _read_flat(folder / segments.BASE, read_manifest(folder / segments.BASE), manifest["model_fingerprint"], backends)
+            base = _read_flat(folder / segments.BASE, base_manifest, manifest["model_fingerprint"], backends)
         try:
             removed, delta_vectors, delta_items, delta_hashes = segments.read_delta(folder, base.vectors.shape[1])
             search_index = segments.SegmentedIndex(base.index, removed, delta_vectors)
@@ -359,16 +359,21 @@ def files_in_place(folder: Path, manifest: dict) -> bool:
     """Whether every file the manifest lists is there with its recorded size (False for a manifest
     written before sizes were): what reusing an index already verified in memory asks of the folder,
     so a file truncated or replaced since is read, and refused, instead of passed over."""
-    sizes = manifest.get("sizes")
-    if sizes is None or set(sizes) != set(manifest["checksums"]):
-        return False
-    for rel, size in sizes.items():
+    return manifest.get("sizes") is not None and not moved_files(folder, manifest)
+
+
+def moved_files(folder: Path, manifest: dict) -> list[str]:
+    """The files the manifest checksums that are missing, or not of the size it records (a manifest
+    with sizes: every flat one written since they are recorded)."""
+    sizes = manifest.get("sizes") or {}
+    bad = []
+    for rel in manifest["checksums"]:
         try:
-            if (Path(folder) / rel).stat().st_size != size:
-                return False
+            if (Path(folder) / rel).stat().st_size != sizes.get(rel):
+                bad.append(rel)
         except OSError:
-            return False
-    return True
+            bad.append(rel)
+    return bad
 
 
 def verify_checksums(folder: Path, manifest: dict, only: Set[str] | None = None) -> None:

@@ -42,7 +42,8 @@ from engine.files import atomic_folder, file_sha256
 from engine.index import segments
 from engine.index.base import SearchIndex
 from engine.index.brute_force import BruteForceIndex
-from engine.index.catalog_index import FORMAT, CatalogIndex, IndexFolderError, Item, check_model, read_manifest, verify_checksums
+from engine.index.catalog_index import (FORMAT, CatalogIndex, IndexFolderError, Item, check_model, moved_files, read_manifest,
+                                         verify_checksums)
 from engine.index.milvus import MilvusIndex, split_collection, unique_collection
 from engine.index.scann_backend import ScannIndex
 from engine.index.tuning import recall_at_k
@@ -363,12 +364,11 @@ def _segments_of(source: Path, manifest: dict) -> _Segments | None:
     if why:
         logger.info("%s cannot be the base of a segmented index (%s): the delta rewrites the index", source, why)
         return None
-    sizes = base_manifest.get("sizes")
-    if sizes is None:  # written before sizes were stored: its bytes are hashed once, by this delta
+    if base_manifest.get("sizes") is None:  # written before sizes were stored: its bytes are hashed once, by this delta
         logger.info("%s records no file sizes: verifying its checksums", base)
         verify_checksums(base, base_manifest)
     else:
-        bad = [rel for rel in base_manifest["checksums"] if not (base / rel).is_file() or (base / rel).stat().st_size != sizes.get(rel)]
+        bad = moved_files(base, base_manifest)
         if bad:
             raise IndexFolderError(f"{base}: {', '.join(bad[:3])} missing or damaged (size mismatch); "
                                    "rebuild it with python -m serving.build_index")
