@@ -26,6 +26,15 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """``dst`` as a hard link of ``src`` (no byte copied: for files never written again, such as a
+    published index generation's), or a copy where a link cannot be made (another file system)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the body succeeds it replaces ``path``.

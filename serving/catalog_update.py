@@ -28,6 +28,7 @@ from engine.calibration import FILE as CALIBRATION_FILE
 from engine.data.catalog import CatalogError, ProductImage, check_product_images, read_product_rows
 from engine.config import ImageLimits
 from engine.data.images import ImageError, check_limits, read_header
+from engine.files import link_or_copy
 from engine.index.catalog_index import CatalogIndex, read_manifest
 from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted, write_delta_folder
 from engine.index.generations import MODEL_FILE, publish_generation, resolve_serving_folder
@@ -65,7 +66,7 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path, 
             embedder = embedder_for(current, fingerprint)
             return embedder(photo_images(paths, embedder.preprocessing))
 
-        carry(current / MODEL_FILE, tmp / MODEL_FILE)
+        link_or_copy(current / MODEL_FILE, tmp / MODEL_FILE)
         if not delta and compact:  # the same products in one flat index
             products = compacted(CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint))
             products.save(tmp / PRODUCTS)
@@ -74,7 +75,7 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path, 
         elif not delta:  # a new calibrator alone: the same products
             CatalogIndex.load(current / PRODUCTS, model_fingerprint=fingerprint)  # verified before it is carried over
             count = read_manifest(current / PRODUCTS)["count"]
-            shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=carry)
+            shutil.copytree(current / PRODUCTS, tmp / PRODUCTS, copy_function=link_or_copy)
             report.update(DeltaReport(rows_before=count, rows_after=count, method="products carried over").as_dict())
         else:
             scenes = current / SCENES / "vectors.npy"
@@ -83,24 +84,15 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path, 
                                      k=10, n_queries=n_queries, seed=seed, compact=compact, compact_above=compact_above)
             report.update(rep.as_dict())
         if (current / SCENES).is_dir():
-            shutil.copytree(current / SCENES, tmp / SCENES, copy_function=carry)
+            shutil.copytree(current / SCENES, tmp / SCENES, copy_function=link_or_copy)
         if calibrate is not None:
             calibrate(tmp)
         elif (current / CALIBRATION_FILE).is_file():
-            carry(current / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+            link_or_copy(current / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
         report.update(source=current.name)
 
     generation = publish_generation(out, write, keep=keep)
     return generation, report
-
-
-def carry(src: str | Path, dst: str | Path) -> None:
-    """A file of the current generation into the next: a hard link (generations are never written
-    after they are published), or a copy across file systems."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, bytes], *, limits: ImageLimits = ImageLimits(),

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data.catalog import ProductImage
-from engine.files import atomic_folder, file_sha256
+from engine.files import atomic_folder, file_sha256, link_or_copy
 from engine.index import segments
 from engine.index.base import SearchIndex
 from engine.index.brute_force import BruteForceIndex
@@ -449,7 +448,7 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
         "base": {"count": n_base, "created": state.base_manifest["created"]},
     }
     with atomic_folder(out) as tmp:
-        _link_tree(state.base, tmp / segments.BASE)
+        shutil.copytree(state.base, tmp / segments.BASE, copy_function=link_or_copy)  # the base: hard links, no byte copied
         segments.write_delta(tmp, removed, vectors, items, hashes)
         report.seconds["write"] = time.perf_counter() - t2
         report.seconds["total"] = time.perf_counter() - t0
@@ -461,17 +460,3 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
                 report.products_added, report.products_updated, report.products_removed, report.embedded, report.reused,
                 report.method, report.rows_before, report.rows_after, report.seconds["total"])
     return report
-
-
-def _link_tree(src: Path, dst: Path) -> None:
-    """Every file under ``src`` hard-linked at the same place under ``dst`` (copied across file systems)."""
-    for p in sorted(src.rglob("*")):
-        target = dst / p.relative_to(src)
-        if p.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(p, target)
-        except OSError:
-            shutil.copy2(p, target)
