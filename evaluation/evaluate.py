@@ -31,6 +31,7 @@ from engine.runtime import run_cli
 from engine.search import ROOM_ORDER, ROOM_ORDERS
 from engine.data.splits import read_product_list, read_scene_list, restrict_scenes
 from evaluation import plots
+from evaluation.detection import DrawnBoxes
 from evaluation.protocol import (CROP_CHOICES, EvalConfig, EvalInputs, EvalResult, choose_query_crops, flat_metrics, paired_difference,
                                  prepare, score, table)
 from evaluation.room import RoomSpec, paired_room_difference
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--versus-detector", default=None, metavar="WEIGHTS",
                    help="also propose the crops with this second detector and score the same model(s) on them: the whole-room "
                         "scores of both detectors, paired pair by pair (e.g. the COCO detector against a product-groups one)")
+    p.add_argument("--proposals", type=Path, default=None, metavar="BOXES",
+                   help="hand-drawn boxes (a showroom.boxes file covering every evaluated scene) propose the crops instead of the "
+                        "detector, each sure and labelled by its group: the whole-room scores of a detector that finds exactly "
+                        "them; with --versus-detector, that detector's cost pair by pair")
     p.add_argument("--room-order", choices=ROOM_ORDERS, default=ROOM_ORDER,
                    help="how the room list merges its objects' matches: 'turns' (each object's first, then each second …) or 'distance' (nearest first)")
     p.add_argument("--boxes", choices=("page", "all"), default="page",
@@ -147,7 +152,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog))
-    inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target)
+    inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target,
+                           drawn=args.proposals)
     result = score(inputs, target.embedder, cfg)
     b_embedder = scored = None
     if args.baseline == "imagenet" and args.model != "imagenet":
@@ -289,15 +295,22 @@ def _fit_params(run_id: str) -> dict[str, str]:
 
 
 def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path, cfg: EvalConfig,
-             weights: str | None, target: Target) -> tuple[EvalInputs, EvalConfig]:
+             weights: str | None, target: Target, *, drawn: Path | None = None) -> tuple[EvalInputs, EvalConfig]:
     """Decode, detect (cached) and crop once for every model scored in this call, keeping the boxes
     ``--boxes`` says, and fix each pair's query crop (``--crop-choice``); the config with the
-    whole-room spec of that detector (when it runs)."""
+    whole-room spec of that detector (when it runs). ``drawn``: a boxes file whose boxes propose
+    the crops instead of the detector (``DrawnBoxes``)."""
     detector, detect, page_labels = None, None, None
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
-    if any(p.box is None for p in catalog.pairs):
+    if drawn is not None and all(p.box is not None for p in catalog.pairs):
+        raise CatalogError(f"--proposals {drawn}: every pair of {catalog.root} has its box in pairs.csv, so no detector proposes crops to replace")
+    if drawn is not None:
+        detector = DrawnBoxes.for_catalog(drawn, catalog, load_category_map(args.groups_map or GROUPS_MAP).groups)
+        detect = detector.detect_at
+    elif any(p.box is None for p in catalog.pairs):
         detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
         detect = DetectionCache(detector, home / "cache" / "detections").detect
+    if detector is not None:
         cmap = map_for_detector(detector.class_names, args.category_map)
         cfg = replace(cfg, room=replace(room_spec(catalog, detector.class_names, load_category_map(args.groups_map or GROUPS_MAP), cfg.ks),
                                         order=args.room_order))

@@ -111,6 +111,9 @@ def test_evaluate_errors_are_clear(tiny_catalog: Path, tmp_path: Path, caplog):
     bad.write_text("not-a-scene\n")
     assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--scenes", str(bad), "--no-mlflow"]) == 2
     assert "does not have" in caplog.text
+    # drawn boxes replace a detector's proposals; this catalog's pairs all have their boxes
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--proposals", str(bad), "--no-mlflow"]) == 2
+    assert "has its box in pairs.csv" in caplog.text
     assert promote.main(["--eval-run", "0" * 32]) == 2
 
 
