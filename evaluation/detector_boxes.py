@@ -8,7 +8,8 @@ with coordinates as fractions of the photo's width and height. Each detector run
 down to ``--min-confidence``; its classes become groups (a group detector's class is its group, a
 COCO class goes through ``from_classes``; others are dropped). Printed per group: the true boxes,
 AP@0.5 of each detector, and the share of true boxes the page would offer a box for (the model's
-confident boxes and fill-ins, ``engine.data.proposals.confident``).
+confident boxes and fill-ins, ``engine.data.proposals.confident``, kept as the page keeps them:
+``engine.data.proposals.page_boxes``, the rule of the room list and of ``evaluation.evaluate``).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     from detectors.yolo import YoloDetector
     from engine.data.catalog import load_catalog
     from engine.data.images import load_image
-    from engine.data.proposals import confident
+    from engine.data.proposals import confident, page_boxes
     from evaluation.detection import Scored, ap_per_group, box_recall
 
     groups_map = load_category_map(args.groups_map or GROUPS_MAP)
@@ -75,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
         for name, image in images.items():
             found = [d for d in detector.detect(image) if d.label in to_group]
             scored += [Scored(name, to_group[d.label], d.box, d.confidence) for d in found]
-            offered = confident(found, args.page_confidence, args.fill_confidence, set(to_group))
+            offered = page_boxes(confident(found, args.page_confidence, args.fill_confidence, set(to_group)), args.page_confidence, set(to_group))
             page += [Scored(name, to_group[d.label], d.box, d.confidence) for d in offered]
         results[weights] = {"ap50": ap_per_group(scored, truth), "page_recall": box_recall(page, truth),
                             "page_boxes_per_photo": len(page) / max(1, len(images)), "groups": sorted(set(to_group.values()))}
