@@ -15,6 +15,7 @@ from engine.calibration import MatchCalibrator
 from engine.data.detection import Detection, Detector
 from engine.data.images import Box, check_box, query_crop
 from engine.index.catalog_index import CatalogIndex, Match
+from engine.index.hubness import HubCorrection, fetch_size
 from engine.data.proposals import confident, page_boxes
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class SearchEngine:
     label_groups: Mapping[str, str] = field(default_factory=dict)  # detector class -> product group
     group_types: Mapping[str, frozenset[str]] = field(default_factory=dict)  # product group -> the catalog types in it
     calibrator: MatchCalibrator | None = None  # P(same product) of a result, and the "no close match" threshold
+    hubness: HubCorrection | None = None  # results ranked by distance minus the product's room density (engine.index.hubness)
     _detect_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def detect(self, image: np.ndarray, timings: Timings | None = None) -> list[Detection]:
@@ -167,9 +169,16 @@ class SearchEngine:
         t = time.perf_counter()
         vec = self.embed_crop(image, box)
         t = timings.add("embed", t)
-        matches = self.products.search_distinct(vec[None], k, types)[0]
+        matches = self._nearest(vec, k, types)
         timings.add("search", t)
         return matches
+
+    def _nearest(self, vec: np.ndarray, k: int, types: Set[str] | None) -> list[Match]:
+        """The k best products of one query ``float32 (D,)`` (``search_distinct``), re-ranked by the hub
+        correction when the engine has one (from a wider set of nearest results)."""
+        if self.hubness is None:
+            return self.products.search_distinct(vec[None], k, types)[0]
+        return self.hubness.rerank(self.products.search_distinct(vec[None], fetch_size(k, len(self.products)), types)[0], k)
 
     def judge(self, matches: Sequence[Match]) -> tuple[list[float] | None, bool | None]:
         """The calibrated probability that each of ``matches`` (one query's results, best first) is the
@@ -204,7 +213,7 @@ class SearchEngine:
         objects = []
         for d, vec in zip(found, vectors):
             group = self.label_groups[d.label]
-            matches = self.products.search_distinct(vec[None], k, self.types_of_group(group))[0]
+            matches = self._nearest(vec, k, self.types_of_group(group))
             objects.append(RoomObject(d.box, d.label, group, float(d.confidence), d.confidence >= prep.min_confidence, tuple(matches)))
         timings.add("search", t)
         products = room_ranking([[m.item.product_id for m in o.matches] for o in objects],

@@ -28,6 +28,7 @@ from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFA
 from engine.files import write_json_atomic
 from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
+from engine.index.hubness import DEFAULT_K as HUB_K
 from engine.search import ROOM_ORDER, ROOM_ORDERS
 from engine.data.splits import read_product_list, read_scene_list, restrict_scenes
 from evaluation import plots
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hand-drawn boxes (a showroom.boxes file covering every evaluated scene) propose the crops instead of the "
                         "detector, each sure and labelled by its group: the whole-room scores of a detector that finds exactly "
                         "them; with --versus-detector, that detector's cost pair by pair")
+    p.add_argument("--hub-beta", type=float, default=0.0,
+                   help="> 0: rank products by distance minus this share of their room density, their mean distance to their "
+                        "--hub-k nearest crops of the catalog's other room photos (engine.index.hubness; the service's "
+                        "SHOWROOM_HUB_BETA); also scores the model without it, pair by pair")
+    p.add_argument("--hub-k", type=int, default=HUB_K, help="reference room crops averaged per product for its room density")
+    p.add_argument("--hub-exclude", type=Path, default=None, metavar="SCENES",
+                   help="scenes never used as reference room photos besides the evaluated ones (e.g. the README hold-out "
+                        "when evaluating development scenes)")
     p.add_argument("--room-order", choices=ROOM_ORDERS, default=ROOM_ORDER,
                    help="how the room list merges its objects' matches: 'turns' (each object's first, then each second …) or 'distance' (nearest first)")
     p.add_argument("--boxes", choices=("page", "all"), default="page",
@@ -151,10 +160,14 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     eval_catalog, scenes_param = _scenes(catalog, args.scenes)
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
-                     new_products=_new_products(args.new_products, catalog))
+                     new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
     inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target,
-                           drawn=args.proposals)
+                           drawn=args.proposals, reference=_reference_scenes(args, catalog, eval_catalog))
     result = score(inputs, target.embedder, cfg)
+    if cfg.hub_beta > 0:
+        plain = score(inputs, target.embedder, replace(cfg, hub_beta=0.0))
+        result.summary["without_hub_correction"] = {"summary": plain.summary,
+                                                    "difference": paired_difference(result, plain, cfg.ks, cfg.room, inputs.types, cfg.new_products)}
     b_embedder = scored = None
     if args.baseline == "imagenet" and args.model != "imagenet":
         b_embedder = Embedder.imagenet(ModelConfig(backbone=target.backbone, weights=args.weights, image_size=inputs.image_size,
@@ -294,12 +307,30 @@ def _fit_params(run_id: str) -> dict[str, str]:
         return {}
 
 
+def _reference_scenes(args: argparse.Namespace, catalog: Catalog, evaluated: Catalog) -> Catalog | None:
+    """The room photos the hub correction measures products on: every scene of ``catalog`` neither
+    evaluated nor in ``--hub-exclude``; None when the correction is off."""
+    if args.hub_beta <= 0:
+        return None
+    never = {s.scene for s in evaluated.scenes} | (set(read_scene_list(args.hub_exclude)) if args.hub_exclude else set())
+    reference = restrict_scenes(catalog, keep=[s.scene for s in catalog.scenes if s.scene not in never])
+    if not reference.scenes:
+        raise CatalogError(f"--hub-beta: {catalog.root} has no room photo left for reference once the evaluated scenes"
+                           f"{' and --hub-exclude' if args.hub_exclude else ''} are set aside")
+    logger.info("hub correction (beta %g, k %d): reference room photos = %d scenes neither evaluated nor excluded",
+                args.hub_beta, args.hub_k, len(reference.scenes))
+    return reference
+
+
 def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path, cfg: EvalConfig,
-             weights: str | None, target: Target, *, drawn: Path | None = None) -> tuple[EvalInputs, EvalConfig]:
+             weights: str | None, target: Target, *, drawn: Path | None = None,
+             reference: Catalog | None = None) -> tuple[EvalInputs, EvalConfig]:
     """Decode, detect (cached) and crop once for every model scored in this call, keeping the boxes
     ``--boxes`` says, and fix each pair's query crop (``--crop-choice``); the config with the
     whole-room spec of that detector (when it runs). ``drawn``: a boxes file whose boxes propose
-    the crops instead of the detector (``DrawnBoxes``)."""
+    the crops instead of the detector (``DrawnBoxes``). ``reference``: scenes whose crops, proposed
+    by the same detector (never drawn boxes: a shop's own photos have none), measure each product's
+    room density for the hub correction."""
     detector, detect, page_labels = None, None, None
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
     if drawn is not None and all(p.box is not None for p in catalog.pairs):
@@ -317,6 +348,12 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
         if args.boxes == "page":
             page_labels = frozenset(cfg.room.label_group)
     inputs = prepare(catalog, prep, detector=detector, category_map=cmap, detect=detect, page_labels=page_labels)
+    if reference is not None:
+        if isinstance(detector, DrawnBoxes):  # the reference photos are proposed by the detector the service runs
+            detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
+            detect, cmap = DetectionCache(detector, home / "cache" / "detections").detect, map_for_detector(detector.class_names, args.category_map)
+            page_labels = frozenset(label_groups(detector.class_names, load_category_map(args.groups_map or GROUPS_MAP))) if args.boxes == "page" else None
+        inputs.reference_images = prepare(reference, prep, detector=detector, category_map=cmap, detect=detect, page_labels=page_labels).crop_images
     inputs = choose_query_crops(inputs, args.crop_choice, _chooser(args, target) if args.crop_choice == "imagenet" else None,
                                 cfg.room, CHOICE_MODEL.image_size)
     logger.info("%d scenes, %d crops, %d pairs (%d reachable through %s) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
@@ -350,8 +387,9 @@ def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target,
     """The same model(s) scored on the crops of ``--versus-detector``: its whole-room summary, and this
     call's detector minus it, pair by pair (for the model and for the baseline)."""
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
-                     new_products=_new_products(args.new_products, catalog))
-    inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target)
+                     new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
+    inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target,
+                           reference=_reference_scenes(args, load_catalog(args.catalog), catalog))
     other = score(inputs, target.embedder, cfg)
     out = {"detector": inputs.detector, "weights": args.versus_detector, "room": other.summary.get("room"),
            "difference": paired_room_difference(result.room_pairs, other.room_pairs, cfg.room, cfg.room.coco_types, inputs.types)}
@@ -404,6 +442,7 @@ def _summary_lines(catalog: Catalog, report: dict, ks: Sequence[int], baseline, 
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
         + (f"; minus {baseline[0]}: {_signed(summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in summary else ""),
         *_new_product_lines(summary, k10),
+        *_hub_lines(summary, k10),
         *_calibration_lines(summary.get("calibration") or {}),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
         f"pairs {proto['pairs']}: reachable {proto['reachable_pairs']}, unreachable {proto['unreachable_pairs']} "
@@ -437,6 +476,22 @@ def _new_product_lines(summary: dict, k: int) -> list[str]:
     if new is not None and known:
         lines.append(f"new / known s2p recall@{k}: {new / known:.2f}")
     return lines
+
+
+def _hub_lines(summary: dict, k: int) -> list[str]:
+    """With the hub correction: the same model without it, and the difference pair by pair."""
+    hub = summary.get("without_hub_correction")
+    if not hub:
+        return []
+    d = hub["difference"]
+    line = (f"without the hub correction: s2p recall@{k} {_recall(hub['summary']['scene_to_product']['recall'], k)}; "
+            f"with minus without: s2p@{k} {_signed(d['scene_to_product'][k])}")
+    room = d.get("room", {}).get("all_pairs")
+    if room:
+        line += "; all pairs: " + ", ".join(f"{name}@{kk} {_signed(room[key][kk])}" for name, key, kk in
+                                            (("s2p", "s2p_recall", k), ("in group", "s2p_group_recall", k), ("room", "room_recall", 20),
+                                             ("room", "room_recall", 50)) if kk in room.get(key, {}))
+    return [line]
 
 
 def _calibration_lines(cal: dict) -> list[str]:

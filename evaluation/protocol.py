@@ -54,6 +54,7 @@ from engine.data.detection import Detector
 from engine.data.images import load_square, query_crop
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
 from engine.data.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
+from engine.index.hubness import DEFAULT_K, room_density
 from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
 
 if TYPE_CHECKING:  # annotations only: importing the embedder loads TensorFlow
@@ -77,10 +78,14 @@ class EvalConfig:
     seen_products: frozenset[str] | None = None
     room: RoomSpec | None = None
     new_products: frozenset[str] | None = None
+    hub_beta: float = 0.0  # > 0: products ranked by distance minus hub_beta x their room density (engine.index.hubness)
+    hub_k: int = DEFAULT_K  # reference crops averaged per product for that density (EvalInputs.reference_images)
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive integers, got {self.ks}")
+        if not self.hub_beta >= 0 or self.hub_k < 1:
+            raise ValueError(f"hub_beta must be >= 0 and hub_k >= 1, got {self.hub_beta} and {self.hub_k}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class EvalInputs:
     seconds: float = 0.0
     crop_choice: str = "best"  # the rule that picked each pair's query crop (CROP_CHOICES)
     room_query: dict[tuple[str, str], int] = field(default_factory=dict)  # (product, scene) -> its chosen group crop
+    # uint8 (R, S, S, 3): crops of reference room photos (never the evaluated scenes) for the hub correction
+    reference_images: np.ndarray | None = None
 
     @property
     def image_size(self) -> int:
@@ -346,7 +353,8 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     image_emb = embed_batches(embed, inputs.product_images, 0, 256)
     crop_emb = embed_batches(embed, inputs.crop_images, 0, 256)
     window_emb = embed_batches(embed, inputs.window_images, 0, 256)
-    results, top, crop_prod = _rank_pairs(inputs, image_emb, crop_emb, window_emb)
+    bias = _hub_bias(inputs, embed, image_emb, cfg) if cfg.hub_beta > 0 else None
+    results, top, crop_prod, crop_raw = _rank_pairs(inputs, image_emb, crop_emb, window_emb, bias)
     product_emb = image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb
     summary = _summary(inputs, results, crop_emb, product_emb, cfg)
     whole_room = _room(inputs, crop_prod, cfg) if cfg.room is not None else []
@@ -361,7 +369,7 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
         "scene_to_product": [recall_at_k(reach, k) for k in range(1, curve_max + 1)],
         "product_to_scene": [recall_at_k(scene_ranks, k) for k in range(1, curve_max + 1)],
     }
-    rows, scenes = _match_rows(inputs, results, crop_prod)
+    rows, scenes = _match_rows(inputs, results, crop_raw)  # the calibration reads distances, as the service shows them
     return EvalResult(_nan_to_none(summary), results, product_emb, crop_emb, top, curves, whole_room, rows, scenes)
 
 
@@ -395,10 +403,26 @@ def _room(inputs: EvalInputs, crop_prod: np.ndarray, cfg: EvalConfig) -> list[Ro
                       product_types, inputs.room_query)
 
 
-def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
-                window_emb: np.ndarray) -> tuple[list[PairResult], np.ndarray, np.ndarray]:
-    """Every pair's ranks, the 5 nearest products of each crop (int (C, 5)) and the crops' distances
-    to each product (float (C, P): to its nearest image).
+def _hub_bias(inputs: EvalInputs, embed: Embed, image_emb: np.ndarray, cfg: EvalConfig) -> np.ndarray:
+    """float (P,): hub_beta x each product's room density (``engine.index.hubness``: its photos' lowest
+    mean distance to their hub_k nearest reference crops), in ``inputs.product_ids`` order."""
+    from engine.model.embedder import embed_batches
+
+    if inputs.reference_images is None or not len(inputs.reference_images):
+        raise ValueError("the hub correction needs reference room crops (EvalInputs.reference_images): none were prepared")
+    reference = embed_batches(embed, inputs.reference_images, 0, 256)
+    per_image = room_density(image_emb, reference, cfg.hub_k)
+    pid_col = {p: i for i, p in enumerate(inputs.product_ids)}
+    density = np.full(len(inputs.product_ids), np.inf)
+    np.minimum.at(density, np.array([pid_col[p] for p in inputs.image_products], np.int64), per_image.astype(np.float64))
+    return cfg.hub_beta * np.where(np.isfinite(density), density, 0.0)
+
+
+def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray, window_emb: np.ndarray,
+                bias: np.ndarray | None = None) -> tuple[list[PairResult], np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair's ranks, the 5 nearest products of each crop (int (C, 5)), the crops' scores of each
+    product (float (C, P): the distance to its nearest image, minus ``bias`` (P,) when given: the
+    hub correction) that rank them, and the distances themselves.
 
     image_emb: float32 (M, D), one row per catalog image; crop_emb: float32 (C, D); window_emb:
     float32 (W, D), the fixed windows of ``inputs.window_scenes``.
@@ -407,11 +431,14 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
     n_products = len(inputs.product_ids)
     image_group = np.array([pid_col[p] for p in inputs.image_products], np.int64)
     # crop x product: distance to the product's nearest image
-    crop_prod = (group_min(euclidean_distances(crop_emb, image_emb), image_group, n_products) if len(crop_emb) and len(image_emb)
-                 else np.full((len(crop_emb), n_products), np.inf))
+    crop_raw = (group_min(euclidean_distances(crop_emb, image_emb), image_group, n_products) if len(crop_emb) and len(image_emb)
+                else np.full((len(crop_emb), n_products), np.inf))
+    crop_prod = crop_raw - bias[None] if bias is not None else crop_raw
     top = np.argsort(crop_prod, axis=1, kind="stable")[:, :5] if n_products else np.zeros((len(crop_emb), 0), np.int64)
     win_prod = (group_min(euclidean_distances(window_emb, image_emb), image_group, n_products) if len(window_emb) and len(image_emb)
                 else np.full((len(window_emb), n_products), np.inf))
+    if bias is not None:
+        win_prod = win_prod - bias[None]
     windows_of: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(inputs.window_scenes):
         windows_of[s].append(i)
@@ -442,7 +469,7 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
         rank_all = min([rank_of(crop_prod[c], col) for c in crops_of.get(case.scene, [])]
                        + [rank_of(win_prod[w], col) for w in windows_of.get(case.scene, [])], default=float("inf"))
         results.append(PairResult(case, query[0], rank_any, srank, query[1], rank_all, best[0]))
-    return results, top, crop_prod
+    return results, top, crop_prod, crop_raw
 
 
 def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray, product_emb: np.ndarray, cfg: EvalConfig) -> dict:

@@ -186,13 +186,17 @@ def read_group(engine) -> str | None:
 
 
 def product_json(m: Match, probability: float | None = None) -> dict:
-    """A search result as the API returns it: ids, the catalog's fields, distance, similarity and, when
-    the served generation is calibrated, the probability that it is the query's own product."""
+    """A search result as the API returns it: ids, the catalog's fields, distance, similarity, when the
+    served generation is calibrated the probability that it is the query's own product, and when the
+    engine corrects hub products (``SHOWROOM_HUB_BETA``) ``hub_score``, the corrected distance the
+    results are ordered by."""
     it = m.item
-    products = current_engine().products
+    engine = current_engine()
+    products = engine.products
     n = products.image_number(it)
     return {"product_id": it.product_id, "name": it.name, "type": it.type, "distance": round(m.distance, 5),
             "similarity": similarity(m.distance), **({} if probability is None else {"same_product_probability": round(probability, 4)}),
+            **({} if engine.hubness is None else {"hub_score": round(engine.hubness.score(m), 5)}),
             "details": dict(it.details),
             "same_image_as": sorted({o.product_id for o in products.same_image(it)} - {it.product_id}),
             "image_url": url_for("pages.product_image", product_id=it.product_id, **({"n": n} if n else {})),

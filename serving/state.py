@@ -31,6 +31,7 @@ from engine.model.embedder import Embedder
 from engine.files import write_json_atomic
 from engine.index.generations import MODEL_FILE
 from engine.index.catalog_index import CatalogIndex
+from engine.index.hubness import DEFAULT_K, HubCorrection
 from engine.search import SearchEngine
 
 logger = logging.getLogger(__name__)
@@ -89,9 +90,42 @@ def _load_folder(folder: Path, detector: Detector | None, classes: frozenset[str
     calibrator = MatchCalibrator.load(folder / CALIBRATION_FILE, model_fingerprint=fp) if (folder / CALIBRATION_FILE).is_file() else None
     engine = SearchEngine(embedder, products, scenes, detector, classes,
                           label_groups=label_groups(detector.class_names, groups) if detector is not None and groups is not None else {},
-                          group_types=group_types(groups, products.types) if groups is not None else {}, calibrator=calibrator)
+                          group_types=group_types(groups, products.types) if groups is not None else {}, calibrator=calibrator,
+                          hubness=_hubness(products, scenes, previous))
     logger.info("%s: warmed up in %.2f s", folder, engine.warm_up())  # before it serves (or is published)
     return Loaded(engine, fp, str(folder), generation)
+
+
+def hub_beta() -> float:
+    """The share of a product's room density taken off its distances (``SHOWROOM_HUB_BETA``, e.g. the
+    development scenes' choice ``engine.index.hubness.DEFAULT_BETA``); unset or 0: off, the default
+    until it is measured on the served model (docs/evaluation.md)."""
+    text = os.environ.get("SHOWROOM_HUB_BETA", "").strip()
+    try:
+        beta = float(text) if text else 0.0
+    except ValueError:
+        raise ValueError(f"SHOWROOM_HUB_BETA must be a number >= 0, got {text!r}") from None
+    if not beta >= 0:
+        raise ValueError(f"SHOWROOM_HUB_BETA must be a number >= 0, got {text!r}")
+    return beta
+
+
+def _hubness(products: CatalogIndex, scenes: CatalogIndex | None, previous: Loaded | None) -> HubCorrection | None:
+    """The hub correction of ``products`` against the crops of the scenes index (the retailer's room
+    photos); None without a scenes index or with ``SHOWROOM_HUB_BETA=0``. Reused from ``previous``
+    when both indexes are the very ones it was measured on."""
+    beta = hub_beta()
+    if beta == 0 or scenes is None or not len(scenes) or not len(products):
+        return None
+    old = previous.engine if previous is not None else None
+    if old is not None and old.hubness is not None and old.products is products and old.scenes is scenes:
+        return old.hubness.with_beta(beta)
+    t = time.perf_counter()
+    hub = HubCorrection.fit(products.vectors, [it.product_id for it in products.items], scenes.vectors, k=DEFAULT_K, beta=beta,
+                            reference_name=f"scenes index: {len(scenes)} crops")
+    logger.info("hub correction (beta %.2f, k %d) of %d products against %s in %.2f s", beta, hub.k, len(hub.density), hub.reference,
+                time.perf_counter() - t)
+    return hub
 
 
 @dataclass(frozen=True)

@@ -313,3 +313,25 @@ def test_match_rows_hold_each_queried_pairs_own_and_best_other_distances(tmp_pat
         d = np.linalg.norm(_embed(inputs.product_images) - crop, axis=1)
         mine = inputs.image_products.index(r.case.product_id)
         assert own == pytest.approx(d[mine], abs=1e-5) and best == pytest.approx(np.delete(d, mine).min(), abs=1e-5)
+
+
+def test_the_hub_correction_ranks_by_distance_minus_room_density(tmp_path: Path, category_map):
+    from dataclasses import replace
+
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
+    inputs = prepare(catalog, P48, detector=None, category_map=category_map)
+    with pytest.raises(ValueError, match="reference room crops"):
+        score(inputs, _embed, EvalConfig(ks=(1, 5), hub_beta=0.5))
+    # the reference rooms are full of C1's colour: C1 becomes the hub (room density 0); every other product
+    # is as far from them as its colour is from C1's
+    red = np.full((3, 48, 48, 3), COLOURS["C1"][1], np.uint8)
+    inputs = replace(inputs, reference_images=red)
+    plain = _by_pair(score(inputs, _embed, EvalConfig(ks=(1, 5))))
+    mild = score(inputs, _embed, EvalConfig(ks=(1, 5), hub_beta=0.01, hub_k=2))
+    strong_result = score(inputs, _embed, EvalConfig(ks=(1, 5), hub_beta=5.0, hub_k=2))
+    strong = _by_pair(strong_result)
+    assert plain[("C1", "s1")].rank == 1 and strong[("C1", "s1")].rank > 1  # a strong correction pushes the hub below the others
+    assert {k: r.rank for k, r in _by_pair(mild).items()} == {k: r.rank for k, r in plain.items()}  # a mild one changes no rank here
+    # the calibration rows keep the distances the service shows, whatever the ranking
+    base_rows = score(inputs, _embed, EvalConfig(ks=(1, 5))).match_rows
+    assert np.allclose(strong_result.match_rows[:, :3], base_rows[:, :3]) and not np.allclose(strong_result.match_rows[:, 3], base_rows[:, 3])
