@@ -31,6 +31,9 @@ Configuration (``test_config`` or environment):
   gunicorn: a SQLite file shared by its workers, one per master process in the temp folder, see
   ``serving.ratelimit``; else ``memory://``); ``SHOWROOM_PROXY_HOPS``: trust that many
   ``X-Forwarded-*`` hops (behind a reverse proxy), see ``serving.observability``.
+- ``SHOWROOM_HUB_BETA`` (unset: off): rank results by distance minus this share of each product's
+  room density, measured on the generation's scenes index (``engine.index.hubness``; answers then
+  carry ``hub_score``); see docs/serving.md.
 - ``SHOWROOM_DETECTOR``: a ready ``Detector`` object (tests inject one); overrides the weights.
 - ``SHOWROOM_STATE``: a ready ``ServingState`` (tests inject one).
 """
@@ -59,7 +62,7 @@ from serving.errors import register_error_handlers
 from serving.observability import install
 from serving.pages import bp as pages_bp
 from serving.ratelimit import default_storage_uri
-from serving.state import ServingState, SharedGeneration, load_from_folder
+from serving.state import ServingState, SharedGeneration, hub_beta, load_from_folder
 from training.checkpoint import run_folder
 from training.model_ref import is_registered, resolve_model
 
@@ -161,6 +164,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update(test_config)
+    try:
+        hub_beta()  # a wrong value is the server's setup error, not a damaged generation's
+    except ValueError as exc:
+        raise ServingSetupError(str(exc)) from None
     state = app.config["SHOWROOM_STATE"]
     if state is None:
         state = _start_state(app)

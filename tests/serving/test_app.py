@@ -55,6 +55,27 @@ def test_detect(client):
     assert set(body["timings_ms"]) == {"decode", "detect_wait", "detect"}
 
 
+def test_with_the_hub_correction_results_come_in_hub_score_order(index_folder: Path, tiny_catalog: Path, monkeypatch):
+    from serving import create_app
+    from serving.app import ServingSetupError
+
+    config = {"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""}
+    monkeypatch.setenv("SHOWROOM_HUB_BETA", "a lot")
+    with pytest.raises(ServingSetupError, match="SHOWROOM_HUB_BETA must be a number"):
+        create_app(config)
+    monkeypatch.setenv("SHOWROOM_HUB_BETA", "0.5")
+    app = create_app(config)
+    engine = app.extensions["showroom"].served.engine
+    assert engine.hubness is not None and engine.hubness.beta == 0.5  # measured on the served scenes index
+    assert set(engine.hubness.density) == {it.product_id for it in engine.products.items}
+    scene = load_catalog(tiny_catalog).scenes[0]
+    body = upload(app.test_client(), "/api/search", scene.image.read_bytes(), box="10,10,100,100", k="5").get_json()
+    scores = [x["hub_score"] for x in body["results"]]
+    assert len(scores) == 5 and scores == sorted(scores)
+    for x in body["results"]:
+        assert x["hub_score"] == pytest.approx(x["distance"] - 0.5 * engine.hubness.density[x["product_id"]], abs=2e-5)
+
+
 def test_search_with_box_and_timings(client, tiny_catalog: Path):
     scene = load_catalog(tiny_catalog).scenes[0]
     r = upload(client, "/api/search", scene.image.read_bytes(), box="10,10,100,100", k="5")
