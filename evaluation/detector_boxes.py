@@ -55,7 +55,6 @@ def _run(args: argparse.Namespace) -> int:
     from detectors.yolo import YoloDetector
     from engine.data.catalog import load_catalog
     from engine.data.images import load_image
-    from engine.data.proposals import confident, page_boxes
     from evaluation.detection import Scored, ap_per_group, box_recall
 
     groups_map = load_category_map(args.groups_map or GROUPS_MAP)
@@ -76,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         for name, image in images.items():
             found = [d for d in detector.detect(image) if d.label in to_group]
             scored += [Scored(name, to_group[d.label], d.box, d.confidence) for d in found]
-            offered = page_boxes(confident(found, args.page_confidence, args.fill_confidence, set(to_group)), args.page_confidence, set(to_group))
+            offered = page_offers(found, set(to_group), args.page_confidence, args.fill_confidence)
             page += [Scored(name, to_group[d.label], d.box, d.confidence) for d in offered]
         results[weights] = {"ap50": ap_per_group(scored, truth), "page_recall": box_recall(page, truth),
                             "page_boxes_per_photo": len(page) / max(1, len(images)), "groups": sorted(set(to_group.values()))}
@@ -88,6 +87,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.out:
         args.out.write_text(json.dumps({"photos": len(images), "true_boxes": counts, "results": results}, indent=1))
     return 0
+
+
+def page_offers(found: Sequence, labels: set[str], page_confidence: float, fill_confidence: float) -> list:
+    """The detections of one photo the page offers: the confident ones and each label's fill-in
+    (``engine.data.proposals.confident``), kept as the page keeps boxes (``page_boxes``: no
+    near-copies, at most ``MAX_PAGE_BOXES``), most confident first."""
+    from engine.data.proposals import confident, page_boxes
+
+    return page_boxes(confident(found, page_confidence, fill_confidence, labels), page_confidence, labels)
 
 
 def _table(results: dict, counts: dict, args: argparse.Namespace, coco_groups: set[str]) -> str:

@@ -86,3 +86,17 @@ def test_drawn_boxes_must_cover_every_scene_with_groups(tmp_path: Path):
         DrawnBoxes.for_catalog(_drawn_file(tmp_path / "b.json", SCENES, relabel={"C1": "chair"}), catalog, groups)
     whole = DrawnBoxes.for_catalog(_drawn_file(tmp_path / "c.json", SCENES), catalog, groups)
     assert sorted(whole.boxes) == sorted(str(s.image) for s in catalog.scenes)  # keyed by each scene's photo
+
+
+def test_the_page_column_counts_the_boxes_the_page_keeps():
+    from engine.data.detection import Detection
+    from engine.data.proposals import MAX_PAGE_BOXES
+    from evaluation.detector_boxes import page_offers
+
+    # 30 separate lamps, a near-copy of the first, and a rug below the sure threshold (its group's fill-in)
+    lamps = [Detection((40 * i, 0, 40 * i + 30, 30), "lamp", 0.9 - 0.01 * i) for i in range(30)]
+    found = lamps + [Detection((1, 0, 31, 30), "lamp", 0.5), Detection((0, 100, 50, 150), "rug", 0.1)]
+    offered = page_offers(found, {"lamp", "rug"}, 0.25, 0.05)
+    assert len(offered) == MAX_PAGE_BOXES  # what the page draws, not the 31 confident boxes and the fill-in
+    assert offered[:MAX_PAGE_BOXES] == lamps[:MAX_PAGE_BOXES]  # sure boxes first, the near-copy dropped
+    assert [d.label for d in page_offers(found[:3] + found[-2:], {"lamp", "rug"}, 0.25, 0.05)] == ["lamp", "lamp", "lamp", "rug"]
