@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,8 @@ from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
 from engine.index.hubness import DEFAULT_K as HUB_K
 from engine.search import ROOM_ORDER, ROOM_ORDERS
+from engine.data.images import query_crop
+from engine.data.proposals import catalog_proposals
 from engine.data.splits import read_product_list, read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.detection import DrawnBoxes
@@ -161,8 +163,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
+    reference = _reference_scenes(args, catalog, eval_catalog)
     inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target,
-                           drawn=args.proposals, reference=_reference_scenes(args, catalog, eval_catalog))
+                           drawn=args.proposals, reference=reference)
     result = score(inputs, target.embedder, cfg)
     if cfg.hub_beta > 0:
         plain = score(inputs, target.embedder, replace(cfg, hub_beta=0.0))
@@ -178,7 +181,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     if args.fit_calibration or args.calibration:
         result.summary["calibration"] = _calibration(args, target, result, scenes_param)
     if args.versus_detector:
-        result.summary["versus_detector"] = _versus_detector(args, eval_catalog, target, result, b_embedder, scored, home)
+        result.summary["versus_detector"] = _versus_detector(args, eval_catalog, target, result, b_embedder, scored, home, reference)
     wall = time.perf_counter() - t_start
     out = args.out or home / "evaluations" / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     report = {"name": target.name, "model": args.model, "model_run": target.run_id, "catalog": str(catalog.root),
@@ -339,8 +342,7 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
         detector = DrawnBoxes.for_catalog(drawn, catalog, load_category_map(args.groups_map or GROUPS_MAP).groups)
         detect = detector.detect_at
     elif any(p.box is None for p in catalog.pairs):
-        detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
-        detect = DetectionCache(detector, home / "cache" / "detections").detect
+        detector, detect = _detector(weights, prep, home)
     if detector is not None:
         cmap = map_for_detector(detector.class_names, args.category_map)
         cfg = replace(cfg, room=replace(room_spec(catalog, detector.class_names, load_category_map(args.groups_map or GROUPS_MAP), cfg.ks),
@@ -349,16 +351,36 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
             page_labels = frozenset(cfg.room.label_group)
     inputs = prepare(catalog, prep, detector=detector, category_map=cmap, detect=detect, page_labels=page_labels)
     if reference is not None:
-        if isinstance(detector, DrawnBoxes):  # the reference photos are proposed by the detector the service runs
-            detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
-            detect, cmap = DetectionCache(detector, home / "cache" / "detections").detect, map_for_detector(detector.class_names, args.category_map)
-            page_labels = frozenset(label_groups(detector.class_names, load_category_map(args.groups_map or GROUPS_MAP))) if args.boxes == "page" else None
-        inputs.reference_images = prepare(reference, prep, detector=detector, category_map=cmap, detect=detect, page_labels=page_labels).crop_images
+        inputs.reference_images = _reference_crops(args, reference, prep, home, weights) if isinstance(detector, DrawnBoxes) else \
+            _crops_of(reference, prep, detect, cmap, page_labels)
     inputs = choose_query_crops(inputs, args.crop_choice, _chooser(args, target) if args.crop_choice == "imagenet" else None,
                                 cfg.room, CHOICE_MODEL.image_size)
     logger.info("%d scenes, %d crops, %d pairs (%d reachable through %s) prepared in %.1fs", len(inputs.scenes), len(inputs.crops),
                 len(inputs.cases), sum(c.reachable for c in inputs.cases), Path(cmap.source).name, inputs.seconds)
     return inputs, cfg
+
+
+def _detector(weights: str | None, prep: Preprocessing, home: Path) -> tuple[YoloDetector, Callable]:
+    """The YOLO detector of ``weights`` (default: the service's) and its cached detect callable."""
+    detector = YoloDetector(weights or default_weights(), conf=prep.detector_confidence)
+    return detector, DetectionCache(detector, home / "cache" / "detections").detect
+
+
+def _crops_of(catalog: Catalog, prep: Preprocessing, detect: Callable | None, cmap: CategoryMap, page_labels) -> np.ndarray:
+    """uint8 (R, S, S, 3): the crops ``detect`` proposes on ``catalog``'s scenes, as ``prepare`` cuts
+    them (without decoding its products or windows)."""
+    crops = [query_crop(p.image, c.box, prep.image_size, prep.crop_padding)
+             for p in catalog_proposals(catalog, detect, prep, cmap.classes, page_labels) if p.image is not None for c in p.crops]
+    return np.stack(crops) if crops else np.zeros((0, prep.image_size, prep.image_size, 3), np.uint8)
+
+
+def _reference_crops(args: argparse.Namespace, reference: Catalog, prep: Preprocessing, home: Path, weights: str | None) -> np.ndarray:
+    """With drawn boxes, the reference photos are still proposed by the detector the service runs: a
+    shop's own photos have no drawn boxes."""
+    detector, detect = _detector(weights, prep, home)
+    groups = load_category_map(args.groups_map or GROUPS_MAP)
+    page_labels = frozenset(label_groups(detector.class_names, groups)) if args.boxes == "page" else None
+    return _crops_of(reference, prep, detect, map_for_detector(detector.class_names, args.category_map), page_labels)
 
 
 def _chooser(args: argparse.Namespace, target: Target):
@@ -383,13 +405,13 @@ def room_spec(catalog: Catalog, detector_classes, groups_map: CategoryMap, ks: S
 
 
 def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target, result: EvalResult, b_embedder: Embedder | None,
-                     b_scored: EvalResult | None, home: Path) -> dict:
+                     b_scored: EvalResult | None, home: Path, reference: Catalog | None = None) -> dict:
     """The same model(s) scored on the crops of ``--versus-detector``: its whole-room summary, and this
-    call's detector minus it, pair by pair (for the model and for the baseline)."""
+    call's detector minus it, pair by pair (for the model and for the baseline); ``reference``: the
+    hub correction's room photos, as for this call's detector."""
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
-    inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target,
-                           reference=_reference_scenes(args, load_catalog(args.catalog), catalog))
+    inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target, reference=reference)
     other = score(inputs, target.embedder, cfg)
     out = {"detector": inputs.detector, "weights": args.versus_detector, "room": other.summary.get("room"),
            "difference": paired_room_difference(result.room_pairs, other.room_pairs, cfg.room, cfg.room.coco_types, inputs.types)}

@@ -54,7 +54,7 @@ from engine.data.detection import Detector
 from engine.data.images import load_square, query_crop
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
 from engine.data.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
-from engine.index.hubness import DEFAULT_K, room_density
+from engine.index.hubness import DEFAULT_K, HubCorrection
 from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
 
 if TYPE_CHECKING:  # annotations only: importing the embedder loads TensorFlow
@@ -411,11 +411,8 @@ def _hub_bias(inputs: EvalInputs, embed: Embed, image_emb: np.ndarray, cfg: Eval
     if inputs.reference_images is None or not len(inputs.reference_images):
         raise ValueError("the hub correction needs reference room crops (EvalInputs.reference_images): none were prepared")
     reference = embed_batches(embed, inputs.reference_images, 0, 256)
-    per_image = room_density(image_emb, reference, cfg.hub_k)
-    pid_col = {p: i for i, p in enumerate(inputs.product_ids)}
-    density = np.full(len(inputs.product_ids), np.inf)
-    np.minimum.at(density, np.array([pid_col[p] for p in inputs.image_products], np.int64), per_image.astype(np.float64))
-    return cfg.hub_beta * np.where(np.isfinite(density), density, 0.0)
+    hub = HubCorrection.fit(image_emb, inputs.image_products, reference, k=cfg.hub_k, beta=cfg.hub_beta)
+    return cfg.hub_beta * np.array([hub.density[p] for p in inputs.product_ids], np.float64)
 
 
 def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray, window_emb: np.ndarray,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from engine.index.catalog_index import Match
+from engine.metrics import euclidean_distances
 
 DEFAULT_K = 20  # reference crops averaged per product
 DEFAULT_BETA = 0.5  # share of the room density taken off a distance
@@ -41,13 +42,10 @@ def room_density(vectors: np.ndarray, reference: np.ndarray, k: int = DEFAULT_K,
     if not len(reference):
         raise ValueError("room density needs reference room crops, got none")
     k = min(k, len(reference))
-    ref_sq = np.einsum("ij,ij->i", reference, reference)
     out = np.empty(len(vectors), np.float32)
     for start in range(0, len(vectors), chunk):
-        block = vectors[start : start + chunk]
-        d2 = np.einsum("ij,ij->i", block, block)[:, None] + ref_sq[None] - 2.0 * block @ reference.T
-        nearest = np.partition(np.maximum(d2, 0.0), k - 1, axis=1)[:, :k]
-        out[start : start + chunk] = np.sqrt(nearest).mean(axis=1)
+        d = euclidean_distances(vectors[start : start + chunk], reference)
+        out[start : start + chunk] = np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1)
     return out
 
 
