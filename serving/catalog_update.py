@@ -31,13 +31,12 @@ from engine.data.images import ImageError, check_limits, read_header
 from engine.files import link_or_copy
 from engine.index.catalog_index import CatalogIndex, read_manifest
 from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted, write_delta_folder
-from engine.index.generations import MODEL_FILE, publish_generation, resolve_serving_folder
+from engine.index.generations import MODEL_FILE, PHOTOS, publish_generation, resolve_serving_folder
 from engine.index.segments import COMPACT_ABOVE
 from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
 from engine.model.embedder import Embedder, model_fingerprint
 
 logger = logging.getLogger(__name__)
-PHOTOS = "photos"  # a serving folder's store of photos added through the API, named by their sha256
 MAX_API_ROWS = 100  # rows of --add / --update one POST /api/catalog may carry
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -141,6 +140,8 @@ def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, by
                 if not target.exists():  # content-addressed: the same bytes are kept once, never overwritten
                     os.replace(p.image, target)
                     added.append(target)
+                else:  # kept again: young, so no publish collects it before this delta names it
+                    os.utime(target)
                 kept.append(replace(p, image=target.resolve()))
             staged[what] = tuple(kept)
     logger.info("catalog update: %d photos checked, %d new in %s", sum(len(r) for r in staged.values()), len(added), store)

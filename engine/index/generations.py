@@ -6,22 +6,27 @@ Layout of a serving folder ``OUT`` written by ``python -m serving.build_index --
     OUT/g-<utc>-<hex>/     a complete generation: model.keras, products/, scenes/
     OUT/.build-<name>/     a build in progress (renamed to g-... only when complete)
     OUT/.lock              held by a builder (one build at a time per folder)
+    OUT/photos/            photos added through the API, ``<sha256>.<ext>``, outside every generation
 
 A reader resolves ``CURRENT`` once and then reads only that generation's folder, which no builder
 ever writes into. A build killed at any moment leaves ``CURRENT`` naming the previous, complete
 generation; the next build removes its ``.build-*`` debris (a complete generation never made
-current is pruned with the old ones). A flat folder (``model.keras`` directly inside, as ``training.fit`` logs its
+current is pruned with the old ones). A photo of ``photos/`` that no remaining generation names is
+removed with them, once it is older than ``PHOTO_GRACE_SECONDS`` (a photo just stored for a delta
+not yet published is not named yet). A flat folder (``model.keras`` directly inside, as ``training.fit`` logs its
 ``index/`` artifact and as indexes were built before generations) still resolves to itself.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -35,6 +40,8 @@ POINTER = "CURRENT"
 MODEL_FILE = "model.keras"
 _NAME = re.compile(r"^g-\d{8}T\d{6}\d{6}Z-[0-9a-f]{6}$")
 _LEGACY = (MODEL_FILE, "products", "scenes")
+PHOTOS = "photos"  # a serving folder's store of photos added through the API, named by their sha256
+PHOTO_GRACE_SECONDS = 3600.0  # an unnamed photo younger than this may belong to a delta being published
 
 
 class ServingFolderError(ValueError):
@@ -124,6 +131,7 @@ def publish_generation(folder: str | Path, write: Callable[[Path], object], *, k
         _fsync_dir(folder)
         logger.info("%s now serves generation %s", folder, name)
         _prune(folder, name, keep)
+        _collect_photos(folder)
         return folder / name
 
 
@@ -147,6 +155,38 @@ def _prune(folder: Path, current: str, keep: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
         elif p.exists():
             p.unlink()
+
+
+def _named_photos(generation: Path) -> set[str]:
+    """File names of the images every ``items.json`` under ``generation`` names (products and scenes)."""
+    names: set[str] = set()
+    for items in generation.rglob("items.json"):
+        names.update(Path(str(item.get("image", ""))).name for item in json.loads(items.read_text()))
+    return names
+
+
+def _collect_photos(folder: Path, grace: float = PHOTO_GRACE_SECONDS) -> list[Path]:
+    """Remove the photos of ``folder/photos`` that no remaining generation names and that are older
+    than ``grace`` seconds; returns them. A failure is logged, never raised: the new generation is
+    already published, and a photo left behind costs only disk."""
+    store = folder / PHOTOS
+    if not store.is_dir():
+        return []
+    removed: list[Path] = []
+    try:
+        cutoff = time.time() - grace
+        old = [p for p in store.iterdir() if p.is_file() and p.stat().st_mtime < cutoff]
+        named = set().union(*(_named_photos(g) for g in generations(folder))) if old else set()
+        for photo in old:
+            if photo.name not in named:
+                photo.unlink()
+                removed.append(photo)
+    except (OSError, ValueError) as exc:  # ValueError: an unreadable items.json
+        logger.warning("photos of %s not collected: %s", store, exc)
+        return removed
+    if removed:
+        logger.info("removed %d photos of %s that no generation names", len(removed), store)
+    return removed
 
 
 def _fsync_tree(root: Path) -> None:

@@ -101,3 +101,19 @@ def test_a_refused_delta_keeps_none_of_its_photos_and_a_busy_folder_is_a_409_to_
         fcntl.flock(fh, fcntl.LOCK_UN)
     assert r.status_code == 409 and "another build" in r.get_json()["error"] and r.headers["Retry-After"] == "5"
     assert _post(client, remove=existing).status_code == 200  # once it is done
+
+
+def test_a_photo_sent_again_is_kept_young_so_no_publish_collects_it_before_its_delta_names_it(client, served: Path):
+    import os
+    import time
+
+    from engine.index.generations import PHOTO_GRACE_SECONDS
+
+    photo = {"red.png": _png((0, 0, 200))}
+    assert _post(client, add=b"product_id,name,type,image\nNEW-1,Red lamp,Lamp,red.png\n", photos=photo).status_code == 200
+    (stored,) = (served / "photos").iterdir()
+    old = time.time() - 2 * PHOTO_GRACE_SECONDS
+    os.utime(stored, (old, old))
+    r = _post(client, add=b"product_id,name,type,image\nNEW-2,Red lamp too,Lamp,red.png\n", photos=photo)
+    assert r.status_code == 200 and r.get_json()["report"]["reused"] >= 1
+    assert [p.name for p in (served / "photos").iterdir()] == [stored.name] and stored.stat().st_mtime > old + PHOTO_GRACE_SECONDS

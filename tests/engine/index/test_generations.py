@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from engine.index.generations import (
+    PHOTO_GRACE_SECONDS,
+    PHOTOS,
     POINTER,
     ServingFolderError,
     current_generation,
@@ -68,6 +73,38 @@ def test_keep_prunes_old_generations_but_never_the_current(tmp_path: Path):
     assert generations(out) == [only]
     with pytest.raises(ValueError, match="keep"):
         publish_generation(out, writer("y"), keep=0)
+
+
+def naming(*photos: str):
+    """A generation whose products index names these photos of the store (segmented: base and a segment)."""
+    def write(folder: Path) -> None:
+        writer("p")(folder)
+        for part, names in (("base", photos[:1]), ("seg-1", photos[1:])):
+            (folder / "products" / part).mkdir()
+            (folder / "products" / part / "items.json").write_text(json.dumps(
+                [{"product_id": n, "image": f"/srv/showroom/photos/{n}"} for n in names]))
+    return write
+
+
+def test_photos_no_remaining_generation_names_are_collected_once_old(tmp_path: Path):
+    out = tmp_path / "serve"
+    store = out / PHOTOS
+    store.mkdir(parents=True)
+    old = time.time() - 2 * PHOTO_GRACE_SECONDS
+    for name in ("a.png", "b.png", "c.png", "gone.png", "fresh.png"):
+        (store / name).write_bytes(b"x")
+        if name != "fresh.png":  # fresh: just stored for a delta not yet published
+            os.utime(store / name, (old, old))
+    publish_generation(out, naming("a.png", "gone.png"), keep=2)
+    assert sorted(p.name for p in store.iterdir()) == ["a.png", "fresh.png", "gone.png"]  # b, c: named by none
+    publish_generation(out, naming("a.png", "c.png"), keep=2)  # the first generation is still kept: gone stays
+    assert sorted(p.name for p in store.iterdir()) == ["a.png", "fresh.png", "gone.png"]
+    publish_generation(out, naming("a.png"), keep=2)  # now no remaining generation names gone.png
+    assert sorted(p.name for p in store.iterdir()) == ["a.png", "fresh.png"]
+    (out / generations(out)[0].name / "products" / "base" / "items.json").write_text("{broken")
+    os.utime(store / "fresh.png", (old, old))
+    publish_generation(out, naming("a.png"), keep=3)  # an unreadable record: nothing collected, still published
+    assert sorted(p.name for p in store.iterdir()) == ["a.png", "fresh.png"] and len(generations(out)) == 3
 
 
 def test_a_flat_folder_resolves_to_itself_and_is_upgraded_in_place(tmp_path: Path):
