@@ -116,7 +116,8 @@ class TrainConfig:
     max_triplets_per_epoch: cap on the triplets of one epoch (0 = no cap), sampled with the seed.
     triplet_weight, softmax_weight, type_softmax_weight: the loss is their weighted sum of the
         triplet loss (``loss``), the proxy softmax over every catalog product and the proxy softmax
-        over product types (``engine.model.network.TripletModel``); temperature: of both softmaxes.
+        over product types (``engine.model.network.TripletModel``); temperature: of both softmaxes;
+        proxy_margin: CosFace's additive margin on the own class's cosine in both (0 = none).
     mix: shares of each epoch's queries by source, ``"real=1,synthetic=1,lifestyle=0.25"``
         (real room-photo crops, synthetic views, product photos not on white); "" = every query
         once per epoch. Checked here for its shape; the source names are training's
@@ -145,6 +146,7 @@ class TrainConfig:
     softmax_weight: float = 0.0
     type_softmax_weight: float = 0.0
     temperature: float = 0.05
+    proxy_margin: float = 0.0
     mix: str = ""
     queries_per_epoch: int = 0
     batch_products: int = 0
@@ -182,6 +184,8 @@ class TrainConfig:
             raise ValueError("at least one loss weight must be > 0")
         if not 0 < self.temperature <= 10:
             raise ValueError(f"temperature must be in (0, 10], got {self.temperature}")
+        if not 0 <= self.proxy_margin < 1:
+            raise ValueError(f"proxy_margin must be in [0, 1), got {self.proxy_margin}")
         if self.queries_per_epoch < 0:
             raise ValueError(f"queries_per_epoch must be >= 0, got {self.queries_per_epoch}")
         if self.batch_products < 0 or (self.batch_products and self.batch_size % self.batch_products):

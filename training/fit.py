@@ -96,6 +96,8 @@ def _training_flags(g: argparse._ArgumentGroup, t: TrainConfig) -> None:
     g.add_argument("--softmax-weight", type=float, default=None, help=f"weight of the proxy softmax over every catalog product (one proxy per product, initialised from its catalog photo's embedding; 0 = off; default: {CATALOG_DEFAULTS['softmax_weight']} for a catalog, {DEMO_DEFAULTS['softmax_weight']} for the demo)")
     g.add_argument("--type-softmax-weight", type=float, default=t.type_softmax_weight, help="weight of the proxy softmax over product types (0 = off)")
     g.add_argument("--temperature", type=float, default=t.temperature, help="temperature of the softmax terms (cosine logits / T)")
+    g.add_argument("--proxy-margin", type=float, default=t.proxy_margin,
+                   help="CosFace margin m of the softmax terms: the own class scores (cos - m) / T (0 = none)")
     g.add_argument("--one-pass", action=argparse.BooleanOptionalAction, default=None,
                    help="embed query, positive and negative as one batch (shared batch-norm statistics) rather than three "
                         f"(default: {CATALOG_DEFAULTS['one_pass']} for a catalog, {DEMO_DEFAULTS['one_pass']} for the demo)")
@@ -142,7 +144,7 @@ def configs_from_args(args: argparse.Namespace, demo: bool = False) -> tuple[Mod
         crop_padding=args.crop_padding, val_fraction=args.val_fraction, max_triplets_per_epoch=args.max_triplets_per_epoch,
         augment=not args.no_augment, seed=args.seed, mixed_precision=args.mixed_precision, distribute=args.distribute,
         triplet_weight=args.triplet_weight, softmax_weight=pick("softmax_weight"), type_softmax_weight=args.type_softmax_weight,
-        temperature=args.temperature, mix=pick("mix"), queries_per_epoch=pick("queries_per_epoch"), batch_products=args.batch_products,
+        temperature=args.temperature, proxy_margin=args.proxy_margin, mix=pick("mix"), queries_per_epoch=pick("queries_per_epoch"), batch_products=args.batch_products,
         one_pass=pick("one_pass"),
     )
     check_mix(train.mix_weights())

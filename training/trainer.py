@@ -161,7 +161,7 @@ class Trainer:
                 type_index = np.array([types.index(t) for t in ts.product_types], np.int32)
                 type_proxies = np.stack([proxies[type_index == i].mean(0) for i in range(len(types))])
             model = TripletModel(embedder, triplet_loss=make_triplet_loss(tcfg.loss, tcfg.margin), triplet_weight=tcfg.triplet_weight,
-                                 softmax_weight=tcfg.softmax_weight, temperature=tcfg.temperature, proxies=proxies,
+                                 softmax_weight=tcfg.softmax_weight, temperature=tcfg.temperature, proxy_margin=tcfg.proxy_margin, proxies=proxies,
                                  type_weight=tcfg.type_softmax_weight, product_types=type_index, type_proxies=type_proxies,
                                  one_pass=tcfg.one_pass)
             model.compile(optimizer=keras.optimizers.Adam(tcfg.learning_rate))

@@ -114,20 +114,25 @@ def semi_hard_triplet_loss(labels, embeddings, margin: float = 1.0):
     return ops.sum(ops.maximum(loss_mat, 0.0)) / ops.maximum(num_pos, 1.0)
 
 
-def proxy_softmax_loss(embeddings, labels, proxies, temperature: float = 0.05):
+def proxy_softmax_loss(embeddings, labels, proxies, temperature: float = 0.05, margin: float = 0.0):
     """NormSoftmax / proxy softmax loss (Zhai & Wu 2018): cross-entropy of cosine logits / temperature.
 
     Each class has one learnable proxy; the logit of class j for a row is
     ``cos(e, proxy_j) / temperature``, so every row is scored against every class at once (the
-    whole catalog when the classes are products). ``embeddings``: float (N, D); ``labels``:
-    int (N,) in [0, C); ``proxies``: float (C, D). Returns the mean over rows.
+    whole catalog when the classes are products). ``margin`` m > 0 is CosFace's additive margin
+    (Wang et al. 2018): the row's own class scores ``(cos - m) / temperature``, so a row is only
+    done when its own proxy is nearer than every other by m. ``embeddings``: float (N, D);
+    ``labels``: int (N,) in [0, C); ``proxies``: float (C, D). Returns the mean over rows.
     """
     e = ops.cast(embeddings, "float32")
     e = e / ops.sqrt(ops.maximum(ops.sum(ops.square(e), axis=-1, keepdims=True), _EPS))
     p = ops.cast(proxies, "float32")
     p = p / ops.sqrt(ops.maximum(ops.sum(ops.square(p), axis=-1, keepdims=True), _EPS))
-    logits = ops.matmul(e, ops.transpose(p)) / temperature
-    return ops.mean(ops.sparse_categorical_crossentropy(ops.cast(labels, "int32"), logits, from_logits=True))
+    labels = ops.cast(labels, "int32")
+    cosines = ops.matmul(e, ops.transpose(p))
+    if margin:
+        cosines = cosines - margin * ops.one_hot(labels, ops.shape(p)[0], dtype="float32")
+    return ops.mean(ops.sparse_categorical_crossentropy(labels, cosines / temperature, from_logits=True))
 
 
 class TripletLoss(Protocol):

@@ -237,12 +237,14 @@ class TripletModel(keras.Model):
     embeddings), required when ``softmax_weight`` > 0; ``product_types``: int (P,) type index of
     each product and ``type_proxies`` float (T, D), required when ``type_weight`` > 0. Proxies learn
     ``proxy_lr_scale`` times faster than the embedder (they are stored divided by it).
+    ``proxy_margin``: CosFace's margin in both softmax terms (``proxy_softmax_loss``).
     ``one_pass``: embed the 3B images as one batch (shared batch-norm statistics) instead of three
     batches of B (see ``TrainConfig.one_pass``).
     """
 
     def __init__(self, embedder: keras.Model, *, triplet_loss: TripletLoss | None = None, margin: float | None = None,
-                 triplet_weight: float = 1.0, softmax_weight: float = 0.0, temperature: float = 0.05, proxies=None,
+                 triplet_weight: float = 1.0, softmax_weight: float = 0.0, temperature: float = 0.05, proxy_margin: float = 0.0,
+                 proxies=None,
                  type_weight: float = 0.0, product_types=None, type_proxies=None, proxy_lr_scale: float = 10.0,
                  one_pass: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -253,6 +255,7 @@ class TripletModel(keras.Model):
         self.margin = float(self.triplet_loss.margin)
         self.triplet_weight, self.softmax_weight, self.type_weight = float(triplet_weight), float(softmax_weight), float(type_weight)
         self.temperature = float(temperature)
+        self.proxy_margin = float(proxy_margin)
         self.proxy_lr_scale = float(proxy_lr_scale)
         self.one_pass = bool(one_pass)
         self.proxies = self.type_proxies = self.product_types = None
@@ -324,14 +327,15 @@ class TripletModel(keras.Model):
         self.triplet_term.update_state(triplet)
         if self.proxies is not None:
             proxies = self.proxies * self.proxy_lr_scale
-            softmax = proxy_softmax_loss(emb, labels, proxies, self.temperature)
+            softmax = proxy_softmax_loss(emb, labels, proxies, self.temperature, self.proxy_margin)
             loss = loss + self.softmax_weight * softmax
             self.softmax_term.update_state(softmax)
             logits = ops.matmul(q, ops.transpose(proxies))
             self.proxy_accuracy.update_state(ops.cast(ops.equal(ops.argmax(logits, axis=-1), ops.cast(x["label_p"], "int64")), "float32"))
         if self.type_proxies is not None:
             type_labels = ops.take(self.product_types, ops.cast(labels, "int32"))
-            loss = loss + self.type_weight * proxy_softmax_loss(emb, type_labels, self.type_proxies * self.proxy_lr_scale, self.temperature)
+            loss = loss + self.type_weight * proxy_softmax_loss(emb, type_labels, self.type_proxies * self.proxy_lr_scale, self.temperature,
+                                                                self.proxy_margin)
         d_pos, d_neg = triplet_distances(q, p, n)
         self.absolute_accuracy.update_state(ops.cast(d_pos < d_neg, "float32"))
         self.zero_loss_share.update_state(ops.cast(self.margin + d_pos - d_neg <= 0.0, "float32"))

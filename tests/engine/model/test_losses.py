@@ -115,11 +115,13 @@ def test_pairwise_distances_zero_diagonal_and_finite_gradients():
     assert d[0, 2] == pytest.approx(np.sqrt(2.0), rel=1e-6)
 
 
-def ref_proxy_softmax(emb, labels, proxies, temperature):
-    """Plain numpy: cross-entropy of cosine(e, proxy_j) / T over all classes, averaged."""
+def ref_proxy_softmax(emb, labels, proxies, temperature, margin=0.0):
+    """Plain numpy: cross-entropy of (cosine(e, proxy_j) - margin [j is the label]) / T over all classes, averaged."""
     total = 0.0
     for e, y in zip(emb, labels):
-        logits = np.array([np.dot(e, p) / (np.linalg.norm(e) * np.linalg.norm(p)) / temperature for p in proxies])
+        cos = np.array([np.dot(e, p) / (np.linalg.norm(e) * np.linalg.norm(p)) for p in proxies])
+        cos[y] -= margin
+        logits = cos / temperature
         logits -= logits.max()
         total += -(logits[y] - np.log(np.exp(logits).sum()))
     return total / len(emb)
@@ -133,6 +135,19 @@ def test_proxy_softmax_matches_reference(seed):
     labels = rng.integers(0, 5, 12)
     for t in (0.05, 1.0):
         assert as_np(proxy_softmax_loss(emb, labels, proxies, t)) == pytest.approx(ref_proxy_softmax(emb, labels, proxies, t), rel=1e-4)
+        for m in (0.1, 0.35):
+            assert as_np(proxy_softmax_loss(emb, labels, proxies, t, m)) == pytest.approx(ref_proxy_softmax(emb, labels, proxies, t, m), rel=1e-4)
+
+
+def test_the_cosface_margin_keeps_a_row_learning_until_its_proxy_leads_by_the_margin():
+    proxies = np.float32([[1, 0], [0.8, 0.6]])  # cosines of a row on proxy 0 against 1: 1.0 vs 0.8
+    row, label = np.float32([[1, 0]]), np.array([0])
+    plain = as_np(proxy_softmax_loss(row, label, proxies, 0.05))
+    # by hand: -log(e^(c0/T) / (e^(c0/T) + e^(c1/T))) = log(1 + e^((c1 - c0)/T))
+    assert plain == pytest.approx(np.log1p(np.exp((0.8 - 1.0) / 0.05)), rel=1e-5)
+    margined = as_np(proxy_softmax_loss(row, label, proxies, 0.05, 0.2))
+    assert margined == pytest.approx(np.log(2.0), rel=1e-5)  # a lead of exactly m is a coin toss
+    assert margined > 30 * plain
 
 
 def test_proxy_softmax_is_scale_free_and_rewards_the_right_proxy():

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from engine.config import LOSSES, ModelConfig
+from engine.config import LOSSES, ModelConfig, TrainConfig
 from engine.model.embedder import ModelError, embed_images, load_embedder
 from engine.model.losses import BatchHardTripletLoss, batch_hard_triplet_loss, make_triplet_loss
 from engine.model.network import TripletModel, WeightsError, build_embedder, resolve_weights
@@ -164,6 +164,21 @@ def test_catalog_softmax_terms_train_the_proxies_and_the_embedder():
     np.testing.assert_allclose(start * model.proxy_lr_scale, proxies, rtol=1e-6)  # stored scaled down: 10x faster steps
     with pytest.raises(ValueError, match="proxies"):
         TripletModel(embedder, softmax_weight=1.0)
+
+
+def test_the_proxy_margin_reaches_the_softmax_term():
+    embedder = build_embedder(small(embedding_dim=8, image_size=32, train_backbone="none"))
+    rng = np.random.default_rng(3)
+    proxies = rng.normal(size=(16, 8)).astype("float32")
+    x = triplet_batch(rng)
+    losses = []
+    for margin in (0.0, 0.3):
+        model = TripletModel(embedder, softmax_weight=1.0, temperature=0.1, proxy_margin=margin, proxies=proxies)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3))
+        losses.append(model.evaluate(x, batch_size=8, verbose=0, return_dict=True)["softmax_loss"])
+    assert losses[1] > losses[0] + 0.5  # the same weights and batch: each own logit 3 lower (0.3 / 0.1)
+    with pytest.raises(ValueError, match="proxy_margin"):
+        TrainConfig(proxy_margin=1.0)
 
 
 def test_one_pass_shares_batch_norm_statistics_only_while_training():
