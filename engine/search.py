@@ -57,24 +57,37 @@ class Room:
     products: tuple[str, ...]
 
 
-ROOM_ORDERS = ("turns", "distance")
-ROOM_ORDER = "turns"  # the room list's order, chosen on development scenes (docs/evaluation.md)
+ROOM_ORDERS = ("turns", "distance", "confidence")
+ROOM_ORDER = "confidence"  # the room list's order, chosen on development scenes (docs/evaluation.md)
 
 
 def room_ranking(per_object: Sequence[Sequence[str]], k: int | None = None, distances: Sequence[Sequence[float]] | None = None,
-                 order: str = "turns") -> list[str]:
+                 order: str = "turns", confidences: Sequence[float] | None = None) -> list[str]:
     """One ranked list of a room from each object's ranked product ids (objects most confident
-    first); each product once, the first ``k`` (None: all).
+    first); each product once, at its best place; the first ``k`` (None: all).
 
     ``order`` "turns": every object's first match, then every object's second, and so on.
     "distance": every match of every object, nearest first by ``distances`` (each object's match
-    distances, the shape of ``per_object``); ties keep the turns order."""
+    distances, the shape of ``per_object``). "confidence": turns weighted by the detector's
+    ``confidences`` (one per object, in (0, 1]): an object's r-th match (r = 1, 2, ...) is placed at
+    r / confidence, so an object half as sure gets half as many places. Ties keep the turns order.
+    """
     if order not in ROOM_ORDERS:
         raise ValueError(f"room order {order!r}: choose one of {', '.join(ROOM_ORDERS)}")
     if order == "distance" and (distances is None or [len(d) for d in distances] != [len(p) for p in per_object]):
         raise ValueError("room order 'distance' needs each match's distance, in the shape of the matches")
+    if order == "confidence":
+        if confidences is None or len(confidences) != len(per_object):
+            raise ValueError("room order 'confidence' needs one detector confidence per object")
+        if not all(0 < c <= 1 for c in confidences):
+            raise ValueError(f"room order 'confidence': confidences must be in (0, 1], got {list(confidences)}")
     entries = [(r, i, products[r]) for i, products in enumerate(per_object) for r in range(len(products))]
-    key = (lambda e: (distances[e[1]][e[0]], e[0], e[1])) if order == "distance" else (lambda e: (e[0], e[1]))
+    if order == "distance":
+        key = lambda e: (distances[e[1]][e[0]], e[0], e[1])  # noqa: E731
+    elif order == "confidence":
+        key = lambda e: ((e[0] + 1) / confidences[e[1]], e[0], e[1])  # noqa: E731
+    else:
+        key = lambda e: (e[0], e[1])  # noqa: E731
     out: list[str] = []
     seen: set[str] = set()
     for _, _, product in sorted(entries, key=key):
@@ -217,7 +230,8 @@ class SearchEngine:
             objects.append(RoomObject(d.box, d.label, group, float(d.confidence), d.confidence >= prep.min_confidence, tuple(matches)))
         timings.add("search", t)
         products = room_ranking([[m.item.product_id for m in o.matches] for o in objects],
-                                distances=[[m.distance for m in o.matches] for o in objects], order=ROOM_ORDER)
+                                distances=[[m.distance for m in o.matches] for o in objects], order=ROOM_ORDER,
+                                confidences=[o.confidence for o in objects])
         return Room(tuple(objects), tuple(products))
 
     def scenes_of(self, product_id: str, k: int = 10) -> list[Match]:

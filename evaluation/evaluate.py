@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scenes never used as reference room photos besides the evaluated ones (e.g. the README hold-out "
                         "when evaluating development scenes)")
     p.add_argument("--room-order", choices=ROOM_ORDERS, default=ROOM_ORDER,
-                   help="how the room list merges its objects' matches: 'turns' (each object's first, then each second …) or 'distance' (nearest first)")
+                   help="how the room list merges its objects' matches: 'confidence' (an object's r-th match at r / its detector confidence), "
+                        "'turns' (each object's first, then each second …) or 'distance' (nearest first)")
     p.add_argument("--boxes", choices=("page", "all"), default="page",
                    help="detector boxes scored: 'page', those the page offers a shopper (product groups only, de-duplicated, capped: "
                         "engine.data.proposals.page_boxes), or 'all' confident ones (the older protocol)")

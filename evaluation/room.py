@@ -17,7 +17,7 @@ Pure functions on embeddings (``evaluation.protocol`` prepares the crops and cal
   page searches a proposed object a shopper taps or clicks, and as the room list does.
 - **Room recall@k**, no label used: per scene the engine's own "shop this room" list
   (``engine.search.room_ranking``: each object's matches among its group's catalog types, objects
-  most confident first, first matches of every object before any second); a pair is found at k
+  most confident first, an object's r-th match placed at r / its detector confidence); a pair is found at k
   when its product is among the list's first k.
 Each is also reported per group, for products seen / unseen in training, and restricted to the
 pairs a COCO detector class could reach (``coco_types``). Ranks are pessimistic (ties count ahead).
@@ -105,13 +105,14 @@ def room_lists(crop_prod: np.ndarray, crop_scene: Sequence[str], groups: Sequenc
             per_scene[scene].append((-float(confidences[c]), c))
     out = {}
     for scene, objs in per_scene.items():
-        ranked, distances = [], []
+        ranked, distances, sure = [], [], []
         for _, c in sorted(objs):
+            sure.append(float(confidences[c]))
             cols = by_group.get(groups[c], everything)
             order = cols[np.argsort(crop_prod[c, cols], kind="stable")[: spec.depth]]
             ranked.append([product_ids[j] for j in order])
             distances.append([float(crop_prod[c, j]) for j in order])
-        out[scene] = room_ranking(ranked, distances=distances, order=spec.order)
+        out[scene] = room_ranking(ranked, distances=distances, order=spec.order, confidences=sure)
     return out
 
 

@@ -1,4 +1,5 @@
-"""The room's one ranked list: each object's first match, then each object's second, each product once."""
+"""The room's one ranked list: each object's matches merged (in turns, by distance, or in turns weighted
+by the detector's confidence), each product once."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def test_room_ranking_by_distance_merges_every_match_nearest_first():
     assert room_ranking(per_object, distances=flat, order="distance") == room_ranking(per_object)
 
 
+def test_room_ranking_by_confidence_gives_a_less_sure_object_fewer_places():
+    per_object = [["a", "b", "c", "d"], ["e", "f", "g"], ["h", "i"]]
+    # places r / confidence: a 1, b 2, c 3, d 4 | e 2, f 4, g 6 | h 4, i 8; ties in the turns order
+    # (the earlier turn, then the earlier object): e (a first match) before b, h before f before d
+    assert room_ranking(per_object, order="confidence", confidences=[1.0, 0.5, 0.25]) == ["a", "e", "b", "c", "h", "f", "d", "g", "i"]
+    assert room_ranking(per_object, k=3, order="confidence", confidences=[1.0, 0.5, 0.25]) == ["a", "e", "b"]
+    # a product two objects share keeps its best place
+    assert room_ranking([["a", "b"], ["b", "c"]], order="confidence", confidences=[0.2, 1.0]) == ["b", "c", "a"]
+    # equal confidences are the turns order
+    assert room_ranking(per_object, order="confidence", confidences=[0.7] * 3) == room_ranking(per_object)
+
+
 def test_room_ranking_refuses_an_unknown_order_or_missing_distances():
     with pytest.raises(ValueError, match="room order 'best'"):
         room_ranking([["a"]], order="best")
@@ -32,3 +45,7 @@ def test_room_ranking_refuses_an_unknown_order_or_missing_distances():
         room_ranking([["a", "b"]], order="distance")
     with pytest.raises(ValueError, match="needs each match's distance"):
         room_ranking([["a", "b"]], distances=[[0.1]], order="distance")
+    with pytest.raises(ValueError, match="one detector confidence per object"):
+        room_ranking([["a"], ["b"]], order="confidence", confidences=[0.9])
+    with pytest.raises(ValueError, match="confidences must be in"):
+        room_ranking([["a"], ["b"]], order="confidence", confidences=[0.9, 0.0])

@@ -39,6 +39,12 @@ def test_the_room_list_searches_each_object_within_its_group():
     # s1: the lamp box (more confident) ranks lampB, lampA; the chair box only the chair
     assert rooms["s1"] == ["lampB", "chair", "lampA"]
     assert rooms["s2"] == ["rug"]
+    # by confidence (the default): an object's r-th match at r / confidence, lampB 1/0.9, chair 1/0.5,
+    # lampA 2/0.9; a chair box at 0.3 (1/0.3 = 3.3) falls behind the lamp box's second match; in turns it does not
+    unsure = [0.9, 0.3, 0.8, 0.95]
+    args = (CROP_PROD, CROP_SCENE, crop_groups(CROP_LABEL, SPEC), unsure, PRODUCTS, [TYPES[p] for p in PRODUCTS])
+    assert SPEC.order == "confidence" and room_lists(*args, SPEC)["s1"] == ["lampB", "lampA", "chair"]
+    assert room_lists(*args, replace(SPEC, order="turns"))["s1"] == ["lampB", "chair", "lampA"]
     # nearest first instead: lampB 0.2, chair 0.4, lampA 0.5 (the lamp box's) — the same here; with
     # the chair closer than the lamp box's first match the chair leads
     by_distance = replace(SPEC, order="distance")
