@@ -113,6 +113,7 @@ class SearchEngine:
     group_types: Mapping[str, frozenset[str]] = field(default_factory=dict)  # product group -> the catalog types in it
     calibrator: MatchCalibrator | None = None  # P(same product) of a result, and the "no close match" threshold
     hubness: HubCorrection | None = None  # results ranked by distance minus the product's room density (engine.index.hubness)
+    room_order: str = ROOM_ORDER  # how room() merges its objects' matches (room_ranking's order)
     _detect_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def detect(self, image: np.ndarray, timings: Timings | None = None) -> list[Detection]:
@@ -230,7 +231,7 @@ class SearchEngine:
             objects.append(RoomObject(d.box, d.label, group, float(d.confidence), d.confidence >= prep.min_confidence, tuple(matches)))
         timings.add("search", t)
         products = room_ranking([[m.item.product_id for m in o.matches] for o in objects],
-                                distances=[[m.distance for m in o.matches] for o in objects], order=ROOM_ORDER,
+                                distances=[[m.distance for m in o.matches] for o in objects], order=self.room_order,
                                 confidences=[o.confidence for o in objects])
         return Room(tuple(objects), tuple(products))
 

@@ -34,6 +34,8 @@ Configuration (``test_config`` or environment):
 - ``SHOWROOM_HUB_BETA`` (unset: off): rank results by distance minus this share of each product's
   room density, measured on the generation's scenes index (``engine.index.hubness``; answers then
   carry ``hub_score``); see docs/serving.md.
+- ``SHOWROOM_ROOM_ORDER`` (unset: ``confidence``): how "shop this room" merges its objects' matches,
+  ``confidence``, ``turns`` or ``distance`` (``engine.search.room_ranking``).
 - ``SHOWROOM_DETECTOR``: a ready ``Detector`` object (tests inject one); overrides the weights.
 - ``SHOWROOM_STATE``: a ready ``ServingState`` (tests inject one).
 """
@@ -62,7 +64,7 @@ from serving.errors import register_error_handlers
 from serving.observability import install
 from serving.pages import bp as pages_bp
 from serving.ratelimit import default_storage_uri
-from serving.state import ServingState, SharedGeneration, hub_beta, load_from_folder
+from serving.state import ServingState, SharedGeneration, hub_beta, load_from_folder, room_order
 from training.checkpoint import run_folder
 from training.model_ref import is_registered, resolve_model
 
@@ -166,6 +168,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.config.update(test_config)
     try:
         hub_beta()  # a wrong value is the server's setup error, not a damaged generation's
+        room_order()
     except ValueError as exc:
         raise ServingSetupError(str(exc)) from None
     state = app.config["SHOWROOM_STATE"]

@@ -32,7 +32,7 @@ from engine.files import write_json_atomic
 from engine.index.generations import MODEL_FILE
 from engine.index.catalog_index import CatalogIndex
 from engine.index.hubness import DEFAULT_K, HubCorrection
-from engine.search import SearchEngine
+from engine.search import ROOM_ORDER, ROOM_ORDERS, SearchEngine
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +91,20 @@ def _load_folder(folder: Path, detector: Detector | None, classes: frozenset[str
     engine = SearchEngine(embedder, products, scenes, detector, classes,
                           label_groups=label_groups(detector.class_names, groups) if detector is not None and groups is not None else {},
                           group_types=group_types(groups, products.types) if groups is not None else {}, calibrator=calibrator,
-                          hubness=_hubness(products, scenes, previous))
+                          hubness=_hubness(products, scenes, previous), room_order=room_order())
     logger.info("%s: warmed up in %.2f s", folder, engine.warm_up())  # before it serves (or is published)
     return Loaded(engine, fp, str(folder), generation)
+
+
+def room_order() -> str:
+    """How "shop this room" merges its objects' matches (``SHOWROOM_ROOM_ORDER``, one of
+    ``engine.search.ROOM_ORDERS``; unset: ``ROOM_ORDER``, the development scenes' choice)."""
+    text = os.environ.get("SHOWROOM_ROOM_ORDER", "").strip()
+    if not text:
+        return ROOM_ORDER
+    if text not in ROOM_ORDERS:
+        raise ValueError(f"SHOWROOM_ROOM_ORDER must be one of {', '.join(ROOM_ORDERS)}, got {text[:40]!r}")
+    return text
 
 
 def hub_beta() -> float:

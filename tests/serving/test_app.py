@@ -332,6 +332,23 @@ def test_room_lists_every_object_with_its_group_and_matches_within_it(client, ti
     assert {"decode", "detect", "embed", "search", "total"} <= set(body["timings_ms"])
 
 
+def test_the_room_order_is_a_setting_of_the_server(index_folder: Path, tiny_catalog: Path, monkeypatch):
+    from serving import create_app
+    from serving.app import ServingSetupError
+
+    config = {"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""}
+    monkeypatch.setenv("SHOWROOM_ROOM_ORDER", "best")
+    with pytest.raises(ServingSetupError, match="SHOWROOM_ROOM_ORDER must be one of turns, distance, confidence, got 'best'"):
+        create_app(config)
+    monkeypatch.setenv("SHOWROOM_ROOM_ORDER", "turns")
+    app = create_app(config)
+    assert app.extensions["showroom"].served.engine.room_order == "turns"
+    body = upload(app.test_client(), "/api/room", load_catalog(tiny_catalog).scenes[0].image.read_bytes(), k="3").get_json()
+    # turns: every object's first match, then every second, then every third
+    (c1, c2, c3), (s1, s2, s3), (p1, p2, p3) = ([x["product_id"] for x in o["results"]] for o in body["objects"])
+    assert body["products"] == [c1, s1, p1, c2, s2, p2, c3, s3, p3]
+
+
 class CopyingDetector(BoxDetector):
     """BoxDetector plus a weaker chair box nearly copying the first chair: the page offers one chair."""
 
