@@ -69,8 +69,9 @@ def room_ranking(per_object: Sequence[Sequence[str]], k: int | None = None, dist
     ``order`` "turns": every object's first match, then every object's second, and so on.
     "distance": every match of every object, nearest first by ``distances`` (each object's match
     distances, the shape of ``per_object``). "confidence": turns weighted by the detector's
-    ``confidences`` (one per object, in (0, 1]): an object's r-th match (r = 1, 2, ...) is placed at
-    r / confidence, so an object half as sure gets half as many places. Ties keep the turns order.
+    ``confidences`` (one per object, in [0, 1]): an object's r-th match (r = 1, 2, ...) is placed at
+    r / confidence, so an object half as sure gets half as many places (one of confidence 0 after
+    every other). Ties keep the turns order.
     """
     if order not in ROOM_ORDERS:
         raise ValueError(f"room order {order!r}: choose one of {', '.join(ROOM_ORDERS)}")
@@ -79,13 +80,13 @@ def room_ranking(per_object: Sequence[Sequence[str]], k: int | None = None, dist
     if order == "confidence":
         if confidences is None or len(confidences) != len(per_object):
             raise ValueError("room order 'confidence' needs one detector confidence per object")
-        if not all(0 < c <= 1 for c in confidences):
-            raise ValueError(f"room order 'confidence': confidences must be in (0, 1], got {list(confidences)}")
+        if not all(0 <= c <= 1 for c in confidences):
+            raise ValueError(f"room order 'confidence': confidences must be in [0, 1], got {list(confidences)}")
     entries = [(r, i, products[r]) for i, products in enumerate(per_object) for r in range(len(products))]
     if order == "distance":
         key = lambda e: (distances[e[1]][e[0]], e[0], e[1])  # noqa: E731
     elif order == "confidence":
-        key = lambda e: ((e[0] + 1) / confidences[e[1]], e[0], e[1])  # noqa: E731
+        key = lambda e: ((e[0] + 1) / confidences[e[1]] if confidences[e[1]] > 0 else float("inf"), e[0], e[1])  # noqa: E731
     else:
         key = lambda e: (e[0], e[1])  # noqa: E731
     out: list[str] = []

@@ -36,6 +36,8 @@ def test_room_ranking_by_confidence_gives_a_less_sure_object_fewer_places():
     assert room_ranking([["a", "b"], ["b", "c"]], order="confidence", confidences=[0.2, 1.0]) == ["b", "c", "a"]
     # equal confidences are the turns order
     assert room_ranking(per_object, order="confidence", confidences=[0.7] * 3) == room_ranking(per_object)
+    # an object of confidence 0 (a detector run with no floor) comes after every other, in turns
+    assert room_ranking(per_object, order="confidence", confidences=[1.0, 0.0, 0.0]) == ["a", "b", "c", "d", "e", "h", "f", "i", "g"]
 
 
 def test_room_ranking_refuses_an_unknown_order_or_missing_distances():
@@ -48,4 +50,4 @@ def test_room_ranking_refuses_an_unknown_order_or_missing_distances():
     with pytest.raises(ValueError, match="one detector confidence per object"):
         room_ranking([["a"], ["b"]], order="confidence", confidences=[0.9])
     with pytest.raises(ValueError, match="confidences must be in"):
-        room_ranking([["a"], ["b"]], order="confidence", confidences=[0.9, 0.0])
+        room_ranking([["a"], ["b"]], order="confidence", confidences=[0.9, -0.1])
