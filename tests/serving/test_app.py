@@ -55,16 +55,22 @@ def test_detect(client):
     assert set(body["timings_ms"]) == {"decode", "detect_wait", "detect"}
 
 
-def test_with_the_hub_correction_results_come_in_hub_score_order(index_folder: Path, tiny_catalog: Path, monkeypatch):
+def app_with_setting(index_folder: Path, monkeypatch, name: str, bad: str, refusal: str, good: str):
+    """The app served with environment setting ``name`` = ``good``, after checking that ``bad`` stops
+    ``create_app`` with a setup error matching ``refusal``."""
     from serving import create_app
     from serving.app import ServingSetupError
 
     config = {"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""}
-    monkeypatch.setenv("SHOWROOM_HUB_BETA", "a lot")
-    with pytest.raises(ServingSetupError, match="SHOWROOM_HUB_BETA must be a number"):
+    monkeypatch.setenv(name, bad)
+    with pytest.raises(ServingSetupError, match=refusal):
         create_app(config)
-    monkeypatch.setenv("SHOWROOM_HUB_BETA", "0.5")
-    app = create_app(config)
+    monkeypatch.setenv(name, good)
+    return create_app(config)
+
+
+def test_with_the_hub_correction_results_come_in_hub_score_order(index_folder: Path, tiny_catalog: Path, monkeypatch):
+    app = app_with_setting(index_folder, monkeypatch, "SHOWROOM_HUB_BETA", "a lot", "SHOWROOM_HUB_BETA must be a number", "0.5")
     engine = app.extensions["showroom"].served.engine
     assert engine.hubness is not None and engine.hubness.beta == 0.5  # measured on the served scenes index
     assert set(engine.hubness.density) == {it.product_id for it in engine.products.items}
@@ -333,15 +339,8 @@ def test_room_lists_every_object_with_its_group_and_matches_within_it(client, ti
 
 
 def test_the_room_order_is_a_setting_of_the_server(index_folder: Path, tiny_catalog: Path, monkeypatch):
-    from serving import create_app
-    from serving.app import ServingSetupError
-
-    config = {"SHOWROOM_INDEX": str(index_folder), "SHOWROOM_DETECTOR": BoxDetector(), "TESTING": True, "SHOWROOM_RATE_LIMIT": ""}
-    monkeypatch.setenv("SHOWROOM_ROOM_ORDER", "best")
-    with pytest.raises(ServingSetupError, match="SHOWROOM_ROOM_ORDER must be one of turns, distance, confidence, got 'best'"):
-        create_app(config)
-    monkeypatch.setenv("SHOWROOM_ROOM_ORDER", "turns")
-    app = create_app(config)
+    app = app_with_setting(index_folder, monkeypatch, "SHOWROOM_ROOM_ORDER", "best",
+                           "SHOWROOM_ROOM_ORDER must be one of turns, distance, confidence, got 'best'", "turns")
     assert app.extensions["showroom"].served.engine.room_order == "turns"
     body = upload(app.test_client(), "/api/room", load_catalog(tiny_catalog).scenes[0].image.read_bytes(), k="3").get_json()
     # turns: every object's first match, then every second, then every third
