@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -170,16 +170,17 @@ def model_fingerprint(path: str | Path) -> str:
     return file_sha256(Path(path))
 
 
-def save_embedder(model: keras.Model, path: str | Path, preprocessing: Preprocessing) -> Path:
+def save_embedder(model: keras.Model, path: str | Path, preprocessing: Preprocessing, records: Mapping[str, object] | None = None) -> Path:
     """Save ``model`` as ``.keras`` with ``preprocessing`` inside it (and, for a model from
-    ``build_embedder``, what its backbone started from: ``backbone_record``), atomically; returns ``path``."""
+    ``build_embedder``, what its backbone started from: ``backbone_record``), atomically; returns ``path``.
+    records: further JSON entries saved beside it (an ensemble's members), read back with ``saved_record``."""
     if preprocessing.image_size != input_size(model):
         raise ValueError(f"preprocessing image_size {preprocessing.image_size} differs from the model's input {input_size(model)}")
     path = Path(path)
     with atomic_file(path) as tmp:
         model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as zf:
-            record = {"preprocessing": asdict(preprocessing)}
+            record = {**(records or {}), "preprocessing": asdict(preprocessing)}
             if getattr(model, "showroom_backbone", None):
                 record["backbone"] = model.showroom_backbone
             zf.writestr(PREPROCESSING_MEMBER, json.dumps(record, indent=1))
@@ -200,16 +201,21 @@ def load_embedder(path: str | Path) -> keras.Model:
         raise ModelError(f"{path} is not a loadable Keras embedder: {exc}") from None
 
 
-def backbone_record(path: str | Path) -> dict[str, str] | None:
-    """What a saved embedder's backbone started from (``engine.model.network.weights_record``: name,
-    weights source and sha256), or None for a file saved before it was recorded."""
+def saved_record(path: str | Path, key: str) -> object | None:
+    """The entry ``key`` of what a saved embedder records beside its weights, or None when absent."""
     try:
         with zipfile.ZipFile(path) as zf:
             if PREPROCESSING_MEMBER in zf.namelist():
-                return json.loads(zf.read(PREPROCESSING_MEMBER)).get("backbone")
+                return json.loads(zf.read(PREPROCESSING_MEMBER)).get(key)
     except (OSError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: cannot read its records ({exc})") from None
     return None
+
+
+def backbone_record(path: str | Path) -> dict[str, str] | None:
+    """What a saved embedder's backbone started from (``engine.model.network.weights_record``: name,
+    weights source and sha256), or None for a file saved before it was recorded."""
+    return saved_record(path, "backbone")
 
 
 def load_preprocessing(path: str | Path, model: keras.Model | None = None) -> Preprocessing:

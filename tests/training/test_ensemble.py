@@ -1,0 +1,46 @@
+"""``python -m training.ensemble``: saved embedders in, one loadable ensemble out; bad input refused with a reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.config import ModelConfig, Preprocessing
+from engine.model.embedder import Embedder, save_embedder
+from engine.model.ensemble import ensemble_members
+from engine.model.network import build_embedder
+from training.ensemble import main
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    import keras
+
+    folder = tmp_path_factory.mktemp("seeds")
+    paths = []
+    for seed in (1, 2):
+        keras.utils.set_random_seed(seed)
+        paths.append(save_embedder(build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=8)),
+                                   folder / f"seed{seed}.keras", Preprocessing(image_size=48)))
+    return paths
+
+
+def test_the_cli_saves_an_ensemble_that_embeds(two_models, tmp_path, capsys):
+    out = tmp_path / "both.keras"
+    assert main(["--models", *map(str, two_models), "--out", str(out)]) == 0
+    assert "ensemble of 2 embedders (D=16)" in capsys.readouterr().out
+    ens = Embedder.load(out)
+    v = ens(np.full((2, 48, 48, 3), 128, np.uint8))
+    assert v.shape == (2, 16)
+    assert [m.name for m in ensemble_members(out)] == ["seed1", "seed2"]
+
+
+def test_the_cli_refuses_bad_input(two_models, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--models", str(two_models[0]), "--out", str(tmp_path / "one.keras")])
+    assert "at least two" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--models", *map(str, two_models), "--out", str(tmp_path / "e.h5")])
+    assert "must end in .keras" in capsys.readouterr().err
+    assert main(["--models", str(two_models[0]), str(tmp_path / "missing.keras"), "--out", str(tmp_path / "e.keras")]) == 2
+    assert not (tmp_path / "e.keras").exists()
