@@ -223,6 +223,7 @@ def _target(args: argparse.Namespace) -> Target:
     where given, and what is known of how it was trained."""
     # these load TensorFlow: imported here, once run_cli has set the environment
     from engine.model.embedder import Embedder
+    from engine.model.ensemble import ensemble_members
     from training.model_ref import resolve_model
 
     overrides = {k: v for k, v in (("crop_padding", args.crop_padding), ("min_confidence", args.min_confidence),
@@ -242,8 +243,10 @@ def _target(args: argparse.Namespace) -> Target:
         logger.warning("--image-size %d ignored: the model takes %d px", args.image_size, embedder.size)
     run_params = _fit_params(ref.run_id)
     backbone = args.backbone or run_params.get("model.backbone") or "mobilenet_v2"
-    if args.backbone is None and embedder.model.name.startswith("showroom_"):
-        backbone = embedder.model.name.removeprefix("showroom_")
+    members = ensemble_members(ref.path)  # an ensemble's ImageNet baseline is its first member's backbone
+    model_name = members[0].model if members else embedder.model.name
+    if args.backbone is None and model_name.startswith("showroom_"):
+        backbone = model_name.removeprefix("showroom_")
     alpha = args.alpha if args.alpha is not None else float(run_params.get("model.alpha", ModelConfig().alpha))
     name = Path(args.model).stem
     if ref.run_id:

@@ -37,14 +37,16 @@ ENSEMBLE_RECORD = "ensemble"  # key of showroom.json listing the members
 
 @dataclass(frozen=True)
 class Member:
-    """One saved embedder of an ensemble: its file's name, sha256 and output size."""
+    """One saved embedder of an ensemble: its file's name, sha256, output size and Keras model name
+    (``showroom_<backbone>`` for a model of ``build_embedder``)."""
 
     name: str
     fingerprint: str
     dim: int
+    model: str = ""
 
 
-def build_ensemble(members: Sequence[keras.Model], name: str = "showroom_ensemble") -> keras.Model:
+def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
     """One model from ``members`` (each ``float32 (B, S, S, 3)`` RGB 0..255 → ``float32 (B, D_i)``,
     all with the same S): ``float32 (B, S, S, 3)`` → ``float32 (B, Σ D_i)``, the members'
     L2-normalised embeddings concatenated and scaled by 1/sqrt(n) (unit norm).
@@ -81,12 +83,13 @@ def save_ensemble(paths: Sequence[str | Path], out: str | Path) -> tuple[Path, l
         if prep != preps[0]:
             raise ModelError(f"{p} prepares its inputs differently from {paths[0]} ({prep} vs {preps[0]}): "
                              "the members of an ensemble must see the same crops")
-    members = [Member(p.stem, model_fingerprint(p), int(m.output_shape[-1])) for p, m in zip(paths, models)]
-    model = build_ensemble(models)
-    record = [{"name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "backbone": backbone_record(p)} for m, p in zip(members, paths)]
+    members = [Member(p.stem, model_fingerprint(p), int(m.output_shape[-1]), m.name) for p, m in zip(paths, models)]
+    model = build_ensemble(models)  # renames the members' models
+    record = [{"name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "model": m.model, "backbone": backbone_record(p)}
+              for m, p in zip(members, paths)]
     return save_embedder(model, out, preps[0], {ENSEMBLE_RECORD: record}), members
 
 
 def ensemble_members(path: str | Path) -> list[Member]:
     """The members a saved ensemble records ([] for a single embedder)."""
-    return [Member(m["name"], m["fingerprint"], int(m["dim"])) for m in saved_record(path, ENSEMBLE_RECORD) or []]
+    return [Member(m["name"], m["fingerprint"], int(m["dim"]), m.get("model", "")) for m in saved_record(path, ENSEMBLE_RECORD) or []]

@@ -160,3 +160,26 @@ def _new_products_file(catalog: Path, tmp_path: Path) -> Path:
 def evaluate_pairs(summary: dict) -> list:
     """The reachable pairs that queried a crop (every tiny-catalog pair has its pairs.csv box)."""
     return [None] * summary["protocol"]["reachable_pairs"]
+
+
+def test_an_ensemble_is_evaluated_against_its_members_imagenet_features(trained_run, tiny_catalog: Path, tmp_path: Path, capsys):
+    """An ensemble (``training.ensemble``) is any model to evaluate: scored on the same crops, its
+    baseline the ImageNet features of its members' backbone."""
+    import keras
+
+    from engine.config import ModelConfig
+    from engine.model.embedder import load_preprocessing, save_embedder
+    from engine.model.ensemble import save_ensemble
+    from engine.model.network import build_embedder
+
+    keras.utils.set_random_seed(5)
+    other = save_embedder(build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=16)), tmp_path / "other.keras",
+                          load_preprocessing(trained_run.out))
+    ens, _ = save_ensemble([trained_run.out, other], tmp_path / "both.keras")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", str(ens), "--scenes", str(trained_run.holdout), "--weights", "none",
+                          "--no-mlflow", "--tsne-products", "0", "--grid-queries", "0", "--out", str(out)]) == 0
+    assert "imagenet-mobilenet_v2-48px" in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["summary"]["protocol"]["image_size"] == 48
+    assert report["baseline"]["summary"]["protocol"]["reachable_pairs"] == report["summary"]["protocol"]["reachable_pairs"] > 0

@@ -45,6 +45,7 @@ def test_the_ensemble_distance_is_the_mean_of_the_members_squared_distances(memb
     assert not np.allclose(np.linalg.norm(singles[1], axis=1), 1.0)
     assert ens.preprocessing == Preprocessing(image_size=48)
     assert [m.name for m in recorded] == ["a", "b"] and [m.dim for m in recorded] == [16, 8]
+    assert {m.model for m in recorded} == {"showroom_mobilenet_v2"} and ens.model.name == "ensemble"
     assert ensemble_members(out) == recorded
     assert all(len(m.fingerprint) == 64 for m in recorded) and recorded[0].fingerprint != recorded[1].fingerprint
     assert backbone_record(out) is None  # its members' backbones are in the members' records
