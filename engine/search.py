@@ -161,11 +161,15 @@ class SearchEngine:
     def warm_up(self) -> float:
         """Run each stage once on a blank photo so the first real query does not pay for tracing the
         embedder's graph function or the detector's first invocation (hundreds of ms on a CPU);
-        returns the seconds it took."""
+        returns the seconds it took. The embedder runs on one crop (a search) and on two (a room
+        call's batch): its graph function is traced once for one image and once more, for any
+        batch size, at the second size it meets."""
         t = time.perf_counter()
         blank = np.full((480, 640, 3), 255, np.uint8)
         self.detect(blank)
         self.search(blank, None, k=1)
+        size = self.embedder.preprocessing.image_size
+        self.embedder(np.full((2, size, size, 3), 255, np.uint8))
         return time.perf_counter() - t
 
     def embed_crop(self, image: np.ndarray, box: Box | None) -> np.ndarray:

@@ -1,11 +1,30 @@
 """The room's one ranked list: each object's matches merged (in turns, by distance, or in turns weighted
-by the detector's confidence), each product once."""
+by the detector's confidence), each product once; the engine's warm-up."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from engine.search import room_ranking
+from engine.index.backends import BackendSpec
+from engine.index.catalog_index import CatalogIndex, Item
+from engine.model.embedder import Embedder
+from engine.search import SearchEngine, room_ranking
+
+
+def test_after_the_warm_up_no_batch_size_traces_the_embedder_again(saved_embedder):
+    """A room call embeds its objects' crops as one batch of any size: the warm-up at load must leave
+    nothing for it to trace (on a CPU a trace costs about a second per embedder)."""
+    embedder = Embedder.load(saved_embedder)
+    vectors = embedder(np.stack([np.full((48, 48, 3), c, np.uint8) for c in (30, 120, 220)]))
+    products = CatalogIndex.from_vectors(vectors, [Item(f"p{i}/0", f"p{i}", f"p{i}", "Lamp", f"p{i}.jpg") for i in range(3)],
+                                         embedder.fingerprint, BackendSpec("brute_force"))
+    engine = SearchEngine(embedder, products)
+    engine.warm_up()  # the embedder was just loaded, as by a worker: nothing traced before
+    traced = embedder.model.predict_function.experimental_get_tracing_count()
+    for n in (5, 24, 1, 13):
+        embedder(np.zeros((n, 48, 48, 3), np.uint8))
+    assert embedder.model.predict_function.experimental_get_tracing_count() == traced
 
 
 def test_room_ranking_takes_every_objects_first_match_before_any_second():
