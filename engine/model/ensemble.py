@@ -75,15 +75,16 @@ def save_ensemble(paths: Sequence[str | Path], out: str | Path) -> tuple[Path, l
     their ensemble (``build_ensemble``) at ``out`` with their shared preprocessing and a record of
     the members. Returns (``out``, the members)."""
     paths = [Path(p) for p in paths]
-    if len(set(p.resolve() for p in paths)) != len(paths):
-        raise ModelError("an embedder is listed twice: an ensemble of a model with itself only doubles its cost")
     models = [load_embedder(p) for p in paths]
+    fingerprints = [model_fingerprint(p) for p in paths]
+    if len(set(fingerprints)) != len(paths):  # the same file, or a copy of it: the same weights
+        raise ModelError("an embedder is listed twice: an ensemble of a model with itself only doubles its cost")
     preps = [load_preprocessing(p, m) for p, m in zip(paths, models)]
     for p, prep in zip(paths[1:], preps[1:]):
         if prep != preps[0]:
             raise ModelError(f"{p} prepares its inputs differently from {paths[0]} ({prep} vs {preps[0]}): "
                              "the members of an ensemble must see the same crops")
-    members = [Member(p.stem, model_fingerprint(p), int(m.output_shape[-1]), m.name) for p, m in zip(paths, models)]
+    members = [Member(p.stem, fp, int(m.output_shape[-1]), m.name) for p, fp, m in zip(paths, fingerprints, models)]
     model = build_ensemble(models)  # renames the members' models
     record = [{"name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "model": m.model, "backbone": backbone_record(p)}
               for m, p in zip(members, paths)]

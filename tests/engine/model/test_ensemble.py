@@ -63,6 +63,10 @@ def test_an_ensemble_refuses_members_that_see_different_crops(tmp_path, members)
         save_ensemble([members[0], other_padding], tmp_path / "e2.keras")
     with pytest.raises(ModelError, match="listed twice"):
         save_ensemble([members[0], members[0]], tmp_path / "e3.keras")
+    copy = tmp_path / "copy.keras"
+    copy.write_bytes(members[0].read_bytes())
+    with pytest.raises(ModelError, match="listed twice"):
+        save_ensemble([members[0], copy], tmp_path / "e4.keras")
     with pytest.raises(ModelError, match="at least two"):
         build_ensemble([Embedder.load(members[0]).model])
     assert not list(tmp_path.glob("e*.keras"))  # nothing half-written
