@@ -10,13 +10,19 @@ no true box has no AP; a detector that never proposes a group scores 0 on it.
 ``DrawnBoxes`` turns the same boxes around: it stands in for a detector that finds exactly them,
 so the whole-room scores can be measured on perfect proposals (``evaluation.evaluate --proposals``)
 and a real detector's cost read as the paired difference against them.
+
+``DetectionRecorder`` and ``RecordedDetections`` make an evaluation's boxes part of its record:
+the first keeps every detection a call's detector returned (keyed by the photo file's sha256), the
+second proposes exactly those again (``evaluation.evaluate --detections``), so a figure can be
+reproduced on a machine whose detector runtime gives slightly different boxes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,3 +134,102 @@ class DrawnBoxes:
         (all 1.0) in file order."""
         h, w = image.shape[:2]
         return [Detection(to_pixels(box, w, h), group, 1.0) for group, box in self.boxes.get(str(path), ())]
+
+
+DETECTIONS_FORMAT = "showroom.detections"
+DETECTIONS_VERSION = 1
+
+
+class DetectionsFileError(ValueError):
+    """A detections record that cannot be replayed: unreadable, of another format, or missing a photo."""
+
+
+def _file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class DetectionRecorder:
+    """Wraps a ``detect(path, image) -> list[Detection]`` callable and keeps what it returned for
+    each photo, keyed by the file's sha256 (the same photo under another path is the same entry).
+    ``record()`` is the JSON ``RecordedDetections.read`` takes back; ``confidence``: the lowest score
+    the wrapped detector reports (a replay may ask for more, never for less)."""
+
+    def __init__(self, detect: Callable[[str | Path, np.ndarray], list[Detection]], fingerprint: str,
+                 class_names: Sequence[str], confidence: float) -> None:
+        self._detect = detect
+        self.fingerprint = fingerprint
+        self.class_names = tuple(class_names)
+        self.confidence = float(confidence)
+        self.images: dict[str, list[Detection]] = {}
+
+    def detect(self, path: str | Path, image: np.ndarray) -> list[Detection]:
+        dets = self._detect(path, image)
+        self.images[_file_digest(path)] = list(dets)
+        return dets
+
+    def record(self) -> dict:
+        """``{"format", "version", "detector", "class_names", "confidence", "images": {sha256: [{box, label,
+        confidence}]}}``, photos in sha256 order."""
+        return {"format": DETECTIONS_FORMAT, "version": DETECTIONS_VERSION, "detector": self.fingerprint,
+                "class_names": list(self.class_names), "confidence": self.confidence,
+                "images": {k: [{"box": [int(v) for v in d.box], "label": d.label, "confidence": float(d.confidence)}
+                               for d in self.images[k]] for k in sorted(self.images)}}
+
+
+@dataclass(frozen=True)
+class RecordedDetections:
+    """A detector replayed from a ``DetectionRecorder`` record: each photo gets exactly the recorded
+    detections of its file (by sha256) with a score >= ``confidence``. A photo the record does not
+    hold is refused (``DetectionsFileError``), never silently left without boxes."""
+
+    images: Mapping[str, tuple[Detection, ...]]
+    class_names: tuple[str, ...]
+    recorded: str  # the recorded detector's fingerprint
+    confidence: float
+    source: str
+
+    @classmethod
+    def read(cls, path: str | Path, confidence: float | None = None) -> RecordedDetections:
+        """The record at ``path``; ``confidence``: the lowest score this replay needs (default: the
+        record's), refused when below the record's (those detections were never kept)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DetectionsFileError(f"detections record {path}: cannot read it ({e})") from e
+        if not isinstance(data, dict) or data.get("format") != DETECTIONS_FORMAT:
+            raise DetectionsFileError(f"{path} is not a detections record (format {DETECTIONS_FORMAT!r}, written as "
+                                      "detections.json beside an evaluation's metrics.json)")
+        if data.get("version") != DETECTIONS_VERSION:
+            raise DetectionsFileError(f"detections record {path}: version {data.get('version')!r}, this code reads {DETECTIONS_VERSION}")
+        try:
+            recorded_conf = float(data["confidence"])
+            names = tuple(str(n) for n in data["class_names"])
+            images = {str(k): tuple(Detection(tuple(int(v) for v in d["box"]), str(d["label"]), float(d["confidence"])) for d in dets)
+                      for k, dets in data["images"].items()}
+            fingerprint = str(data["detector"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DetectionsFileError(f"detections record {path}: malformed ({type(e).__name__}: {e})") from e
+        unknown = sorted({d.label for dets in images.values() for d in dets} - set(names))
+        if unknown:
+            raise DetectionsFileError(f"detections record {path}: labels {unknown[:5]} are not among its class names")
+        need = recorded_conf if confidence is None else float(confidence)
+        if need < recorded_conf - 1e-9:
+            raise DetectionsFileError(f"detections record {path} kept scores >= {recorded_conf:g}; this evaluation needs boxes down "
+                                      f"to {need:g}: record it again with that confidence")
+        return cls(images, names, fingerprint, need, str(path))
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.recorded}|replayed>={self.confidence:g}"
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        raise TypeError("recorded detections belong to a photo file, not to its pixels: use detect_at(path, image)")
+
+    def detect_at(self, path: str | Path, image: np.ndarray) -> list[Detection]:
+        """The recorded detections of the photo file at ``path`` scoring >= ``confidence``, in
+        recorded order (``image`` is unused: the record is keyed by the file's bytes)."""
+        dets = self.images.get(_file_digest(path))
+        if dets is None:
+            raise DetectionsFileError(f"{path}: this photo is not in the detections record {self.source} (recorded by "
+                                      f"{self.recorded}); replay it on the catalog and scenes it was recorded on")
+        return [d for d in dets if d.confidence >= self.confidence]

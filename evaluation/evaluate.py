@@ -34,7 +34,7 @@ from engine.data.images import query_crop
 from engine.data.proposals import catalog_proposals
 from engine.data.splits import read_product_list, read_scene_list, restrict_scenes
 from evaluation import plots
-from evaluation.detection import DrawnBoxes
+from evaluation.detection import DetectionRecorder, DrawnBoxes, RecordedDetections
 from evaluation.protocol import (CROP_CHOICES, EvalConfig, EvalInputs, EvalResult, choose_query_crops, flat_metrics, paired_difference,
                                  prepare, score, table)
 from evaluation.room import RoomSpec, paired_room_difference
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hand-drawn boxes (a showroom.boxes file covering every evaluated scene) propose the crops instead of the "
                         "detector, each sure and labelled by its group: the whole-room scores of a detector that finds exactly "
                         "them; with --versus-detector, that detector's cost pair by pair")
+    p.add_argument("--detections", type=Path, default=None, metavar="RECORD",
+                   help="propose exactly the boxes an earlier evaluation's detector found (its detections.json) instead of running "
+                        "the detector: that figure reproduced on a machine whose detector runtime boxes differ")
     p.add_argument("--hub-beta", type=float, default=0.0,
                    help="> 0: rank products by distance minus this share of their room density, their mean distance to their "
                         "--hub-k nearest crops of the catalog's other room photos (engine.index.hubness; the service's "
@@ -165,8 +168,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
     reference = _reference_scenes(args, catalog, eval_catalog)
+    recorders: list[DetectionRecorder] = []
     inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target,
-                           drawn=args.proposals, reference=reference)
+                           drawn=args.proposals, reference=reference, replay=args.detections, recorders=recorders)
     result = score(inputs, target.embedder, cfg)
     if cfg.hub_beta > 0:
         plain = score(inputs, target.embedder, replace(cfg, hub_beta=0.0))
@@ -191,7 +195,13 @@ def _run(args: argparse.Namespace, home: Path) -> int:
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if baseline is not None:
         report["baseline"] = dict(zip(("name", "summary", "curves"), baseline))
+    if recorders:
+        report["detections"] = {"file": "detections.json", "replayed_from": str(args.detections) if args.detections else None,
+                                "photos": len(recorders[0].images)}
     files = _write_outputs(args, out, report, inputs, result, [baseline] if baseline else [], compare)
+    if recorders:
+        write_json_atomic(out / "detections.json", recorders[0].record())
+        files.append("detections.json")
     lines = _summary_lines(catalog, report, cfg.ks, baseline, wall)
     if not args.no_mlflow:
         lines.append(_log_run(args, target, catalog, scenes_param, inputs, result, baseline, out, files, wall))
@@ -331,13 +341,16 @@ def _reference_scenes(args: argparse.Namespace, catalog: Catalog, evaluated: Cat
 
 def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path, cfg: EvalConfig,
              weights: str | None, target: Target, *, drawn: Path | None = None,
-             reference: Catalog | None = None) -> tuple[EvalInputs, EvalConfig]:
+             reference: Catalog | None = None, replay: Path | None = None,
+             recorders: list[DetectionRecorder] | None = None) -> tuple[EvalInputs, EvalConfig]:
     """Decode, detect (cached) and crop once for every model scored in this call, keeping the boxes
     ``--boxes`` says, and fix each pair's query crop (``--crop-choice``); the config with the
     whole-room spec of that detector (when it runs). ``drawn``: a boxes file whose boxes propose
     the crops instead of the detector (``DrawnBoxes``). ``reference``: scenes whose crops, proposed
     by the same detector (never drawn boxes: a shop's own photos have none), measure each product's
-    room density for the hub correction."""
+    room density for the hub correction. ``replay``: a detections record (``RecordedDetections``)
+    proposing instead of the detector; ``recorders``: gets the ``DetectionRecorder`` of whatever
+    detector proposed (not drawn boxes), to write with the report."""
     detector, detect, page_labels = None, None, None
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
     if drawn is not None and all(p.box is not None for p in catalog.pairs):
@@ -345,8 +358,18 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
     if drawn is not None:
         detector = DrawnBoxes.for_catalog(drawn, catalog, load_category_map(args.groups_map or GROUPS_MAP).groups)
         detect = detector.detect_at
+    elif replay is not None and any(p.box is None for p in catalog.pairs):
+        detector = RecordedDetections.read(replay, prep.detector_confidence)
+        detect = detector.detect_at
+        logger.info("detections replayed from %s (recorded by %s)", replay, detector.recorded)
     elif any(p.box is None for p in catalog.pairs):
         detector, detect = _detector(weights, prep, home)
+    if detector is not None and not isinstance(detector, DrawnBoxes) and recorders is not None:
+        replayed = isinstance(detector, RecordedDetections)
+        recorder = DetectionRecorder(detect, detector.recorded if replayed else detector.fingerprint, detector.class_names,
+                                     detector.confidence if replayed else prep.detector_confidence)
+        recorders.append(recorder)
+        detect = recorder.detect
     if detector is not None:
         cmap = map_for_detector(detector.class_names, args.category_map)
         cfg = replace(cfg, room=replace(room_spec(catalog, detector.class_names, load_category_map(args.groups_map or GROUPS_MAP), cfg.ks),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -12,10 +13,12 @@ from detectors.category_map import GROUPS_MAP, load_category_map, map_for_detect
 from engine.config import Preprocessing
 from engine.data.boxes import BoxesFileError
 from engine.data.catalog import load_catalog
-from evaluation.detection import DrawnBoxes, Scored, ap_per_group, average_precision, box_recall
+from engine.data.detection import Detection
+from evaluation.detection import (DetectionRecorder, DetectionsFileError, DrawnBoxes, RecordedDetections, Scored, ap_per_group,
+                                  average_precision, box_recall)
 from evaluation.evaluate import room_spec
 from evaluation.protocol import EvalConfig, prepare, score
-from tests.evaluation.test_protocol import COLOURS, SCENES, _embed, _write_catalog
+from tests.evaluation.test_protocol import COLOURS, SCENES, BoxDetector, _embed, _write_catalog, category_map  # noqa: F401 (fixture)
 
 TRUTH = {"a": [("lamp", (0, 0, 10, 10)), ("rug", (0, 50, 40, 60))], "b": [("lamp", (0, 0, 10, 10)), ("lamp", (20, 20, 30, 30))]}
 
@@ -100,3 +103,78 @@ def test_the_page_column_counts_the_boxes_the_page_keeps():
     assert len(offered) == MAX_PAGE_BOXES  # what the page draws, not the 31 confident boxes and the fill-in
     assert offered[:MAX_PAGE_BOXES] == lamps[:MAX_PAGE_BOXES]  # sure boxes first, the near-copy dropped
     assert [d.label for d in page_offers(found[:3] + found[-2:], {"lamp", "rug"}, 0.25, 0.05)] == ["lamp", "lamp", "lamp", "rug"]
+
+
+class _Shifted(BoxDetector):
+    """The same detector on another runtime: every box moved off its object, every score a little lower."""
+
+    fingerprint = "box-detector:1"
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        out = []
+        for d in super().detect(image):
+            x1, y1, x2, y2 = d.box
+            dx = 45 if x2 + 45 <= image.shape[1] else -45
+            out.append(Detection((x1 + dx, y1, x2 + dx, y2), d.label, d.confidence - 0.05))
+        return out
+
+
+def _record(catalog, detector, prep, cmap, path: Path):
+    """Prepare ``catalog`` through a recorder of ``detector``; the inputs, and the record written to ``path``."""
+    recorder = DetectionRecorder(lambda p, im: detector.detect(im), detector.fingerprint, detector.class_names, prep.detector_confidence)
+    inputs = prepare(catalog, prep, detector=detector, category_map=cmap, detect=recorder.detect)
+    path.write_text(json.dumps(recorder.record()))
+    return inputs
+
+
+def test_recorded_detections_reproduce_an_evaluation_another_runtime_would_change(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    prep, cfg = Preprocessing(48, min_confidence=0.25, fill_confidence=0.0), EvalConfig(ks=(1, 5))
+    first = _record(catalog, BoxDetector(), prep, category_map, tmp_path / "det.json")
+    record = json.loads((tmp_path / "det.json").read_text())
+    assert len(record["images"]) == 4 and record["detector"] == "box-detector:1" and record["confidence"] == 0.25
+    assert sum(map(len, record["images"].values())) == 6  # every detection, the one below the threshold too
+
+    # another runtime's boxes move the crops and the figures...
+    moved = score(prepare(catalog, prep, detector=_Shifted(), category_map=category_map), _embed, cfg)
+    original = score(first, _embed, cfg)
+    assert moved.summary["scene_to_product"]["recall"] != original.summary["scene_to_product"]["recall"]
+    # ...the record proposes exactly the first call's boxes again: the same crops, the same ranks
+    replay = RecordedDetections.read(tmp_path / "det.json", prep.detector_confidence)
+    again = prepare(catalog, prep, detector=replay, category_map=category_map, detect=replay.detect_at)
+    assert [(c.scene, c.box, c.label) for c in again.crops] == [(c.scene, c.box, c.label) for c in first.crops]
+    assert np.array_equal(again.crop_images, first.crop_images)
+    assert score(again, _embed, cfg).summary["scene_to_product"] == original.summary["scene_to_product"]
+    assert again.detector == "box-detector:1|replayed>=0.25"
+    # a replay may ask for surer boxes (the record is filtered), never for less sure ones than were kept
+    s1 = next(s.image for s in catalog.scenes if s.scene == "s1")
+    assert [d.label for d in RecordedDetections.read(tmp_path / "det.json", 0.85).detect_at(s1, None)] == ["chair"]
+    with pytest.raises(DetectionsFileError, match="kept scores >= 0.25"):
+        RecordedDetections.read(tmp_path / "det.json", 0.05)
+
+
+def test_a_detections_record_that_cannot_be_replayed_is_refused(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    prep = Preprocessing(48, min_confidence=0.25, fill_confidence=0.0)
+    _record(catalog, BoxDetector(), prep, category_map, tmp_path / "det.json")
+    good = json.loads((tmp_path / "det.json").read_text())
+    for name, data, message in [
+        ("boxes.json", {"format": "showroom.boxes", "version": 1, "boxes": {}}, "is not a detections record"),
+        ("v2.json", {**good, "version": 2}, "version 2"),
+        ("labels.json", {**good, "class_names": ["chair"]}, "not among its class names"),
+        ("broken.json", {**good, "images": {"x": [{"box": [1, 2]}]}}, "malformed"),
+    ]:
+        (tmp_path / name).write_text(json.dumps(data))
+        with pytest.raises(DetectionsFileError, match=message):
+            RecordedDetections.read(tmp_path / name)
+    (tmp_path / "cut.json").write_text("{")
+    with pytest.raises(DetectionsFileError, match="cannot read"):
+        RecordedDetections.read(tmp_path / "cut.json")
+    # a photo the record never saw (here: s2 drawn again) is refused, never left without boxes
+    s2 = next(s.image for s in catalog.scenes if s.scene == "s2")
+    cv2.imwrite(str(s2), np.full((200, 201, 3), 90, np.uint8))
+    replay = RecordedDetections.read(tmp_path / "det.json")
+    with pytest.raises(DetectionsFileError, match="not in the detections record"):
+        prepare(catalog, prep, detector=replay, category_map=category_map, detect=replay.detect_at)
+    with pytest.raises(TypeError, match="detect_at"):
+        replay.detect(np.zeros((4, 4, 3), np.uint8))

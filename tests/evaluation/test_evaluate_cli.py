@@ -183,3 +183,36 @@ def test_an_ensemble_is_evaluated_against_its_members_imagenet_features(trained_
     report = json.loads((out / "metrics.json").read_text())
     assert report["summary"]["protocol"]["image_size"] == 48
     assert report["baseline"]["summary"]["protocol"]["reachable_pairs"] == report["summary"]["protocol"]["reachable_pairs"] > 0
+
+
+def test_an_evaluation_keeps_its_boxes_and_replays_them_without_a_detector(tmp_path: Path, caplog):
+    """``detections.json`` beside ``metrics.json`` holds every box the call's detector proposed;
+    ``--detections`` proposes exactly those again, with no detector at all."""
+    import cv2
+
+    from evaluation.detection import DetectionRecorder
+    from tests.evaluation.test_protocol import MAP, BoxDetector, _write_catalog
+
+    catalog = _write_catalog(tmp_path / "cat", with_boxes=False)  # no pairs.csv boxes: a detector must propose
+    detector = BoxDetector()
+    recorder = DetectionRecorder(lambda path, image: detector.detect(image), detector.fingerprint, detector.class_names, 0.05)
+    for scene in load_catalog(catalog).scenes:
+        recorder.detect(scene.image, cv2.imread(str(scene.image))[..., ::-1])
+    (tmp_path / "rec.json").write_text(json.dumps(recorder.record()))
+    (tmp_path / "map.yaml").write_text(MAP)  # the fake detector's three COCO classes
+    common = ["--catalog", str(catalog), "--category-map", str(tmp_path / "map.yaml"), "--model", "imagenet", "--weights", "none", "--image-size", "48", "--no-mlflow",
+              "--tsne-products", "0", "--grid-queries", "0", "--crop-choice", "confidence"]
+    assert evaluate.main([*common, "--detections", str(tmp_path / "rec.json"), "--out", str(tmp_path / "a")]) == 0
+    report = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert report["detections"] == {"file": "detections.json", "replayed_from": str(tmp_path / "rec.json"), "photos": 4}
+    assert report["summary"]["protocol"]["detector"] == "box-detector:1|replayed>=0.05"
+    assert report["summary"]["protocol"]["crops_by_source"] == {"detector": 6}  # s3's chair at 0.1 a fill-in of the default 0.05
+    kept = json.loads((tmp_path / "a" / "detections.json").read_text())
+    assert kept["detector"] == "box-detector:1" and kept["images"] == recorder.record()["images"]
+    # the kept record replays in turn; a catalog photo it does not hold is refused, nothing written
+    assert evaluate.main([*common, "--detections", str(tmp_path / "a" / "detections.json"), "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["summary"]["protocol"]["crops_by_source"] == {"detector": 6}
+    del kept["images"][sorted(kept["images"])[0]]
+    (tmp_path / "cut.json").write_text(json.dumps(kept))
+    assert evaluate.main([*common, "--detections", str(tmp_path / "cut.json"), "--out", str(tmp_path / "c")]) == 2
+    assert "not in the detections record" in caplog.text and not (tmp_path / "c").exists()
