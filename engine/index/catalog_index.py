@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Set
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -272,14 +272,15 @@ class CatalogIndex:
         being read and hashed again: a reload after a delta costs the delta's rows, not the base's.
         When ``folder`` is the very flat index ``reuse`` was loaded from (the scenes index a delta
         carries over by hard link), ``reuse`` itself is returned. Either only while the folder's files
-        are all there with their recorded sizes (``files_in_place``); else the folder is read and
-        verified as usual."""
+        are the very files that were read and verified then (``unchanged_since``: the same inode, size
+        and modification time, so a file replaced, truncated or rewritten in place since is read, and
+        refused, instead of passed over); else the folder is read and verified as usual."""
         folder = Path(folder)
         manifest = read_manifest(folder)
         if manifest.get("layout") != segments.LAYOUT:
             key = file_sha256(folder / "manifest.json")
             if (reuse is not None and reuse._base_key == key and reuse._base is not None and reuse.index is reuse._base.index
-                    and files_in_place(folder, manifest)):
+                    and unchanged_since(folder, reuse._base.stats)):
                 check_model(folder, manifest, model_fingerprint)
                 logger.info("%s: the same index as the one already loaded (%d rows): reused, not read again", folder, len(reuse))
                 return reuse  # the same bytes (its manifest checksums every file), never written after it was published
@@ -289,7 +290,7 @@ class CatalogIndex:
         check_model(folder, manifest, model_fingerprint)
         key = manifest["checksums"][f"{segments.BASE}/manifest.json"]
         base_manifest = read_manifest(folder / segments.BASE)
-        if reuse is not None and reuse._base is not None and reuse._base_key == key and files_in_place(folder / segments.BASE, base_manifest):
+        if reuse is not None and reuse._base is not None and reuse._base_key == key and unchanged_since(folder / segments.BASE, reuse._base.stats):
             base = reuse._base
             logger.info("%s: its base (%d rows) is the one already loaded: reused, not read again", folder, len(base.items))
         else:
@@ -331,6 +332,7 @@ class _Flat:
     items: list[Item]
     index: SearchIndex
     hashes: list[str] | None
+    stats: Mapping[str, FileStat] = field(default_factory=dict)  # the files as they were read (``unchanged_since``)
 
 
 def read_manifest(folder: Path) -> dict:
@@ -355,11 +357,29 @@ def read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def files_in_place(folder: Path, manifest: dict) -> bool:
-    """Whether every file the manifest lists is there with its recorded size (False for a manifest
-    written before sizes were): what reusing an index already verified in memory asks of the folder,
-    so a file truncated or replaced since is read, and refused, instead of passed over."""
-    return manifest.get("sizes") is not None and not moved_files(folder, manifest)
+FileStat = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
+
+
+def file_stats(folder: Path, names) -> dict[str, FileStat]:
+    """Each file's identity (device, inode, size, modification time in ns), taken before it is read:
+    a file changed after this differs from it."""
+    out = {}
+    for rel in names:
+        st = (Path(folder) / rel).stat()
+        out[rel] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def unchanged_since(folder: Path, stats: Mapping[str, FileStat]) -> bool:
+    """Whether ``folder`` holds the very files ``stats`` describes (the same inode, size and modification
+    time: a hard link of them counts, a copy does not): what reusing an index already verified in
+    memory asks of the folder (a coarse file clock could hide a same-size rewrite within one tick)."""
+    if not stats:
+        return False
+    try:
+        return file_stats(folder, stats) == dict(stats)
+    except OSError:
+        return False
 
 
 def moved_files(folder: Path, manifest: dict) -> list[str]:
@@ -399,6 +419,10 @@ def _read_flat(folder: Path, manifest: dict, model_fingerprint: str | None, back
     """A flat (version 1) index folder, verified: checksums, model, items against the manifest, the backend's data."""
     if manifest.get("layout") == segments.LAYOUT:
         raise IndexFolderError(f"{folder}: a segmented index cannot be the base of another; {REBUILD}")
+    try:
+        stats = file_stats(folder, ["manifest.json", *manifest["checksums"]])  # before reading: a later change shows
+    except OSError:
+        stats = {}  # a missing file: verify_checksums names it
     verify_checksums(folder, manifest)
     check_model(folder, manifest, model_fingerprint)
     vectors = np.load(folder / "vectors.npy")
@@ -415,4 +439,4 @@ def _read_flat(folder: Path, manifest: dict, model_fingerprint: str | None, back
         hashes = json.loads((folder / "photos.json").read_text())
         if len(hashes) != len(items):
             raise IndexFolderError(f"{folder}: photos.json lists {len(hashes)} photos for {len(items)} items; {REBUILD}")
-    return _Flat(manifest, vectors, items, index, hashes)
+    return _Flat(manifest, vectors, items, index, hashes, stats)

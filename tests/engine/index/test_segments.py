@@ -263,3 +263,23 @@ def test_a_file_damaged_since_it_was_loaded_is_read_and_refused_not_reused(folde
     for name in ("g1", "g2"):
         with pytest.raises(IndexFolderError, match="vectors.npy is missing or damaged"):
             CatalogIndex.load(tmp / name, reuse=g1)
+
+
+def test_a_file_rewritten_in_place_at_its_size_is_read_and_refused_not_reused(folder):
+    """Reuse asks for the very files that were verified (inode, size, modification time), not only
+    their recorded sizes: a same-size rewrite of the base's vectors is caught."""
+    import time
+
+    tmp, root, embed = folder
+    g1 = CatalogIndex.load(tmp / "g1")
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    time.sleep(0.05)  # past the file clock's tick (a few ms), so the rewrite's modification time differs
+    path = tmp / "g1" / "vectors.npy"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # the same file, the same size, other bytes
+        f.seek(size - 8)
+        f.write(b"\x00" * 8)
+    assert path.stat().st_size == size
+    for name in ("g1", "g2"):  # g2's base is the same file (a hard link)
+        with pytest.raises(IndexFolderError, match="vectors.npy is missing or damaged"):
+            CatalogIndex.load(tmp / name, reuse=g1)
