@@ -159,6 +159,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from engine.model.embedder import Embedder  # loads TensorFlow: imported here, once run_cli has set the environment
 
     t_start = time.perf_counter()
+    if args.proposals and args.detections:
+        raise ValueError("--proposals and --detections each replace the detector's boxes: give one of them")
     compare = [_earlier_evaluation(path, "--compare") for path in args.compare]
     # (name, summary, curves) of the baseline: read now from a file, or scored below on the same crops
     baseline = None if args.baseline in ("none", "imagenet") else _earlier_evaluation(args.baseline, "--baseline")

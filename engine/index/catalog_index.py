@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -360,7 +360,7 @@ def read_manifest(folder: Path) -> dict:
 FileStat = tuple[int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns
 
 
-def file_stats(folder: Path, names) -> dict[str, FileStat]:
+def file_stats(folder: Path, names: Iterable[str]) -> dict[str, FileStat]:
     """Each file's identity (device, inode, size, modification time in ns), taken before it is read:
     a file changed after this differs from it."""
     out = {}

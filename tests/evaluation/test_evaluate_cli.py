@@ -114,6 +114,9 @@ def test_evaluate_errors_are_clear(tiny_catalog: Path, tmp_path: Path, caplog):
     # drawn boxes replace a detector's proposals; this catalog's pairs all have their boxes
     assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--proposals", str(bad), "--no-mlflow"]) == 2
     assert "has its box in pairs.csv" in caplog.text
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--proposals", str(bad),
+                          "--detections", str(bad), "--no-mlflow"]) == 2
+    assert "give one of them" in caplog.text
     assert promote.main(["--eval-run", "0" * 32]) == 2
 
 
