@@ -31,6 +31,7 @@ import numpy as np
 from engine.data.boxes import BoxesFileError, RelativeBox, read_boxes, to_pixels
 from engine.data.catalog import Catalog
 from engine.data.detection import Detection, box_iou
+from engine.files import file_sha256
 
 Box = tuple[float, float, float, float]
 
@@ -144,10 +145,6 @@ class DetectionsFileError(ValueError):
     """A detections record that cannot be replayed: unreadable, of another format, or missing a photo."""
 
 
-def _file_digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 class DetectionRecorder:
     """Wraps a ``detect(path, image) -> list[Detection]`` callable and keeps what it returned for
     each photo, keyed by the file's sha256 (the same photo under another path is the same entry).
@@ -164,7 +161,7 @@ class DetectionRecorder:
 
     def detect(self, path: str | Path, image: np.ndarray) -> list[Detection]:
         dets = self._detect(path, image)
-        self.images[_file_digest(path)] = list(dets)
+        self.images[file_sha256(path)] = list(dets)
         return dets
 
     def record(self) -> dict:
@@ -228,7 +225,7 @@ class RecordedDetections:
     def detect_at(self, path: str | Path, image: np.ndarray) -> list[Detection]:
         """The recorded detections of the photo file at ``path`` scoring >= ``confidence``, in
         recorded order (``image`` is unused: the record is keyed by the file's bytes)."""
-        dets = self.images.get(_file_digest(path))
+        dets = self.images.get(file_sha256(path))
         if dets is None:
             raise DetectionsFileError(f"{path}: this photo is not in the detections record {self.source} (recorded by "
                                       f"{self.recorded}); replay it on the catalog and scenes it was recorded on")
