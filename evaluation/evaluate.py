@@ -355,8 +355,9 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
     detector proposed (not drawn boxes), to write with the report."""
     detector, detect, page_labels = None, None, None
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
-    if drawn is not None and all(p.box is not None for p in catalog.pairs):
-        raise CatalogError(f"--proposals {drawn}: every pair of {catalog.root} has its box in pairs.csv, so no detector proposes crops to replace")
+    for flag, given in (("--proposals", drawn), ("--detections", replay)):
+        if given is not None and all(p.box is not None for p in catalog.pairs):
+            raise CatalogError(f"{flag} {given}: every pair of {catalog.root} has its box in pairs.csv, so no detector proposes crops to replace")
     if drawn is not None:
         detector = DrawnBoxes.for_catalog(drawn, catalog, load_category_map(args.groups_map or GROUPS_MAP).groups)
         detect = detector.detect_at

@@ -114,6 +114,9 @@ def test_evaluate_errors_are_clear(tiny_catalog: Path, tmp_path: Path, caplog):
     # drawn boxes replace a detector's proposals; this catalog's pairs all have their boxes
     assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--proposals", str(bad), "--no-mlflow"]) == 2
     assert "has its box in pairs.csv" in caplog.text
+    caplog.clear()  # recorded detections would replace the detector as well: nothing to replace here either
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--detections", str(bad), "--no-mlflow"]) == 2
+    assert "--detections" in caplog.text and "has its box in pairs.csv" in caplog.text
     assert evaluate.main(["--catalog", str(tiny_catalog), "--model", "imagenet", "--weights", "none", "--proposals", str(bad),
                           "--detections", str(bad), "--no-mlflow"]) == 2
     assert "give one of them" in caplog.text
