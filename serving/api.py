@@ -356,7 +356,7 @@ def catalog_update():
     from engine.index.delta import CatalogDelta, DeltaError
     from engine.index.generations import ServingFolderError
     from engine.model.embedder import Embedder
-    from serving.catalog_update import publish_delta, stage_photos
+    from serving.catalog_update import BackgroundCompactor, publish_delta, stage_photos
 
     _operator("updating the catalog")
     served = current_app.extensions["showroom"].served
@@ -380,8 +380,9 @@ def catalog_update():
     embedder = served.engine.embedder
     try:
         delta = CatalogDelta(add=rows.get("add", ()), update=rows.get("update", ()), remove=remove)
-        generation, report = publish_delta(
-            folder, delta, lambda current, model: embedder if model == served.model_fingerprint else Embedder.load(current / "model.keras"))
+        generation, report = publish_delta(  # never compacted here: a request's work is bounded by its own rows
+            folder, delta, lambda current, model: embedder if model == served.model_fingerprint else Embedder.load(current / "model.keras"),
+            compact_above=math.inf)
     except (DeltaError, ServingFolderError) as exc:  # an id that does not fit, or another build writing the folder now
         for path in added:  # nothing of a refused update is kept
             path.unlink(missing_ok=True)
@@ -390,9 +391,14 @@ def catalog_update():
     loaded = _reloaded()
     logger.info("catalog update: %s -> %s (+%d ~%d -%d products)", report["source"], generation.name, report["products_added"],
                 report["products_updated"], report["products_removed"])
+    compactor = current_app.extensions.get("showroom_compactor")
+    if compactor is None or compactor.folder != folder:
+        state = current_app.extensions["showroom"]
+        compactor = current_app.extensions["showroom_compactor"] = BackgroundCompactor(folder, state.reload)
     return jsonify(status="updated", generation=loaded.generation, products=len(loaded.engine.products), source=loaded.source,
                    report={k: report[k] for k in ("products_added", "products_updated", "products_removed", "rows_before", "rows_after",
-                                                  "embedded", "reused", "method", "recall")})
+                                                  "embedded", "reused", "method", "recall")},
+                   compaction=compactor.request())
 
 
 @bp.get("/healthz", endpoint="healthz_api")

@@ -7,6 +7,9 @@ over by hard link, the products index changed by ``engine.index.delta.write_delt
 ``stage_photos`` takes the API's uploaded rows and photos: each photo checked like an upload,
 then like a catalog's, and kept content-addressed under the serving folder's ``photos/`` (outside
 every generation, so pruning a generation never removes a photo a newer one shows).
+``BackgroundCompactor`` compacts the products index off the request path: an API delta is always
+written segmented (its cost bounded by its own rows), and once the segments pass ``COMPACT_ABOVE``
+of the base, one thread of the worker that published it makes the next generation flat and serves it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -31,8 +36,8 @@ from engine.data.images import ImageError, check_limits, read_header
 from engine.files import link_or_copy
 from engine.index.catalog_index import CatalogIndex, read_manifest
 from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted, write_delta_folder
-from engine.index.generations import MODEL_FILE, PHOTOS, publish_generation, resolve_serving_folder
-from engine.index.segments import COMPACT_ABOVE
+from engine.index.generations import MODEL_FILE, PHOTOS, ServingFolderError, publish_generation, resolve_serving_folder
+from engine.index.segments import COMPACT_ABOVE, share_changed_of
 from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
 from engine.model.embedder import Embedder, model_fingerprint
 
@@ -92,6 +97,81 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path, 
 
     generation = publish_generation(out, write, keep=keep)
     return generation, report
+
+
+def compaction_share(folder: Path) -> float:
+    """Tombstones plus delta rows of the serving folder's current products index, as a share of its base's rows."""
+    return share_changed_of(read_manifest(resolve_serving_folder(folder) / PRODUCTS))
+
+
+def _no_embedding(generation: Path, model: str) -> Embedder:
+    raise DeltaError("a compaction embeds no photo")  # publish_delta asks only when a delta adds photos
+
+
+class BackgroundCompactor:
+    """Compacts a serving folder's products index in a thread, one compaction at a time in a process.
+
+    ``request()`` starts it when the current generation's segments pass ``above`` of its base (and
+    none runs here); the thread publishes the current generation compacted (``publish_delta`` with
+    ``compact=True``: under the folder's build lock, so a delta published meanwhile is included or,
+    arriving during it, refused with 409 as for any busy folder) and then calls ``reload`` (the
+    caller serves it: ``ServingState.reload`` publishes it to every worker). Another builder holding
+    the lock is waited for (``retry_seconds``, up to ``attempts`` times); the share is read again each
+    time, so a compaction another process made is not repeated. Failures are logged: the segmented
+    generation stays served, and the next delta asks again."""
+
+    def __init__(self, folder: str | Path, reload: Callable[[], object], *, above: float = COMPACT_ABOVE,
+                 retry_seconds: float = 5.0, attempts: int = 12) -> None:
+        self.folder, self._reload, self.above = Path(folder), reload, above
+        self._retry, self._attempts = retry_seconds, attempts
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.last: dict | None = None  # the last compaction's report (``publish_delta``'s), or {"error": why}
+
+    def request(self) -> str:
+        """"started", "running" (one is under way in this process) or "not due"."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return "running"
+            if compaction_share(self.folder) <= self.above:
+                return "not due"
+            # not a daemon: an exiting worker finishes the generation it is writing (a killed one leaves debris the next build removes)
+            self._thread = threading.Thread(target=self._run, name="showroom-compaction")
+            self._thread.start()
+            return "started"
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for a compaction under way; True when none runs (any more)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            for attempt in range(self._attempts):
+                share = compaction_share(self.folder)
+                if share <= self.above:
+                    logger.info("compaction not needed any more: %.1f%% of the base changed", 100 * share)
+                    return
+                try:
+                    generation, report = publish_delta(self.folder, CatalogDelta(), _no_embedding, compact=True)
+                    break
+                except ServingFolderError as exc:  # another build holds the folder: wait for it
+                    logger.info("compaction waits (%s); attempt %d of %d", exc, attempt + 1, self._attempts)
+                    time.sleep(self._retry)
+            else:
+                self.last = {"error": f"the folder stayed busy for {self._attempts} attempts"}
+                logger.error("compaction of %s given up: %s", self.folder, self.last["error"])
+                return
+            logger.info("compacted %s into generation %s (%d rows, %.1f%% of the base had changed) in %.1fs", self.folder, generation.name,
+                        report["rows_after"], 100 * share, time.perf_counter() - t0)
+            self.last = report
+            self._reload()
+        except Exception as exc:  # a worker's thread: logged, never raised into nothing
+            self.last = {"error": str(exc)}
+            logger.exception("compaction of %s failed; the segmented generation stays served", self.folder)
 
 
 def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, bytes], *, limits: ImageLimits = ImageLimits(),

@@ -127,6 +127,15 @@ class SegmentedIndex:
         return (len(self.removed) + len(self.delta_vectors)) / max(1, self.base.size)
 
 
+def share_changed_of(manifest: dict) -> float:
+    """``SegmentedIndex.share_changed`` read from a products index folder's manifest, without loading
+    it: tombstones plus delta rows over the base's rows (0 for a flat folder)."""
+    if manifest.get("layout") != LAYOUT:
+        return 0.0
+    params = manifest["index_params"]
+    return (int(params["removed"]) + int(params["delta"])) / max(1, int(manifest["base"]["count"]))
+
+
 def live_base_rows(base_size: int, removed: np.ndarray) -> np.ndarray:
     """int64: the base rows not in ``removed``, in order."""
     keep = np.ones(base_size, bool)

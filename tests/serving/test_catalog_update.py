@@ -5,13 +5,16 @@ rows and the ids are checked first, and a refused update publishes nothing."""
 from __future__ import annotations
 
 import io
+import math
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from engine.index.generations import current_generation
+from engine.index.catalog_index import CatalogIndex, read_manifest
+from engine.index.generations import current_generation, resolve_serving_folder
 
 AUTH = {"X-Reload-Token": "s3cret"}
 
@@ -50,7 +53,9 @@ def test_products_added_and_removed_through_the_api_are_served_at_once(client, s
     body = r.get_json()
     assert body["status"] == "updated" and body["generation"] == before["generation"] + 1
     assert body["products"] == len(products) + 2 - len(products.items_of(gone))
-    assert body["report"]["products_added"] == 2 and body["report"]["embedded"] == 2  # 3 of 18 rows changed: it compacted
+    assert body["report"]["products_added"] == 2 and body["report"]["embedded"] == 2
+    assert body["report"]["method"].startswith("segmented")  # 4 of 18 base rows changed: due, but never compacted in the request
+    assert body["compaction"] == "started"
     new = client.get("/api/products/NEW-1").get_json()
     assert new["name"] == "Yellow lamp" and client.get(f"/api/products/{gone}").status_code == 404
     image = client.get("/images/products/NEW-1")
@@ -58,6 +63,43 @@ def test_products_added_and_removed_through_the_api_are_served_at_once(client, s
     kept = sorted((served / "photos").iterdir())
     assert len(kept) == 2 and all(len(p.stem) == 64 and p.suffix == ".png" for p in kept)  # content-addressed, outside the generations
     assert client.get("/healthz").get_json()["generation"] == body["generation"]
+    compactor = client.application.extensions["showroom_compactor"]
+    assert compactor.join(timeout=120)
+    assert "error" not in compactor.last and compactor.last["method"] == "compacted into one flat index"
+    assert read_manifest(resolve_serving_folder(served) / "products").get("layout") != "segmented"
+    health = client.get("/healthz").get_json()
+    assert health["generation"] == body["generation"] + 1  # the compacted generation, served by the worker that made it
+    assert client.get("/api/products/NEW-2").get_json()["name"] == "Blue lamp" and client.get(f"/api/products/{gone}").status_code == 404
+
+
+def test_a_delta_below_the_compaction_share_starts_none(client, served: Path):
+    add = b"product_id,name,type,image\nNEW-1,Yellow lamp,Lamp,yellow.png\n"  # 1 of 18 base rows
+    body = _post(client, add=add, photos={"yellow.png": _png((10, 220, 240))}).get_json()
+    assert body["status"] == "updated" and body["report"]["method"].startswith("segmented") and body["compaction"] == "not due"
+
+
+def test_a_compaction_waits_for_another_builder_then_serves_its_generation_once(served: Path):
+    from engine.index import generations
+    from engine.index.delta import CatalogDelta
+    from serving.catalog_update import BackgroundCompactor, compaction_share, publish_delta
+
+    products = CatalogIndex.load(resolve_serving_folder(served) / "products")
+    remove = tuple(dict.fromkeys(it.product_id for it in products.items))[:3]
+    publish_delta(served, CatalogDelta(remove=remove), lambda *_: None, compact_above=math.inf)
+    segmented = current_generation(served)
+    assert compaction_share(served) > 0.1
+    reloads: list[str] = []
+    compactor = BackgroundCompactor(served, lambda: reloads.append(current_generation(served)), retry_seconds=0.05, attempts=200)
+    with generations._build_lock(served):  # another builder holds the folder
+        assert compactor.request() == "started"
+        time.sleep(0.3)
+        assert compactor.request() == "running" and not reloads and current_generation(served) == segmented
+    assert compactor.join(timeout=120)
+    assert reloads == [current_generation(served)] and reloads[0] != segmented and compaction_share(served) == 0.0
+    kept = CatalogIndex.load(resolve_serving_folder(served) / "products")
+    assert sorted(it.item_id for it in kept.items) == sorted(it.item_id for it in products.items if it.product_id not in remove)
+    assert compactor.request() == "not due" and compactor.join(timeout=5) and len(reloads) == 1  # nothing to do twice
+
 
 
 @pytest.mark.parametrize("fields,status,message", [
