@@ -129,11 +129,17 @@ class BackgroundCompactor:
         self.last: dict | None = None  # the last compaction's report (``publish_delta``'s), or {"error": why}
 
     def request(self) -> str:
-        """"started", "running" (one is under way in this process) or "not due"."""
+        """"started", "running" (one is under way in this process), "not due", or "not checked" (the
+        current generation's manifest could not be read: logged; the delta itself is published)."""
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return "running"
-            if compaction_share(self.folder) <= self.above:
+            try:
+                share = compaction_share(self.folder)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                logger.warning("whether %s needs compacting is unknown: %s", self.folder, exc)
+                return "not checked"
+            if share <= self.above:
                 return "not due"
             # not a daemon: an exiting worker finishes the generation it is writing (a killed one leaves debris the next build removes)
             self._thread = threading.Thread(target=self._run, name="showroom-compaction")

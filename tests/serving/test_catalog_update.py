@@ -78,6 +78,17 @@ def test_a_delta_below_the_compaction_share_starts_none(client, served: Path):
     assert body["status"] == "updated" and body["report"]["method"].startswith("segmented") and body["compaction"] == "not due"
 
 
+def test_an_update_is_answered_even_when_its_compaction_share_cannot_be_read(client, served: Path, monkeypatch):
+    import serving.catalog_update as update
+
+    def unreadable(folder):
+        raise OSError("manifest.json: unreadable")
+
+    monkeypatch.setattr(update, "compaction_share", unreadable)
+    body = _post(client, remove=client.application.extensions["showroom"].served.engine.products.items[0].product_id).get_json()
+    assert body["status"] == "updated" and body["compaction"] == "not checked"
+
+
 def test_a_compaction_waits_for_another_builder_then_serves_its_generation_once(served: Path):
     from engine.index import generations
     from engine.index.delta import CatalogDelta
