@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -435,7 +436,7 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
     report.rows_after = n_base - len(removed) + len(items)
     report.method = (f"segmented: the base's {state.base_manifest['index_kind']} index of {n_base} rows kept as it is, "
                      f"{len(removed)} of them deleted, {len(items)} delta rows searched exactly ({100 * share:.1f}% of the base; "
-                     f"compacted above {100 * compact_above:.0f}%)")
+                     + (f"compacted above {100 * compact_above:.0f}%)" if math.isfinite(compact_above) else "not compacted by this delta)"))
     tuning = dict(state.manifest.get("tuning") or {})
     manifest = {
         "format": FORMAT, "version": segments.VERSION, "layout": segments.LAYOUT,
