@@ -113,7 +113,6 @@ def test_a_compaction_waits_for_another_builder_then_serves_its_generation_once(
     assert compactor.request() == "not due" and compactor.join(timeout=5) and len(reloads) == 1  # nothing to do twice
 
 
-
 @pytest.mark.parametrize("fields,status,message", [
     ({"add": b"product_id,name,type,image\nNEW-1,Lamp,Lamp,../model.keras\n", "photos": {"a.png": _png((1, 2, 3))}}, 400,
      "not one of the uploaded photos"),
