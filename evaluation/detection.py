@@ -19,7 +19,6 @@ reproduced on a machine whose detector runtime gives slightly different boxes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -124,7 +123,7 @@ class DrawnBoxes:
         if missing:
             raise BoxesFileError(f"boxes file {path} has no boxes for {len(missing)} of the {len(catalog.scenes)} evaluated scenes, "
                                  f"e.g. {missing[:3]}: evaluate only the scenes it covers (--scenes)")
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        digest = file_sha256(path)[:16]
         return cls({str(s.image): tuple(rows[s.scene]) for s in catalog.scenes}, tuple(sorted(groups)), f"drawn-boxes:{digest}")
 
     def detect(self, image: np.ndarray) -> list[Detection]:
