@@ -87,7 +87,8 @@ class Match:
 
 
 def identical_rows(vectors: np.ndarray) -> np.ndarray:
-    """int64 (N,): a group number per row of ``vectors`` float32 (N, D), equal exactly for identical rows.
+    """int64 (N,): a group number per row of ``vectors`` float32 (N, D) (an array or ``segments.LiveRows``),
+    equal exactly for identical rows.
 
     Rows are grouped by a 64-bit hash of their bits (linear time: about 1 s for 1M x 256, where
     ``np.unique(axis=0)`` sorts whole rows in ~18 s); a group whose rows turn out not all equal (a
@@ -95,18 +96,22 @@ def identical_rows(vectors: np.ndarray) -> np.ndarray:
     n = len(vectors)
     if not n:
         return np.zeros(0, np.int64)
-    bits = np.ascontiguousarray(vectors, np.float32).reshape(n, -1).view(np.uint32)
-    weights = np.random.default_rng(0x5EED).integers(1, 2**63, size=bits.shape[1], dtype=np.uint64) | np.uint64(1)
+
+    def bits(rows) -> np.ndarray:  # uint32 (len(rows), D): the rows' float32 bits (only these rows read: ``LiveRows`` too)
+        return np.ascontiguousarray(vectors[rows], np.float32).reshape(-1, vectors.shape[1]).view(np.uint32)
+
+    weights = np.random.default_rng(0x5EED).integers(1, 2**63, size=vectors.shape[1], dtype=np.uint64) | np.uint64(1)
     hashes = np.empty(n, np.uint64)
     for s in range(0, n, 65_536):
-        hashes[s : s + 65_536] = (bits[s : s + 65_536].astype(np.uint64) * weights).sum(1)  # wraps mod 2**64
+        hashes[s : s + 65_536] = (bits(slice(s, s + 65_536)).astype(np.uint64) * weights).sum(1)  # wraps mod 2**64
     _, group, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     group = group.reshape(-1).astype(np.int64)
     next_group = len(counts)
     for g in np.flatnonzero(counts > 1).tolist():
         rows = np.flatnonzero(group == g)
-        if not (bits[rows] == bits[rows[0]]).all():  # a collision: split the rows exactly
-            sub = np.unique(bits[rows], axis=0, return_inverse=True)[1].reshape(-1)
+        same = bits(rows)
+        if not (same == same[0]).all():  # a collision: split the rows exactly
+            sub = np.unique(same, axis=0, return_inverse=True)[1].reshape(-1)
             for j in range(1, int(sub.max()) + 1):
                 group[rows[sub == j]] = next_group
                 next_group += 1
@@ -116,11 +121,12 @@ def identical_rows(vectors: np.ndarray) -> np.ndarray:
 class CatalogIndex:
     """Vectors + metadata. ``search`` can restrict results to chosen types."""
 
-    def __init__(self, vectors: np.ndarray, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
+    def __init__(self, vectors: np.ndarray | segments.LiveRows, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
                  preprocessing: dict | None = None, catalog_root: str = "", tuning: dict | None = None) -> None:
         if len(vectors) != len(items):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
-        self.vectors = np.asarray(vectors, np.float32)
+        # float32 (N, D); a segmented index's rows are read through to its base and delta, not copied
+        self.vectors = vectors if isinstance(vectors, segments.LiveRows) else np.asarray(vectors, np.float32)
         self.items = items
         self.index = index
         self.model_fingerprint = model_fingerprint
@@ -306,7 +312,7 @@ class CatalogIndex:
         items = [base.items[i] for i in live.tolist()] + [Item.from_dict(r) for r in delta_items]
         if len(items) != manifest["count"]:
             raise IndexFolderError(f"{folder}: {len(items)} live rows, the manifest says {manifest['count']}; {REBUILD}")
-        return cls._assemble(_Flat(manifest, np.concatenate([base.vectors[live], delta_vectors]), items, search_index,
+        return cls._assemble(_Flat(manifest, segments.LiveRows(base.vectors, live, delta_vectors), items, search_index,
                                    [base.hashes[i] for i in live.tolist()] + delta_hashes), base=base, base_key=key)
 
     @classmethod
@@ -325,10 +331,11 @@ REBUILD = "rebuild it with python -m serving.build_index"
 
 @dataclass(frozen=True, eq=False)
 class _Flat:
-    """What a verified index folder holds: its manifest, vectors float32 (N, D), items, search index and photo hashes."""
+    """What a verified index folder holds: its manifest, vectors float32 (N, D) (``segments.LiveRows`` for a
+    segmented one), items, search index and photo hashes."""
 
     manifest: dict
-    vectors: np.ndarray
+    vectors: np.ndarray | segments.LiveRows
     items: list[Item]
     index: SearchIndex
     hashes: list[str] | None

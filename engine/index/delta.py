@@ -268,16 +268,17 @@ def rebuilt_like(index: CatalogIndex, like: SearchIndex | None) -> CatalogIndex:
     settings built from its vectors: ScaNN trained again, a new Milvus collection (named as a build
     names one; the collections of earlier generations are never written), else exact search (also
     for ``like`` None)."""
+    vectors = np.asarray(index.vectors, np.float32)  # a segmented index's live rows, assembled once (its own array)
     if isinstance(like, MilvusIndex):
         prefix, suffix = split_collection(like.settings.collection)
         settings = replace(like.settings, collection=f"{unique_collection(prefix)}{suffix}")
         meta = [{"item_id": it.item_id, "product_id": it.product_id, "type": it.type} for it in index.items]
-        ann = MilvusIndex.create(index.vectors, settings, index.model_fingerprint, meta)
-    elif isinstance(like, ScannIndex) and len(index.vectors) >= 2:
-        ann = ScannIndex(index.vectors, like.params)
+        ann = MilvusIndex.create(vectors, settings, index.model_fingerprint, meta)
+    elif isinstance(like, ScannIndex) and len(vectors) >= 2:
+        ann = ScannIndex(vectors, like.params)
     else:
-        ann = BruteForceIndex(index.vectors)
-    out = CatalogIndex(index.vectors, index.items, ann, index.model_fingerprint, preprocessing=index.preprocessing,
+        ann = BruteForceIndex(vectors)
+    out = CatalogIndex(vectors, index.items, ann, index.model_fingerprint, preprocessing=index.preprocessing,
                        catalog_root=index.catalog_root, tuning=index.tuning)
     out.embedded_by, out.photo_hashes = index.embedded_by, index.photo_hashes
     return out

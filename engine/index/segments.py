@@ -143,6 +143,63 @@ def live_base_rows(base_size: int, removed: np.ndarray) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
+class LiveRows:
+    """The vectors of a segmented index, float32 (N, D), read through to its parts instead of copied.
+
+    Row ``i`` is ``base[live[i]]`` for ``i < len(live)``, else ``delta[i - len(live)]`` (the rows of
+    ``SegmentedIndex``). A loaded segmented index used to hold them as one new array beside its
+    base's vectors: at 1M x 256 a second GB in every serving worker until the next compaction, and
+    another at its peak while loading. Indexing (an int, a slice, an int array) returns an ndarray of
+    just those rows; ``np.asarray`` assembles all of them (compaction and saving, which write them
+    anyway). Read-only: the parts are a published generation's.
+    """
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, base: np.ndarray, live: np.ndarray, delta: np.ndarray) -> None:
+        self.base = np.asarray(base, np.float32)
+        self.live = np.asarray(live, np.int64)
+        self.delta = np.asarray(delta, np.float32).reshape(-1, self.base.shape[1])
+        self.shape = (len(self.live) + len(self.delta), self.base.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            raise TypeError("LiveRows takes rows (an int, a slice or an int array), not a tuple; np.asarray() it first")
+        if isinstance(key, slice):
+            return self._rows(np.arange(*key.indices(len(self))))
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            raise TypeError("LiveRows takes row numbers, not a mask; np.flatnonzero() the mask first")
+        return self._rows(rows.reshape(-1)).reshape(*rows.shape, self.shape[1])  # an int: one row (D,)
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 (len(rows), D): the given rows (negative ones counted from the end)."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        n, nb = len(self), len(self.live)
+        if len(rows) and (rows.min() < -n or rows.max() >= n):
+            raise IndexError(f"row out of range for {n} rows")
+        rows = np.where(rows < 0, rows + n, rows)
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        in_base = rows < nb
+        out[in_base] = self.base[self.live[rows[in_base]]]
+        out[~in_base] = self.delta[rows[~in_base] - nb]
+        return out
+
+    def __iter__(self):
+        for s in range(0, len(self), 65_536):
+            yield from self[s : s + 65_536]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("LiveRows cannot be viewed as one array without a copy")
+        out = np.concatenate([self.base[self.live], self.delta])
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 def read_delta(folder: Path, dim: int) -> tuple[np.ndarray, np.ndarray, list[dict], list[str]]:
     """(removed int64 (R,), delta vectors float32 (A, D), delta item records, delta photo hashes) of a
     segmented folder (checksums already verified by the caller)."""

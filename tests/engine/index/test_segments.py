@@ -18,7 +18,7 @@ from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
 from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
 from engine.index.scann_backend import ScannIndex, ScannParams
 from tests.engine.index.conftest import ColourEmbed, photo
-from engine.index.segments import SegmentedIndex
+from engine.index.segments import LiveRows, SegmentedIndex
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -66,6 +66,33 @@ def test_a_scann_base_keeps_its_recall_with_tombstones_and_delta_rows():
     want = BruteForceIndex(_live(base, removed, delta)).search(queries, 10).indices
     assert np.mean([len(set(g) & set(w)) / 10 for g, w in zip(got, want)]) >= 0.95
     assert (got[:20, 0] == np.arange(2940, 2960)).all()  # a delta row is its own nearest
+
+
+def test_live_rows_read_as_the_assembled_array_without_copying_the_base():
+    rng = np.random.default_rng(3)
+    base, delta = _unit(rng, 30, 4), _unit(rng, 5, 4)
+    removed = np.array([0, 7, 8, 29])
+    from engine.index.segments import live_base_rows
+
+    rows = LiveRows(base, live_base_rows(30, removed), delta)
+    want = _live(base, removed, delta)
+    assert rows.shape == want.shape == (31, 4) and len(rows) == 31 and rows.dtype == np.float32
+    assert rows.base is base  # the base's own array, held, not copied
+    np.testing.assert_array_equal(np.asarray(rows), want)
+    for key in (0, 25, 26, 30, -1, -31, slice(None), slice(3, 28), slice(None, None, -4), slice(40, 50),
+                [30, 0, 26, 25], np.array([], np.int64), np.array([[1, 2], [27, 28]])):
+        np.testing.assert_array_equal(rows[key], want[key], err_msg=str(key))
+    np.testing.assert_array_equal(np.stack(list(rows)), want)
+    np.testing.assert_array_equal(np.concatenate([rows, want[:2]]), np.concatenate([want, want[:2]]))
+    for bad in (31, -32, [3, 31]):
+        with pytest.raises(IndexError):
+            rows[bad]
+    with pytest.raises(TypeError, match="mask"):
+        rows[np.ones(31, bool)]
+    with pytest.raises(TypeError, match="tuple"):
+        rows[0, 1]
+    with pytest.raises(ValueError, match="without a copy"):
+        np.asarray(rows, copy=False)
 
 
 def test_segmented_index_refuses_rows_outside_its_base():
@@ -118,6 +145,9 @@ def test_a_delta_folder_links_the_base_and_answers_as_the_rewritten_index(folder
     seg = CatalogIndex.load(tmp / "g2", model_fingerprint="model-1")
     flat, _ = apply_delta(CatalogIndex.load(tmp / "g1"), delta, ColourEmbed())
     assert isinstance(seg.index, SegmentedIndex) and _rows(seg) == _rows(flat)
+    assert isinstance(seg.vectors, LiveRows)  # read through to the base, not a second copy of it
+    np.testing.assert_array_equal(np.asarray(seg.vectors), flat.vectors)
+    assert [m.item.item_id for m in seg.same_image(seg.items[0])] == []
     queries = ColourEmbed()([new, root / "p3.png", root / "p10.png"])
     got = [[m.item.product_id for m in ms] for ms in seg.search(queries, 5)]
     assert got == [[m.item.product_id for m in ms] for ms in flat.search(queries, 5)]
@@ -232,6 +262,7 @@ def test_a_reload_over_the_same_base_reuses_it_from_memory(folder, caplog):
         g2 = CatalogIndex.load(tmp / "g2", reuse=g1)
         g3 = CatalogIndex.load(tmp / "g3", reuse=g2)
     assert g2.index.base is g1.index and g3.index.base is g1.index
+    assert g2.vectors.base is g1.vectors and g3.vectors.base is g1.vectors  # one copy of the base's vectors in memory
     assert caplog.text.count("already loaded: reused") == 2
     fresh = CatalogIndex.load(tmp / "g3")
     assert fresh.index.base is not g1.index and _rows(fresh) == _rows(g3)
