@@ -17,7 +17,11 @@ Folder layout (written to a temporary folder, then renamed into place)::
 Loading checks the checksums and, when asked, the model fingerprint, then hands the ``index/``
 folder to the backend registered for the manifest's ``index_kind`` (``engine.index.backends``); a
 damaged index, one built with another model, or one whose backend data does not match is refused
-with a message that says what to rebuild.
+with a message that says what to rebuild. ``vectors.npy`` is then memory-mapped read-only, not read
+into each process: the workers of one machine share its pages (1 GB at 1M x 256), which the page
+cache can drop and read again. That relies on a published folder never being written in place
+(every write goes to a new folder renamed into place; a file rewritten in place anyway is refused by
+the next reload, ``unchanged_since``); removing it while it is mapped is safe.
 
 That is a *flat* folder (manifest version 1). A catalog delta writes a *segmented* one (version 2,
 ``engine.index.segments``): a flat folder as its ``base/``, plus tombstones and delta rows; loading it
@@ -432,7 +436,7 @@ def _read_flat(folder: Path, manifest: dict, model_fingerprint: str | None, back
         stats = {}  # a missing file: verify_checksums names it
     verify_checksums(folder, manifest)
     check_model(folder, manifest, model_fingerprint)
-    vectors = np.load(folder / "vectors.npy")
+    vectors = np.load(folder / "vectors.npy", mmap_mode="r")  # verified above; shared between processes, read-only
     items = [Item.from_dict(it) for it in json.loads((folder / "items.json").read_text())]
     if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
         raise IndexFolderError(f"{folder}: items do not match the manifest; {REBUILD}")

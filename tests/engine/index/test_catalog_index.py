@@ -35,6 +35,27 @@ def test_save_load_and_query_the_loaded_copy(tmp_path: Path, backend: BackendSpe
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["count"] == 3000 and manifest["dim"] == 16 and manifest["distance"] == "euclidean"
     assert manifest["item_ids"][:2] == ["i0", "i1"] and "vectors.npy" in manifest["checksums"]
+    # the vectors are mapped from the verified file, read-only (the workers of one machine share its pages)
+    np.testing.assert_array_equal(loaded.vectors, original.vectors)
+    assert not loaded.vectors.flags.writeable and isinstance(loaded.vectors.base, np.memmap)
+    assert Path(loaded.vectors.base.filename) == (tmp_path / "idx" / "vectors.npy").resolve()
+    with pytest.raises(ValueError, match="read-only"):
+        loaded.vectors[0, 0] = 1.0
+
+
+def test_a_loaded_index_keeps_answering_after_its_folder_is_removed(tmp_path: Path):
+    """An old generation pruned while a worker still serves it: its mapped vectors stay readable."""
+    import shutil
+
+    original = make()
+    original.save(tmp_path / "idx")
+    loaded = CatalogIndex.load(tmp_path / "idx")
+    q = np.random.default_rng(6).normal(size=(5, 16)).astype(np.float32)
+    want = [[m.item.item_id for m in r] for r in original.search(q, 5, types={"A"})]
+    assert all(len(r) == 5 for r in want)
+    shutil.rmtree(tmp_path / "idx")
+    assert [[m.item.item_id for m in r] for r in loaded.search(q, 5, types={"A"})] == want  # exact search over the mapped rows
+    np.testing.assert_array_equal(loaded.vectors, original.vectors)
 
 
 def test_type_filter_returns_only_chosen_types(tmp_path: Path):
