@@ -174,6 +174,8 @@ class LiveRows:
         rows = np.asarray(key)
         if rows.dtype == bool:
             raise TypeError("LiveRows takes row numbers, not a mask; np.flatnonzero() the mask first")
+        if rows.size and rows.dtype.kind not in "iu":
+            raise TypeError(f"LiveRows takes integer row numbers, got {rows.dtype}")
         return self._rows(rows.reshape(-1)).reshape(*rows.shape, self.shape[1])  # an int: one row (D,)
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:

@@ -89,6 +89,8 @@ def test_live_rows_read_as_the_assembled_array_without_copying_the_base():
             rows[bad]
     with pytest.raises(TypeError, match="mask"):
         rows[np.ones(31, bool)]
+    with pytest.raises(TypeError, match="integer"):
+        rows[np.array([1.7])]  # not truncated to row 1
     with pytest.raises(TypeError, match="tuple"):
         rows[0, 1]
     with pytest.raises(ValueError, match="without a copy"):
