@@ -18,7 +18,7 @@ from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
 from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
 from engine.index.scann_backend import ScannIndex, ScannParams
 from tests.engine.index.conftest import ColourEmbed, photo
-from engine.index.segments import LiveRows, SegmentedIndex
+from engine.index.segments import LiveRows, SegmentedIndex, live_base_rows
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -72,8 +72,6 @@ def test_live_rows_read_as_the_assembled_array_without_copying_the_base():
     rng = np.random.default_rng(3)
     base, delta = _unit(rng, 30, 4), _unit(rng, 5, 4)
     removed = np.array([0, 7, 8, 29])
-    from engine.index.segments import live_base_rows
-
     rows = LiveRows(base, live_base_rows(30, removed), delta)
     want = _live(base, removed, delta)
     assert rows.shape == want.shape == (31, 4) and len(rows) == 31 and rows.dtype == np.float32
