@@ -132,7 +132,7 @@ def _hubness(products: CatalogIndex, scenes: CatalogIndex | None, previous: Load
     if old is not None and old.hubness is not None and old.products is products and old.scenes is scenes:
         return old.hubness.with_beta(beta)
     t = time.perf_counter()
-    hub = HubCorrection.fit(products.vectors, [it.product_id for it in products.items], scenes.vectors, k=DEFAULT_K, beta=beta,
+    hub = HubCorrection.fit(products.vectors, products.items.column("product_id"), scenes.vectors, k=DEFAULT_K, beta=beta,
                             reference_name=f"scenes index: {len(scenes)} crops")
     logger.info("hub correction (beta %.2f, k %d) of %d products against %s in %.2f s", beta, hub.k, len(hub.density), hub.reference,
                 time.perf_counter() - t)

@@ -8,7 +8,9 @@ Folder layout (written to a temporary folder, then renamed into place)::
                     the preprocessing the crops were cut with, creation time, sha256 and size of
                     every other file
     vectors.npy     float32 (N, D) embeddings
-    items.json      one metadata record per vector (product id, name, type, image, scene, box)
+    items.json      the metadata of every vector (product id, name, type, image, scene, box),
+                    one list per field (``engine.index.items.ItemTable``; one record per vector in
+                    indexes written before it, still read)
     photos.json     sha256 of each row's photo file (products indexes; what ``engine.index.delta``
                     reuses vectors by); absent in indexes built before it
     index/          the backend's own files (``SearchIndex.save``: ScaNN's), empty for brute force
@@ -23,7 +25,7 @@ cache can drop and read again. That relies on a published folder never being wri
 (every write goes to a new folder renamed into place; a file rewritten in place anyway is refused by
 the next reload, ``unchanged_since``); removing it while it is mapped is safe.
 
-That is a *flat* folder (manifest version 1). A catalog delta writes a *segmented* one (version 2,
+That is a *flat* folder (manifest version 3; version 1, items as records, is still read). A catalog delta writes a *segmented* one (version 2,
 ``engine.index.segments``): a flat folder as its ``base/``, plus tombstones and delta rows; loading it
 verifies both and searches them as one index (``SegmentedIndex``).
 """
@@ -32,8 +34,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Set
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,50 +46,17 @@ from engine.index.backends import BACKENDS, Backend, BackendSpec, load_search_in
 from engine.index.base import BuildRequest, IndexBackendError, SearchIndex
 from engine.index import segments
 from engine.index.brute_force import BruteForceIndex
+from engine.index.items import Item, ItemTable, Match
 from engine.index.tuning import TuningConfig
 
 logger = logging.getLogger(__name__)
 FORMAT = "showroom.index"
-VERSION = 1
+VERSION = 3  # a flat folder written now: items.json by column (2 is the segmented layout's, engine.index.segments)
+FLAT_VERSIONS = (1, VERSION)  # flat folders read: 1 wrote items.json as one record per row
 
 
 class IndexFolderError(ValueError):
     """An index folder that is missing, damaged, or built with another model."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One indexed image: a catalog product image, or a detected crop of a scene (``scene``, ``box``)."""
-
-    item_id: str
-    product_id: str
-    name: str
-    type: str
-    image: str  # relative to the catalog root (absolute in indexes built before portable paths)
-    scene: str | None = None
-    box: tuple[int, int, int, int] | None = None
-    label: str = ""
-    room_type: str = ""
-    details: tuple[tuple[str, str], ...] = ()  # the catalog's own fields: color, size, desc, price, url ...
-
-    def to_dict(self) -> dict:
-        """Its JSON record, as ``dataclasses.asdict`` gives it (about 3x faster: a 1M-item index is written
-        in ~9 s instead of ~30)."""
-        return {**self.__dict__, "box": list(self.box) if self.box is not None else None, "details": [list(kv) for kv in self.details]}
-
-    @classmethod
-    def from_dict(cls, record: dict) -> Item:
-        """An item from its JSON record (``dataclasses.asdict`` after a JSON round trip)."""
-        return cls(**{**record, "box": tuple(record["box"]) if record.get("box") else None,
-                      "details": tuple(tuple(kv) for kv in record.get("details", ()))})
-
-
-@dataclass(frozen=True)
-class Match:
-    """A search result: the item and its Euclidean distance to the query."""
-
-    item: Item
-    distance: float
 
 
 def identical_rows(vectors: np.ndarray) -> np.ndarray:
@@ -125,13 +94,13 @@ def identical_rows(vectors: np.ndarray) -> np.ndarray:
 class CatalogIndex:
     """Vectors + metadata. ``search`` can restrict results to chosen types."""
 
-    def __init__(self, vectors: np.ndarray | segments.LiveRows, items: list[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
+    def __init__(self, vectors: np.ndarray | segments.LiveRows, items: Sequence[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
                  preprocessing: dict | None = None, catalog_root: str = "", tuning: dict | None = None) -> None:
         if len(vectors) != len(items):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         # float32 (N, D); a segmented index's rows are read through to its base and delta, not copied
         self.vectors = vectors if isinstance(vectors, segments.LiveRows) else np.asarray(vectors, np.float32)
-        self.items = items
+        self.items = ItemTable.from_items(items)  # one list per field; reads like a list of Items
         self.index = index
         self.model_fingerprint = model_fingerprint
         self.created = created or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -142,12 +111,11 @@ class CatalogIndex:
         self.photo_hashes: list[str] | None = None  # sha256 of each row's photo file, when known (engine.index.delta)
         self._base: _Flat | None = None  # the flat index this one was loaded from or over (``load``'s ``reuse``)
         self._base_key = ""
-        self._types = np.array([it.type for it in items])
+        self._types = np.array(self.items.column("type"))
         self._by_product: dict[str, list[int]] = {}
-        self._row: dict[str, int] = {}
-        for i, it in enumerate(items):
-            self._by_product.setdefault(it.product_id, []).append(i)
-            self._row[it.item_id] = i
+        for i, product in enumerate(self.items.column("product_id")):
+            self._by_product.setdefault(product, []).append(i)
+        self._row: dict[str, int] = dict(zip(self.items.column("item_id"), range(len(self.items))))
         # rows with identical vectors are one image (the same photo under several product ids)
         self._image_group = identical_rows(self.vectors)
         # only photos shared by several items, so a result's look-up is a dict hit, not a scan of N rows
@@ -250,7 +218,7 @@ class CatalogIndex:
         folder = Path(folder)
         with atomic_folder(folder) as tmp:
             np.save(tmp / "vectors.npy", self.vectors)
-            (tmp / "items.json").write_text(json.dumps([it.to_dict() for it in self.items]))
+            (tmp / "items.json").write_text(json.dumps(self.items.to_json()))
             if self.photo_hashes is not None:
                 if len(self.photo_hashes) != len(self.items):
                     raise ValueError(f"{len(self.photo_hashes)} photo hashes for {len(self.items)} items")
@@ -261,7 +229,7 @@ class CatalogIndex:
             manifest = {
                 "format": FORMAT, "version": VERSION, "created": self.created,
                 "model_fingerprint": self.model_fingerprint, "dim": int(self.vectors.shape[1]) if len(self.vectors) else 0,
-                "distance": "euclidean", "count": len(self.items), "item_ids": [it.item_id for it in self.items],
+                "distance": "euclidean", "count": len(self.items), "item_ids": self.items.column("item_id"),
                 "index_kind": self.index.kind, "index_params": self.index.describe(), "tuning": self.tuning, "preprocessing": self.preprocessing,
                 "catalog_root": self.catalog_root, "embedded_by": self.embedded_by,
                 "checksums": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
@@ -313,7 +281,7 @@ class CatalogIndex:
         if base.hashes is None:
             raise IndexFolderError(f"{folder}: its base has no photos.json; {REBUILD}")
         live = segments.live_base_rows(len(base.items), removed)
-        items = [base.items[i] for i in live.tolist()] + [Item.from_dict(r) for r in delta_items]
+        items = base.items.take(live) + ItemTable.from_records(delta_items)
         if len(items) != manifest["count"]:
             raise IndexFolderError(f"{folder}: {len(items)} live rows, the manifest says {manifest['count']}; {REBUILD}")
         return cls._assemble(_Flat(manifest, segments.LiveRows(base.vectors, live, delta_vectors), items, search_index,
@@ -340,7 +308,7 @@ class _Flat:
 
     manifest: dict
     vectors: np.ndarray | segments.LiveRows
-    items: list[Item]
+    items: ItemTable
     index: SearchIndex
     hashes: list[str] | None
     stats: Mapping[str, FileStat] = field(default_factory=dict)  # the files as they were read (``unchanged_since``)
@@ -358,9 +326,9 @@ def read_manifest(folder: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise IndexFolderError(f"{mpath} is damaged ({exc}); {REBUILD}") from None
     segmented = manifest.get("layout") == segments.LAYOUT
-    if manifest.get("format") != FORMAT or manifest.get("version") != (segments.VERSION if segmented else VERSION):
+    if manifest.get("format") != FORMAT or manifest.get("version") not in ((segments.VERSION,) if segmented else FLAT_VERSIONS):
         raise IndexFolderError(f"{folder} is a {manifest.get('format')} v{manifest.get('version')} index, expected {FORMAT} "
-                               f"v{VERSION} (or v{segments.VERSION}, segmented); {REBUILD}")
+                               f"v{' or v'.join(map(str, FLAT_VERSIONS))} (or v{segments.VERSION}, segmented); {REBUILD}")
     need = ("checksums", "model_fingerprint", "count", "index_kind", "index_params", "created") + (() if segmented else ("item_ids",))
     missing = [k for k in need if k not in manifest]
     if missing:
@@ -437,8 +405,11 @@ def _read_flat(folder: Path, manifest: dict, model_fingerprint: str | None, back
     verify_checksums(folder, manifest)
     check_model(folder, manifest, model_fingerprint)
     vectors = np.load(folder / "vectors.npy", mmap_mode="r")  # verified above; shared between processes, read-only
-    items = [Item.from_dict(it) for it in json.loads((folder / "items.json").read_text())]
-    if len(items) != manifest["count"] or [it.item_id for it in items] != manifest["item_ids"]:
+    try:
+        items = ItemTable.from_json(json.loads((folder / "items.json").read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexFolderError(f"{folder}: items.json is not an item table ({exc}); {REBUILD}") from None
+    if len(items) != manifest["count"] or items.column("item_id") != manifest["item_ids"]:
         raise IndexFolderError(f"{folder}: items do not match the manifest; {REBUILD}")
     try:  # a backend holding the vectors elsewhere (Milvus) checks they are these rows, filled by the manifest's model
         index = load_search_index(manifest["index_kind"], folder / "index", vectors, manifest["index_params"],

@@ -108,7 +108,7 @@ def check_delta(index: CatalogIndex | set[str], delta: CatalogDelta) -> None:
     lists, every product removed."""
     if not delta:
         raise DeltaError("the delta is empty: give products to add, update or remove")
-    known = index if isinstance(index, set) else {it.product_id for it in index.items}
+    known = index if isinstance(index, set) else set(index.items.column("product_id"))
     added = {p.product_id for p in delta.add}
     updated = {p.product_id for p in delta.update}
     removed = set(delta.remove)
@@ -150,7 +150,7 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     root = Path(root or index.catalog_root)
     hashes = photo_hashes(index, root)
     changed = set(delta.remove) | {p.product_id for p in delta.update}
-    remove_rows = np.array([i for i, it in enumerate(index.items) if it.product_id in changed], np.int64)
+    remove_rows = np.array([i for i, p in enumerate(index.items.column("product_id")) if p in changed], np.int64)
     new_rows = list(delta.add) + list(delta.update)
     new_hashes = [p.sha256 or file_sha256(p.image) for p in new_rows]
     have = {h: i for i, h in enumerate(hashes)}
@@ -174,7 +174,7 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     search_index, order, report.method = _change_ann(index, remove_rows, add_vectors)
     vectors = np.concatenate([index.vectors, add_vectors])[order]
     every_item, every_hash = index.items + add_items, hashes + new_hashes
-    items = [every_item[i] for i in order.tolist()]
+    items = every_item.take(order)
     all_hashes = [every_hash[i] for i in order.tolist()]
     report.seconds["ann"] = time.perf_counter() - t2
 
@@ -205,7 +205,7 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
 def _new_items(index: CatalogIndex, rows: Sequence[ProductImage]) -> list[Item]:
     """Items of the delta's rows, their ids ``<product>#<n>`` numbered after every id the index has used;
     photo paths relative to the index's catalog root (absolute outside it), as a full build stores them."""
-    return _items_for(rows, index.catalog_root, _next_item_number(it.item_id for it in index.items))
+    return _items_for(rows, index.catalog_root, _next_item_number(index.items.column("item_id")))
 
 
 def _next_item_number(item_ids) -> int:
@@ -272,7 +272,8 @@ def rebuilt_like(index: CatalogIndex, like: SearchIndex | None) -> CatalogIndex:
     if isinstance(like, MilvusIndex):
         prefix, suffix = split_collection(like.settings.collection)
         settings = replace(like.settings, collection=f"{unique_collection(prefix)}{suffix}")
-        meta = [{"item_id": it.item_id, "product_id": it.product_id, "type": it.type} for it in index.items]
+        meta = [{"item_id": i, "product_id": p, "type": t} for i, p, t in
+                zip(*(index.items.column(f) for f in ("item_id", "product_id", "type")))]
         ann = MilvusIndex.create(vectors, settings, index.model_fingerprint, meta)
     elif isinstance(like, ScannIndex) and len(vectors) >= 2:
         ann = ScannIndex(vectors, like.params)

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from engine.files import write_text_atomic
+from engine.index.items import item_images
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _named_photos(generation: Path) -> set[str]:
     """File names of the images every ``items.json`` under ``generation`` names (products and scenes)."""
     names: set[str] = set()
     for items in generation.rglob("items.json"):
-        names.update(Path(str(item.get("image", ""))).name for item in json.loads(items.read_text()))
+        names.update(Path(image).name for image in item_images(json.loads(items.read_text())))
     return names
 
 

@@ -33,7 +33,7 @@ from engine.index.base import Neighbors, SearchIndex, checked_queries
 from engine.index.brute_force import BruteForceIndex
 
 LAYOUT = "segmented"
-VERSION = 2  # the manifest version of a segmented folder (a flat folder stays version 1)
+VERSION = 2  # the manifest version of a segmented folder (a flat one is version 3, or 1: engine.index.catalog_index)
 BASE = "base"
 DELTA = "delta"
 REMOVED = "removed.npy"

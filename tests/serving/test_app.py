@@ -200,7 +200,7 @@ def test_reload_refuses_a_damaged_index_and_keeps_serving(app, client, index_fol
     state = ServingState(load_from_folder(broken), lambda: broken, lambda folder, n: load_from_folder(folder, generation=n))
     app.extensions["showroom"] = state
     items = json.loads((broken / "products" / "items.json").read_text())
-    items[0]["name"] = "tampered"
+    items["columns"]["name"][0] = "tampered"
     (broken / "products" / "items.json").write_text(json.dumps(items))
     r = client.post("/api/reload", headers={"X-Reload-Token": "s3cret"})
     assert r.status_code == 409 and "checksum" in r.get_json()["error"]

@@ -19,6 +19,7 @@ from engine.index.generations import (
     publish_generation,
     resolve_serving_folder,
 )
+from engine.index.items import Item, ItemTable
 
 
 def writer(tag: str):
@@ -79,10 +80,12 @@ def naming(*photos: str):
     """A generation whose products index names these photos of the store (segmented: base and a segment)."""
     def write(folder: Path) -> None:
         writer("p")(folder)
-        for part, names in (("base", photos[:1]), ("seg-1", photos[1:])):
-            (folder / "products" / part).mkdir()
-            (folder / "products" / part / "items.json").write_text(json.dumps(
-                [{"product_id": n, "image": f"/srv/showroom/photos/{n}"} for n in names]))
+        base = ItemTable.from_items([Item(f"{n}#0", n, "", "t", f"/srv/showroom/photos/{n}") for n in photos[:1]])
+        (folder / "products" / "base").mkdir()
+        (folder / "products" / "base" / "items.json").write_text(json.dumps(base.to_json()))  # a flat index's, by column
+        (folder / "products" / "seg-1").mkdir()
+        (folder / "products" / "seg-1" / "items.json").write_text(json.dumps(  # a delta segment's, one record a row
+            [{"product_id": n, "image": f"/srv/showroom/photos/{n}"} for n in photos[1:]]))
     return write
 
 

@@ -14,6 +14,7 @@ import pytest
 from engine.data.catalog import ProductImage
 from engine.index.backends import BackendSpec
 from engine.index.brute_force import BruteForceIndex
+from engine.index import catalog_index
 from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
 from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
 from engine.index.scann_backend import ScannIndex, ScannParams
@@ -179,7 +180,7 @@ def test_changes_past_the_share_compact_into_a_flat_index(folder):
     delta = CatalogDelta(remove=tuple(f"p{i}" for i in range(5)))  # 5 of 40 rows: 12.5 %, above the 10 % default
     report = write_delta_folder(tmp / "g1", tmp / "g2", delta, embed)
     manifest = json.loads((tmp / "g2" / "manifest.json").read_text())
-    assert manifest["version"] == 1 and "layout" not in manifest and report.rows_after == 35
+    assert manifest["version"] == catalog_index.VERSION and "layout" not in manifest and report.rows_after == 35
     write_delta_folder(tmp / "g1", tmp / "g3", CatalogDelta(remove=("p1",)), embed)
     report = write_delta_folder(tmp / "g3", tmp / "g4", CatalogDelta(remove=("p2",)), embed, compact=True)
     g4 = CatalogIndex.load(tmp / "g4")
