@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 from PIL import Image
+
+from engine.files import file_sha256
+from engine.index.items import ItemTable
 
 
 def photo(root: Path, name: str, colour: tuple[int, int, int]) -> Path:
@@ -29,3 +34,15 @@ class ColourEmbed:
             v = np.concatenate([rgb, [1.0]])
             out.append(v / np.linalg.norm(v))
         return np.asarray(out, np.float32)
+
+
+def as_version_1(folder: Path) -> None:
+    """Rewrite a saved flat index folder as Showroom wrote it before items were stored by column:
+    ``items.json`` one record per row, manifest version 1 (checksums and sizes kept true)."""
+    table = ItemTable.from_json(json.loads((folder / "items.json").read_text()))
+    (folder / "items.json").write_text(json.dumps([it.to_dict() for it in table]))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["version"] = 1
+    manifest["checksums"]["items.json"] = file_sha256(folder / "items.json")
+    manifest["sizes"]["items.json"] = (folder / "items.json").stat().st_size
+    (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -12,6 +12,7 @@ from engine.files import file_sha256
 from engine.index import catalog_index
 from engine.index.catalog_index import CatalogIndex, IndexFolderError
 from engine.index.items import FIELDS, Item, ItemTable, item_images
+from tests.engine.index.conftest import as_version_1
 
 ITEMS = [
     Item("p0#0", "p0", "Chair", "chair", "images/p0.jpg", details=(("color", "red"), ("price", "49.00"))),
@@ -79,17 +80,6 @@ def _index(n: int = 300) -> CatalogIndex:
     return CatalogIndex.from_vectors(rng.normal(size=(n, 8)).astype(np.float32), items, "model-A")
 
 
-def _as_version_1(folder: Path) -> None:
-    """Rewrite a saved flat folder as the code before columns wrote it: records, manifest version 1."""
-    table = ItemTable.from_json(json.loads((folder / "items.json").read_text()))
-    (folder / "items.json").write_text(json.dumps([it.to_dict() for it in table]))
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["version"] = 1
-    manifest["checksums"]["items.json"] = file_sha256(folder / "items.json")
-    manifest["sizes"]["items.json"] = (folder / "items.json").stat().st_size
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
 def test_a_folder_is_written_by_column_and_an_older_one_still_loads(tmp_path: Path):
     index = _index()
     index.save(tmp_path / "new")
@@ -97,7 +87,7 @@ def test_a_folder_is_written_by_column_and_an_older_one_still_loads(tmp_path: Pa
     assert manifest["version"] == catalog_index.VERSION == 3
     assert json.loads((tmp_path / "new" / "items.json").read_text())["columns"]["product_id"][:3] == ["p0", "p0", "p1"]
     index.save(tmp_path / "old")
-    _as_version_1(tmp_path / "old")
+    as_version_1(tmp_path / "old")
     q = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
     for name in ("new", "old"):
         loaded = CatalogIndex.load(tmp_path / name, model_fingerprint="model-A")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from engine.index import catalog_index
 from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
 from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
 from engine.index.scann_backend import ScannIndex, ScannParams
-from tests.engine.index.conftest import ColourEmbed, photo
+from tests.engine.index.conftest import ColourEmbed, as_version_1, photo
 from engine.index.segments import LiveRows, SegmentedIndex, live_base_rows
 
 
@@ -185,6 +186,22 @@ def test_changes_past_the_share_compact_into_a_flat_index(folder):
     report = write_delta_folder(tmp / "g3", tmp / "g4", CatalogDelta(remove=("p2",)), embed, compact=True)
     g4 = CatalogIndex.load(tmp / "g4")
     assert isinstance(g4.index, BruteForceIndex) and "p1" not in _rows(g4) and "p2" not in _rows(g4) and len(g4) == 38
+
+
+def test_a_folder_written_before_items_by_column_takes_deltas_and_compacts_into_the_new_layout(folder):
+    tmp, root, embed = folder
+    shutil.copytree(tmp / "g1", tmp / "v1")
+    as_version_1(tmp / "v1")  # what a deployment upgraded to this release serves
+    delta = CatalogDelta(remove=("p3",))
+    write_delta_folder(tmp / "g1", tmp / "a", delta, embed)
+    write_delta_folder(tmp / "v1", tmp / "b", delta, embed)
+    assert json.loads((tmp / "b" / "base" / "manifest.json").read_text())["version"] == 1  # the base hard-linked as it is
+    a, b = CatalogIndex.load(tmp / "a"), CatalogIndex.load(tmp / "b")
+    assert b.items == a.items and len(b) == 39 and "p3" not in _rows(b)
+    write_delta_folder(tmp / "b", tmp / "c", CatalogDelta(remove=("p4",)), embed, compact=True)
+    assert json.loads((tmp / "c" / "manifest.json").read_text())["version"] == catalog_index.VERSION == 3
+    c = CatalogIndex.load(tmp / "c")
+    assert c.items == [it for it in a.items if it.product_id != "p4"] and len(c) == 38
 
 
 def test_a_damaged_delta_or_another_model_is_refused(folder):
