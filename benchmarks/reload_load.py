@@ -1,12 +1,14 @@
 """Reload a live server under load: queries served and failed, and which generation answers after.
 
     python -m benchmarks.reload_load --url http://127.0.0.1:8000 --token T --image photo.jpg \
-        [--clients 4] [--seconds 20] [--reloads 3] [--healthz 30]
+        [--clients 4] [--seconds 20] [--reloads 3] [--healthz 30] [--workers 2]
 
 ``--clients`` threads post the photo to ``/api/search`` without pause for ``--seconds``; meanwhile
 ``--reloads`` reloads are spread over that time. Every answer that is not a 200 is a failure
-(status, or the connection error). After the load, ``--healthz`` calls to ``/healthz`` (spread over
-the server's workers by the kernel) must all name the generation the last reload returned. The exit
+(status, or the connection error). After the load, the catch-up waits until every worker that answered
+``/healthz`` (the token shows each answer's process id; ``--workers``: until that many have) names the
+generation the last reload returned, then ``--healthz`` calls (spread over the server's workers by the
+kernel) must all name it. The exit
 code is 0 only when no query failed and every health answer is on that generation.
 """
 
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=20.0, help="length of the load")
     p.add_argument("--reloads", type=int, default=3, help="reloads spread over the load")
     p.add_argument("--healthz", type=int, default=30, help="health calls after the load")
+    p.add_argument("--workers", type=int, default=0, help="the server's worker processes: the catch-up waits until health "
+                                                          "answers have come from this many (by process id; 0: unknown)")
     p.add_argument("--catch-up", type=float, default=60.0, help="seconds to wait, after the load, for every worker to answer "
                                                                 "from the last generation (they load it in the background)")
     return p
@@ -127,20 +131,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     final = answers[-1].get("generation") if answers and answers[-1]["http"] == 200 else None
     # the other workers load the new generation in the background (answering from the old one meanwhile):
     # the time until every worker answers from it is the catch-up
+    # (health calls carry the token, so each answer names its worker's process id: ten answers in a row
+    # can all come from one worker, and the catch-up waits for the latest answer of every worker seen)
     caught_up = None
+    latest: dict[object, object] = {}  # process id -> the generation of its latest health answer
     t1 = time.perf_counter()
     while final is not None and time.perf_counter() - t1 < args.catch_up:
-        window = [request(url + "/healthz") for _ in range(10)]
-        if all(s == 200 and json.loads(b).get("generation") == final for s, _, b in window):
+        window = [request(url + "/healthz", headers={"X-Reload-Token": args.token}) for _ in range(10)]
+        for s, _, b in window:
+            answer = json.loads(b) if s == 200 else {}
+            latest[answer.get("pid")] = answer.get("generation")
+        if (all(s == 200 for s, _, _ in window) and len(latest) >= args.workers
+                and all(g == final for g in latest.values())):
             caught_up = time.perf_counter() - t1
             break
         time.sleep(0.1)
     health = collections.Counter()
     for _ in range(args.healthz):
-        status, _, body = request(url + "/healthz")
+        status, _, body = request(url + "/healthz", headers={"X-Reload-Token": args.token})
         health[json.loads(body).get("generation") if status == 200 else f"status {status}"] += 1
+        if status == 200:
+            latest[json.loads(body).get("pid")] = json.loads(body).get("generation")
     print(f"every worker answered from generation {final} {f'{caught_up:.1f} s' if caught_up is not None else 'NOT'} "
-          f"after the load ended (up to {args.catch_up:g} s waited)")
+          f"after the load ended (up to {args.catch_up:g} s waited; {len(latest)} worker processes answered)")
     ok = not tally.failures and all(a["http"] == 200 for a in answers) and final is not None and set(health) == {final}
     print(f"{args.clients} clients, {wall:.1f} s, {len(answers)} reloads (statuses {[a['http'] for a in answers]}, "
           f"last generation {final})")

@@ -111,6 +111,7 @@ class CatalogIndex:
         self.photo_hashes: list[str] | None = None  # sha256 of each row's photo file, when known (engine.index.delta)
         self._base: _Flat | None = None  # the flat index this one was loaded from or over (``load``'s ``reuse``)
         self._base_key = ""
+        self._key, self._stats = "", {}  # a segmented index: its folder's manifest sha256 and files as read (``load``'s ``reuse``)
         self._types = np.array(self.items.column("type"))
         self._by_product: dict[str, list[int]] = {}
         for i, product in enumerate(self.items.column("product_id")):
@@ -248,8 +249,8 @@ class CatalogIndex:
         base is the same flat index as ``reuse``'s (its ``base/manifest.json``, which checksums every
         base file, has the same sha256), that base is taken from memory, already verified, instead of
         being read and hashed again: a reload after a delta costs the delta's rows, not the base's.
-        When ``folder`` is the very flat index ``reuse`` was loaded from (the scenes index a delta
-        carries over by hard link), ``reuse`` itself is returned. Either only while the folder's files
+        When ``folder`` is the very index ``reuse`` was loaded from (the scenes index a delta carries
+        over by hard link; a reload that published nothing new), ``reuse`` itself is returned. Either only while the folder's files
         are the very files that were read and verified then (``unchanged_since``: the same inode, size
         and modification time, so a file replaced, truncated or rewritten in place since is read, and
         refused, instead of passed over); else the folder is read and verified as usual."""
@@ -264,9 +265,19 @@ class CatalogIndex:
                 return reuse  # the same bytes (its manifest checksums every file), never written after it was published
             flat = _read_flat(folder, manifest, model_fingerprint, backends)
             return cls._assemble(flat, base=flat, base_key=key)
+        key = manifest["checksums"][f"{segments.BASE}/manifest.json"]
+        own_key = file_sha256(folder / "manifest.json")
+        if (reuse is not None and reuse._key == own_key and reuse._base is not None and reuse._base_key == key
+                and unchanged_since(folder, reuse._stats) and unchanged_since(folder / segments.BASE, reuse._base.stats)):
+            check_model(folder, manifest, model_fingerprint)
+            logger.info("%s: the same segmented index as the one already loaded (%d rows): reused, not read again", folder, len(reuse))
+            return reuse  # a reload that published nothing new (its manifest checksums the segment and the base's manifest)
+        try:
+            own_stats = file_stats(folder, ["manifest.json", *manifest["checksums"]])  # before reading: a later change shows
+        except OSError:
+            own_stats = {}  # a missing file: verify_checksums names it
         verify_checksums(folder, manifest)
         check_model(folder, manifest, model_fingerprint)
-        key = manifest["checksums"][f"{segments.BASE}/manifest.json"]
         base_manifest = read_manifest(folder / segments.BASE)
         if reuse is not None and reuse._base is not None and reuse._base_key == key and unchanged_since(folder / segments.BASE, reuse._base.stats):
             base = reuse._base
@@ -284,8 +295,10 @@ class CatalogIndex:
         items = base.items.take(live) + ItemTable.from_records(delta_items)
         if len(items) != manifest["count"]:
             raise IndexFolderError(f"{folder}: {len(items)} live rows, the manifest says {manifest['count']}; {REBUILD}")
-        return cls._assemble(_Flat(manifest, segments.LiveRows(base.vectors, live, delta_vectors), items, search_index,
-                                   [base.hashes[i] for i in live.tolist()] + delta_hashes), base=base, base_key=key)
+        loaded = cls._assemble(_Flat(manifest, segments.LiveRows(base.vectors, live, delta_vectors), items, search_index,
+                                     [base.hashes[i] for i in live.tolist()] + delta_hashes), base=base, base_key=key)
+        loaded._key, loaded._stats = own_key, own_stats  # what a later load of this very folder reuses
+        return loaded
 
     @classmethod
     def _assemble(cls, flat: _Flat, base: _Flat | None = None, base_key: str = "") -> CatalogIndex:

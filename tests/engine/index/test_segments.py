@@ -306,6 +306,28 @@ def test_the_same_flat_index_is_reused_whole_and_another_is_read(folder):
     assert CatalogIndex.load(tmp / "g2", reuse=g1) is not g1
 
 
+def test_the_same_segmented_index_is_reused_whole_until_a_file_of_it_changes(folder):
+    """A reload that published nothing new (or a generation carrying the segmented index over by hard
+    link) costs nothing; a segment file changed since is read, and refused."""
+    import shutil
+
+    tmp, root, embed = folder
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(remove=("p3",)), embed)
+    g1 = CatalogIndex.load(tmp / "g1")
+    g2 = CatalogIndex.load(tmp / "g2", reuse=g1)
+    shutil.copytree(tmp / "g2", tmp / "linked", copy_function=os.link)
+    assert CatalogIndex.load(tmp / "g2", reuse=g2) is g2 and CatalogIndex.load(tmp / "linked", reuse=g2) is g2
+    assert CatalogIndex.load(tmp / "g2", reuse=g1) is not g2  # g1 is its base, not it: the segment is read
+    with pytest.raises(IndexFolderError, match="built with model"):
+        CatalogIndex.load(tmp / "g2", model_fingerprint="model-2", reuse=g2)
+    shutil.copytree(tmp / "g2", tmp / "copied")  # the same bytes, other files: read and verified again
+    assert CatalogIndex.load(tmp / "copied", reuse=g2) is not g2
+    with open(tmp / "g2" / "removed.npy", "ab") as fh:  # the tombstones changed after g2 was loaded
+        fh.write(b"\0")
+    with pytest.raises(IndexFolderError, match="removed.npy is missing or damaged"):
+        CatalogIndex.load(tmp / "g2", reuse=g2)
+
+
 def test_a_file_damaged_since_it_was_loaded_is_read_and_refused_not_reused(folder):
     tmp, root, embed = folder
     g1 = CatalogIndex.load(tmp / "g1")
