@@ -59,30 +59,48 @@ class IndexFolderError(ValueError):
     """An index folder that is missing, damaged, or built with another model."""
 
 
-def identical_rows(vectors: np.ndarray) -> np.ndarray:
-    """int64 (N,): a group number per row of ``vectors`` float32 (N, D) (an array or ``segments.LiveRows``),
-    equal exactly for identical rows.
-
-    Rows are grouped by a 64-bit hash of their bits (linear time: about 1 s for 1M x 256, where
-    ``np.unique(axis=0)`` sorts whole rows in ~18 s); a group whose rows turn out not all equal (a
-    hash collision) is split by comparing the rows themselves."""
+def row_hashes(vectors: np.ndarray | segments.LiveRows) -> np.ndarray:
+    """uint64 (N,): a 64-bit hash of each row's float32 bits of ``vectors`` (N, D) (an array or
+    ``segments.LiveRows``), read 65,536 rows at a time; equal rows hash equal, in any index."""
     n = len(vectors)
-    if not n:
-        return np.zeros(0, np.int64)
-
-    def bits(rows) -> np.ndarray:  # uint32 (len(rows), D): the rows' float32 bits (only these rows read: ``LiveRows`` too)
-        return np.ascontiguousarray(vectors[rows], np.float32).reshape(-1, vectors.shape[1]).view(np.uint32)
-
     weights = np.random.default_rng(0x5EED).integers(1, 2**63, size=vectors.shape[1], dtype=np.uint64) | np.uint64(1)
     hashes = np.empty(n, np.uint64)
     for s in range(0, n, 65_536):
-        hashes[s : s + 65_536] = (bits(slice(s, s + 65_536)).astype(np.uint64) * weights).sum(1)  # wraps mod 2**64
+        hashes[s : s + 65_536] = (_bits(vectors, slice(s, s + 65_536)).astype(np.uint64) * weights).sum(1)  # wraps mod 2**64
+    return hashes
+
+
+def _bits(vectors, rows) -> np.ndarray:
+    """uint32 (len(rows), D): the float32 bits of ``vectors[rows]`` (only these rows read: ``LiveRows`` too)."""
+    return np.ascontiguousarray(vectors[rows], np.float32).reshape(-1, vectors.shape[1]).view(np.uint32)
+
+
+def identical_rows(vectors: np.ndarray | segments.LiveRows, hashes: np.ndarray | None = None) -> np.ndarray:
+    """int64 (N,): a group number per row of ``vectors`` float32 (N, D) (an array or ``segments.LiveRows``),
+    equal exactly for identical rows.
+
+    Rows are grouped by their ``row_hashes`` (given, e.g. a segment's base rows hashed when the base
+    was loaded, or computed: linear time, about 1 s for 1M x 256, where ``np.unique(axis=0)`` sorts
+    whole rows in ~18 s); the rows of each group of several are compared, and a group whose rows
+    turn out not all equal (a hash collision) is split by the rows themselves."""
+    n = len(vectors)
+    if not n:
+        return np.zeros(0, np.int64)
+    if hashes is None:
+        hashes = row_hashes(vectors)
+    elif len(hashes) != n:
+        raise ValueError(f"{len(hashes)} row hashes for {n} rows")
     _, group, counts = np.unique(hashes, return_inverse=True, return_counts=True)
     group = group.reshape(-1).astype(np.int64)
+    several = np.flatnonzero(counts > 1)
+    if not len(several):
+        return group
+    order = np.argsort(group, kind="stable")  # each group's rows side by side (not a scan of N rows per group)
+    starts = np.concatenate([[0], np.cumsum(counts)])
     next_group = len(counts)
-    for g in np.flatnonzero(counts > 1).tolist():
-        rows = np.flatnonzero(group == g)
-        same = bits(rows)
+    for g in several.tolist():
+        rows = order[starts[g] : starts[g + 1]]
+        same = _bits(vectors, rows)
         if not (same == same[0]).all():  # a collision: split the rows exactly
             sub = np.unique(same, axis=0, return_inverse=True)[1].reshape(-1)
             for j in range(1, int(sub.max()) + 1):
@@ -95,7 +113,8 @@ class CatalogIndex:
     """Vectors + metadata. ``search`` can restrict results to chosen types."""
 
     def __init__(self, vectors: np.ndarray | segments.LiveRows, items: Sequence[Item], index: SearchIndex, model_fingerprint: str, created: str = "",
-                 preprocessing: dict | None = None, catalog_root: str = "", tuning: dict | None = None) -> None:
+                 preprocessing: dict | None = None, catalog_root: str = "", tuning: dict | None = None, *,
+                 hashes: np.ndarray | None = None) -> None:
         if len(vectors) != len(items):
             raise ValueError(f"{len(vectors)} vectors but {len(items)} items")
         # float32 (N, D); a segmented index's rows are read through to its base and delta, not copied
@@ -113,12 +132,10 @@ class CatalogIndex:
         self._base_key = ""
         self._key, self._stats = "", {}  # a segmented index: its folder's manifest sha256 and files as read (``load``'s ``reuse``)
         self._types = np.array(self.items.column("type"))
-        self._by_product: dict[str, list[int]] = {}
-        for i, product in enumerate(self.items.column("product_id")):
-            self._by_product.setdefault(product, []).append(i)
+        self._by_product = _rows_by_key(self.items.column("product_id"))
         self._row: dict[str, int] = dict(zip(self.items.column("item_id"), range(len(self.items))))
         # rows with identical vectors are one image (the same photo under several product ids)
-        self._image_group = identical_rows(self.vectors)
+        self._image_group = identical_rows(self.vectors, hashes)  # hashes: uint64 (N,) row_hashes, when known
         # only photos shared by several items, so a result's look-up is a dict hit, not a scan of N rows
         groups, counts = np.unique(self._image_group, return_counts=True)
         self._shared: dict[int, list[int]] = {}
@@ -295,8 +312,10 @@ class CatalogIndex:
         items = base.items.take(live) + ItemTable.from_records(delta_items)
         if len(items) != manifest["count"]:
             raise IndexFolderError(f"{folder}: {len(items)} live rows, the manifest says {manifest['count']}; {REBUILD}")
-        loaded = cls._assemble(_Flat(manifest, segments.LiveRows(base.vectors, live, delta_vectors), items, search_index,
-                                     [base.hashes[i] for i in live.tolist()] + delta_hashes), base=base, base_key=key)
+        vectors = segments.LiveRows(base.vectors, live, delta_vectors)
+        hashes = np.concatenate([base.row_hashes[live], row_hashes(delta_vectors)]) if base.row_hashes is not None else None
+        loaded = cls._assemble(_Flat(manifest, vectors, items, search_index, [base.hashes[i] for i in live.tolist()] + delta_hashes,
+                                     row_hashes=hashes), base=base, base_key=key)
         loaded._key, loaded._stats = own_key, own_stats  # what a later load of this very folder reuses
         return loaded
 
@@ -304,7 +323,7 @@ class CatalogIndex:
     def _assemble(cls, flat: _Flat, base: _Flat | None = None, base_key: str = "") -> CatalogIndex:
         m = flat.manifest
         loaded = cls(flat.vectors, flat.items, flat.index, m["model_fingerprint"], m["created"], m.get("preprocessing"),
-                     m.get("catalog_root", ""), m.get("tuning"))
+                     m.get("catalog_root", ""), m.get("tuning"), hashes=flat.row_hashes)
         loaded.embedded_by = m.get("embedded_by") or {}
         loaded.photo_hashes = flat.hashes
         loaded._base, loaded._base_key = base, base_key  # what a later load of a segment over the same base reuses
@@ -312,6 +331,20 @@ class CatalogIndex:
 
 
 REBUILD = "rebuild it with python -m serving.build_index"
+
+
+def _rows_by_key(keys: Sequence[str]) -> dict[str, list[int]]:
+    """Each key's row numbers, ascending: the rows of each product. Built from each key's first row
+    (``dict`` over the reversed keys, in C), then only the rows after a first one appended: about 4x
+    faster than a ``setdefault`` per row at 1M rows, most of them a product's only one."""
+    n = len(keys)
+    first = dict(zip(reversed(keys), range(n - 1, -1, -1)))
+    out = {k: [i] for k, i in first.items()}
+    if len(first) < n:
+        for i, k in enumerate(keys):
+            if first[k] != i:
+                out[k].append(i)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -325,6 +358,7 @@ class _Flat:
     index: SearchIndex
     hashes: list[str] | None
     stats: Mapping[str, FileStat] = field(default_factory=dict)  # the files as they were read (``unchanged_since``)
+    row_hashes: np.ndarray | None = None  # uint64 (N,) ``row_hashes`` of the vectors: a segment over this base hashes only its own rows
 
 
 def read_manifest(folder: Path) -> dict:
@@ -434,4 +468,4 @@ def _read_flat(folder: Path, manifest: dict, model_fingerprint: str | None, back
         hashes = json.loads((folder / "photos.json").read_text())
         if len(hashes) != len(items):
             raise IndexFolderError(f"{folder}: photos.json lists {len(hashes)} photos for {len(items)} items; {REBUILD}")
-    return _Flat(manifest, vectors, items, index, hashes, stats)
+    return _Flat(manifest, vectors, items, index, hashes, stats, row_hashes(vectors))

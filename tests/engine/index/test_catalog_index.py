@@ -122,6 +122,26 @@ def test_identical_rows_are_grouped_exactly_even_when_hashes_collide(monkeypatch
     assert {(i, j) for i in range(50) for j in range(50) if i < j and again[i] == again[j]} == same
 
 
+def test_identical_rows_from_given_hashes_and_the_rows_of_each_product():
+    from engine.index import catalog_index
+
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(40, 8)).astype(np.float32)
+    v[[5, 9, 30]] = v[2]
+    v[17] = v[1]
+    computed = catalog_index.identical_rows(v)
+    hashes = catalog_index.row_hashes(v)
+    assert np.array_equal(catalog_index.identical_rows(v, hashes), computed)
+    # hashes that all collide (as a segment's could not, but a wrong cache would) still give the exact groups
+    zeros = catalog_index.identical_rows(v, np.zeros(40, np.uint64))
+    assert all((zeros[i] == zeros[j]) == (computed[i] == computed[j]) for i in range(40) for j in range(40))
+    assert sorted(np.unique(computed, return_counts=True)[1].tolist())[-2:] == [2, 4]
+    with pytest.raises(ValueError, match="39 row hashes for 40 rows"):
+        catalog_index.identical_rows(v, hashes[:39])
+    assert catalog_index._rows_by_key(["a", "b", "a", "c", "a", "b"]) == {"a": [0, 2, 4], "b": [1, 5], "c": [3]}
+    assert catalog_index._rows_by_key(["x", "y"]) == {"x": [0], "y": [1]} and catalog_index._rows_by_key([]) == {}
+
+
 def test_an_items_record_is_the_dataclass_record():
     from dataclasses import asdict
 

@@ -16,7 +16,7 @@ from engine.data.catalog import ProductImage
 from engine.index.backends import BackendSpec
 from engine.index.brute_force import BruteForceIndex
 from engine.index import catalog_index
-from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item
+from engine.index.catalog_index import CatalogIndex, IndexFolderError, Item, identical_rows
 from engine.index.delta import CatalogDelta, DeltaError, apply_delta, write_delta_folder
 from engine.index.scann_backend import ScannIndex, ScannParams
 from tests.engine.index.conftest import ColourEmbed, as_version_1, photo
@@ -273,7 +273,7 @@ def test_a_scann_base_compacts_into_one_scann_index_of_the_live_rows(tmp_path: P
 def test_a_reload_over_the_same_base_reuses_it_from_memory(folder, caplog):
     tmp, root, embed = folder
     new = photo(root, "new", (3, 200, 90))
-    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(add=(_row("new", new),), remove=("p3",)), embed)
+    write_delta_folder(tmp / "g1", tmp / "g2", CatalogDelta(add=(_row("new", new), _row("twin", root / "p5.png")), remove=("p3",)), embed)
     write_delta_folder(tmp / "g2", tmp / "g3", CatalogDelta(remove=("p4",)), embed)
     g1 = CatalogIndex.load(tmp / "g1")
     with caplog.at_level("INFO", logger="engine.index.catalog_index"):
@@ -282,6 +282,10 @@ def test_a_reload_over_the_same_base_reuses_it_from_memory(folder, caplog):
     assert g2.index.base is g1.index and g3.index.base is g1.index
     # one copy of the base's vectors in memory: the live rows index into the very array g1 holds
     assert np.shares_memory(g2.vectors.base, g1.vectors) and np.shares_memory(g3.vectors.base, g1.vectors)
+    # the live rows' hashes come from the base's, kept since its load: the same groups as hashing every row
+    for loaded in (g2, g3):  # (a delta row, "twin", is the same photo as a base row, p5)
+        assert np.array_equal(loaded._image_group, identical_rows(np.asarray(loaded.vectors)))
+        assert [it.product_id for it in loaded.same_image(loaded.items_of("twin")[0])] == ["p5"]
     assert not np.shares_memory(CatalogIndex.load(tmp / "g1").vectors, g1.vectors)  # (another load: its own)
     assert caplog.text.count("already loaded: reused") == 2
     fresh = CatalogIndex.load(tmp / "g3")
