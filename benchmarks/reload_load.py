@@ -139,8 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     while final is not None and time.perf_counter() - t1 < args.catch_up:
         window = [request(url + "/healthz", headers={"X-Reload-Token": args.token}) for _ in range(10)]
         for s, _, b in window:
-            answer = json.loads(b) if s == 200 else {}
-            latest[answer.get("pid")] = answer.get("generation")
+            if s == 200:  # (a failed call names no worker: the window's own check counts it)
+                answer = json.loads(b)
+                latest[answer.get("pid")] = answer.get("generation")
         if (all(s == 200 for s, _, _ in window) and len(latest) >= args.workers
                 and all(g == final for g in latest.values())):
             caught_up = time.perf_counter() - t1
@@ -149,9 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     health = collections.Counter()
     for _ in range(args.healthz):
         status, _, body = request(url + "/healthz", headers={"X-Reload-Token": args.token})
-        health[json.loads(body).get("generation") if status == 200 else f"status {status}"] += 1
+        answer = json.loads(body) if status == 200 else {}
+        health[answer.get("generation") if status == 200 else f"status {status}"] += 1
         if status == 200:
-            latest[json.loads(body).get("pid")] = json.loads(body).get("generation")
+            latest[answer.get("pid")] = answer.get("generation")
     print(f"every worker answered from generation {final} {f'{caught_up:.1f} s' if caught_up is not None else 'NOT'} "
           f"after the load ended (up to {args.catch_up:g} s waited; {len(latest)} worker processes answered)")
     ok = not tally.failures and all(a["http"] == 200 for a in answers) and final is not None and set(health) == {final}

@@ -137,16 +137,11 @@ class ItemTable(Sequence[Item]):
             return ItemTable({f: col[i] for f, col in self._columns.items()})
         if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
             raise TypeError(f"item rows are integers or slices, not {type(i).__name__}")
-        c = self._columns
-        box = c["box"][i]
-        return Item(c["item_id"][i], c["product_id"][i], c["name"][i], c["type"][i], c["image"][i], c["scene"][i],
-                    tuple(box) if box else None, c["label"][i], c["room_type"][i], tuple(tuple(kv) for kv in c["details"][i]))
+        return _item([self._columns[f][i] for f in FIELDS])
 
     def __iter__(self) -> Iterator[Item]:
-        c = self._columns
-        for row in zip(*(c[f] for f in FIELDS)):
-            box, details = row[6], row[9]
-            yield Item(*row[:6], tuple(box) if box else None, row[7], row[8], tuple(tuple(kv) for kv in details))
+        for row in zip(*(self._columns[f] for f in FIELDS)):
+            yield _item(row)
 
     def __add__(self, other: Sequence[Item]) -> ItemTable:
         if not isinstance(other, Sequence):
@@ -170,6 +165,17 @@ class ItemTable(Sequence[Item]):
 
     def __repr__(self) -> str:
         return f"ItemTable({self._n} items)"
+
+
+_BOX, _DETAILS = FIELDS.index("box"), FIELDS.index("details")
+
+
+def _item(row: Sequence) -> Item:
+    """The ``Item`` of one row's JSON values, in ``FIELDS`` order (box and details back to tuples)."""
+    values = list(row)
+    values[_BOX] = tuple(values[_BOX]) if values[_BOX] else None
+    values[_DETAILS] = tuple(tuple(kv) for kv in values[_DETAILS])
+    return Item(*values)
 
 
 def item_images(data: object) -> list[str]:
