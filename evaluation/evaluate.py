@@ -153,6 +153,7 @@ class Target:
     params: dict
     backbone: str
     alpha: float
+    trained_size: int | None = None  # a multi-scale embedder: the size its network was trained at
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
@@ -180,8 +181,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
                                                     "difference": paired_difference(result, plain, cfg.ks, cfg.room, inputs.types, cfg.new_products)}
     b_embedder = scored = None
     if args.baseline == "imagenet" and args.model != "imagenet":
-        b_embedder = Embedder.imagenet(ModelConfig(backbone=target.backbone, weights=args.weights, image_size=inputs.image_size,
-                                                   alpha=target.alpha), inputs.preprocessing)
+        b_embedder = _imagenet_baseline(args, target, inputs)
         scored = score(inputs, b_embedder, cfg)
         baseline = (b_embedder.name, scored.summary, scored.curves)
         result.summary["vs_baseline"] = paired_difference(result, scored, cfg.ks, cfg.room, inputs.types, cfg.new_products)
@@ -235,7 +235,7 @@ def _target(args: argparse.Namespace) -> Target:
     where given, and what is known of how it was trained."""
     # these load TensorFlow: imported here, once run_cli has set the environment
     from engine.model.embedder import Embedder
-    from engine.model.ensemble import ensemble_members
+    from engine.model.ensemble import ensemble_members, scales_record
     from training.model_ref import resolve_model
 
     overrides = {k: v for k, v in (("crop_padding", args.crop_padding), ("min_confidence", args.min_confidence),
@@ -268,7 +268,26 @@ def _target(args: argparse.Namespace) -> Target:
             name = f"model-{ref.run_id[:8]}"
     params = {"model": args.model, "model.image_size": embedder.size, "model.embedding_dim": embedder.dim,
               "model.backbone": backbone, **{k: run_params[k] for k in KEY_PARAMS if k in run_params}}
-    return Target(name, embedder, ref.run_id or None, params, backbone, alpha)
+    scales = scales_record(ref.path)
+    if scales:
+        params["model.scales"] = ",".join(str(s) for s in scales["sizes"])
+    return Target(name, embedder, ref.run_id or None, params, backbone, alpha, scales["trained_size"] if scales else None)
+
+
+def _imagenet_baseline(args: argparse.Namespace, target: Target, inputs: EvalInputs):
+    """ImageNet features of the same crops: at the evaluated model's input size or, for a multi-scale
+    embedder, at the size its network was trained at, reading the crops cut at the larger size
+    (ImageNet features only lose at larger sizes or several: docs/evaluation.md)."""
+    from engine.model.embedder import Embedder
+    from engine.model.ensemble import build_multiscale
+
+    size = target.trained_size or inputs.image_size
+    base = Embedder.imagenet(ModelConfig(backbone=target.backbone, weights=args.weights, image_size=size, alpha=target.alpha),
+                             replace(inputs.preprocessing, image_size=size))
+    if size == inputs.image_size:
+        return base
+    return Embedder(build_multiscale(base.model, [size], input_side=inputs.image_size, name=base.model.name), inputs.preprocessing,
+                    normalize=True, name=base.name)
 
 
 def _seen_products(path: Path | None, run_id: str | None, home: Path) -> frozenset[str] | None:

@@ -1,12 +1,16 @@
-"""``python -m training.ensemble``: several trained embedders (e.g. seeds of one recipe) saved as one.
+"""``python -m training.ensemble``: several trained embedders (e.g. seeds of one recipe) saved as one,
+or one embedder saved to read its crops at several sizes.
 
 The ensemble's embedding is the members' L2-normalised embeddings concatenated and scaled by
-1/sqrt(n) (``engine.model.ensemble``): its squared distance is the mean of theirs. The output is
-an ordinary ``.keras`` embedder (D = the members' dims summed, the members' preprocessing), so
-``serving.build_index``, ``evaluation.evaluate`` and the service take it like any trained model::
+1/sqrt(n) (``engine.model.ensemble``): its squared distance is the mean of theirs. With
+``--scales``, one embedder (a single model or an ensemble) reads each crop cut at the largest size
+and resized to every size given, and its embedding is the normalised sum of theirs. The output is
+an ordinary ``.keras`` embedder, so ``serving.build_index``, ``evaluation.evaluate`` and the
+service take it like any trained model::
 
     python -m training.ensemble --models H2-s1234.keras H2-s2.keras H2-s3.keras --out H2x3.keras
-    python -m serving.build_index --catalog DIR --model H2x3.keras --out serve
+    python -m training.ensemble --models H2x3.keras --scales 224 288 --out H2x3-ms.keras
+    python -m serving.build_index --catalog DIR --model H2x3-ms.keras --out serve
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ logger = logging.getLogger("training.ensemble")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.ensemble",
-        description="Save several trained embedders as one whose distance is the mean of theirs (an ensemble of seeds).",
+        description="Save several trained embedders as one whose distance is the mean of theirs (an ensemble of seeds), "
+                    "or one embedder reading its crops at several sizes (--scales).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
                    help="two or more trained embedders: .keras paths, MLflow run ids of training.fit or models:/NAME@ALIAS; "
-                        "the same input size and preprocessing")
+                        "the same input size and preprocessing; with --scales, exactly one (a model or an ensemble)")
+    p.add_argument("--scales", type=int, nargs="+", default=None, metavar="PX",
+                   help="read the one model at these input sizes (e.g. 224 288): crops are cut at the largest, "
+                        "and the embedding is the normalised sum of the sizes' unit embeddings")
     p.add_argument("--out", type=Path, required=True, help="the ensemble's .keras file")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -38,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if len(args.models) < 2:
-        parser.error("--models needs at least two embedders")
+    if args.scales is None and len(args.models) < 2:
+        parser.error("--models needs at least two embedders (or one with --scales)")
+    if args.scales is not None and len(args.models) != 1:
+        parser.error("--scales reads one embedder at several sizes: make the ensemble first, then give it alone with --scales")
     if args.out.suffix != ".keras":
         parser.error(f"--out must end in .keras (Keras saves only that format), got {args.out}")
     return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
@@ -51,6 +61,12 @@ def _run(args: argparse.Namespace) -> int:
     from training.model_ref import resolve_model
 
     paths = [resolve_model(ref).path for ref in args.models]
+    if args.scales is not None:
+        from engine.model.ensemble import save_multiscale
+
+        out = save_multiscale(paths[0], args.scales, args.out)
+        print(f"{args.models[0]} read at {', '.join(f'{s} px' for s in args.scales)} (crops cut at {max(args.scales)} px) -> {out}")
+        return 0
     out, members = save_ensemble(paths, args.out)
     for ref, m in zip(args.models, members):
         logger.info("member %s: %s, D=%d, sha256 %s", m.name, ref, m.dim, m.fingerprint[:12])

@@ -9,13 +9,20 @@ their ensemble 0.316), and averaging their distances keeps what they agree on.
 The result is an ordinary Keras model (image → embedding, D = the members' dims summed), saved as
 one ``.keras`` file with the members' preprocessing, so indexing, serving, evaluation and
 calibration use it unchanged; its record names every member by fingerprint.
+
+An embedder (one model or an ensemble) can also be searched at **several input sizes**
+(``build_multiscale``): the crop is cut at the largest size, each size sees it resized (bilinear,
+antialiased) through a copy of the network built for that size with the same weights, and the
+embedding is the normalised sum of the sizes' unit embeddings (D unchanged). A network trained at
+224 px reads a 288 px crop with finer detail and a different receptive field; averaging the two
+keeps what both see (development scenes: ``docs/evaluation.md``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -33,6 +40,8 @@ from engine.model.embedder import (
 )
 
 ENSEMBLE_RECORD = "ensemble"  # key of showroom.json listing the members
+SCALES_RECORD = "scales"  # key of showroom.json: the input sizes of a multi-scale embedder and the model it was made from
+MIN_SCALE = 32
 
 
 @dataclass(frozen=True)
@@ -94,3 +103,92 @@ def save_ensemble(paths: Sequence[str | Path], out: str | Path) -> tuple[Path, l
 def ensemble_members(path: str | Path) -> list[Member]:
     """The members a saved ensemble records ([] for a single embedder)."""
     return [Member(m["name"], m["fingerprint"], int(m["dim"]), m.get("model", "")) for m in saved_record(path, ENSEMBLE_RECORD) or []]
+
+
+def at_input_size(model: keras.Model, size: int, name: str | None = None) -> keras.Model:
+    """A copy of ``model`` (``float32 (B, S, S, 3)`` → ``float32 (B, D)``, fully convolutional up to a
+    global pooling) built for ``float32 (B, size, size, 3)`` inputs, with the same weights.
+
+    Every input shape ``(None, S, S, 3)`` in the model's config (its own input and its nested
+    models', e.g. the backbone's or an ensemble's members') becomes ``(None, size, size, 3)``."""
+    old = input_size(model)
+    found = 0
+
+    def resized(node):
+        nonlocal found
+        if isinstance(node, dict):
+            return {k: resized(v) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            if len(node) == 4 and node[0] is None and node[1] == old and node[2] == old and node[3] == 3:
+                found += 1
+                return [None, size, size, 3]
+            return [resized(v) for v in node]
+        return node
+
+    config = resized(model.get_config())
+    if not found:
+        raise ModelError(f"{model.name}: no (None, {old}, {old}, 3) input in its config to rebuild at {size} px")
+    if name is not None:
+        config["name"] = name
+    try:
+        copy = model.__class__.from_config(config)
+        copy.set_weights(model.get_weights())
+    except (ValueError, TypeError) as exc:
+        raise ModelError(f"{model.name} cannot be rebuilt for {size} px inputs: {exc}") from None
+    if input_size(copy) != size or copy.output_shape != model.output_shape:
+        raise ModelError(f"{model.name} rebuilt for {size} px gives {copy.input_shape} → {copy.output_shape}, not a "
+                         f"({size}, {size}) input and its {model.output_shape} output")
+    return copy
+
+
+def build_multiscale(model: keras.Model, sizes: Sequence[int], input_side: int | None = None, name: str = "multiscale") -> keras.Model:
+    """``model`` (``float32 (B, S, S, 3)`` → ``float32 (B, D)``) read at each of ``sizes``:
+    ``float32 (B, M, M, 3)``, M = ``input_side`` (default max(sizes)) → ``float32 (B, D)``, the
+    unit-norm sum of the unit embeddings of the input resized to each size (bilinear, antialiased;
+    the size M as given).
+
+    ``model`` itself serves its own size (it is used, not copied); other sizes get copies built by
+    ``at_input_size``. One size is allowed: ``model`` reading inputs cut at another side (the
+    ImageNet baseline of a multi-scale embedder reads its crops at the size it was trained at)."""
+    sizes = [int(s) for s in sizes]
+    if not sizes or len(set(sizes)) != len(sizes) or min(sizes) < MIN_SCALE:
+        raise ModelError(f"the sizes of a multi-scale embedder must be distinct and at least {MIN_SCALE} px, got {sizes}")
+    if len(model.output_shape) != 2:
+        raise ModelError(f"the embedder gives outputs of shape {model.output_shape}, not (batch, D)")
+    own, top = input_size(model), int(input_side or max(sizes))
+    if top < max(sizes):
+        raise ModelError(f"the input side {top} px is smaller than the largest size {max(sizes)} px: crops would be enlarged")
+    inp = keras.Input((top, top, 3), name="image", dtype="float32")
+    outs = []
+    for size in sizes:
+        net = model if size == own else at_input_size(model, size, name=f"{model.name}_{size}px")
+        x = inp if size == top else layers.Resizing(size, size, interpolation="bilinear", antialias=True,
+                                                    name=f"resize_{size}", dtype="float32")(inp)
+        outs.append(layers.UnitNormalization(name=f"scale_{size}_l2", dtype="float32")(net(x)))
+    joined = outs[0] if len(outs) == 1 else layers.Add(name="scales_sum", dtype="float32")(outs)
+    out = layers.UnitNormalization(name="multiscale_l2", dtype="float32")(joined)
+    return keras.Model(inp, out, name=name)
+
+
+def save_multiscale(path: str | Path, sizes: Sequence[int], out: str | Path) -> Path:
+    """Load the saved embedder at ``path`` (one model or an ensemble) and save it read at ``sizes``
+    (``build_multiscale``) at ``out``: its preprocessing with the largest size, its records (an
+    ensemble's members, its backbone) kept, and the sizes and the source's sha256 recorded."""
+    path = Path(path)
+    if scales_record(path):
+        raise ModelError(f"{path} is already a multi-scale embedder (sizes {scales_record(path)['sizes']}): give the model it was made from")
+    model = load_embedder(path)
+    prep = load_preprocessing(path, model)
+    built = build_multiscale(model, sizes, name=model.name)  # its name names the backbone of a single model (showroom_<backbone>)
+    records = {key: value for key in (ENSEMBLE_RECORD, "backbone") if (value := saved_record(path, key)) is not None}
+    records[SCALES_RECORD] = {"sizes": [int(s) for s in sizes], "trained_size": input_size(model), "from": path.name,
+                              "fingerprint": model_fingerprint(path)}
+    saved = save_embedder(built, out, replace(prep, image_size=max(int(s) for s in sizes)), records)
+    return saved
+
+
+def scales_record(path: str | Path) -> dict | None:
+    """What a saved multi-scale embedder records (``sizes``, ``trained_size``, ``from``, ``fingerprint``),
+    or None for any other embedder."""
+    record = saved_record(path, SCALES_RECORD)
+    return record if isinstance(record, dict) else None

@@ -191,6 +191,23 @@ def test_an_ensemble_is_evaluated_against_its_members_imagenet_features(trained_
     assert report["baseline"]["summary"]["protocol"]["reachable_pairs"] == report["summary"]["protocol"]["reachable_pairs"] > 0
 
 
+def test_a_multiscale_embedder_is_evaluated_on_crops_cut_at_its_largest_size_against_imagenet_at_its_trained_size(
+        trained_run, tiny_catalog: Path, tmp_path: Path, capsys):
+    """``training.ensemble --scales``: the crops are cut at the largest size; the ImageNet baseline
+    reads the same crops at the size the network was trained at, not at the larger one."""
+    from engine.model.ensemble import save_multiscale
+
+    ms = save_multiscale(trained_run.out, [48, 64], tmp_path / "ms.keras")
+    out = tmp_path / "eval"
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", str(ms), "--scenes", str(trained_run.holdout), "--weights", "none",
+                          "--no-mlflow", "--tsne-products", "0", "--grid-queries", "0", "--out", str(out)]) == 0
+    assert "imagenet-mobilenet_v2-48px" in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["summary"]["protocol"]["image_size"] == 64 and report["params"]["model.scales"] == "48,64"
+    assert report["baseline"]["name"] == "imagenet-mobilenet_v2-48px"
+    assert report["baseline"]["summary"]["protocol"]["reachable_pairs"] == report["summary"]["protocol"]["reachable_pairs"] > 0
+
+
 def test_an_evaluation_keeps_its_boxes_and_replays_them_without_a_detector(tmp_path: Path, caplog):
     """``detections.json`` beside ``metrics.json`` holds every box the call's detector proposed;
     ``--detections`` proposes exactly those again, with no detector at all."""

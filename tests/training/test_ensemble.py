@@ -7,7 +7,7 @@ import pytest
 
 from engine.config import ModelConfig, Preprocessing
 from engine.model.embedder import Embedder, save_embedder
-from engine.model.ensemble import ensemble_members
+from engine.model.ensemble import ensemble_members, scales_record
 from engine.model.network import build_embedder
 from training.ensemble import main
 
@@ -40,7 +40,21 @@ def test_the_cli_refuses_bad_input(two_models, tmp_path, capsys):
         main(["--models", str(two_models[0]), "--out", str(tmp_path / "one.keras")])
     assert "at least two" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        main(["--models", *map(str, two_models), "--scales", "48", "64", "--out", str(tmp_path / "both.keras")])
+    assert "make the ensemble first" in capsys.readouterr().err
+    assert main(["--models", str(two_models[0]), "--scales", "64", "64", "--out", str(tmp_path / "twice.keras")]) == 2
+    assert not (tmp_path / "twice.keras").exists()
+    with pytest.raises(SystemExit):
         main(["--models", *map(str, two_models), "--out", str(tmp_path / "e.h5")])
     assert "must end in .keras" in capsys.readouterr().err
     assert main(["--models", str(two_models[0]), str(tmp_path / "missing.keras"), "--out", str(tmp_path / "e.keras")]) == 2
     assert not (tmp_path / "e.keras").exists()
+
+
+def test_the_cli_saves_one_model_read_at_two_sizes(two_models, tmp_path, capsys):
+    out = tmp_path / "ms.keras"
+    assert main(["--models", str(two_models[0]), "--scales", "48", "64", "--out", str(out)]) == 0
+    assert "read at 48 px, 64 px (crops cut at 64 px)" in capsys.readouterr().out
+    ms = Embedder.load(out)
+    assert ms.size == 64 and ms(np.full((2, 64, 64, 3), 128, np.uint8)).shape == (2, 8)
+    assert scales_record(out)["sizes"] == [48, 64]

@@ -1,4 +1,5 @@
-"""An ensemble of saved embedders is one embedder whose squared distance is the mean of its members'."""
+"""An ensemble of saved embedders is one embedder whose squared distance is the mean of its members';
+an embedder read at several sizes is one whose embedding is the normalised sum of the sizes'."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import pytest
 
 from engine.config import ModelConfig, Preprocessing
 from engine.model.embedder import Embedder, ModelError, backbone_record, save_embedder
-from engine.model.ensemble import build_ensemble, ensemble_members, save_ensemble
+from engine.model.ensemble import (at_input_size, build_ensemble, build_multiscale, ensemble_members, save_ensemble,
+                                   save_multiscale, scales_record)
 from engine.model.network import build_embedder
 
 
@@ -70,3 +72,68 @@ def test_an_ensemble_refuses_members_that_see_different_crops(tmp_path, members)
     with pytest.raises(ModelError, match="at least two"):
         build_ensemble([Embedder.load(members[0]).model])
     assert not list(tmp_path.glob("e*.keras"))  # nothing half-written
+
+
+def _unit(v):
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _resized(images, size):
+    import tensorflow as tf
+
+    return tf.image.resize(np.asarray(images, np.float32), (size, size), antialias=True).numpy()
+
+
+def test_a_network_rebuilt_for_another_input_size_keeps_its_weights(members):
+    model = Embedder.load(members[0]).model
+    bigger = at_input_size(model, 64)
+    assert bigger.input_shape == (None, 64, 64, 3) and bigger.output_shape == model.output_shape
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), bigger.get_weights()))
+    images = np.random.default_rng(1).integers(0, 256, (3, 48, 48, 3)).astype(np.float32)
+    back = at_input_size(bigger, 48)  # and back again: the very network
+    np.testing.assert_allclose(back.predict_on_batch(images), model.predict_on_batch(images), atol=1e-5)
+    big = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 3)).astype(np.float32)
+    assert not np.allclose(bigger.predict_on_batch(big), model.predict_on_batch(_resized(big, 48)), atol=1e-3)  # 64 px is read as 64 px
+
+
+def test_a_multiscale_embedder_is_the_normalised_sum_of_its_sizes_unit_embeddings(members, tmp_path):
+    out = save_multiscale(members[1], [48, 64], tmp_path / "ms.keras")  # the member without its own normalisation
+    ms = Embedder.load(out)
+    assert ms.preprocessing == Preprocessing(image_size=64) and ms.dim == 8 and ms.model.name == "showroom_mobilenet_v2"
+    record = scales_record(out)
+    assert record["sizes"] == [48, 64] and record["trained_size"] == 48 and record["from"] == "b.keras"
+    assert len(record["fingerprint"]) == 64 and scales_record(members[1]) is None
+    assert backbone_record(out) == backbone_record(members[1]) is not None
+    base = Embedder.load(members[1]).model
+    images = np.random.default_rng(3).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    by_hand = _unit(_unit(base.predict_on_batch(_resized(images, 48))) + _unit(at_input_size(base, 64).predict_on_batch(images.astype(np.float32))))
+    got = ms(images)
+    np.testing.assert_allclose(got, by_hand, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # one size read from crops cut larger: the network at its own size on the resized crop
+    one = build_multiscale(base, [48], input_side=64)
+    np.testing.assert_allclose(one.predict_on_batch(images.astype(np.float32)), _unit(base.predict_on_batch(_resized(images, 48))), atol=1e-5)
+
+
+def test_an_ensemble_read_at_two_sizes_keeps_its_members(members, tmp_path):
+    ens, recorded = save_ensemble(members, tmp_path / "e.keras")
+    out = save_multiscale(ens, [40, 48], tmp_path / "e-ms.keras")  # a smaller size too: crops stay cut at 48
+    ms = Embedder.load(out)
+    assert ms.dim == 24 and ms.preprocessing.image_size == 48 and ensemble_members(out) == recorded
+    images = np.random.default_rng(4).integers(0, 256, (4, 48, 48, 3), dtype=np.uint8)
+    single = Embedder.load(ens).model
+    by_hand = _unit(_unit(at_input_size(single, 40).predict_on_batch(_resized(images, 40))) + _unit(single.predict_on_batch(images.astype(np.float32))))
+    np.testing.assert_allclose(ms(images), by_hand, atol=1e-5)
+
+
+def test_multiscale_refuses_sizes_it_cannot_read(members, tmp_path):
+    model = Embedder.load(members[0]).model
+    for sizes in ([48, 48], [16, 48], []):
+        with pytest.raises(ModelError, match="distinct and at least"):
+            build_multiscale(model, sizes)
+    with pytest.raises(ModelError, match="smaller than the largest size"):
+        build_multiscale(model, [48, 64], input_side=56)
+    out = save_multiscale(members[0], [48, 64], tmp_path / "ms.keras")
+    with pytest.raises(ModelError, match="already a multi-scale embedder"):
+        save_multiscale(out, [48, 96], tmp_path / "twice.keras")
+    assert not (tmp_path / "twice.keras").exists()
