@@ -183,8 +183,7 @@ def save_multiscale(path: str | Path, sizes: Sequence[int], out: str | Path) -> 
     records = {key: value for key in (ENSEMBLE_RECORD, "backbone") if (value := saved_record(path, key)) is not None}
     records[SCALES_RECORD] = {"sizes": [int(s) for s in sizes], "trained_size": input_size(model), "from": path.name,
                               "fingerprint": model_fingerprint(path)}
-    saved = save_embedder(built, out, replace(prep, image_size=max(int(s) for s in sizes)), records)
-    return saved
+    return save_embedder(built, out, replace(prep, image_size=max(int(s) for s in sizes)), records)
 
 
 def scales_record(path: str | Path) -> dict | None:
