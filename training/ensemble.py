@@ -9,8 +9,8 @@ an ordinary ``.keras`` embedder, so ``serving.build_index``, ``evaluation.evalua
 service take it like any trained model::
 
     python -m training.ensemble --models H2-s1234.keras H2-s2.keras H2-s3.keras --out H2x3.keras
-    python -m training.ensemble --models H2x3.keras --scales 224 288 --out H2x3-ms.keras
-    python -m serving.build_index --catalog DIR --model H2x3-ms.keras --out serve
+    python -m serving.build_index --catalog DIR --model H2x3.keras --out serve
+    python -m training.ensemble --models H2x3.keras --scales 224 288 --out H2x3-ms.keras   # measured, not kept on IKEA
 """
 
 from __future__ import annotations

@@ -14,8 +14,9 @@ An embedder (one model or an ensemble) can also be searched at **several input s
 (``build_multiscale``): the crop is cut at the largest size, each size sees it resized (bilinear,
 antialiased) through a copy of the network built for that size with the same weights, and the
 embedding is the normalised sum of the sizes' unit embeddings (D unchanged). A network trained at
-224 px reads a 288 px crop with finer detail and a different receptive field; averaging the two
-keeps what both see (development scenes: ``docs/evaluation.md``).
+224 px reads a 288 px crop with finer detail and a different receptive field. On IKEA, 224 + 288 px
+gained about +0.01 of room recall@50 on development scenes and lost 0.006 on the hold-out, so the
+recipe reads at its training size and this stays an option (``docs/evaluation.md``).
 """
 
 from __future__ import annotations
