@@ -69,7 +69,7 @@ def _data_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--whole-scene-queries", action="store_true", help="do not mine: pairs without a box use the whole scene as the query")
     g.add_argument("--holdout-scenes", type=Path, default=None, metavar="FILE", help="scene list (python -m evaluation.holdout) never used here, neither for training nor validation: the evaluation split. Scenes a --triplets manifest was mined without are held out too")
     g.add_argument("--holdout-products", type=Path, default=None, metavar="FILE", help="product list (python -m evaluation.holdout --new-products) of products that do not exist for this run: no proxy, catalog image, query, negative or synthetic view of theirs; the final index still holds them (added after training). Products a --triplets manifest was made without are held out too")
-    g.add_argument("--init-from", default=None, metavar="RUN_OR_PATH", help="start from a trained embedder (.keras path or MLflow run id) instead of --weights; image size and D are taken from it")
+    g.add_argument("--init-from", default=None, metavar="RUN_OR_PATH", help="start from a trained embedder (.keras path or MLflow run id) instead of --weights; D is taken from it, and the image size unless --image-size gives another (fine-tuning at a new size)")
     g.add_argument("--synthetic", type=Path, default=None, metavar="MANIFEST", help="synthetic in-room views of the catalog's products (python -m training.synthesize): extra training queries; views pasted into validation or held-out scenes are left out")
     g.add_argument("--mix", default=None, help=f"shares of each epoch's queries by query source ({', '.join(SOURCE_NAMES)}: real room-photo crops, synthetic views, product photos not on white) ('' = every query once per epoch; default: {CATALOG_DEFAULTS['mix']!r} for a catalog, {DEMO_DEFAULTS['mix']!r} for the demo)")
     g.add_argument("--queries-per-epoch", type=int, default=None, help=f"queries drawn per epoch by --mix (0 = the number of training queries; default: {CATALOG_DEFAULTS['queries_per_epoch']} for a catalog, {DEMO_DEFAULTS['queries_per_epoch']} for the demo)")
@@ -157,7 +157,8 @@ def data_config_from_args(args: argparse.Namespace) -> DataConfig:
 
     return resolve_catalog(DataConfig(
         catalog=args.catalog, demo_seed=args.demo_seed, triplets=args.triplets, synthetic=args.synthetic,
-        holdout_scenes=args.holdout_scenes, holdout_products=args.holdout_products, init_from=args.init_from or "", detector_weights=args.detector_weights,
+        holdout_scenes=args.holdout_scenes, holdout_products=args.holdout_products, init_from=args.init_from or "",
+        init_size=(args.image_size or 0) if args.init_from else 0, detector_weights=args.detector_weights,
         whole_scene_queries=args.whole_scene_queries,
     ))
 

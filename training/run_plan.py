@@ -45,6 +45,8 @@ class DataConfig:
         new-products protocol, ``engine.data.splits.new_products``): no proxy, image, query,
         negative or synthetic view of theirs.
     init_from: trained embedder (.keras path or MLflow run id) to start from; '' = the model's weights.
+    init_size: input side the ``init_from`` embedder is fine-tuned at (its weights do not depend on the
+        size); 0 = the side it was trained at.
     detector_weights: YOLO weights that mine box-less pairs (None = ``detectors.yolo.default_weights``).
     One field per input file of ``training.query_sources.INPUT_NAMES``, named like it.
     """
@@ -56,6 +58,7 @@ class DataConfig:
     holdout_scenes: Path | None = None
     holdout_products: Path | None = None
     init_from: str = ""
+    init_size: int = 0
     detector_weights: str | None = None
     whole_scene_queries: bool = False
 
@@ -114,6 +117,7 @@ class RunPlan:
         return {"run_id": run_id, "model": asdict(self.model), "train": asdict(self.train), "catalog": str(self.catalog.root),
                 "catalog_fingerprint": self.catalog.fingerprint, **files,
                 "holdout_scenes": sorted(self.holdout), "init_from": self.data.init_from,
+                **({"init_size": self.data.init_size} if self.data.init_size else {}),
                 **({"holdout_products": sorted(self.held_products)} if self.held_products else {})}
 
 
@@ -128,16 +132,21 @@ def _plan(model: ModelConfig, train: TrainConfig, data: DataConfig, catalog: Cat
 
 def new_plan(model: ModelConfig, train: TrainConfig, data: DataConfig, home: Path) -> RunPlan:
     """The plan of a new run: the catalog (the demo one by default); triplets mined first when pairs
-    have no boxes; held-out scenes; the model to start from (its input size and D override ``model``'s)."""
+    have no boxes; held-out scenes; the model to start from (its D, and its input size unless
+    ``data.init_size`` gives another, override ``model``'s)."""
     holdout = set(read_scene_list(data.holdout_scenes)) if data.holdout_scenes else set()
     data = resolve_catalog(data)
     if data.catalog is None:
         data = replace(data, catalog=ensure_demo_catalog(home, DemoSpec(seed=data.demo_seed)))
     init_model = None
     if data.init_from:
+        if data.init_size < 0 or 0 < data.init_size < 32:
+            raise ValueError(f"--image-size {data.init_size} with --init-from: give a side of at least 32 px")
         init_model = load_embedder(resolve_model(data.init_from).path)
-        model = replace(model, image_size=input_size(init_model), embedding_dim=int(init_model.output_shape[-1]), weights="none")
-        logger.info("initialising from %s (input %d px, D=%d)", data.init_from, model.image_size, model.embedding_dim)
+        trained_at = input_size(init_model)
+        model = replace(model, image_size=data.init_size or trained_at, embedding_dim=int(init_model.output_shape[-1]), weights="none")
+        logger.info("initialising from %s (input %d px, D=%d)%s", data.init_from, trained_at, model.embedding_dim,
+                    f": fine-tuned at {model.image_size} px" if model.image_size != trained_at else "")
     catalog = load_catalog(data.catalog)
     if data.triplets is None and not data.whole_scene_queries and any(p.box is None for p in catalog.pairs):
         data = replace(data, triplets=auto_mine(data, model, train, catalog, holdout, home))
@@ -158,7 +167,7 @@ def resume_plan(folder: Path) -> RunPlan:
     mcfg, tcfg = from_dict(ModelConfig, state["model"]), from_dict(TrainConfig, state["train"])
     logger.info("resuming run %s after epoch %d of %d", run_id, state["epochs_done"], tcfg.epochs)
     files = {name: Path(state[name]) if state.get(name) else None for name in INPUT_NAMES}
-    data = DataConfig(catalog=Path(state["catalog"]), init_from=state.get("init_from", ""), **files)
+    data = DataConfig(catalog=Path(state["catalog"]), init_from=state.get("init_from", ""), init_size=int(state.get("init_size") or 0), **files)
     return _plan(replace(mcfg, weights="none"), tcfg, data, catalog, set(state.get("holdout_scenes") or ()), resume=state,
                  products=set(state.get("holdout_products") or ()))
 

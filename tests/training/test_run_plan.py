@@ -54,3 +54,36 @@ def test_the_trainer_needs_a_global_batch_the_replicas_share(tiny_catalog: Path,
     plan = new_plan(ModelConfig(image_size=48), TrainConfig(batch_size=8), DataConfig(catalog=tiny_catalog), tmp_path)
     with pytest.raises(ValueError, match="multiple of the 3 replicas"):
         Trainer(plan, Cluster(SimpleNamespace(num_replicas_in_sync=3)), tmp_path)
+
+
+def test_a_model_started_from_is_fine_tuned_at_a_new_size(tiny_catalog: Path, tmp_path: Path):
+    import keras
+    import numpy as np
+
+    from engine.config import Preprocessing
+    from engine.model.embedder import save_embedder
+    from engine.model.ensemble import at_input_size
+    from engine.model.network import build_embedder
+
+    keras.utils.set_random_seed(3)
+    trained = save_embedder(build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=8)), tmp_path / "m48.keras",
+                            Preprocessing(image_size=48))
+    same = new_plan(ModelConfig(image_size=96), TrainConfig(), DataConfig(catalog=tiny_catalog, init_from=str(trained)), tmp_path)
+    assert (same.model.image_size, same.model.embedding_dim) == (48, 8)  # without init_size: the model's own size and D
+    assert "init_size" not in same.state("x")
+
+    plan = new_plan(ModelConfig(image_size=48), TrainConfig(),
+                    DataConfig(catalog=tiny_catalog, init_from=str(trained), init_size=64), tmp_path)
+    assert (plan.model.image_size, plan.model.embedding_dim, plan.preprocessing.image_size) == (64, 8, 64)
+    assert plan.state("x")["init_size"] == 64
+    # the network the Trainer builds for the plan takes the 48-px model's weights and embeds as that model read at 64 px
+    network = build_embedder(plan.model)
+    network.set_weights(plan.init_model.get_weights())
+    batch = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(network.predict(batch, verbose=0), at_input_size(plan.init_model, 64).predict(batch, verbose=0),
+                               atol=1e-5)
+    _killed_after_one_epoch(tmp_path / "run", plan.state("r2"))
+    assert resume_plan(tmp_path / "run").data.init_size == 64
+    with pytest.raises(ValueError, match="at least 32 px"):
+        new_plan(ModelConfig(image_size=48), TrainConfig(), DataConfig(catalog=tiny_catalog, init_from=str(trained), init_size=16),
+                 tmp_path)
