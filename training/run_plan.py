@@ -144,6 +144,8 @@ def new_plan(model: ModelConfig, train: TrainConfig, data: DataConfig, home: Pat
             raise ValueError(f"--image-size {data.init_size} with --init-from: give a side of at least 32 px")
         init_model = load_embedder(resolve_model(data.init_from).path)
         trained_at = input_size(init_model)
+        if data.init_size == trained_at:
+            data = replace(data, init_size=0)  # the model's own size: nothing to record for a resume
         model = replace(model, image_size=data.init_size or trained_at, embedding_dim=int(init_model.output_shape[-1]), weights="none")
         logger.info("initialising from %s (input %d px, D=%d)%s", data.init_from, trained_at, model.embedding_dim,
                     f": fine-tuned at {model.image_size} px" if model.image_size != trained_at else "")

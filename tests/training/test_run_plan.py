@@ -71,6 +71,8 @@ def test_a_model_started_from_is_fine_tuned_at_a_new_size(tiny_catalog: Path, tm
     same = new_plan(ModelConfig(image_size=96), TrainConfig(), DataConfig(catalog=tiny_catalog, init_from=str(trained)), tmp_path)
     assert (same.model.image_size, same.model.embedding_dim) == (48, 8)  # without init_size: the model's own size and D
     assert "init_size" not in same.state("x")
+    own = new_plan(ModelConfig(), TrainConfig(), DataConfig(catalog=tiny_catalog, init_from=str(trained), init_size=48), tmp_path)
+    assert own.model.image_size == 48 and own.data.init_size == 0 and "init_size" not in own.state("x")  # its own size: as without
 
     plan = new_plan(ModelConfig(image_size=48), TrainConfig(),
                     DataConfig(catalog=tiny_catalog, init_from=str(trained), init_size=64), tmp_path)
