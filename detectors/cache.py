@@ -31,7 +31,12 @@ class DetectionCache:
         self.hits = self.misses = 0
 
     def detect(self, path: Path, image: np.ndarray) -> list[Detection]:
-        """Detections of ``image`` (decoded from ``path``), from the cache when seen before."""
+        """Detections of ``image`` (decoded from ``path``), from the cache when seen before. A detector
+        whose boxes belong to the photo file rather than to its pixels (``detect_at``, e.g.
+        ``detectors.drawn.DrawnBoxes``) is asked with the path, and nothing is cached."""
+        detect_at = getattr(self.detector, "detect_at", None)
+        if detect_at is not None:
+            return detect_at(path, image)
         entry = None
         if self.folder is not None:
             entry = self.folder / (hashlib.sha256(Path(path).read_bytes()).hexdigest() + ".json")

@@ -7,9 +7,8 @@ first, each matched to the unmatched true box of the group it overlaps most (IoU
 precision made monotone (all-point interpolation, as PASCAL VOC 2010+ and COCO do). A group with
 no true box has no AP; a detector that never proposes a group scores 0 on it.
 
-``DrawnBoxes`` turns the same boxes around: it stands in for a detector that finds exactly them,
-so the whole-room scores can be measured on perfect proposals (``evaluation.evaluate --proposals``)
-and a real detector's cost read as the paired difference against them.
+``detectors.drawn.DrawnBoxes`` turns the same boxes around: it stands in for a detector that finds
+exactly them (``evaluation.evaluate --proposals``, ``training.mine_triplets --proposals``).
 
 ``DetectionRecorder`` and ``RecordedDetections`` make an evaluation's boxes part of its record:
 the first keeps every detection a call's detector returned (keyed by the photo file's sha256), the
@@ -21,14 +20,12 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from engine.data.boxes import BoxesFileError, RelativeBox, read_boxes, to_pixels
-from engine.data.catalog import Catalog
 from engine.data.detection import Detection, box_iou
 from engine.files import file_sha256
 
@@ -96,44 +93,6 @@ def box_recall(proposals: Sequence[Scored], truth: Mapping[str, Sequence[tuple[s
         for group, box in boxes:
             found[group].append(any(p.group == group and box_iou(p.box, box) >= min_iou for p in by_image.get(image, ())))
     return {g: float(np.mean(v)) for g, v in sorted(found.items())}
-
-
-@dataclass(frozen=True)
-class DrawnBoxes:
-    """Hand-drawn boxes standing in for a detector of the product groups: every box of a scene is
-    proposed, sure (confidence 1.0) and labelled by its group, as a detector that found exactly
-    them would propose it. ``boxes``: each scene photo's path → its ``(group, relative box)`` rows;
-    ``class_names``: every product group (so the groups map applies); ``detect_at`` is the
-    ``evaluation.protocol.prepare`` detect callable (a drawn box belongs to a photo, not to pixels)."""
-
-    boxes: Mapping[str, tuple[tuple[str, RelativeBox], ...]]
-    class_names: tuple[str, ...]
-    fingerprint: str
-
-    @classmethod
-    def for_catalog(cls, path: str | Path, catalog: Catalog, groups: Collection[str]) -> DrawnBoxes:
-        """The boxes of ``path`` (a ``showroom.boxes`` file) on ``catalog``'s scenes; refused
-        (``BoxesFileError``) when a box names no group of ``groups`` or a scene has no boxes (every
-        evaluated scene must be drawn, or its products would count as missed by the detector)."""
-        rows = read_boxes(path)
-        unknown = sorted({g for boxes in rows.values() for g, _ in boxes} - set(groups))
-        if unknown:
-            raise BoxesFileError(f"boxes file {path}: groups {unknown[:5]} are not product groups ({', '.join(sorted(groups))})")
-        missing = [s.scene for s in catalog.scenes if not rows.get(s.scene)]
-        if missing:
-            raise BoxesFileError(f"boxes file {path} has no boxes for {len(missing)} of the {len(catalog.scenes)} evaluated scenes, "
-                                 f"e.g. {missing[:3]}: evaluate only the scenes it covers (--scenes)")
-        digest = file_sha256(path)[:16]
-        return cls({str(s.image): tuple(rows[s.scene]) for s in catalog.scenes}, tuple(sorted(groups)), f"drawn-boxes:{digest}")
-
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        raise TypeError("drawn boxes belong to a scene photo, not to its pixels: use detect_at(path, image)")
-
-    def detect_at(self, path: str | Path, image: np.ndarray) -> list[Detection]:
-        """The drawn boxes of the photo at ``path`` (``uint8 (H, W, 3)``), in pixels, most confident
-        (all 1.0) in file order."""
-        h, w = image.shape[:2]
-        return [Detection(to_pixels(box, w, h), group, 1.0) for group, box in self.boxes.get(str(path), ())]
 
 
 DETECTIONS_FORMAT = "showroom.detections"

@@ -22,6 +22,7 @@ import numpy as np
 
 from detectors.cache import DetectionCache
 from detectors.category_map import DEFAULT_MAP, GROUPS_MAP, CategoryMap, label_groups, load_category_map, map_for_detector
+from detectors.drawn import DrawnBoxes
 from detectors.yolo import YoloDetector, default_weights
 from engine.data.catalog import Catalog, CatalogError, load_catalog
 from engine.config import BACKBONES, CATALOG_DECODES, DEFAULT_CROP_PADDING, DEFAULT_MIN_CONFIDENCE, ModelConfig, Preprocessing
@@ -34,7 +35,7 @@ from engine.data.images import query_crop
 from engine.data.proposals import catalog_proposals
 from engine.data.splits import read_product_list, read_scene_list, restrict_scenes
 from evaluation import plots
-from evaluation.detection import DetectionRecorder, DrawnBoxes, RecordedDetections
+from evaluation.detection import DetectionRecorder, RecordedDetections
 from evaluation.protocol import (CROP_CHOICES, EvalConfig, EvalInputs, EvalResult, choose_query_crops, flat_metrics, paired_difference,
                                  prepare, score, table)
 from evaluation.room import RoomSpec, paired_room_difference
@@ -72,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--versus-detector", default=None, metavar="WEIGHTS",
                    help="also propose the crops with this second detector and score the same model(s) on them: the whole-room "
                         "scores of both detectors, paired pair by pair (e.g. the COCO detector against a product-groups one)")
-    p.add_argument("--proposals", type=Path, default=None, metavar="BOXES",
-                   help="hand-drawn boxes (a showroom.boxes file covering every evaluated scene) propose the crops instead of the "
+    p.add_argument("--proposals", type=Path, nargs="+", default=None, metavar="BOXES",
+                   help="hand-drawn boxes (showroom.boxes files, together covering every evaluated scene) propose the crops instead of the "
                         "detector, each sure and labelled by its group: the whole-room scores of a detector that finds exactly "
                         "them; with --versus-detector, that detector's cost pair by pair")
     p.add_argument("--detections", type=Path, default=None, metavar="RECORD",
@@ -361,12 +362,12 @@ def _reference_scenes(args: argparse.Namespace, catalog: Catalog, evaluated: Cat
 
 
 def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, home: Path, cfg: EvalConfig,
-             weights: str | None, target: Target, *, drawn: Path | None = None,
+             weights: str | None, target: Target, *, drawn: Sequence[Path] | None = None,
              reference: Catalog | None = None, replay: Path | None = None,
              recorders: list[DetectionRecorder] | None = None) -> tuple[EvalInputs, EvalConfig]:
     """Decode, detect (cached) and crop once for every model scored in this call, keeping the boxes
     ``--boxes`` says, and fix each pair's query crop (``--crop-choice``); the config with the
-    whole-room spec of that detector (when it runs). ``drawn``: a boxes file whose boxes propose
+    whole-room spec of that detector (when it runs). ``drawn``: boxes files whose boxes propose
     the crops instead of the detector (``DrawnBoxes``). ``reference``: scenes whose crops, proposed
     by the same detector (never drawn boxes: a shop's own photos have none), measure each product's
     room density for the hub correction. ``replay``: a detections record (``RecordedDetections``)
@@ -374,7 +375,7 @@ def _prepare(args: argparse.Namespace, catalog: Catalog, prep: Preprocessing, ho
     detector proposed (not drawn boxes), to write with the report."""
     detector, detect, page_labels = None, None, None
     cmap = load_category_map(args.category_map or DEFAULT_MAP)
-    for flag, given in (("--proposals", drawn), ("--detections", replay)):
+    for flag, given in (("--proposals", " ".join(map(str, drawn or ())) or None), ("--detections", replay)):
         if given is not None and all(p.box is not None for p in catalog.pairs):
             raise CatalogError(f"{flag} {given}: every pair of {catalog.root} has its box in pairs.csv, so no detector proposes crops to replace")
     if drawn is not None:

@@ -1,7 +1,7 @@
 """``python -m training.mine_triplets``: mine a triplet manifest from raw catalog photos.
 
-White-background test on every image, YOLO detections of the mapped class in each scene (cached),
-the crop most similar to the product's iconic image, sampled negatives. Writes a versioned
+White-background test on every image, YOLO detections of the mapped class in each scene (cached;
+or, with ``--proposals``, hand-drawn boxes of the product groups in their place), the crop most similar to the product's iconic image, sampled negatives. Writes a versioned
 manifest atomically, prints per-category stats and logs them with a contact sheet to MLflow.
 """
 
@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import cv2
 
-from detectors.category_map import map_for_detector
+from detectors.category_map import GROUPS_MAP, load_category_map, map_for_detector
+from detectors.drawn import DrawnBoxes
 from detectors.yolo import YoloDetector, default_weights
 from engine.data.catalog import load_catalog
 from engine.config import BACKBONES, ModelConfig
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", type=Path, required=True, help="catalog directory (products.csv, scenes.csv, pairs.csv)")
     p.add_argument("--out", type=Path, default=None, help="manifest path (default: <state>/mined/<catalog>-<fingerprint>.json)")
     p.add_argument("--detector-weights", default=None, help="(default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt) YOLO .pt/.onnx/.tflite file, or a bare Ultralytics name to download")
+    p.add_argument("--proposals", type=Path, nargs="+", default=None, metavar="BOXES",
+                   help="hand-drawn boxes (showroom.boxes files) propose each scene's crops instead of a detector, each sure and "
+                        "labelled by its product group: real pairs of every group mined with no trained detector (a scene with pairs "
+                        "and no drawn box gives none; the count is logged)")
     p.add_argument("--holdout-scenes", type=Path, default=None, help="scene list (python -m evaluation.holdout) whose pairs are not mined: kept for evaluation; recorded in the manifest so training.fit excludes them too")
     p.add_argument("--category-map", type=Path, default=None, help="YAML map of catalog types to detector classes (default: detectors/product_groups.yaml for a detector of the product groups, else detectors/category_map.yaml)")
     p.add_argument("--model", default=None, help="embedder (.keras path or MLflow run id) that picks among several crops; default: pretrained backbone features")
@@ -90,7 +95,12 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     )
     catalog = load_catalog(args.catalog)
     holdout = read_scene_list(args.holdout_scenes) if args.holdout_scenes else ()
-    detector = YoloDetector(args.detector_weights or default_weights(), conf=cfg.detector_confidence)
+    if args.proposals and args.detector_weights:
+        raise ValueError("--proposals replaces the detector: give --proposals or --detector-weights, not both")
+    if args.proposals:
+        detector = DrawnBoxes.for_catalog(args.proposals, catalog, load_category_map(GROUPS_MAP).groups, every_scene=False)
+    else:
+        detector = YoloDetector(args.detector_weights or default_weights(), conf=cfg.detector_confidence)
     cmap = map_for_detector(detector.class_names, args.category_map)  # the product groups for a detector of them, else COCO's
     manifest, result = mine_catalog(catalog, detector, cmap, cfg, embedder=make_embedder(args),
                                     cache_dir=home / "cache" / "detections", holdout=holdout)

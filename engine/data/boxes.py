@@ -9,6 +9,7 @@ already holds when rooms are synthesised (``python -m training.synthesize_rooms 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 FORMAT, VERSION = "showroom.boxes", 1
@@ -40,6 +41,19 @@ def read_boxes(path: str | Path) -> dict[str, list[tuple[str, RelativeBox]]]:
                 raise BoxesFileError(f"boxes file {path}: {scene}: box {row} must be group, x1 < x2, y1 < y2 as fractions in [0, 1]")
             boxes.append((str(group), (box[0], box[1], box[2], box[3])))
         out[str(scene)] = boxes
+    return out
+
+
+def read_boxes_files(paths: Sequence[str | Path]) -> dict[str, list[tuple[str, RelativeBox]]]:
+    """``read_boxes`` of several files as one: scene -> rows. A scene drawn in two of them is refused
+    (``BoxesFileError``): which drawing counts would be a silent choice."""
+    out: dict[str, list[tuple[str, RelativeBox]]] = {}
+    where: dict[str, Path] = {}
+    for path in map(Path, paths):
+        for scene, rows in read_boxes(path).items():
+            if scene in out:
+                raise BoxesFileError(f"boxes files {where[scene]} and {path} both draw scene {scene}: give each scene's boxes once")
+            out[scene], where[scene] = rows, path
     return out
 
 

@@ -14,7 +14,8 @@ from engine.config import Preprocessing
 from engine.data.boxes import BoxesFileError
 from engine.data.catalog import load_catalog
 from engine.data.detection import Detection
-from evaluation.detection import (DetectionRecorder, DetectionsFileError, DrawnBoxes, RecordedDetections, Scored, ap_per_group,
+from detectors.drawn import DrawnBoxes
+from evaluation.detection import (DetectionRecorder, DetectionsFileError, RecordedDetections, Scored, ap_per_group,
                                   average_precision, box_recall)
 from evaluation.evaluate import room_spec
 from evaluation.protocol import EvalConfig, prepare, score

@@ -157,3 +157,58 @@ def test_unreadable_scene_is_skipped_and_counted(synthetic):
     catalog.scene("s2").image.write_bytes(b"broken")  # broken after the catalog was validated
     res = mine_positives(catalog, det, cmap, MiningConfig(), image_size=32)
     assert res.stats["table"] == {"pairs": 1, "scene_unreadable": 1}
+
+
+def _drawn(path: Path, boxes: dict) -> Path:
+    import json
+
+    path.write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": boxes}))
+    return path
+
+
+def test_drawn_boxes_mine_the_groups_no_detector_class_reaches(synthetic, tmp_path: Path, caplog):
+    """Hand-drawn boxes in the detector's place: the lamp no COCO class maps is mined at its drawn box,
+    the two chairs each get the box that looks like them, and a scene drawn nowhere gives nothing."""
+    from detectors.category_map import GROUPS_MAP
+    from detectors.drawn import DrawnBoxes
+
+    catalog, _, _ = synthetic
+    groups = load_category_map(GROUPS_MAP)
+    # s1 is 300 x 200: the red chair at x 20-100, the blue one at 180-260, the vase, and a "lamp" (drawn over the wall)
+    s1 = [["seating", 180 / 300, 40 / 200, 260 / 300, 160 / 200], ["seating", 20 / 300, 40 / 200, 100 / 300, 160 / 200],
+          ["vase", 130 / 300, 150 / 200, 150 / 300, 190 / 200], ["lamp", 120 / 300, 10 / 200, 170 / 300, 60 / 200]]
+    drawn = DrawnBoxes.for_catalog([_drawn(tmp_path / "a.json", {"s1": s1})], catalog, groups.groups, every_scene=False)
+    assert "have no drawn boxes" in caplog.text  # s2 (the table's scene) is drawn nowhere
+    assert drawn.fingerprint.startswith("drawn-boxes:")
+    cfg = MiningConfig(min_confidence=0.3, fill_confidence=0.0, min_area=0.01, crop_padding=0.0, in_class_negatives=1, out_class_negatives=1)
+    res = mine_positives(catalog, drawn, groups, cfg, embed=pixels, image_size=32, cache=DetectionCache(drawn, tmp_path / "cache"))
+    by_product = {p.product_id: p for p in res.positives if p.source == "detector"}
+    assert by_product["lamp"].box == (120, 10, 170, 60) and by_product["lamp"].label == "lamp" and by_product["lamp"].confidence == 1.0
+    assert by_product["cR"].box == (20, 40, 100, 160) and by_product["cB"].box == (180, 40, 260, 160)
+    assert by_product["v"].label == "vase"
+    assert "t" not in by_product and res.stats["table"] == {"pairs": 1, "reachable": 1, "no_detection_of_class": 1}
+    assert "s" not in by_product and res.stats["sofa"]["no_detection_of_class"] == 1  # no sofa drawn in s1
+    assert not any((tmp_path / "cache").rglob("*.json"))  # a drawn box is read, never cached as a detection
+
+
+def test_drawn_boxes_files_are_one_drawing(synthetic, tmp_path: Path):
+    from detectors.category_map import GROUPS_MAP
+    from detectors.drawn import DrawnBoxes
+    from engine.data.boxes import BoxesFileError
+    from training.mine_triplets import main
+
+    catalog, _, _ = synthetic
+    groups = load_category_map(GROUPS_MAP).groups
+    a = _drawn(tmp_path / "a.json", {"s1": [["lamp", 0.1, 0.1, 0.2, 0.2]]})
+    b = _drawn(tmp_path / "b.json", {"s2": [["table", 0.3, 0.4, 0.34, 0.44]]})
+    both = DrawnBoxes.for_catalog([a, b], catalog, groups)  # together they draw every scene with pairs
+    assert {len(v) for v in both.boxes.values()} == {1}
+    with pytest.raises(BoxesFileError, match="have no boxes for 1 of the 2 evaluated scenes"):
+        DrawnBoxes.for_catalog([a], catalog, groups)  # an evaluation needs every scene drawn
+    with pytest.raises(BoxesFileError, match="both draw scene s1"):
+        DrawnBoxes.for_catalog([a, _drawn(tmp_path / "c.json", {"s1": [["vase", 0.1, 0.1, 0.2, 0.2]]})], catalog, groups)
+    with pytest.raises(BoxesFileError, match="not product groups"):
+        DrawnBoxes.for_catalog([_drawn(tmp_path / "d.json", {"s1": [["chair", 0.1, 0.1, 0.2, 0.2]]})], catalog, groups)
+    assert main(["--catalog", str(catalog.root), "--proposals", str(a), "--detector-weights", "x.tflite", "--no-mlflow",
+                 "--out", str(tmp_path / "m.json")]) == 2
+    assert not (tmp_path / "m.json").exists()

@@ -57,3 +57,23 @@ def test_no_shipped_box_is_drawn_on_a_readme_hold_out_scene(ikea_catalog: Path):
     for path in (ROOT / "training" / "data" / "ikea_background_boxes.json", ROOT / "evaluation" / "data" / "ikea_dev_boxes.json"):
         drawn = set(read_boxes(path))
         assert drawn <= names and not drawn & held, path.name
+
+
+def test_several_files_read_as_one_drawing(tmp_path: Path):
+    from engine.data.boxes import read_boxes_files
+
+    def write(name: str, boxes: dict) -> Path:
+        (tmp_path / name).write_text(json.dumps({"format": "showroom.boxes", "version": 1, "boxes": boxes}))
+        return tmp_path / name
+
+    a, b = write("a.json", {"s": [["lamp", 0.1, 0.2, 0.3, 0.4]]}), write("b.json", {"t": [["rug", 0.0, 0.5, 1.0, 1.0]]})
+    assert read_boxes_files([a, b]) == {"s": [("lamp", (0.1, 0.2, 0.3, 0.4))], "t": [("rug", (0.0, 0.5, 1.0, 1.0))]}
+    with pytest.raises(BoxesFileError, match="both draw scene s"):
+        read_boxes_files([a, b, write("c.json", {"s": [["vase", 0.1, 0.2, 0.3, 0.4]]})])
+
+
+def test_the_shipped_files_draw_each_scene_once():
+    from engine.data.boxes import read_boxes_files
+
+    boxes = read_boxes_files([ROOT / "evaluation" / "data" / "ikea_dev_boxes.json", ROOT / "training" / "data" / "ikea_background_boxes.json"])
+    assert len(boxes) == 25 + 97
