@@ -105,20 +105,33 @@ def bootstrap_recall(
         raise ValueError(f"one group per rank: {len(groups)} groups for {len(ranks)} ranks")
     if ranks.size == 0:
         return {int(k): (float("nan"), float("nan")) for k in ks}
+    hits = np.stack([(ranks <= k).astype(np.float64) - ((other <= k).astype(np.float64) if other is not None else 0.0) for k in ks], axis=1)
+    lo, hi = bootstrap_mean(hits, groups, n=n, seed=seed, level=level)
+    return {int(k): (float(lo[i]), float(hi[i])) for i, k in enumerate(ks)}
+
+
+def bootstrap_mean(values: np.ndarray, groups: Sequence[str], *, n: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean of ``values`` (``(N,)`` or ``(N, M)``: M statistics
+    per item), resampling whole ``groups`` (one per item, e.g. its scene) with replacement.
+
+    Returns ``(lo, hi)``, each ``(M,)`` (``()`` for 1-d ``values``). A recall is the mean of hits, a paired
+    difference the mean of hit differences, a seed-mean difference the mean of per-item seed means.
+    """
+    values = np.asarray(values, np.float64)
+    if len(groups) != len(values):
+        raise ValueError(f"one group per item: {len(groups)} groups for {len(values)} items")
+    if values.size == 0:
+        nan = np.full(values.shape[1:], np.nan)
+        return nan, nan.copy()
     names, gid = np.unique(np.asarray(groups), return_inverse=True)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(names), size=(n, len(names)))
-    weights = np.stack([np.bincount(d, minlength=len(names)) for d in draws])[:, gid].astype(np.float64)  # (n, pairs)
-    total = weights.sum(1)
+    weights = np.stack([np.bincount(d, minlength=len(names)) for d in draws])[:, gid].astype(np.float64)  # (n, items)
+    stats = (weights @ values.reshape(len(values), -1)) / weights.sum(1, keepdims=True)  # (n, M)
     lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    out = {}
-    for k in ks:
-        hit = (ranks <= k).astype(np.float64)
-        if other is not None:
-            hit = hit - (other <= k).astype(np.float64)
-        stats = (weights @ hit) / total
-        out[int(k)] = (float(np.quantile(stats, lo_q)), float(np.quantile(stats, hi_q)))
-    return out
+    lo, hi = np.quantile(stats, lo_q, axis=0), np.quantile(stats, hi_q, axis=0)
+    return lo.reshape(values.shape[1:]), hi.reshape(values.shape[1:])
 
 
 @dataclass(frozen=True)
