@@ -1,8 +1,9 @@
 """``python -m training.mine_triplets``: mine a triplet manifest from raw catalog photos.
 
 White-background test on every image, YOLO detections of the mapped class in each scene (cached;
-or, with ``--proposals``, hand-drawn boxes of the product groups in their place), the crop most similar to the product's iconic image, sampled negatives. Writes a versioned
-manifest atomically, prints per-category stats and logs them with a contact sheet to MLflow.
+or, with ``--proposals``, hand-drawn boxes of the product groups in their place), the crop most
+similar to the product's iconic image, sampled negatives. Writes a versioned manifest atomically,
+prints per-category stats and logs them with a contact sheet to MLflow.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from engine.data.catalog import load_catalog
 from engine.config import BACKBONES, ModelConfig
 from engine.data.iconic import IconicTest
 from engine.runtime import run_cli
-from engine.data.splits import read_scene_list
+from engine.data.splits import read_scene_list, restrict_scenes
 from training.manifest import Manifest, save_manifest
 from training.mining import DROP_REASONS, MiningConfig, MiningResult, contact_sheet, mine_catalog
 from training.tracking import mlflow_run
@@ -98,7 +99,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     if args.proposals and args.detector_weights:
         raise ValueError("--proposals replaces the detector: give --proposals or --detector-weights, not both")
     if args.proposals:
-        detector = DrawnBoxes.for_catalog(args.proposals, catalog, load_category_map(GROUPS_MAP).groups, every_scene=False)
+        mined = restrict_scenes(catalog, drop=holdout) if holdout else catalog  # only the mined scenes need their boxes
+        detector = DrawnBoxes.for_catalog(args.proposals, mined, load_category_map(GROUPS_MAP).groups, every_scene=False)
     else:
         detector = YoloDetector(args.detector_weights or default_weights(), conf=cfg.detector_confidence)
     cmap = map_for_detector(detector.class_names, args.category_map)  # the product groups for a detector of them, else COCO's

@@ -212,3 +212,24 @@ def test_drawn_boxes_files_are_one_drawing(synthetic, tmp_path: Path):
     assert main(["--catalog", str(catalog.root), "--proposals", str(a), "--detector-weights", "x.tflite", "--no-mlflow",
                  "--out", str(tmp_path / "m.json")]) == 2
     assert not (tmp_path / "m.json").exists()
+
+
+def test_mine_triplets_cli_mines_through_drawn_boxes(synthetic, tmp_path: Path, caplog):
+    """The CLI with ``--proposals``: the manifest names the drawing as its detector, and only the mined
+    scenes (not the held-out ones) are asked to be drawn."""
+    import json
+
+    from training.mine_triplets import main
+
+    catalog, _, _ = synthetic
+    drawn = _drawn(tmp_path / "a.json", {"s1": [["lamp", 0.4, 0.05, 0.57, 0.3], ["vase", 130 / 300, 150 / 200, 150 / 300, 190 / 200]]})
+    (tmp_path / "hold.txt").write_text("s2\n")
+    common = ["--catalog", str(catalog.root), "--proposals", str(drawn), "--weights", "none", "--image-size", "32", "--no-mlflow"]
+    assert main([*common, "--holdout-scenes", str(tmp_path / "hold.txt"), "--out", str(tmp_path / "m.json")]) == 0
+    assert "no drawn boxes" not in caplog.text  # s2 is held out: nothing to draw there
+    manifest = json.loads((tmp_path / "m.json").read_text())
+    assert manifest["producer"]["detector"].startswith("drawn-boxes:") and manifest["producer"]["holdout_scenes"] == ["s2"]
+    mined = {p.product_id: p for p in load_manifest(tmp_path / "m.json").positives if p.source == "detector"}
+    assert set(mined) == {"lamp", "v"} and mined["lamp"].box == (120, 10, 171, 60)
+    assert main([*common, "--out", str(tmp_path / "m2.json")]) == 0
+    assert "1 of the 2 scenes with pairs have no drawn boxes" in caplog.text
