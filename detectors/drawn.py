@@ -46,23 +46,25 @@ class DrawnBoxes:
                     every_scene: bool = True) -> DrawnBoxes:
         """The boxes of ``paths`` (one or more ``showroom.boxes`` files, no scene in two of them) on
         ``catalog``'s scenes. Refused (``BoxesFileError``) when a box names no group of ``groups``,
-        or, with ``every_scene``, when a scene with pairs has no boxes: an evaluated scene must be
-        drawn, or its products would count as missed by the detector. Without it (mining) such a
-        scene proposes nothing and the count is logged: its pairs give no positives."""
+        or, with ``every_scene``, when a scene has no boxes: an evaluated scene must be drawn, or its
+        products would count as missed by the detector (and a scene without pairs would lose its
+        crops, the other products' distractors). Without it (mining) an undrawn scene proposes
+        nothing, and the count of those with pairs is logged: their pairs give no positives."""
         paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
         rows = read_boxes_files(paths)
         unknown = sorted({g for boxes in rows.values() for g, _ in boxes} - set(groups))
         if unknown:
             raise BoxesFileError(f"boxes files {', '.join(map(str, paths))}: groups {unknown[:5]} are not product groups "
                                  f"({', '.join(sorted(groups))})")
-        with_pairs = {p.scene for p in catalog.pairs}
-        missing = [s.scene for s in catalog.scenes if s.scene in with_pairs and not rows.get(s.scene)]
+        missing = [s.scene for s in catalog.scenes if not rows.get(s.scene)]
         if missing and every_scene:
             raise BoxesFileError(f"boxes files {', '.join(map(str, paths))} have no boxes for {len(missing)} of the "
                                  f"{len(catalog.scenes)} evaluated scenes, e.g. {missing[:3]}: evaluate only the scenes they cover (--scenes)")
-        if missing:
+        with_pairs = {p.scene for p in catalog.pairs}
+        unmined = [name for name in missing if name in with_pairs]
+        if unmined:
             logger.warning("%d of the %d scenes with pairs have no drawn boxes (e.g. %s): their pairs are proposed nothing",
-                           len(missing), len(with_pairs), missing[:3])
+                           len(unmined), len(with_pairs), unmined[:3])
         digest = "+".join(file_sha256(p)[:16] for p in paths)
         return cls({str(s.image): tuple(rows.get(s.scene, ())) for s in catalog.scenes}, tuple(sorted(groups)), f"drawn-boxes:{digest}")
 
