@@ -191,7 +191,7 @@ def test_drawn_boxes_mine_the_groups_no_detector_class_reaches(synthetic, tmp_pa
     assert not any((tmp_path / "cache").rglob("*.json"))  # a drawn box is read, never cached as a detection
 
 
-def test_drawn_boxes_files_are_one_drawing(synthetic, tmp_path: Path):
+def test_drawn_boxes_files_are_one_drawing(synthetic, tmp_path: Path, caplog):
     from detectors.category_map import GROUPS_MAP
     from detectors.drawn import DrawnBoxes
     from engine.data.boxes import BoxesFileError
@@ -205,6 +205,13 @@ def test_drawn_boxes_files_are_one_drawing(synthetic, tmp_path: Path):
     assert {len(v) for v in both.boxes.values()} == {1}
     with pytest.raises(BoxesFileError, match="have no boxes for 1 of the 2 evaluated scenes"):
         DrawnBoxes.for_catalog([a], catalog, groups)  # an evaluation needs every scene drawn
+    from dataclasses import replace
+
+    no_pairs_in_s2 = replace(catalog, pairs=tuple(p for p in catalog.pairs if p.scene != "s2"), _types=catalog.types)
+    with pytest.raises(BoxesFileError, match="have no boxes for 1 of the 2 evaluated scenes"):
+        DrawnBoxes.for_catalog([a], no_pairs_in_s2, groups)  # a scene without pairs still holds the other products' distractors
+    DrawnBoxes.for_catalog([a], no_pairs_in_s2, groups, every_scene=False)  # mining: nothing to mine there, nothing to warn of
+    assert "no drawn boxes" not in caplog.text
     with pytest.raises(BoxesFileError, match="both draw scene s1"):
         DrawnBoxes.for_catalog([a, _drawn(tmp_path / "c.json", {"s1": [["vase", 0.1, 0.1, 0.2, 0.2]]})], catalog, groups)
     with pytest.raises(BoxesFileError, match="not product groups"):
