@@ -11,6 +11,11 @@ each recall is printed for both sides with the paired difference A − B and its
 resampling whole scenes (the pairs of one photo are not independent): s2p recall@k over all pairs
 (the query box of the product's group; a pair with none is a miss), the same ranked within the
 product's group, and room recall@k (the engine's own room list, no label).
+
+When every fold of a side has the same number n ≥ 2 of seeds, that side's recall is also given with
+its seed spread: the j-th folder given for each fold makes seed run j (pass the folders of each
+seed in the same order on every fold), and the spread is the standard deviation (ddof 1) of the n
+runs' pooled recalls; their mean is the recall printed.
 """
 
 from __future__ import annotations
@@ -116,22 +121,43 @@ def compare(a: Sequence[Evaluation], b: Sequence[Evaluation], ks: Sequence[int],
             cols_b.append(np.concatenate([np.mean([e.hits(keys, column, k) for e in eb], axis=0) for keys, _, eb in folds]))
         ha, hb = np.stack(cols_a, axis=1), np.stack(cols_b, axis=1)
         lo, hi = bootstrap_mean(ha - hb, scenes, n=n, seed=seed)
+        sd_a = seed_spread([(keys, ea) for keys, ea, _ in folds], column, ks)
+        sd_b = seed_spread([(keys, eb) for keys, _, eb in folds], column, ks)
         out[measure] = {int(k): {"a": float(ha[:, i].mean()), "b": float(hb[:, i].mean()), "difference": float((ha - hb)[:, i].mean()),
-                                 "ci95": [float(lo[i]), float(hi[i])]} for i, k in enumerate(ks)}
+                                 "ci95": [float(lo[i]), float(hi[i])],
+                                 "a_seed_sd": None if sd_a is None else float(sd_a[i]),
+                                 "b_seed_sd": None if sd_b is None else float(sd_b[i])} for i, k in enumerate(ks)}
     return out
+
+
+def seed_spread(folds: Sequence[tuple[Sequence[tuple[str, str]], Sequence[Evaluation]]], column: str, ks: Sequence[int]) -> np.ndarray | None:
+    """float (len(ks),): the standard deviation (ddof 1) over seed runs of one side's pooled recall@k, seed
+    run j being the j-th evaluation of every fold; None unless every fold has the same number n >= 2."""
+    counts = {len(evals) for _, evals in folds}
+    if len(counts) != 1 or counts.pop() < 2:
+        return None
+    runs = np.array([[np.concatenate([evals[j].hits(keys, column, k) for keys, evals in folds]).mean() for k in ks]
+                     for j in range(len(folds[0][1]))])  # (seeds, len(ks))
+    return runs.std(axis=0, ddof=1)
 
 
 def table(result: dict, ks: Sequence[int]) -> str:
     """The printed comparison: one line per measure and k."""
     lines = [f"{result['pairs']} pairs, {result['scenes']} scenes, {result['folds']} folds; seeds per fold A {result['seeds_a']}, "
-             f"B {result['seeds_b']}", f"{'measure':<18}{'A':>7}{'B':>7}   A - B [95% scene bootstrap]"]
+             f"B {result['seeds_b']}" + ("; ± the seed runs' standard deviation" if _spread(result) else ""),
+             f"{'measure':<18}{'A':>15}{'B':>15}   A - B [95% scene bootstrap]"]
     names = {"s2p": "s2p R@{k}", "in_group": "in-group R@{k}", "room": "room R@{k}"}
     for measure, _ in MEASURES:
         for k in ks:
             r = result[measure][int(k)]
             lo, hi = r["ci95"]
-            lines.append(f"{names[measure].format(k=k):<18}{r['a']:>7.3f}{r['b']:>7.3f}   {r['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            a, b = (f"{r[s]:.3f}" + ("" if r[s + "_seed_sd"] is None else f" ± {r[s + '_seed_sd']:.3f}") for s in ("a", "b"))
+            lines.append(f"{names[measure].format(k=k):<18}{a:>15}{b:>15}   {r['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     return "\n".join(lines)
+
+
+def _spread(result: dict) -> bool:
+    return any(r["a_seed_sd"] is not None or r["b_seed_sd"] is not None for m, _ in MEASURES for r in result[m].values())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,21 @@ def test_seeds_are_averaged_per_pair_and_folds_pooled(tmp_path: Path):
     assert compare.compare(a, a, [10], n=200)["s2p"][10]["ci95"] == [0.0, 0.0]
 
 
+def test_seed_spread_is_over_seed_runs_only_when_every_fold_has_them(tmp_path: Path):
+    a0, a0s = (_eval(tmp_path / n, "f0", _fold0(r)) for n, r in (("a0", [1, 3, 50, ""]), ("a0s", [2, 30, 11, 10])))
+    a1, a1s = (_eval(tmp_path / n, "f1", _fold1(r)) for n, r in (("a1", [5, 99]), ("a1s", [1, 9])))
+    b = [compare.Evaluation.read(_eval(tmp_path / "b0", "f0", _fold0([12, 4, 70, 80]))),
+         compare.Evaluation.read(_eval(tmp_path / "b1", "f1", _fold1([10, 1])))]
+    a = [compare.Evaluation.read(p) for p in (a0, a1, a0s, a1s)]  # seed run 0: a0 + a1 (3 of 6 hits at 10), run 1: a0s + a1s (4 of 6)
+    out = compare.compare(a, b, [10], n=100)
+    r = out["s2p"][10]
+    assert r["a"] == pytest.approx(7 / 12) and r["a_seed_sd"] == pytest.approx(np.std([3 / 6, 4 / 6], ddof=1))
+    assert r["b_seed_sd"] is None  # one seed a fold
+    assert "0.583 ± 0.118" in compare.table(out, [10]) and "standard deviation" in compare.table(out, [10])
+    uneven = compare.compare(a[:3], b, [10], n=100)["s2p"][10]  # fold 1 has one seed: no seed run is whole
+    assert uneven["a_seed_sd"] is None and "±" not in compare.table(compare.compare(a[:3], b, [10], n=100), [10])
+
+
 def test_pairs_that_cannot_be_paired_are_refused(tmp_path: Path):
     base = compare.Evaluation.read(_eval(tmp_path / "a", "f0", _fold0([1, 2, 3, 4])))
     cases = {
