@@ -115,14 +115,13 @@ def compare(a: Sequence[Evaluation], b: Sequence[Evaluation], ks: Sequence[int],
     out: dict = {"pairs": len(scenes), "scenes": len(set(scenes)), "folds": len(folds),
                  "seeds_a": [len(ea) for _, ea, _ in folds], "seeds_b": [len(eb) for _, _, eb in folds]}
     for measure, column in MEASURES:
-        cols_a, cols_b = [], []
-        for k in ks:
-            cols_a.append(np.concatenate([np.mean([e.hits(keys, column, k) for e in ea], axis=0) for keys, ea, _ in folds]))
-            cols_b.append(np.concatenate([np.mean([e.hits(keys, column, k) for e in eb], axis=0) for keys, _, eb in folds]))
-        ha, hb = np.stack(cols_a, axis=1), np.stack(cols_b, axis=1)
+        # per side and fold: float (seeds, pairs, len(ks)), every evaluation's hits read once
+        hits_a = [np.stack([np.stack([e.hits(keys, column, k) for k in ks], axis=1) for e in ea]) for keys, ea, _ in folds]
+        hits_b = [np.stack([np.stack([e.hits(keys, column, k) for k in ks], axis=1) for e in eb]) for keys, _, eb in folds]
+        ha = np.concatenate([h.mean(axis=0) for h in hits_a])  # (pairs, len(ks)): seed means per pair, folds pooled
+        hb = np.concatenate([h.mean(axis=0) for h in hits_b])
         lo, hi = bootstrap_mean(ha - hb, scenes, n=n, seed=seed)
-        sd_a = seed_spread([(keys, ea) for keys, ea, _ in folds], column, ks)
-        sd_b = seed_spread([(keys, eb) for keys, _, eb in folds], column, ks)
+        sd_a, sd_b = seed_spread(hits_a), seed_spread(hits_b)
         out[measure] = {int(k): {"a": float(ha[:, i].mean()), "b": float(hb[:, i].mean()), "difference": float((ha - hb)[:, i].mean()),
                                  "ci95": [float(lo[i]), float(hi[i])],
                                  "a_seed_sd": None if sd_a is None else float(sd_a[i]),
@@ -130,14 +129,14 @@ def compare(a: Sequence[Evaluation], b: Sequence[Evaluation], ks: Sequence[int],
     return out
 
 
-def seed_spread(folds: Sequence[tuple[Sequence[tuple[str, str]], Sequence[Evaluation]]], column: str, ks: Sequence[int]) -> np.ndarray | None:
-    """float (len(ks),): the standard deviation (ddof 1) over seed runs of one side's pooled recall@k, seed
-    run j being the j-th evaluation of every fold; None unless every fold has the same number n >= 2."""
-    counts = {len(evals) for _, evals in folds}
+def seed_spread(hits: Sequence[np.ndarray]) -> np.ndarray | None:
+    """float (K,): the standard deviation (ddof 1) over seed runs of one side's pooled recall, given its
+    hits per fold as float (seeds, pairs, K), seed run j being the j-th evaluation of every fold; None
+    unless every fold has the same number n >= 2 of seeds."""
+    counts = {h.shape[0] for h in hits}
     if len(counts) != 1 or counts.pop() < 2:
         return None
-    runs = np.array([[np.concatenate([evals[j].hits(keys, column, k) for keys, evals in folds]).mean() for k in ks]
-                     for j in range(len(folds[0][1]))])  # (seeds, len(ks))
+    runs = np.concatenate(hits, axis=1).mean(axis=1)  # (seeds, K): each seed run's recall, folds pooled
     return runs.std(axis=0, ddof=1)
 
 
