@@ -91,12 +91,16 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from engine.data.splits import read_scene_list, restrict_scenes
     from engine.model.distill import backbone_spread, build_student, ensemble_parts, fit_head, student_trunk
     from engine.model.embedder import Embedder, embed_images, model_fingerprint, save_embedder
-    from engine.model.ensemble import ensemble_members
+    from engine.model.ensemble import IMAGENET_MEMBER, ensemble_members
     from training.model_ref import resolve_model
 
     path = resolve_model(args.teacher).path
-    if not ensemble_members(path):
+    recorded = ensemble_members(path)
+    if not recorded:
         raise ValueError(f"{args.teacher} is not an ensemble (python -m training.ensemble): a student learns from several seeds")
+    if any(m.model == IMAGENET_MEMBER for m in recorded):
+        raise ValueError(f"{args.teacher} has ImageNet features as a member (training.ensemble --imagenet): a student averages "
+                         "the backbones of seeds of one recipe; distil the seeds' ensemble, then add the ImageNet features to it")
     teacher = Embedder.load(path)
     members = ensemble_parts(teacher.model)
     trunk = student_trunk(members)

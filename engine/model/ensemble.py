@@ -6,6 +6,12 @@ distances: ``|e(a) - e(b)|² = (1/n) Σ_i |e_i(a) - e_i(b)|²``. Seeds of one re
 a query's first matches (the development scenes: three seeds span 0.28-0.31 in room recall@50,
 their ensemble 0.316), and averaging their distances keeps what they agree on.
 
+A member's share of the squared distance can be set (``shares``), and the backbone's pooled
+**ImageNet features** can join the trained members as one more (``imagenet_features``): a
+frozen ImageNet branch beside the trained one, with no training. On IKEA's development folds a
+trained model with ImageNet features at a quarter of the distance gained +0.008 s2p recall@10
+over the model alone (three seeds, ``docs/evaluation.md``), for a second backbone pass.
+
 The result is an ordinary Keras model (image → embedding, D = the members' dims summed), saved as
 one ``.keras`` file with the members' preprocessing, so indexing, serving, evaluation and
 calibration use it unchanged; its record names every member by fingerprint.
@@ -29,6 +35,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from engine.config import ModelConfig
 from engine.model.embedder import (
     ModelError,
     backbone_record,
@@ -39,31 +46,43 @@ from engine.model.embedder import (
     save_embedder,
     saved_record,
 )
+from engine.model.network import backbone_features_model, build_embedder
 
 ENSEMBLE_RECORD = "ensemble"  # key of showroom.json listing the members
+IMAGENET_MEMBER = "pooled_backbone"  # the Keras model name of a member that is a backbone's pooled ImageNet features
 SCALES_RECORD = "scales"  # key of showroom.json: the input sizes of a multi-scale embedder and the model it was made from
 MIN_SCALE = 32
 
 
 @dataclass(frozen=True)
 class Member:
-    """One saved embedder of an ensemble: its file's name, sha256, output size and Keras model name
-    (``showroom_<backbone>`` for a model of ``build_embedder``)."""
+    """One embedder of an ensemble: its file's name, sha256, output size, Keras model name
+    (``showroom_<backbone>`` for a model of ``build_embedder``, ``IMAGENET_MEMBER`` for a backbone's
+    ImageNet features, whose name is ``imagenet-<backbone>`` and fingerprint its weights' sha256) and
+    its share of the ensemble's squared distance (0.0: an ensemble saved before shares, equal ones)."""
 
     name: str
     fingerprint: str
     dim: int
     model: str = ""
+    share: float = 0.0
 
 
-def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
+def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble", shares: Sequence[float] | None = None) -> keras.Model:
     """One model from ``members`` (each ``float32 (B, S, S, 3)`` RGB 0..255 → ``float32 (B, D_i)``,
     all with the same S): ``float32 (B, S, S, 3)`` → ``float32 (B, Σ D_i)``, the members'
-    L2-normalised embeddings concatenated and scaled by 1/sqrt(n) (unit norm).
+    L2-normalised embeddings concatenated and scaled by 1/sqrt(n) (unit norm): the squared distance
+    is the mean of the members'. With ``shares`` (one per member, > 0, summing to 1), member i is
+    scaled by sqrt(share_i) instead: the squared distance is ``Σ share_i |e_i(a) - e_i(b)|²``.
 
     The members are used as they are (not copied): build an ensemble from models loaded for it."""
     if len(members) < 2:
         raise ModelError(f"an ensemble needs at least two embedders, got {len(members)}")
+    if shares is not None:
+        shares = [float(w) for w in shares]
+        if len(shares) != len(members) or min(shares) <= 0 or not math.isclose(sum(shares), 1.0, abs_tol=1e-6):
+            raise ModelError(f"an ensemble's shares must be one per member, each > 0, summing to 1; got {shares} "
+                             f"for {len(members)} members")
     sizes = {input_size(m) for m in members}
     if len(sizes) != 1:
         raise ModelError(f"the embedders of an ensemble must take the same input size, got {sorted(sizes)} px")
@@ -74,17 +93,40 @@ def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> ke
         if len(member.output_shape) != 2:
             raise ModelError(f"embedder {i} gives outputs of shape {member.output_shape}, not (batch, D)")
         member.name = f"member_{i}"  # a saved embedder's name is its recipe's: unique names keep the members apart
-        outs.append(layers.UnitNormalization(name=f"member_{i}_l2", dtype="float32")(member(inp)))
+        unit = layers.UnitNormalization(name=f"member_{i}_l2", dtype="float32")(member(inp))
+        if shares is not None:
+            unit = layers.Rescaling(math.sqrt(shares[i]), name=f"member_{i}_share", dtype="float32")(unit)
+        outs.append(unit)
     joined = layers.Concatenate(name="members", dtype="float32")(outs)
+    if shares is not None:
+        return keras.Model(inp, joined, name=name)
     out = layers.Rescaling(1.0 / math.sqrt(len(members)), name="mean_distance_scale", dtype="float32")(joined)
     return keras.Model(inp, out, name=name)
 
 
-def save_ensemble(paths: Sequence[str | Path], out: str | Path) -> tuple[Path, list[Member]]:
+def imagenet_features(cfg: ModelConfig) -> tuple[keras.Model, dict[str, str]]:
+    """The pooled ImageNet features of ``cfg``'s backbone as an ensemble member (``float32 (B, S, S, 3)``
+    RGB 0..255 → ``float32 (B, F)``, F the backbone's channels, S = ``cfg.image_size``), and what its
+    weights are (``engine.model.network.weights_record``)."""
+    embedder = build_embedder(cfg)
+    return backbone_features_model(embedder), embedder.showroom_backbone
+
+
+def save_ensemble(paths: Sequence[str | Path], out: str | Path, imagenet: ModelConfig | None = None,
+                  imagenet_share: float = 0.0) -> tuple[Path, list[Member]]:
     """Load the saved embedders at ``paths``, check they cut and scale crops the same way, and save
     their ensemble (``build_ensemble``) at ``out`` with their shared preprocessing and a record of
-    the members. Returns (``out``, the members)."""
+    the members. Returns (``out``, the members).
+
+    With ``imagenet`` (a backbone, its ImageNet weights and alpha; its image size is the members')
+    and ``imagenet_share`` in (0, 1), that backbone's pooled ImageNet features join as the last
+    member with that share of the squared distance; the saved embedders share the rest equally.
+    One saved embedder is then enough."""
     paths = [Path(p) for p in paths]
+    if imagenet is not None and not 0.0 < imagenet_share < 1.0:
+        raise ModelError(f"the ImageNet features' share of the distance must be in (0, 1), got {imagenet_share}")
+    if len(paths) + (imagenet is not None) < 2:
+        raise ModelError(f"an ensemble needs at least two embedders, got {len(paths)}")
     models = [load_embedder(p) for p in paths]
     fingerprints = [model_fingerprint(p) for p in paths]
     if len(set(fingerprints)) != len(paths):  # the same file, or a copy of it: the same weights
@@ -94,16 +136,29 @@ def save_ensemble(paths: Sequence[str | Path], out: str | Path) -> tuple[Path, l
         if prep != preps[0]:
             raise ModelError(f"{p} prepares its inputs differently from {paths[0]} ({prep} vs {preps[0]}): "
                              "the members of an ensemble must see the same crops")
-    members = [Member(p.stem, fp, int(m.output_shape[-1]), m.name) for p, fp, m in zip(paths, fingerprints, models)]
-    model = build_ensemble(models)  # renames the members' models
-    record = [{"name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "model": m.model, "backbone": backbone_record(p)}
-              for m, p in zip(members, paths)]
+    backbones = [backbone_record(p) for p in paths]
+    if imagenet is None:
+        shares, share = None, 1.0 / len(paths)
+    else:
+        share = (1.0 - imagenet_share) / len(paths)
+        shares = [share] * len(paths) + [imagenet_share]
+    members = [Member(p.stem, fp, int(m.output_shape[-1]), m.name, share) for p, fp, m in zip(paths, fingerprints, models)]
+    if imagenet is not None:
+        features, weights = imagenet_features(replace(imagenet, image_size=preps[0].image_size))
+        models.append(features)
+        backbones.append(weights)
+        members.append(Member(f"imagenet-{imagenet.backbone}", weights["weights_sha256"], int(features.output_shape[-1]),
+                              features.name, imagenet_share))
+    model = build_ensemble(models, shares=shares)  # renames the members' models
+    record = [{"name": m.name, "fingerprint": m.fingerprint, "dim": m.dim, "model": m.model, "share": m.share, "backbone": b}
+              for m, b in zip(members, backbones)]
     return save_embedder(model, out, preps[0], {ENSEMBLE_RECORD: record}), members
 
 
 def ensemble_members(path: str | Path) -> list[Member]:
     """The members a saved ensemble records ([] for a single embedder)."""
-    return [Member(m["name"], m["fingerprint"], int(m["dim"]), m.get("model", "")) for m in saved_record(path, ENSEMBLE_RECORD) or []]
+    return [Member(m["name"], m["fingerprint"], int(m["dim"]), m.get("model", ""), float(m.get("share", 0.0)))
+            for m in saved_record(path, ENSEMBLE_RECORD) or []]
 
 
 def at_input_size(model: keras.Model, size: int, name: str | None = None) -> keras.Model:

@@ -67,6 +67,11 @@ def test_bad_input_is_refused(ensemble, tiny_catalog, tmp_path, capsys, caplog):
     assert "is not an ensemble" in caplog.text
     assert main(["--teacher", str(tmp_path / "missing.keras"), "--catalog", str(tiny_catalog), "--out", str(out)]) == 2
     assert not out.exists()
+    bb = tmp_path / "bb.weights.h5"
+    build_embedder(ModelConfig(weights="none", image_size=48)).get_layer(BACKBONE_LAYER).save_weights(bb)
+    fused, _ = save_ensemble([ensemble[1]], tmp_path / "fused.keras", ModelConfig(weights=str(bb)), 0.25)
+    assert main(["--teacher", str(fused), "--catalog", str(tiny_catalog), "--out", str(out)]) == 2
+    assert "ImageNet features as a member" in caplog.text and not out.exists()
     with pytest.raises(SystemExit):
         main(["--teacher", str(ensemble[0]), "--catalog", str(tiny_catalog), "--out", str(tmp_path / "s.h5")])
     assert "must end in .keras" in capsys.readouterr().err

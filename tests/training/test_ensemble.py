@@ -51,6 +51,24 @@ def test_the_cli_refuses_bad_input(two_models, tmp_path, capsys):
     assert not (tmp_path / "e.keras").exists()
 
 
+def test_the_cli_adds_imagenet_features_to_one_model(two_models, tmp_path, capsys, caplog):
+    bb = tmp_path / "bb.weights.h5"
+    build_embedder(ModelConfig(weights="none", image_size=48)).get_layer("backbone").save_weights(bb)
+    out = tmp_path / "fused.keras"
+    assert main(["--models", str(two_models[0]), "--imagenet", "0.25", "--weights", str(bb), "--out", str(out)]) == 0
+    assert "ImageNet features mobilenet_v2 at 0.25 of the distance" in capsys.readouterr().out
+    fused = Embedder.load(out)
+    assert fused(np.full((2, 48, 48, 3), 128, np.uint8)).shape == (2, fused.dim) and fused.dim > 8
+    assert [(m.name, m.share) for m in ensemble_members(out)] == [("seed1", 0.75), ("imagenet-mobilenet_v2", 0.25)]
+    for flags, reason in ((["--imagenet", "1.5"], "in (0, 1)"), (["--imagenet", "0.25", "--scales", "48", "64"], "different embedders")):
+        with pytest.raises(SystemExit):
+            main(["--models", str(two_models[0]), *flags, "--out", str(tmp_path / "bad.keras")])
+        assert reason in capsys.readouterr().err
+    assert main(["--models", str(two_models[0]), "--imagenet", "0.25", "--weights", str(tmp_path / "nope.weights.h5"),
+                 "--out", str(tmp_path / "bad.keras")]) == 2
+    assert "not found" in caplog.text and not (tmp_path / "bad.keras").exists()
+
+
 def test_the_cli_saves_one_model_read_at_two_sizes(two_models, tmp_path, capsys):
     out = tmp_path / "ms.keras"
     assert main(["--models", str(two_models[0]), "--scales", "48", "64", "--out", str(out)]) == 0

@@ -8,8 +8,8 @@ import pytest
 
 from engine.config import ModelConfig, Preprocessing
 from engine.model.embedder import Embedder, ModelError, backbone_record, save_embedder
-from engine.model.ensemble import (at_input_size, build_ensemble, build_multiscale, ensemble_members, save_ensemble,
-                                   save_multiscale, scales_record)
+from engine.model.ensemble import (IMAGENET_MEMBER, at_input_size, build_ensemble, build_multiscale, ensemble_members,
+                                   save_ensemble, save_multiscale, scales_record)
 from engine.model.network import build_embedder
 
 
@@ -52,6 +52,49 @@ def test_the_ensemble_distance_is_the_mean_of_the_members_squared_distances(memb
     assert all(len(m.fingerprint) == 64 for m in recorded) and recorded[0].fingerprint != recorded[1].fingerprint
     assert backbone_record(out) is None  # its members' backbones are in the members' records
     assert ensemble_members(members[0]) == []
+
+
+def _sq(v):
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return ((v[:, None] - v[None]) ** 2).sum(-1)
+
+
+def test_imagenet_features_join_a_trained_embedder_with_their_share_of_the_distance(members, tmp_path):
+    # "ImageNet" weights of the backbone: a fixed file, so the features member can be built again here
+    bb = tmp_path / "bb.weights.h5"
+    build_embedder(ModelConfig(weights="none", image_size=48)).get_layer("backbone").save_weights(bb)
+    out, recorded = save_ensemble([members[0]], tmp_path / "fi.keras", ModelConfig(weights=str(bb), image_size=224), 0.25)
+    fused = Embedder.load(out)
+    images = np.random.default_rng(1).integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+    got = fused(images)
+    trained = Embedder.load(members[0])(images)
+    features = Embedder.imagenet(ModelConfig(weights=str(bb), image_size=48))(images)  # built at the members' 48 px
+    assert got.shape == (6, 16 + features.shape[1]) and fused.size == 48
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(_sq(got), 0.75 * _sq(trained) + 0.25 * _sq(features), atol=1e-5)
+    assert not np.allclose(_sq(got), (_sq(trained) + _sq(features)) / 2, atol=1e-3)  # the share is not the mean
+    assert [(m.name, m.share) for m in recorded] == [("a", 0.75), ("imagenet-mobilenet_v2", 0.25)]
+    assert recorded[1].model == IMAGENET_MEMBER and len(recorded[1].fingerprint) == 64
+    assert ensemble_members(out) == recorded
+    with pytest.raises(ModelError, match=r"share of the distance must be in \(0, 1\)"):
+        save_ensemble([members[0]], tmp_path / "f1.keras", ModelConfig(weights=str(bb)), 1.0)
+    with pytest.raises(ModelError, match="at least two"):
+        save_ensemble([members[0]], tmp_path / "f2.keras")
+    assert not (tmp_path / "f1.keras").exists() and not (tmp_path / "f2.keras").exists()
+
+
+def test_shares_weight_the_members_squared_distances(members):
+    import keras
+
+    models = [keras.saving.load_model(p, compile=False) for p in members]
+    ens = build_ensemble(models, shares=[0.9, 0.1])
+    images = np.random.default_rng(2).integers(0, 256, (5, 48, 48, 3)).astype("float32")
+    singles = [Embedder.load(p)(images.astype(np.uint8)) for p in members]
+    got = keras.ops.convert_to_numpy(ens(images))
+    np.testing.assert_allclose(_sq(got), 0.9 * _sq(singles[0]) + 0.1 * _sq(singles[1]), atol=1e-5)
+    for bad in ([0.5, 0.6], [1.0, 0.0], [1.0]):
+        with pytest.raises(ModelError, match="shares must be one per member"):
+            build_ensemble(models, shares=bad)
 
 
 def test_an_ensemble_refuses_members_that_see_different_crops(tmp_path, members):
