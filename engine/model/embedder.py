@@ -23,7 +23,7 @@ import numpy as np
 
 from engine.config import ModelConfig, Preprocessing, from_dict
 from engine.files import atomic_file, file_sha256
-from engine.model.network import backbone_features_model, build_embedder
+from engine.model.network import imagenet_features
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Embedder:
         prep = preprocessing or Preprocessing(image_size=cfg.image_size)
         if prep.image_size != cfg.image_size:
             raise ValueError(f"preprocessing image_size {prep.image_size} differs from the model's {cfg.image_size}")
-        model = backbone_features_model(build_embedder(cfg))
+        model, _ = imagenet_features(cfg)
         return cls(model, prep, normalize=True, name=f"imagenet-{cfg.backbone}-{cfg.image_size}px")
 
 

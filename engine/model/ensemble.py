@@ -46,7 +46,7 @@ from engine.model.embedder import (
     save_embedder,
     saved_record,
 )
-from engine.model.network import backbone_features_model, build_embedder
+from engine.model.network import imagenet_features
 
 ENSEMBLE_RECORD = "ensemble"  # key of showroom.json listing the members
 IMAGENET_MEMBER = "pooled_backbone"  # the Keras model name of a member that is a backbone's pooled ImageNet features
@@ -102,14 +102,6 @@ def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble", share
         return keras.Model(inp, joined, name=name)
     out = layers.Rescaling(1.0 / math.sqrt(len(members)), name="mean_distance_scale", dtype="float32")(joined)
     return keras.Model(inp, out, name=name)
-
-
-def imagenet_features(cfg: ModelConfig) -> tuple[keras.Model, dict[str, str]]:
-    """The pooled ImageNet features of ``cfg``'s backbone as an ensemble member (``float32 (B, S, S, 3)``
-    RGB 0..255 → ``float32 (B, F)``, F the backbone's channels, S = ``cfg.image_size``), and what its
-    weights are (``engine.model.network.weights_record``)."""
-    embedder = build_embedder(cfg)
-    return backbone_features_model(embedder), embedder.showroom_backbone
 
 
 def save_ensemble(paths: Sequence[str | Path], out: str | Path, imagenet: ModelConfig | None = None,

@@ -220,6 +220,14 @@ def backbone_features_model(embedder: keras.Model) -> keras.Model:
     return keras.Model(embedder.input, embedder.get_layer("deep_pool").output, name="pooled_backbone")
 
 
+def imagenet_features(cfg: ModelConfig) -> tuple[keras.Model, dict[str, str]]:
+    """The untrained backbone of ``cfg``, pooled: ``float32 (B, S, S, 3)`` RGB 0..255 → ``float32 (B, F)``,
+    F the backbone's channels, S = ``cfg.image_size``; and what its weights are (``weights_record``).
+    The one place the ImageNet baseline and an ensemble's ImageNet member are built."""
+    embedder = build_embedder(cfg)
+    return backbone_features_model(embedder), embedder.showroom_backbone
+
+
 class TripletModel(keras.Model):
     """Training-only wrapper: embeds query, positive and negative with one shared embedder and
     trains it with a weighted sum of a triplet term and, optionally, catalog-wide softmax terms.
