@@ -1,12 +1,14 @@
 """What one embedder costs beside another: the embedding of a room call's crops, models interleaved.
 
-    python -m benchmarks.embedders --models E3.keras E3-student.keras [--batch 24] [--repeats 30]
+    python -m benchmarks.embedders --models E3.keras E3-student.keras [--batch 24] [--repeats 30] [--members-apart]
 
 Each round embeds one batch of ``--batch`` crops (a "shop this room" call embeds every object of
 the photo at once; 24 is the IKEA photos' median) with every model in turn, after one warm-up batch
 each (graph tracing), so that both see the same machine load. Prints each model's median and p90
 milliseconds per batch and its ratio to the first model's median; asserts nothing. The pixels are
-seeded noise: a convolutional network's cost does not depend on them.
+seeded noise: a convolutional network's cost does not depend on them. An ensemble runs as it is
+served, the backbone layers its members share run once (``engine.model.trunk``); ``--members-apart``
+adds a row of each such ensemble with every member run whole, as saved.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", type=Path, nargs="+", required=True, help="saved .keras embedders, the first the reference")
     p.add_argument("--batch", type=int, default=24, help="crops embedded together (one room call)")
     p.add_argument("--repeats", type=int, default=30, help="timed rounds")
+    p.add_argument("--members-apart", action="store_true",
+                   help="also time each ensemble whose members share backbone layers with every member run whole")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -44,8 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from engine.model.embedder import Embedder
+    from engine.model.trunk import has_shared_trunk
 
-    models = [Embedder.load(p) for p in args.models]
+    names, models = [], []
+    for path in args.models:
+        names.append(path.name)
+        models.append(Embedder.load(path))
+        if args.members_apart and has_shared_trunk(models[-1].model):
+            names.append(f"{path.name}, members apart")
+            models.append(Embedder.load(path, shared_trunk=False))
     sizes = {m.size for m in models}
     if len(sizes) != 1:
         raise ValueError(f"the models take different input sizes ({sorted(sizes)} px): compare models of one size")
@@ -62,9 +73,9 @@ def _run(args: argparse.Namespace) -> int:
     ref = float(np.median(times[0]))
     print(f"{args.batch} crops a batch, {args.repeats} rounds, models interleaved")
     print("| model | D | ms p50 | ms p90 | p50 / first |\n|---|---|---|---|---|")
-    for path, m, t in zip(args.models, models, times):
+    for name, m, t in zip(names, models, times):
         p50, p90 = float(np.median(t)), float(np.percentile(t, 90))
-        print(f"| {path.name} | {m.dim} | {p50:.1f} | {p90:.1f} | {p50 / ref:.2f} |")
+        print(f"| {name} | {m.dim} | {p50:.1f} | {p90:.1f} | {p50 / ref:.2f} |")
     return 0
 
 

@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     if any(m.model == IMAGENET_MEMBER for m in recorded):
         raise ValueError(f"{args.teacher} has ImageNet features as a member (training.ensemble --imagenet): a student averages "
                          "the backbones of seeds of one recipe; distil the seeds' ensemble, then add the ImageNet features to it")
-    teacher = Embedder.load(path)
+    teacher = Embedder.load(path, shared_trunk=False)  # its members as saved: the student averages their backbones
     members = ensemble_parts(teacher.model)
     trunk = student_trunk(members)
     catalog = load_catalog(args.catalog)

@@ -24,6 +24,7 @@ import numpy as np
 from engine.config import ModelConfig, Preprocessing, from_dict
 from engine.files import atomic_file, file_sha256
 from engine.model.network import imagenet_features
+from engine.model.trunk import share_trunk
 
 logger = logging.getLogger(__name__)
 
@@ -149,11 +150,16 @@ class Embedder:
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> Embedder:
-        """A saved embedder with its preprocessing and fingerprint."""
+    def load(cls, path: str | Path, shared_trunk: bool = True) -> Embedder:
+        """A saved embedder with its preprocessing and fingerprint. An ensemble whose members hold
+        the same leading backbone layers runs them once (``engine.model.trunk``; the same
+        embeddings) unless ``shared_trunk`` is False (the members as saved, e.g. to read them)."""
         path = Path(path)
         model = load_embedder(path)
-        return cls(model, load_preprocessing(path, model), model_fingerprint(path), name=path.stem)
+        prep = load_preprocessing(path, model)
+        if shared_trunk and (shared := share_trunk(model)) is not None:
+            model = shared[0]
+        return cls(model, prep, model_fingerprint(path), name=path.stem)
 
     @classmethod
     def imagenet(cls, cfg: ModelConfig, preprocessing: Preprocessing | None = None) -> Embedder:

@@ -30,3 +30,19 @@ def test_bad_input_is_refused(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit):
         main(["--models", str(a), "--batch", "0"])
     assert "--batch and --repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_an_ensemble_that_shares_its_trunk_is_also_timed_with_its_members_apart(tmp_path, capsys):
+    import keras
+
+    from engine.model.ensemble import save_ensemble
+
+    keras.utils.set_random_seed(0)
+    first = build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=8))
+    second = build_embedder(ModelConfig(weights="none", image_size=48, embedding_dim=8))
+    second.get_layer("backbone").set_weights(first.get_layer("backbone").get_weights())  # one backbone, two heads
+    paths = [save_embedder(m, tmp_path / f"m{i}.keras", Preprocessing(image_size=48)) for i, m in enumerate((first, second))]
+    ens, _ = save_ensemble(paths, tmp_path / "e.keras")
+    assert main(["--models", str(paths[0]), str(ens), "--batch", "2", "--repeats", "1", "--members-apart"]) == 0
+    names = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and ".keras" in line]
+    assert names == ["m0.keras", "e.keras", "e.keras, members apart"]  # a single embedder gets no second row
