@@ -10,7 +10,9 @@ A member's share of the squared distance can be set (``shares``), and the backbo
 **ImageNet features** can join the trained members as one more (``imagenet_features``): a
 frozen ImageNet branch beside the trained one, with no training. On IKEA's development folds a
 trained model with ImageNet features at a quarter of the distance gained +0.008 s2p recall@10
-over the model alone (three seeds, ``docs/evaluation.md``), for a second backbone pass.
+over the model alone (three seeds, ``docs/evaluation.md``). Seeds fine-tuned from one ImageNet
+backbone, and that backbone's ImageNet features, hold the same leading layers:
+``engine.model.trunk`` runs those once for all members when the ensemble is loaded.
 
 The result is an ordinary Keras model (image → embedding, D = the members' dims summed), saved as
 one ``.keras`` file with the members' preprocessing, so indexing, serving, evaluation and

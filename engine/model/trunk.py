@@ -1,13 +1,13 @@
 """An ensemble's members run the backbone layers they share once: the same embeddings, less work.
 
-Seeds of one recipe fine-tune only the backbone's last layers (``ModelConfig.train_backbone``),
-and an ensemble's ImageNet member is that backbone untrained, so every member of such an ensemble
-(``engine.model.ensemble.build_ensemble``) starts with the same layers holding the same weights:
-on IKEA's recipe, 124 of MobileNetV2's 154. ``share_trunk`` rebuilds the ensemble so that this
-common trunk runs once per crop and only each member's own tail, head and the ensemble's joining
-run per member. Nothing is approximated: a layer is shared only when its class, configuration and
-every weight are identical in all members, and each member's tail reads exactly the tensors its
-own backbone would have computed there.
+Seeds of one recipe fine-tune only the backbone's last layers (a catalog's ``training.fit``
+trains the last 30: ``ModelConfig.train_backbone``) and an ensemble's ImageNet member is that
+backbone untrained, so every member of such an ensemble (``engine.model.ensemble.build_ensemble``)
+starts with the same layers holding the same weights: on IKEA's recipe, 124 of MobileNetV2's 154.
+``share_trunk`` rebuilds the ensemble so that this common trunk runs once per crop and only each
+member's own tail, its head and the ensemble's joining run per member. Nothing is approximated: a
+layer is shared only when its class, configuration and every weight are identical in all members,
+and each member's tail reads exactly the tensors its own backbone would have computed there.
 
 The saved ``.keras`` file keeps the plain ensemble (``training.distill`` and ``at_input_size``
 read its members); ``engine.model.embedder.Embedder.load`` shares the trunk when it loads one.
@@ -138,6 +138,6 @@ def share_trunk(model: keras.Model, min_layers: int = 2) -> tuple[keras.Model, i
         outputs.append(head([inp, features]))
     rest = keras.Model([_only_node(m).output_tensors[0] for m in members], model.outputs[0], name=f"{name}_join")
     shared = keras.Model(inp, rest(outputs), name=name)
-    logger.info("ensemble %s: its %d members share %d of %d backbone layers, run once a crop",
+    logger.info("%s: its %d members share %d of %d backbone layers, run once a crop",
                 name, len(members), cut, len(backbones[0].layers))
     return shared, cut
