@@ -67,6 +67,14 @@ def _members(model: keras.Model) -> list[keras.Model] | None:
     return members
 
 
+def _wiring(backbone: keras.Model, nodes: Sequence) -> tuple:
+    """The backbone's graph as layer indices: each layer's class and configuration and the
+    (layer, output) indices it reads."""
+    where = {id(t): (j, o) for j, node in enumerate(nodes) for o, t in enumerate(node.output_tensors)}
+    return tuple((type(layer).__name__, repr(sorted(_config(layer).items())), tuple(where.get(id(t)) for t in node.input_tensors))
+                 for layer, node in zip(backbone.layers, nodes))
+
+
 def has_shared_trunk(model: keras.Model) -> bool:
     """Whether ``model`` is an ensemble rebuilt by ``share_trunk``."""
     return any(isinstance(layer, keras.Model) and layer.name.endswith(TRUNK_SUFFIX) for layer in model.layers)
@@ -104,8 +112,8 @@ def share_trunk(model: keras.Model, min_layers: int = 2) -> tuple[keras.Model, i
     if cut < min_layers:
         return None
     nodes = [[_only_node(layer) for layer in b.layers] for b in backbones]
-    if any(n is None for ns in nodes for n in ns):
-        return None
+    if any(n is None for ns in nodes for n in ns) or len({_wiring(b, ns) for b, ns in zip(backbones, nodes)}) != 1:
+        return None  # the members' backbones are not one architecture, wired the same way
     # the tensors the shared layers hand to the rest: (layer index, output index), in a fixed order
     crossing: list[tuple[int, int]] = []
     produced = {id(t): (j, o) for j, node in enumerate(nodes[0][:cut]) for o, t in enumerate(node.output_tensors)}

@@ -106,3 +106,33 @@ def test_the_cut_is_the_first_layer_that_differs(last):
     start = _embedder(0)
     backbones = [start.get_layer(BACKBONE_LAYER), _tuned_from(start, 1, last=last).get_layer(BACKBONE_LAYER)]
     assert shared_prefix(backbones) == _expected_cut(backbones[0], last) < len(backbones[0].layers)
+
+
+def _tiny_member(skip_from_first: bool) -> keras.Model:
+    """An embedder-shaped model whose 'backbone' adds its second convolution to the first one's
+    output, or to itself: the same layers with the same weights, wired differently."""
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((8, 8, 3))
+    first = keras.layers.Conv2D(4, 3, padding="same", name="c1")(x_in)
+    second = keras.layers.Conv2D(4, 3, padding="same", name="c2")(first)
+    joined = keras.layers.Add(name="add")([first if skip_from_first else second, second])
+    backbone = keras.Model(x_in, joined, name=BACKBONE_LAYER)
+    inp = keras.Input((8, 8, 3), name="image")
+    feats = keras.layers.GlobalAveragePooling2D(name="deep_pool")(backbone(keras.layers.Rescaling(1 / 255, name="to_unit_range")(inp)))
+    return keras.Model(inp, feats)
+
+
+def test_members_wired_differently_are_left_alone():
+    """Backbones whose layers all agree but read different tensors compute different functions."""
+    a, b = _tiny_member(True), _tiny_member(False)
+    assert [w.shape for w in a.get_weights()] == [w.shape for w in b.get_weights()]
+    b.set_weights(a.get_weights())
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    assert not np.allclose(a.predict_on_batch(x), b.predict_on_batch(x))
+    assert shared_prefix([a.get_layer(BACKBONE_LAYER), b.get_layer(BACKBONE_LAYER)]) == 4  # layer by layer, all agree
+    assert share_trunk(build_ensemble([a, b])) is None
+    again, twin = _tiny_member(True), _tiny_member(True)  # fresh models: a model called in two ensembles is not shared
+    again.set_weights(a.get_weights())
+    twin.set_weights(a.get_weights())
+    shared, cut = share_trunk(build_ensemble([again, twin]))
+    assert cut == 4 and np.allclose(shared.predict_on_batch(x)[:, :4], shared.predict_on_batch(x)[:, 4:])
