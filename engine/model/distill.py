@@ -29,8 +29,8 @@ import numpy as np
 from keras import layers
 
 from engine.model.embedder import ModelError
+from engine.model.network import BACKBONE_LAYER
 
-BACKBONE_LAYER = "backbone"  # the nested ImageNet network of build_embedder
 HEAD_LAYER = "projection"  # the Dense layer whose input the student's head reads
 MAX_BACKBONE_SPREAD = 0.5  # members whose backbones differ by more (relative norm) did not fine-tune one start
 

@@ -20,6 +20,7 @@ from engine.config import ModelConfig
 from engine.model.losses import HingeTripletLoss, TripletLoss, proxy_softmax_loss, triplet_distances
 
 logger = logging.getLogger(__name__)
+BACKBONE_LAYER = "backbone"  # the name of the nested ImageNet network inside an embedder of build_embedder
 
 WEIGHTS_DIR_ENV = "SHOWROOM_WEIGHTS_DIR"
 
@@ -161,7 +162,7 @@ def _backbone(cfg: ModelConfig, weights: str | Path | None) -> keras.Model:
                 f"{f' alpha={cfg.alpha:g}' if cfg.backbone == 'mobilenet_v2' else ''}: {exc}"
             ) from None
         logger.info("loaded backbone weights from %s", weights)
-    net.name = "backbone"
+    net.name = BACKBONE_LAYER
     return net
 
 

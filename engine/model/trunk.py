@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-BACKBONE_LAYER = "backbone"  # the nested ImageNet network of engine.model.network.build_embedder
+from engine.model.network import BACKBONE_LAYER
+
 TRUNK_SUFFIX = "_shared_trunk"  # the name of the shared layers' model inside a rebuilt ensemble: <ensemble>_shared_trunk
 
 logger = logging.getLogger(__name__)
@@ -106,14 +107,13 @@ def share_trunk(model: keras.Model, min_layers: int = 2) -> tuple[keras.Model, i
     if not _same_layer(feed_layers) or any(
             len(f[0].input_tensors) != 1 or f[0].input_tensors[0] is not m.inputs[0] for f, m in zip(feeds, members)):
         return None  # each must prepare the member's own input the same way
-    if any(len(b.layers) != len(backbones[0].layers) or len(b.outputs) != 1 for b in backbones):
-        return None
+    nodes = [[_only_node(layer) for layer in b.layers] for b in backbones]
+    if any(len(b.outputs) != 1 for b in backbones) or any(n is None for ns in nodes for n in ns) \
+            or len({_wiring(b, ns) for b, ns in zip(backbones, nodes)}) != 1:
+        return None  # the members' backbones are not one architecture, wired the same way
     cut = shared_prefix(backbones)
     if cut < min_layers:
         return None
-    nodes = [[_only_node(layer) for layer in b.layers] for b in backbones]
-    if any(n is None for ns in nodes for n in ns) or len({_wiring(b, ns) for b, ns in zip(backbones, nodes)}) != 1:
-        return None  # the members' backbones are not one architecture, wired the same way
     # the tensors the shared layers hand to the rest: (layer index, output index), in a fixed order
     crossing: list[tuple[int, int]] = []
     produced = {id(t): (j, o) for j, node in enumerate(nodes[0][:cut]) for o, t in enumerate(node.output_tensors)}
