@@ -30,6 +30,7 @@ from engine.files import write_json_atomic
 from engine.metrics import euclidean_distances, group_min
 from engine.runtime import run_cli
 from engine.index.hubness import DEFAULT_K as HUB_K
+from engine.index.views import DEFAULT_WEIGHT as VIEWS_WEIGHT, ProductViews, view_crops
 from engine.search import ROOM_ORDER, ROOM_ORDERS
 from engine.data.images import query_crop
 from engine.data.proposals import catalog_proposals
@@ -88,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hub-exclude", type=Path, default=None, metavar="SCENES",
                    help="scenes never used as reference room photos besides the evaluated ones (e.g. the README hold-out "
                         "when evaluating development scenes)")
+    p.add_argument("--catalog-views", type=Path, default=None, metavar="MANIFEST",
+                   help="synthetic in-room views of the catalog's products (python -m training.synthesize): each photo's vector "
+                        "blended with its product's views (engine.index.views; as build_index --views); views pasted into an "
+                        "evaluated scene are left out; also scores the model without them, pair by pair")
+    p.add_argument("--views-weight", type=float, default=VIEWS_WEIGHT,
+                   help="the views' mean's weight in the blend, > 0 (chosen on IKEA's development folds)")
     p.add_argument("--room-order", choices=ROOM_ORDERS, default=ROOM_ORDER,
                    help="how the room list merges its objects' matches: 'confidence' (an object's r-th match at r / its detector confidence), "
                         "'turns' (each object's first, then each second …) or 'distance' (nearest first)")
@@ -171,11 +178,18 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
+    views = _catalog_views(args, catalog, eval_catalog)
     reference = _reference_scenes(args, catalog, eval_catalog)
     recorders: list[DetectionRecorder] = []
     inputs, cfg = _prepare(args, eval_catalog, target.embedder.preprocessing, home, cfg, args.detector_weights, target,
                            drawn=args.proposals, reference=reference, replay=args.detections, recorders=recorders)
+    inputs, cfg = _with_views(inputs, cfg, views)
     result = score(inputs, target.embedder, cfg)
+    if views is not None:
+        plain = score(inputs, target.embedder, replace(cfg, views_weight=0.0))
+        result.summary["catalog_views"] = views.record()
+        result.summary["without_views"] = {"summary": plain.summary,
+                                           "difference": paired_difference(result, plain, cfg.ks, cfg.room, inputs.types, cfg.new_products)}
     if cfg.hub_beta > 0:
         plain = score(inputs, target.embedder, replace(cfg, hub_beta=0.0))
         result.summary["without_hub_correction"] = {"summary": plain.summary,
@@ -346,6 +360,35 @@ def _fit_params(run_id: str) -> dict[str, str]:
         return {}
 
 
+def _catalog_views(args: argparse.Namespace, catalog: Catalog, evaluated: Catalog) -> ProductViews | None:
+    """``--catalog-views`` read and checked against the catalog, without the views pasted into an
+    evaluated scene (they would carry that room into the index); None when not given."""
+    if args.catalog_views is None:
+        return None
+    from training.synthesis import synthetic_views  # reads the manifest format; no TensorFlow
+
+    views = synthetic_views(args.catalog_views, catalog, args.views_weight)
+    evaluated_scenes = {s.scene for s in evaluated.scenes}
+    kept = tuple(v for v in views.views if v.background not in evaluated_scenes)
+    if len(kept) < len(views.views):
+        logger.warning("%d of %d views are pasted into evaluated scenes: left out", len(views.views) - len(kept), len(views.views))
+    return replace(views, views=kept)
+
+
+def _with_views(inputs: EvalInputs, cfg: EvalConfig, views: ProductViews | None) -> tuple[EvalInputs, EvalConfig]:
+    """The inputs with the views' crops of the evaluated catalog's products (cut as the model cuts a
+    room crop) and the config that blends them; unchanged when ``views`` is None."""
+    if views is None:
+        return inputs, cfg
+    views = views.for_products(inputs.product_ids)
+    prep = inputs.preprocessing
+    inputs.view_images = np.stack(list(view_crops(views.views, prep.image_size, prep.crop_padding)))
+    inputs.view_products = [v.product_id for v in views.views]
+    logger.info("%d in-room views of %d products blended into their photos' vectors (weight %g)", len(views.views),
+                len(set(inputs.view_products)), views.weight)
+    return inputs, replace(cfg, views_weight=views.weight)
+
+
 def _reference_scenes(args: argparse.Namespace, catalog: Catalog, evaluated: Catalog) -> Catalog | None:
     """The room photos the hub correction measures products on: every scene of ``catalog`` neither
     evaluated nor in ``--hub-exclude``; None when the correction is off."""
@@ -462,6 +505,7 @@ def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target,
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
     inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target, reference=reference)
+    inputs, cfg = _with_views(inputs, cfg, _catalog_views(args, load_catalog(args.catalog), catalog))
     other = score(inputs, target.embedder, cfg)
     out = {"detector": inputs.detector, "weights": args.versus_detector, "room": other.summary.get("room"),
            "difference": paired_room_difference(result.room_pairs, other.room_pairs, cfg.room, cfg.room.coco_types, inputs.types)}
@@ -514,7 +558,7 @@ def _summary_lines(catalog: Catalog, report: dict, ks: Sequence[int], baseline, 
         f"s2p recall@{k10} 95% interval (scene bootstrap): {_interval(ci[k10])}"
         + (f"; minus {baseline[0]}: {_signed(summary['vs_baseline']['scene_to_product'][k10])}" if "vs_baseline" in summary else ""),
         *_new_product_lines(summary, k10),
-        *_hub_lines(summary, k10),
+        *_without_lines(summary, k10),
         *_calibration_lines(summary.get("calibration") or {}),
         f"{catalog.root.name}: {proto['scenes']} scenes, {proto['crops']} crops, {proto['catalog_products']} products; "
         f"pairs {proto['pairs']}: reachable {proto['reachable_pairs']}, unreachable {proto['unreachable_pairs']} "
@@ -550,13 +594,17 @@ def _new_product_lines(summary: dict, k: int) -> list[str]:
     return lines
 
 
-def _hub_lines(summary: dict, k: int) -> list[str]:
-    """With the hub correction: the same model without it, and the difference pair by pair."""
-    hub = summary.get("without_hub_correction")
-    if not hub:
+def _without_lines(summary: dict, k: int) -> list[str]:
+    """With the hub correction or the catalog's views: the same model without each, and the difference pair by pair."""
+    return [line for key, what in (("without_views", "the catalog's views"), ("without_hub_correction", "the hub correction"))
+            for line in _without_line(summary.get(key), what, k)]
+
+
+def _without_line(block: dict | None, what: str, k: int) -> list[str]:
+    if not block:
         return []
-    d = hub["difference"]
-    line = (f"without the hub correction: s2p recall@{k} {_recall(hub['summary']['scene_to_product']['recall'], k)}; "
+    d = block["difference"]
+    line = (f"without {what}: s2p recall@{k} {_recall(block['summary']['scene_to_product']['recall'], k)}; "
             f"with minus without: s2p@{k} {_signed(d['scene_to_product'][k])}")
     room = d.get("room", {}).get("all_pairs")
     if room:

@@ -55,6 +55,7 @@ from engine.data.images import load_square, query_crop
 from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distances, group_min, rank_of, recall_at_k, recall_curve
 from engine.data.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
 from engine.index.hubness import DEFAULT_K, HubCorrection
+from engine.index.views import fuse_views
 from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
 
 if TYPE_CHECKING:  # annotations only: importing the embedder loads TensorFlow
@@ -80,12 +81,15 @@ class EvalConfig:
     new_products: frozenset[str] | None = None
     hub_beta: float = 0.0  # > 0: products ranked by distance minus hub_beta x their room density (engine.index.hubness)
     hub_k: int = DEFAULT_K  # reference crops averaged per product for that density (EvalInputs.reference_images)
+    views_weight: float = 0.0  # > 0: each catalog photo's vector blended with its product's views (EvalInputs.view_images)
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
             raise ValueError(f"ks must be positive integers, got {self.ks}")
         if not self.hub_beta >= 0 or self.hub_k < 1:
             raise ValueError(f"hub_beta must be >= 0 and hub_k >= 1, got {self.hub_beta} and {self.hub_k}")
+        if not self.views_weight >= 0:
+            raise ValueError(f"views_weight must be >= 0, got {self.views_weight}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,10 @@ class EvalInputs:
     room_query: dict[tuple[str, str], int] = field(default_factory=dict)  # (product, scene) -> its chosen group crop
     # uint8 (R, S, S, 3): crops of reference room photos (never the evaluated scenes) for the hub correction
     reference_images: np.ndarray | None = None
+    # uint8 (V, S, S, 3): in-room views of catalog products (engine.index.views; never pasted into an evaluated
+    # scene), with view_products (V,): blended into their photos' vectors when EvalConfig.views_weight > 0
+    view_images: np.ndarray | None = None
+    view_products: list[str] = field(default_factory=list)
 
     @property
     def image_size(self) -> int:
@@ -351,6 +359,11 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
 
     t0 = time.perf_counter()
     image_emb = embed_batches(embed, inputs.product_images, 0, 256)
+    if cfg.views_weight > 0:
+        if inputs.view_images is None or not len(inputs.view_images):
+            raise ValueError("views_weight > 0 needs the products' views (EvalInputs.view_images): none were prepared")
+        image_emb = fuse_views(image_emb, inputs.image_products, embed_batches(embed, inputs.view_images, 0, 256), inputs.view_products,
+                               cfg.views_weight)
     crop_emb = embed_batches(embed, inputs.crop_images, 0, 256)
     window_emb = embed_batches(embed, inputs.window_images, 0, 256)
     bias = _hub_bias(inputs, embed, image_emb, cfg) if cfg.hub_beta > 0 else None

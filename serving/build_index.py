@@ -16,6 +16,11 @@ embedded on Ray Data (``engine.index.ray_runner``): ``--workers`` model actors o
 cluster with ``--ray-address``; the same vectors as in process, and each manifest records the
 runner (``embedded_by``).
 
+``--views MANIFEST``: each product photo's vector is blended with the mean of that product's
+synthetic in-room views (``training.synthesize``; ``engine.index.views``): the index keeps one vector
+a photo, nearer how the product looks in a room; the products manifest records which views and
+weight (``embedded_by.views``).
+
 ``--add PRODUCTS.csv``, ``--update PRODUCTS.csv``, ``--remove IDS`` change the current generation of
 ``--out`` instead of embedding the whole catalog (``engine.index.delta``): rows in products.csv's
 format (image paths relative to the catalog root) are added or replace a product's rows; only
@@ -54,6 +59,7 @@ from engine.calibration import FILE as CALIBRATION_FILE
 from engine.data.catalog import CatalogError, check_product_images, load_catalog, read_product_rows
 from engine.index.ray_runner import RUNNERS, RayRunner
 from engine.index.generations import publish_generation
+from engine.index.views import DEFAULT_WEIGHT as VIEWS_WEIGHT
 from engine.index.milvus import MilvusIndex, MilvusSettings, unique_collection
 from engine.runtime import run_cli, state_dir
 
@@ -100,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None,
                    help="with --runner ray: an existing cluster ('auto' on a cluster node, or ray://head:10001); default: a local Ray "
                         "on --workers x --threads-per-worker CPUs. Cluster workers must see the catalog and the model at the same paths")
+    p.add_argument("--views", type=Path, default=None, metavar="MANIFEST",
+                   help="synthetic in-room views of the products (python -m training.synthesize): each photo's vector is blended with "
+                        "its product's views (engine.index.views; rows added later by --add/--update are their photos alone)")
+    p.add_argument("--views-weight", type=float, default=VIEWS_WEIGHT, help="with --views: the views' mean's weight in the blend, > 0")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="the model's match calibrator (python -m evaluation.evaluate --fit-calibration on development scenes): served "
                         "with the generation, each result then carries P(same product) and a weak best match is answered 'no close "
@@ -131,10 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1 or args.threads_per_worker < 0:
         parser.error("--workers must be at least 1 and --threads-per-worker at least 0")
     if args.add or args.update or args.remove is not None or ((args.calibration or args.compact) and not args.model and not args.catalog):
-        if args.backend != "local" or args.runner != "local" or args.no_detector or args.detector_weights:
+        if args.backend != "local" or args.runner != "local" or args.no_detector or args.detector_weights or args.views:
             parser.error("--add/--update/--remove change the current generation's products index: they go without --backend, "
-                         "--runner, --no-detector and --detector-weights (the scenes index is carried over)")
+                         "--runner, --no-detector, --detector-weights and --views (the scenes index is carried over)")
         return run_cli(lambda home: _run_delta(args), verbose=args.verbose, logger_name=logger.name)
+    if not args.views_weight > 0:
+        parser.error(f"--views-weight must be > 0, got {args.views_weight}")
     if not args.model or not args.catalog:
         parser.error("a full build needs --model and --catalog (or give --add/--update/--remove to change the current generation)")
     return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
@@ -156,11 +168,13 @@ def _run(args: argparse.Namespace) -> int:
     from engine.index.serving_folder import build_serving_folder
     from engine.model.embedder import load_preprocessing
     from training.model_ref import resolve_model
+    from training.synthesis import synthetic_views
 
     t0 = time.perf_counter()
     backend = backend_spec(args)
     model = resolve_model(args.model)
     catalog = load_catalog(args.catalog)
+    views = synthetic_views(args.views, catalog, args.views_weight) if args.views else None  # checked before any embedding
     open_detect = None
     classes = load_category_map().classes
     if not args.no_detector:
@@ -175,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
     built: dict = {}
 
     def write(tmp: Path) -> None:
-        built.update(build_serving_folder(model.path, catalog, tmp, detect, backend, classes, tuning, runner, open_detect))
+        built.update(build_serving_folder(model.path, catalog, tmp, detect, backend, classes, tuning, runner, open_detect, views))
         if args.calibration:
             _calibrate(args.calibration, tmp)
 

@@ -26,6 +26,7 @@ from detectors.cache import cached_detect
 from detectors.category_map import load_category_map, map_for_detector
 from detectors.yolo import WEIGHTS_ENV, YoloDetector
 from engine.index.tuning import TuningConfig
+from engine.index.views import DEFAULT_WEIGHT as VIEWS_WEIGHT
 from engine.config import BACKBONES, DISTRIBUTE, LOSSES, ModelConfig, TrainConfig
 from engine.runtime import run_cli
 from training.query_sources import SOURCE_NAMES, check_mix
@@ -34,6 +35,7 @@ from training.tracking import run_metrics
 if TYPE_CHECKING:
     from engine.data.catalog import Catalog
     from training.run_plan import DataConfig, RunPlan
+    from engine.index.views import ProductViews
 
 logger = logging.getLogger("training.fit")
 
@@ -122,6 +124,9 @@ def _run_flags(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--out", type=Path, default=None, help="also copy the final embedder .keras here")
     g.add_argument("--no-index", action="store_true", help="do not build the search indexes (products, scene crops) at the end")
     g.add_argument("--target-recall", type=float, default=0.95, help="recall@10 against exact search the built indexes are tuned to (0 = untuned defaults)")
+    g.add_argument("--index-views-weight", type=float, default=VIEWS_WEIGHT,
+                   help="the built products index blends each photo's vector with its product's --synthetic views at this weight "
+                        "(engine.index.views, as build_index --views; views pasted into held-out scenes are left out; 0 = photos alone)")
     g.add_argument("--verbose", action="store_true", help="debug logging")
 
 
@@ -165,7 +170,10 @@ def data_config_from_args(args: argparse.Namespace) -> DataConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.index_views_weight >= 0:
+        parser.error(f"--index-views-weight must be >= 0, got {args.index_views_weight}")
     return run_cli(lambda home: _run(args, home, argv), verbose=args.verbose, logger_name=logger.name)
 
 
@@ -186,7 +194,7 @@ def _run(args: argparse.Namespace, home: Path, argv: Sequence[str]) -> int:
     else:
         plan = _new_plan(args, home)
     options = RunOptions(run_name=args.run_name, experiment=args.experiment, out=args.out)
-    build_index = None if args.no_index else partial(_build_indexes, args, home=home)
+    build_index = None if args.no_index else partial(_build_indexes, args, home=home, views=_index_views(plan, args.index_views_weight))
     result = Trainer(plan, cluster, home, options=options, job=job, build_index=build_index).run()
     if result.folder is None:
         print(f"{cluster.task}: done; the chief logged the run and saved the model")
@@ -205,8 +213,24 @@ def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
     return new_plan(model, train, data, home)
 
 
-def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog, out: Path, home: Path) -> Path:
-    """The serving folder of the catalog with the final model: ``out/{model.keras,products,scenes}``."""
+def _index_views(plan: RunPlan, weight: float) -> ProductViews | None:
+    """The run's synthetic views to blend into its products index at ``weight``, without those pasted
+    into a held-out scene; None when the run has none or ``weight`` is 0."""
+    from dataclasses import replace
+
+    from training.synthesis import synthetic_views
+
+    if weight <= 0 or plan.data.synthetic is None:
+        return None
+    views = synthetic_views(plan.data.synthetic, plan.catalog, weight)
+    kept = tuple(v for v in views.views if v.background not in plan.holdout)
+    return replace(views, views=kept) if kept else None
+
+
+def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog, out: Path, home: Path,
+                   views: ProductViews | None = None) -> Path:
+    """The serving folder of the catalog with the final model: ``out/{model.keras,products,scenes}``,
+    ``views`` blended into the products index (``engine.index.views``)."""
     from engine.index.backends import BackendSpec
     from engine.index.serving_folder import build_serving_folder
     from engine.model.embedder import load_preprocessing
@@ -218,7 +242,7 @@ def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog,
         detect = cached_detect(weights, load_preprocessing(model_path).detector_confidence, home / "cache" / "detections")
         classes = map_for_detector(YoloDetector(weights).class_names, check=False).classes  # the groups for a detector of them
     build_serving_folder(model_path, catalog, out, detect, backend=BackendSpec(), classes=classes,
-                         tuning=TuningConfig(target_recall=args.target_recall) if args.target_recall > 0 else None)
+                         tuning=TuningConfig(target_recall=args.target_recall) if args.target_recall > 0 else None, views=views)
     return out
 
 

@@ -38,9 +38,10 @@ from engine.data.catalog import Catalog, ProductImage
 from engine.synthesis.composite import CompositeConfig, CompositeError, PlacementPrior, composite, to_rel_box
 from engine.config import DEFAULT_MIN_CONFIDENCE
 from engine.synthesis.cutout import CutoutConfig, CutoutError
-from engine.files import atomic_file, write_json_atomic
+from engine.files import atomic_file, file_sha256, write_json_atomic
 from engine.data.iconic import IconicTest
 from engine.data.images import Box, ImageError, load_image
+from engine.index.views import DEFAULT_WEIGHT as VIEWS_WEIGHT, ProductView, ProductViews
 from engine.data.proposals import Detect
 from training.manifest import read_versioned_json
 
@@ -135,6 +136,21 @@ def load_synthetic_manifest(path: Path) -> SyntheticManifest:
         raise SyntheticManifestError(f"{path}: a view is malformed ({exc}); synthesize again") from None
     return SyntheticManifest(data["catalog"], data["catalog_fingerprint"], views, data.get("producer", {}), data.get("stats", {}),
                              data.get("created", ""), path.parent)
+
+
+def synthetic_views(path: Path, catalog: Catalog, weight: float = VIEWS_WEIGHT) -> ProductViews:
+    """The views of the manifest at ``path`` as ``engine.index.views.ProductViews`` (to blend into the
+    catalog's vectors with ``weight``), recorded by the file's path and sha256;
+    ``SyntheticManifestError`` when they were made from another catalog or name products it lacks."""
+    manifest = load_synthetic_manifest(path)
+    if manifest.catalog_fingerprint != catalog.fingerprint:
+        raise SyntheticManifestError(f"{path}: the views were made from catalog fingerprint {manifest.catalog_fingerprint}, but "
+                                     f"{catalog.root} is {catalog.fingerprint}; synthesize them again for this catalog")
+    unknown = sorted({v.product_id for v in manifest.views} - set(catalog.types))
+    if unknown:
+        raise SyntheticManifestError(f"{path}: views of products missing from {catalog.root}: {unknown[:5]}; synthesize them again")
+    views = tuple(ProductView(v.product_id, manifest.image_path(v), tuple(v.box), v.background) for v in manifest.views)
+    return ProductViews(views, weight, str(path), file_sha256(path))
 
 
 def placement_label(product_type: str, category_map: CategoryMap) -> str:

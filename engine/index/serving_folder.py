@@ -28,6 +28,7 @@ from engine.model.embedder import Embedder, read_ahead
 from engine.files import atomic_file, file_sha256
 from engine.data.images import load_square, query_crop
 from engine.index.catalog_index import CatalogIndex, Item
+from engine.index.views import ProductViews, fuse_views, view_crops
 from engine.data.proposals import Detect, catalog_proposals
 
 logger = logging.getLogger(__name__)
@@ -68,16 +69,26 @@ def photo_images(paths: Sequence[Path], prep: Preprocessing) -> Iterator[np.ndar
 
 
 def product_index(catalog: Catalog, embedder: Embedder, backend: BackendSpec = BackendSpec(), tuning: TuningConfig | None = None,
-                  queries: np.ndarray | None = None, embed_photos: EmbedPhotos | None = None) -> CatalogIndex:
+                  queries: np.ndarray | None = None, embed_photos: EmbedPhotos | None = None,
+                  views: ProductViews | None = None) -> CatalogIndex:
     """One item per product image of ``products.csv``, indexed by ``backend``; tuned on ``queries``
     (float32 (Q, D)) when given. The photos are embedded by ``embed_photos`` (a distributed runner,
-    with ``embedder``'s model and preprocessing) when given, else in this process."""
+    with ``embedder``'s model and preprocessing) when given, else in this process. ``views``: in-room
+    views of the products, embedded in this process as room crops and blended into their photos'
+    vectors (``engine.index.views``); the index records them under ``embedded_by["views"]``."""
     items = [Item(f"{p.product_id}#{i}", p.product_id, p.name, p.type, _relative(p.image, catalog.root), details=p.details)
              for i, p in enumerate(catalog.products)]
     if embed_photos is not None:
         vectors = np.asarray(embed_photos([p.image for p in catalog.products]), np.float32)
     else:
         vectors = embedder(product_images(catalog.products, embedder.preprocessing))
+    if views is not None:
+        views = views.for_products(catalog.product_ids)
+        prep = embedder.preprocessing
+        view_vectors = embedder(read_ahead(view_crops(views.views, prep.image_size, prep.crop_padding)))
+        vectors = fuse_views(vectors, [p.product_id for p in catalog.products], view_vectors, [v.product_id for v in views.views], views.weight)
+        logger.info("%d in-room views of %d products blended into their photos' vectors (weight %g)", len(views.views),
+                    len({v.product_id for v in views.views}), views.weight)
     index = CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend, asdict(embedder.preprocessing), str(catalog.root), tuning,
                                       queries, "scene-crop embeddings")
     index.photo_hashes = [p.sha256 or file_sha256(p.image) for p in catalog.products]  # what a later delta reuses vectors by
@@ -126,7 +137,7 @@ def _relative(image: Path, root: Path) -> str:
 def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detect: Detect | None = None,
                           backend: BackendSpec = BackendSpec(), classes: Collection[str] | None = None,
                           tuning: TuningConfig | None = None, runner: PhotoRunner | None = None, model_path: Path | None = None,
-                          open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
+                          open_detect: Callable[[], Detect] | None = None, views: ProductViews | None = None) -> dict[str, CatalogIndex]:
     """Build and save ``out/products`` and ``out/scenes`` with ``backend``; ``embedder`` must be saved (it has a fingerprint).
 
     The scene crops are embedded first: with ``tuning`` they are the products index's tuning queries
@@ -136,7 +147,8 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
     (exact search: nothing to store elsewhere). With ``runner``, the product photos and the scene
     crops are embedded on it with the embedder saved at ``model_path``, its workers detecting with their own
     detector from ``open_detect`` (None: no detector; ``detect`` is not used there); each manifest
-    records which runner computed its vectors (``embedded_by``)."""
+    records which runner computed its vectors (``embedded_by``); ``views`` are blended into the
+    products' vectors (``product_index``) and recorded there too."""
     if not embedder.fingerprint:
         raise ValueError("indexes need a saved embedder (its fingerprint ties them to it); load it with Embedder.load")
     if runner is not None and model_path is None:
@@ -153,8 +165,10 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
         scenes = CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend.named(SCENES) if len(items) else BackendSpec(),
                                            asdict(embedder.preprocessing), str(catalog.root), tuning)
     queries = scenes.vectors if scenes is not None and len(scenes) else None
-    built = {PRODUCTS: product_index(catalog, embedder, backend.named(PRODUCTS), tuning, queries, embed_photos)}
+    built = {PRODUCTS: product_index(catalog, embedder, backend.named(PRODUCTS), tuning, queries, embed_photos, views)}
     built[PRODUCTS].embedded_by = {"runner": "local"} if runner is None else runner.describe()
+    if views is not None:
+        built[PRODUCTS].embedded_by["views"] = views.for_products(catalog.product_ids).record()
     if scenes is not None:
         built[SCENES] = scenes
         scenes.embedded_by = built[PRODUCTS].embedded_by
@@ -169,13 +183,13 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
 def build_serving_folder(model_path: Path, catalog: Catalog, out: Path, detect: Detect | None = None,
                          backend: BackendSpec = BackendSpec(), classes: Collection[str] | None = None,
                          tuning: TuningConfig | None = TuningConfig(), runner: PhotoRunner | None = None,
-                         open_detect: Callable[[], Detect] | None = None) -> dict[str, CatalogIndex]:
+                         open_detect: Callable[[], Detect] | None = None, views: ProductViews | None = None) -> dict[str, CatalogIndex]:
     """Everything the search service needs in ``out``: ``model.keras`` (a copy of ``model_path``)
     and the ``products`` and ``scenes`` indexes built with it by ``backend`` (their vectors computed
-    on ``runner`` with detectors from ``open_detect`` when given)."""
+    on ``runner`` with detectors from ``open_detect`` when given; ``views`` blended into the products')."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "model.keras") as tmp:
         shutil.copyfile(model_path, tmp)
     return build_catalog_indexes(catalog, Embedder.load(out / "model.keras"), out, detect, backend, classes, tuning, runner,
-                                 out / "model.keras", open_detect)
+                                 out / "model.keras", open_detect, views)

@@ -191,6 +191,32 @@ def test_an_ensemble_is_evaluated_against_its_members_imagenet_features(trained_
     assert report["baseline"]["summary"]["protocol"]["reachable_pairs"] == report["summary"]["protocol"]["reachable_pairs"] > 0
 
 
+def test_catalog_views_are_blended_without_any_pasted_into_an_evaluated_scene(trained_run, tiny_catalog: Path, tmp_path: Path, capsys,
+                                                                              caplog):
+    """``--catalog-views``: the views pasted into an evaluated scene would bring that room into the
+    index, so they are left out; the model is also scored without the views, pair by pair."""
+    from engine.synthesis.composite import PlacementPrior
+    from training.synthesis import SynthesisConfig, SyntheticManifest, save_synthetic_manifest, synthesize
+
+    catalog = load_catalog(tiny_catalog)
+    evaluated = read_scene_list(trained_run.holdout)
+    rooms = [evaluated[0]] + [s.scene for s in catalog.scenes if s.scene not in evaluated][:2]
+    views, stats = synthesize(catalog, rooms, PlacementPrior(), load_category_map(), SynthesisConfig(views_per_product=3, seed=2),
+                              tmp_path / "views", workers=1)
+    manifest = save_synthetic_manifest(SyntheticManifest(str(catalog.root), catalog.fingerprint, views, {}, stats), tmp_path / "views" / "m.json")
+    leaked = sum(v.background in evaluated for v in views)
+    assert 0 < leaked < len(views)
+    out = tmp_path / "eval"
+    assert evaluate.main(["--catalog", str(tiny_catalog), "--model", str(trained_run.out), "--scenes", str(trained_run.holdout),
+                          "--baseline", "none", "--weights", "none", "--catalog-views", str(manifest), "--views-weight", "0.5", "--no-mlflow",
+                          "--tsne-products", "0", "--grid-queries", "0", "--out", str(out)]) == 0
+    assert "without the catalog's views: s2p recall@10" in capsys.readouterr().out
+    assert f"{leaked} of {len(views)} views are pasted into evaluated scenes: left out" in caplog.text
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    assert summary["catalog_views"]["views"] == len(views) - leaked and summary["catalog_views"]["weight"] == 0.5
+    assert set(summary["without_views"]["difference"]) >= {"scene_to_product", "product_to_scene"}
+
+
 def test_a_multiscale_embedder_is_evaluated_on_crops_cut_at_its_largest_size_against_imagenet_at_its_trained_size(
         trained_run, tiny_catalog: Path, tmp_path: Path, capsys):
     """``training.ensemble --scales``: the crops are cut at the largest size; the ImageNet baseline

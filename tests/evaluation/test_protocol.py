@@ -335,3 +335,19 @@ def test_the_hub_correction_ranks_by_distance_minus_room_density(tmp_path: Path,
     # the calibration rows keep the distances the service shows, whatever the ranking
     base_rows = score(inputs, _embed, EvalConfig(ks=(1, 5))).match_rows
     assert np.allclose(strong_result.match_rows[:, :3], base_rows[:, :3]) and not np.allclose(strong_result.match_rows[:, 3], base_rows[:, 3])
+
+
+def test_views_blended_into_the_catalog_move_a_product_toward_them(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=True))
+    inputs = prepare(catalog, P48, detector=None, category_map=category_map)
+    with pytest.raises(ValueError, match="views"):
+        score(inputs, _embed, EvalConfig(views_weight=0.5))  # asked to blend, nothing to blend
+    inputs.view_images = np.full((1, 48, 48, 3), COLOURS["C2"][1], np.uint8)  # C1 seen only in C2's colour
+    inputs.view_products = ["C1"]
+    plain, blended = score(inputs, _embed, EvalConfig(ks=(1,))), score(inputs, _embed, EvalConfig(ks=(1,), views_weight=100.0))
+    assert _by_pair(plain)[("C1", "s1")].rank == 1
+    assert _by_pair(blended)[("C1", "s1")].rank > 1  # its photo's vector now points at green: a red crop no longer finds it
+    c2 = [r for r in blended.pairs if (r.case.product_id, r.case.scene) == ("C2", "s2")][0]
+    ids = catalog.product_ids
+    assert c2.rank == 1 and ids[blended.top[c2.matched_crop][1]] == "C1"  # and a green crop finds it second, after C2 itself
+    assert _by_pair(score(inputs, _embed, EvalConfig(ks=(1,), views_weight=0.0)))[("C1", "s1")].rank == 1  # weight 0: not blended

@@ -197,3 +197,47 @@ def test_add_update_remove_change_the_current_generation_and_refuse_what_does_no
     assert "NO-SUCH" in err and "not the model" in err and "damaged" in err
     assert "broken.csv, line 2: image" in err and "cannot be decoded" in err  # a delta's photos are checked like a catalog's
     assert "fitted on model another" in err
+
+
+def test_views_go_with_a_full_build_only_and_a_positive_weight(capsys):
+    from serving.build_index import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", "o", "--add", "new.csv", "--views", "m.json"])  # a delta embeds new photos alone: refused, not ignored
+    assert exc.value.code == 2 and "--views" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "m.keras", "--catalog", "c", "--out", "o", "--views", "m.json", "--views-weight", "0"])
+    assert exc.value.code == 2 and "--views-weight must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_build_with_views_serves_each_photo_blended_and_records_them(index_folder: Path, tiny_catalog: Path, tmp_path: Path):
+    import json
+
+    import numpy as np
+
+    from detectors.category_map import load_category_map
+    from engine.data.catalog import load_catalog
+    from engine.files import file_sha256
+    from engine.index.catalog_index import CatalogIndex
+    from engine.synthesis.composite import PlacementPrior
+    from training.synthesis import SynthesisConfig, SyntheticManifest, save_synthetic_manifest, synthesize
+
+    catalog = load_catalog(tiny_catalog)
+    views, stats = synthesize(catalog, [s.scene for s in catalog.scenes[:4]], PlacementPrior(), load_category_map(),
+                              SynthesisConfig(views_per_product=2, seed=1), tmp_path / "views", workers=1)
+    manifest = save_synthetic_manifest(SyntheticManifest(str(catalog.root), catalog.fingerprint, views, {}, stats), tmp_path / "views" / "manifest.json")
+    out = tmp_path / "serve"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "serving.build_index", "--model", str(index_folder / "model.keras"), "--catalog", str(tiny_catalog),
+                           "--out", str(out), "--no-detector", "--views", str(manifest), "--views-weight", "0.5"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    products = resolve_serving_folder(out) / "products"
+    record = json.loads((products / "manifest.json").read_text())["embedded_by"]["views"]
+    assert record == {"views": 36, "products": 18, "weight": 0.5, "source": str(manifest), "sha256": file_sha256(manifest)}
+    blended, plain = CatalogIndex.load(products), CatalogIndex.load(index_folder / "products")  # the same model without views
+    assert [it.product_id for it in blended.items] == [it.product_id for it in plain.items]
+    cos = (np.asarray(blended.vectors) * np.asarray(plain.vectors)).sum(1)
+    assert np.allclose(np.linalg.norm(blended.vectors, axis=1), np.linalg.norm(plain.vectors, axis=1), atol=1e-5)  # each photo's norm kept
+    assert (cos < 0.9999).all() and (cos > 0.5).all()  # every photo moved toward its views, none replaced by them

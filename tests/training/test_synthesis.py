@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -12,6 +13,9 @@ import pytest
 
 from detectors.category_map import load_category_map
 from engine.data.catalog import load_catalog
+from engine.files import file_sha256
+from engine.index.views import DEFAULT_WEIGHT as VIEWS_WEIGHT
+from engine.runtime import state_dir
 from engine.synthesis.composite import PlacementPrior
 from engine.data.images import load_image
 from engine.data.splits import write_scene_list
@@ -23,6 +27,7 @@ from training.synthesis import (
     load_synthetic_manifest,
     save_synthetic_manifest,
     synthesize as make_views,
+    synthetic_views,
 )
 from training.tracking import run_metrics, tracking_uri
 
@@ -60,6 +65,24 @@ def test_manifest_round_trips_and_bad_ones_are_refused(tiny_catalog: Path, tmp_p
         load_synthetic_manifest(tmp_path / "missing.json")
 
 
+def test_a_manifests_views_to_blend_into_the_index_are_recorded_and_checked(tiny_catalog: Path, tmp_path: Path):
+    catalog = load_catalog(tiny_catalog)
+    room = catalog.scenes[0].scene
+    views, stats = make_views(catalog, [room], PlacementPrior(), load_category_map(), SynthesisConfig(views_per_product=1), tmp_path, workers=1)
+    path = save_synthetic_manifest(SyntheticManifest(str(catalog.root), catalog.fingerprint, views, {}, stats), tmp_path / "manifest.json")
+    blend = synthetic_views(path, catalog, 0.25)
+    assert [(v.product_id, v.box, v.background) for v in blend.views] == [(v.product_id, tuple(v.box), room) for v in views]
+    assert all(v.image.is_file() for v in blend.views)
+    assert blend.record() == {"views": 18, "products": 18, "weight": 0.25, "source": str(path), "sha256": file_sha256(path)}
+    # a training run's index: its views, less those pasted into its held-out scenes
+    plan = SimpleNamespace(data=SimpleNamespace(synthetic=path), catalog=catalog, holdout=frozenset())
+    assert len(fit._index_views(plan, 0.25).views) == 18 and fit._index_views(plan, 0.0) is None
+    assert fit._index_views(SimpleNamespace(**{**vars(plan), "holdout": frozenset({room})}), 0.25) is None  # every view was in it
+    other = SyntheticManifest(str(catalog.root), "another-catalog", views, {}, stats)
+    with pytest.raises(SyntheticManifestError, match="synthesize them again"):
+        synthetic_views(save_synthetic_manifest(other, tmp_path / "other.json"), catalog)
+
+
 @pytest.mark.slow
 def test_synthesize_then_fit_on_synthetic_views(tiny_catalog: Path, tmp_path: Path, last_run, tiny_fit, capsys):
     catalog = load_catalog(tiny_catalog)
@@ -78,8 +101,12 @@ def test_synthesize_then_fit_on_synthetic_views(tiny_catalog: Path, tmp_path: Pa
 
     assert fit.main(["--catalog", str(tiny_catalog), "--synthetic", str(out / "manifest.json"), "--holdout-scenes", str(held),
                      "--weights", "none", "--epochs", "1", "--softmax-weight", "1", "--mix", "real=1,synthetic=1",
-                     "--no-index", "--run-name", "t-synthetic", *tiny_fit]) == 0
+                     "--target-recall", "0", "--run-name", "t-synthetic", *tiny_fit]) == 0
     run = last_run()
+    # the run's products index blends its synthetic views (none pasted into a held-out scene: there are none here)
+    products = json.loads((state_dir() / "models" / run.info.run_id / "index" / "products" / "manifest.json").read_text())
+    assert products["embedded_by"]["views"] == {"views": 18, "products": 18, "weight": VIEWS_WEIGHT, "source": str(out / "manifest.json"),
+                                                "sha256": file_sha256(out / "manifest.json")}
     params = run.data.params
     assert int(params["train_queries_synthetic"]) + int(params["dropped_synthetic_val_backgrounds"]) == 18
     assert int(params["epoch_queries_real"]) == int(params["epoch_queries_synthetic"]) > 0  # the 1:1 mix
