@@ -215,6 +215,13 @@ def test_catalog_views_are_blended_without_any_pasted_into_an_evaluated_scene(tr
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     assert summary["catalog_views"]["views"] == len(views) - leaked and summary["catalog_views"]["weight"] == 0.5
     assert set(summary["without_views"]["difference"]) >= {"scene_to_product", "product_to_scene"}
+    inside = [v for v in views if v.background in evaluated]  # only views of evaluated rooms: nothing honest to blend
+    only = save_synthetic_manifest(SyntheticManifest(str(catalog.root), catalog.fingerprint, inside, {}, stats), tmp_path / "views" / "inside.json")
+    for manifest, says in ((only, "every view is pasted into an evaluated scene"), (tmp_path / "none.json", "not found")):
+        caplog.clear()
+        assert evaluate.main(["--catalog", str(tiny_catalog), "--model", str(trained_run.out), "--scenes", str(trained_run.holdout),
+                              "--baseline", "none", "--weights", "none", "--catalog-views", str(manifest), "--no-mlflow"]) == 2
+        assert says in caplog.text
 
 
 def test_a_multiscale_embedder_is_evaluated_on_crops_cut_at_its_largest_size_against_imagenet_at_its_trained_size(
