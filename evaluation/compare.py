@@ -10,7 +10,8 @@ box for every pair: the comparison is then of the embedders alone. The folds' pa
 each recall is printed for both sides with the paired difference A − B and its 95 % interval,
 resampling whole scenes (the pairs of one photo are not independent): s2p recall@k over all pairs
 (the query box of the product's group; a pair with none is a miss), the same ranked within the
-product's group, and room recall@k (the engine's own room list, no label).
+product's group, room recall@k (the engine's own room list, no label), and product → scene
+recall@k (the product's photo searching the scenes' crops: the rank of the pair's scene).
 
 When every fold of a side has the same number n ≥ 2 of seeds, that side's recall is also given with
 its seed spread: the j-th folder given for each fold makes seed run j (pass the folders of each
@@ -37,7 +38,8 @@ from engine.runtime import run_cli
 
 logger = logging.getLogger("evaluation.compare")
 
-MEASURES = (("s2p", "group_rank"), ("in_group", "in_group_rank"), ("room", "room_rank"))  # measure -> pairs.csv column
+MEASURES = (("s2p", "group_rank"), ("in_group", "in_group_rank"), ("room", "room_rank"),
+            ("p2s", "scene_rank"))  # measure -> pairs.csv column
 
 
 class CompareError(ValueError):
@@ -145,7 +147,7 @@ def table(result: dict, ks: Sequence[int]) -> str:
     lines = [f"{result['pairs']} pairs, {result['scenes']} scenes, {result['folds']} folds; seeds per fold A {result['seeds_a']}, "
              f"B {result['seeds_b']}" + ("; ± the seed runs' standard deviation" if _spread(result) else ""),
              f"{'measure':<18}{'A':>15}{'B':>15}   A - B [95% scene bootstrap]"]
-    names = {"s2p": "s2p R@{k}", "in_group": "in-group R@{k}", "room": "room R@{k}"}
+    names = {"s2p": "s2p R@{k}", "in_group": "in-group R@{k}", "room": "room R@{k}", "p2s": "p2s R@{k}"}
     for measure, _ in MEASURES:
         for k in ks:
             r = result[measure][int(k)]

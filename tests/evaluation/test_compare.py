@@ -12,11 +12,11 @@ import pytest
 from engine.metrics import bootstrap_mean, bootstrap_recall
 from evaluation import compare, evaluate
 
-COLUMNS = ["product_id", "scene", "query_box", "group_rank", "in_group_rank", "room_rank"]
+COLUMNS = ["product_id", "scene", "query_box", "group_rank", "in_group_rank", "room_rank", "scene_rank"]
 
 
 def _eval(path: Path, fold: str, rows: list[tuple], *, proposer: str = "drawn-boxes:1", catalog: str = "cat1") -> Path:
-    """An evaluation folder: ``rows`` of (product, scene, query box, s2p rank, in-group rank, room rank); '' = none."""
+    """An evaluation folder: ``rows`` of (product, scene, query box, s2p rank, in-group rank, room rank, p2s rank); '' = none."""
     path.mkdir(parents=True)
     (path / "metrics.json").write_text(json.dumps({"scenes_sha": fold, "catalog_fingerprint": catalog,
                                                    "summary": {"protocol": {"detector": proposer}}}))
@@ -28,13 +28,13 @@ def _eval(path: Path, fold: str, rows: list[tuple], *, proposer: str = "drawn-bo
 
 
 def _fold0(ranks: list) -> list[tuple]:
-    """Fold 0: four pairs on scenes s1 (two) and s2 (two); ``ranks`` the s2p rank of each (in-group and room the same)."""
+    """Fold 0: four pairs on scenes s1 (two) and s2 (two); ``ranks`` the s2p rank of each (in-group, room and p2s the same)."""
     keys = [("p1", "s1"), ("p2", "s1"), ("p3", "s2"), ("p4", "s2")]
-    return [(p, s, "0 0 9 9", r, r, r) for (p, s), r in zip(keys, ranks)]
+    return [(p, s, "0 0 9 9", r, r, r, r) for (p, s), r in zip(keys, ranks)]
 
 
 def _fold1(ranks: list) -> list[tuple]:
-    return [("p5", "s3", "1 1 5 5", ranks[0], ranks[0], ranks[0]), ("p6", "s3", "", ranks[1], ranks[1], ranks[1])]
+    return [("p5", "s3", "1 1 5 5", *[ranks[0]] * 4), ("p6", "s3", "", *[ranks[1]] * 4)]
 
 
 def test_seeds_are_averaged_per_pair_and_folds_pooled(tmp_path: Path):
@@ -54,7 +54,7 @@ def test_seeds_are_averaged_per_pair_and_folds_pooled(tmp_path: Path):
     lo, hi = s2p10["ci95"]
     assert -0.5 <= lo <= s2p10["difference"] <= hi <= 0.25
     assert out["s2p"][1]["a"] == pytest.approx(0.5 / 6)  # p1 ranks 1 in one seed, 2 in the other; no other pair first
-    assert out["room"] == out["s2p"] and out["in_group"] == out["s2p"]  # the same ranks in every column here
+    assert out["room"] == out["s2p"] and out["in_group"] == out["s2p"] and out["p2s"] == out["s2p"]  # the same ranks in every column here
     assert compare.compare(a, a, [10], n=200)["s2p"][10]["ci95"] == [0.0, 0.0]
 
 
