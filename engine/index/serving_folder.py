@@ -166,12 +166,11 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
                                            asdict(embedder.preprocessing), str(catalog.root), tuning)
     queries = scenes.vectors if scenes is not None and len(scenes) else None
     built = {PRODUCTS: product_index(catalog, embedder, backend.named(PRODUCTS), tuning, queries, embed_photos, views)}
-    built[PRODUCTS].embedded_by = {"runner": "local"} if runner is None else runner.describe()
-    if views is not None:
-        built[PRODUCTS].embedded_by["views"] = views.for_products(catalog.product_ids).record()
+    embedded_by = {"runner": "local"} if runner is None else runner.describe()
+    built[PRODUCTS].embedded_by = {**embedded_by, **({"views": views.for_products(catalog.product_ids).record()} if views else {})}
     if scenes is not None:
         built[SCENES] = scenes
-        scenes.embedded_by = built[PRODUCTS].embedded_by
+        scenes.embedded_by = dict(embedded_by)  # the scene crops are never blended
     for name, index in built.items():
         index.save(Path(out) / name)
         t = index.tuning

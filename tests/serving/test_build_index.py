@@ -235,6 +235,7 @@ def test_a_build_with_views_serves_each_photo_blended_and_records_them(index_fol
     assert done.returncode == 0, done.stderr
     products = resolve_serving_folder(out) / "products"
     record = json.loads((products / "manifest.json").read_text())["embedded_by"]["views"]
+    assert "views" not in json.loads((products.parent / "scenes" / "manifest.json").read_text())["embedded_by"]  # crops are not blended
     assert record == {"views": 36, "products": 18, "weight": 0.5, "source": str(manifest), "sha256": file_sha256(manifest)}
     blended, plain = CatalogIndex.load(products), CatalogIndex.load(index_folder / "products")  # the same model without views
     assert [it.product_id for it in blended.items] == [it.product_id for it in plain.items]
