@@ -368,14 +368,13 @@ def _catalog_views(args: argparse.Namespace, catalog: Catalog, evaluated: Catalo
     from training.synthesis import synthetic_views  # reads the manifest format; no TensorFlow
 
     views = synthetic_views(args.catalog_views, catalog, args.views_weight)
-    evaluated_scenes = {s.scene for s in evaluated.scenes}
-    kept = tuple(v for v in views.views if v.background not in evaluated_scenes)
-    if not kept:
+    kept = views.outside({s.scene for s in evaluated.scenes})
+    if kept is None:
         raise CatalogError(f"--catalog-views {args.catalog_views}: every view is pasted into an evaluated scene; synthesize them with "
                            "--holdout-scenes naming the scenes you evaluate")
-    if len(kept) < len(views.views):
-        logger.warning("%d of %d views are pasted into evaluated scenes: left out", len(views.views) - len(kept), len(views.views))
-    return replace(views, views=kept)
+    if len(kept.views) < len(views.views):
+        logger.warning("%d of %d views are pasted into evaluated scenes: left out", len(views.views) - len(kept.views), len(views.views))
+    return kept
 
 
 def _with_views(inputs: EvalInputs, cfg: EvalConfig, views: ProductViews | None) -> tuple[EvalInputs, EvalConfig]:

@@ -216,15 +216,11 @@ def _new_plan(args: argparse.Namespace, home: Path) -> RunPlan:
 def _index_views(plan: RunPlan, weight: float) -> ProductViews | None:
     """The run's synthetic views to blend into its products index at ``weight``, without those pasted
     into a held-out scene; None when the run has none or ``weight`` is 0."""
-    from dataclasses import replace
-
     from training.synthesis import synthetic_views
 
     if weight <= 0 or plan.data.synthetic is None:
         return None
-    views = synthetic_views(plan.data.synthetic, plan.catalog, weight)
-    kept = tuple(v for v in views.views if v.background not in plan.holdout)
-    return replace(views, views=kept) if kept else None
+    return synthetic_views(plan.data.synthetic, plan.catalog, weight).outside(plan.holdout)
 
 
 def _build_indexes(args: argparse.Namespace, model_path: Path, catalog: Catalog, out: Path, home: Path,

@@ -18,7 +18,7 @@ a pasted view carries its background, and such vectors come near many rooms' cro
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,12 @@ class ProductViews:
         """Only the views of ``product_ids`` (others' views are never embedded); the same record."""
         keep = set(product_ids)
         return ProductViews(tuple(v for v in self.views if v.product_id in keep), self.weight, self.source, self.digest)
+
+    def outside(self, scenes: Collection[str]) -> ProductViews | None:
+        """Only the views not pasted into ``scenes`` (held-out or evaluated rooms: a view would carry
+        that room into the index); None when none is left."""
+        kept = tuple(v for v in self.views if v.background not in scenes)
+        return ProductViews(kept, self.weight, self.source, self.digest) if kept else None
 
     def record(self) -> dict:
         """What an index manifest or an evaluation report keeps of them."""

@@ -54,6 +54,7 @@ def test_views_are_cut_as_a_room_crop_and_kept_per_product(tmp_path):
     # the box is 80 x 40: squared on white, the middle rows are the product's colour, the top and bottom white
     assert tuple(crop[16, 16]) == (255, 0, 0) and tuple(crop[1, 16]) == (255, 255, 255)
     assert views.for_products(["a"]).record() == {"views": 1, "products": 1, "weight": 0.5, "source": "m.json", "sha256": "ab"}
+    assert [v.product_id for v in views.outside({"room-1"}).views] == ["b"] and views.outside({"room-1", ""}) is None
 
 
 class _MeanColour:
