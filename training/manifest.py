@@ -17,11 +17,15 @@ Files are written atomically (temp file, then rename).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from engine.data.catalog import Catalog
 
 FORMAT = "showroom.triplets"
 VERSION = 1
@@ -89,6 +93,16 @@ def save_manifest(manifest: Manifest, path: Path) -> None:
         "positives": [asdict(p) for p in manifest.positives],
     }
     write_json_atomic(path, data)
+
+
+def check_fits(catalog: Catalog, fingerprint: str, product_ids: Iterable[str], error: type[ValueError], made: str, fix: str) -> None:
+    """Raise ``error`` when a manifest was made from another catalog than ``catalog`` (its
+    ``fingerprint``) or names products it lacks; ``made`` opens the message, ``fix`` ends it."""
+    if fingerprint != catalog.fingerprint:
+        raise error(f"{made} catalog fingerprint {fingerprint}, but {catalog.root} is {catalog.fingerprint}; {fix}")
+    unknown = sorted(set(product_ids) - set(catalog.types))
+    if unknown:
+        raise error(f"{made} a catalog with products missing from {catalog.root}: {unknown[:5]}; {fix}")
 
 
 def read_versioned_json(path: Path, fmt: str, version: int, error: type[ValueError], what: str, make: str) -> dict[str, Any]:

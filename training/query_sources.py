@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from engine.data.catalog import Box, Catalog, CatalogError
-from training.manifest import Manifest, ManifestError, load_manifest
+from training.manifest import Manifest, ManifestError, check_fits, load_manifest
 from training.synthesis import SyntheticManifest, SyntheticManifestError, load_synthetic_manifest
 
 logger = logging.getLogger(__name__)
@@ -48,18 +48,9 @@ def queries_from_pairs(catalog: Catalog) -> list[QueryItem]:
     return [QueryItem(p.product_id, p.scene, scenes[p.scene].image, p.box) for p in catalog.pairs]
 
 
-def _check_fits(catalog: Catalog, fingerprint: str, product_ids: list[str], error: type[ValueError], made: str, fix: str) -> None:
-    """Raise ``error`` when a manifest was made from another catalog or names unknown products."""
-    if fingerprint != catalog.fingerprint:
-        raise error(f"{made} catalog fingerprint {fingerprint}, but {catalog.root} is {catalog.fingerprint}; {fix}")
-    unknown = sorted(set(product_ids) - set(catalog.types))
-    if unknown:
-        raise error(f"{made} a catalog with products missing from {catalog.root}: {unknown[:5]}; {fix}")
-
-
 def queries_from_manifest(manifest: Manifest, catalog: Catalog) -> list[QueryItem]:
     """The mined positives of a manifest, checked against the catalog they were mined from."""
-    _check_fits(catalog, manifest.catalog_fingerprint, [p.product_id for p in manifest.positives], ManifestError,
+    check_fits(catalog, manifest.catalog_fingerprint, [p.product_id for p in manifest.positives], ManifestError,
                 "the manifest was mined from", "mine it again for this catalog")
     return [QueryItem(p.product_id, p.scene, manifest.image_path(p), p.box, p.negatives,
                       "lifestyle" if p.source == "product_lifestyle" else "real") for p in manifest.positives]
@@ -67,7 +58,7 @@ def queries_from_manifest(manifest: Manifest, catalog: Catalog) -> list[QueryIte
 
 def queries_from_synthetic(manifest: SyntheticManifest, catalog: Catalog) -> list[QueryItem]:
     """The synthetic views of a manifest as training queries, checked against the catalog."""
-    _check_fits(catalog, manifest.catalog_fingerprint, [v.product_id for v in manifest.views], SyntheticManifestError,
+    check_fits(catalog, manifest.catalog_fingerprint, [v.product_id for v in manifest.views], SyntheticManifestError,
                 "the synthetic views were made from", "synthesize them again for this catalog")
     return [QueryItem(v.product_id, None, manifest.image_path(v), v.box, source="synthetic", background=v.background)
             for v in manifest.views]

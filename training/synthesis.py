@@ -43,7 +43,7 @@ from engine.data.iconic import IconicTest
 from engine.data.images import Box, ImageError, load_image
 from engine.index.views import DEFAULT_WEIGHT as VIEWS_WEIGHT, ProductView, ProductViews
 from engine.data.proposals import Detect
-from training.manifest import read_versioned_json
+from training.manifest import check_fits, read_versioned_json
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +143,8 @@ def synthetic_views(path: Path, catalog: Catalog, weight: float = VIEWS_WEIGHT) 
     catalog's vectors with ``weight``), recorded by the file's path and sha256;
     ``SyntheticManifestError`` when they were made from another catalog or name products it lacks."""
     manifest = load_synthetic_manifest(path)
-    if manifest.catalog_fingerprint != catalog.fingerprint:
-        raise SyntheticManifestError(f"{path}: the views were made from catalog fingerprint {manifest.catalog_fingerprint}, but "
-                                     f"{catalog.root} is {catalog.fingerprint}; synthesize them again for this catalog")
-    unknown = sorted({v.product_id for v in manifest.views} - set(catalog.types))
-    if unknown:
-        raise SyntheticManifestError(f"{path}: views of products missing from {catalog.root}: {unknown[:5]}; synthesize them again")
+    check_fits(catalog, manifest.catalog_fingerprint, (v.product_id for v in manifest.views), SyntheticManifestError,
+               f"{path}: the views were made from", "synthesize them again for this catalog")
     views = tuple(ProductView(v.product_id, manifest.image_path(v), tuple(v.box), v.background) for v in manifest.views)
     return ProductViews(views, weight, str(path), file_sha256(path))
 
