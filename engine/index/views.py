@@ -17,7 +17,6 @@ a pasted view carries its background, and such vectors come near many rooms' cro
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,14 +96,16 @@ def fuse_views(vectors: np.ndarray, products: Sequence[str], view_vectors: np.nd
         raise ValueError(f"view vectors have D={view_vectors.shape[1]}, the photos D={vectors.shape[1]}: not one embedder's")
     if not weight > 0:
         raise ValueError(f"weight must be > 0, got {weight}")
-    rows: dict[str, list[int]] = defaultdict(list)
-    for j, p in enumerate(view_products):
-        rows[p].append(j)
+    ids = {p: j for j, p in enumerate(dict.fromkeys(view_products))}
+    of_view = np.array([ids[p] for p in view_products], np.int64)
+    means = np.zeros((len(ids), vectors.shape[1]), np.float64)
+    np.add.at(means, of_view, view_vectors)
+    means /= np.maximum(np.bincount(of_view, minlength=len(ids)), 1)[:, None]
+    rows = np.array([i for i, p in enumerate(products) if p in ids], np.int64)  # photos of products with views
     out = vectors.copy()
-    for i, p in enumerate(products):
-        if p in rows:
-            blend = vectors[i] + weight * view_vectors[rows[p]].mean(axis=0)
-            norm = float(np.linalg.norm(blend))
-            if norm > 0:
-                out[i] = blend * (np.linalg.norm(vectors[i]) / norm)
+    if len(rows):
+        blend = vectors[rows] + weight * means[[ids[products[i]] for i in rows]]
+        norm = np.linalg.norm(blend, axis=1, keepdims=True)
+        scaled = blend * (np.linalg.norm(vectors[rows], axis=1, keepdims=True) / np.where(norm > 0, norm, 1.0))
+        out[rows] = np.where(norm > 0, scaled, vectors[rows])
     return out
