@@ -22,7 +22,9 @@ Real folder (``--serving-folder``): a copy of its current generation (hard links
 ``--remove`` of ``share`` of its products, then ``--add`` of them back (their photos embedded again),
 each a ``python -m serving.build_index`` process, timed beside a full ``build_index --model
 <the generation's model> --catalog DIR`` into another folder; the products' vectors after the round
-trip are compared with the original ones.
+trip are compared with the original ones. ``--views MANIFEST`` (for a folder built with those
+views): the add and the full build blend them too, so the round trip checks that a delta's blend is
+the full build's.
 
 Prints the table (``--json`` writes it); asserts nothing.
 """
@@ -166,10 +168,13 @@ def real_folder(args: argparse.Namespace) -> list[dict]:
         (tmp / "remove.txt").write_text("".join(f"{p}\n" for p in sorted(chosen)))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cli = [sys.executable, "-m", "serving.build_index"]
+        views = ["--views", str(args.views)] if args.views else []
         steps = [(f"remove {len(chosen)} products", cli + ["--out", str(work), "--remove", f"@{tmp / 'remove.txt'}"]),
-                 (f"add them back ({len(chosen)} products)", cli + ["--out", str(work), "--catalog", str(args.catalog), "--add", str(tmp / "add.csv")]),
+                 (f"add them back ({len(chosen)} products{', with their views' if args.views else ''})",
+                  cli + ["--out", str(work), "--catalog", str(args.catalog), "--add", str(tmp / "add.csv")] + views),
                  ("full build", cli + ["--model", str(work / generation / "model.keras"), "--catalog", str(args.catalog),
-                                       "--out", str(tmp / "full")] + (["--detector-weights", args.detector_weights] if args.detector_weights else []))]
+                                       "--out", str(tmp / "full")] + (["--detector-weights", args.detector_weights] if args.detector_weights else [])
+                  + views)]
         for name, cmd in steps:
             t = time.perf_counter()
             done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -196,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving-folder", type=Path, default=None, help="a real serving folder instead of synthetic vectors")
     p.add_argument("--catalog", type=Path, default=None, help="with --serving-folder: its catalog")
     p.add_argument("--detector-weights", default=None, help="with --serving-folder: the detector of its full build")
+    p.add_argument("--views", type=Path, default=None, help="with --serving-folder: the in-room views it was built with (build_index --views)")
     p.add_argument("--tmp", type=Path, default=None, help="where the temporary indexes go (default: the system's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")

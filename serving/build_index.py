@@ -21,6 +21,10 @@ synthetic in-room views (``training.synthesize``; ``engine.index.views``): the i
 a photo, nearer how the product looks in a room; the products manifest records which views and
 weight (``embedded_by.views``).
 
+With ``--add``/``--update``, ``--views MANIFEST`` blends the views of those products alone (made by
+``training.synthesize --only PRODUCTS.csv``; their photos embedded afresh), at the weight the index
+blends at; each delta's views are recorded with it in the manifest's ``tuning.updates``.
+
 ``--add PRODUCTS.csv``, ``--update PRODUCTS.csv``, ``--remove IDS`` change the current generation of
 ``--out`` instead of embedding the whole catalog (``engine.index.delta``): rows in products.csv's
 format (image paths relative to the catalog root) are added or replace a product's rows; only
@@ -108,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "on --workers x --threads-per-worker CPUs. Cluster workers must see the catalog and the model at the same paths")
     p.add_argument("--views", type=Path, default=None, metavar="MANIFEST",
                    help="synthetic in-room views of the products (python -m training.synthesize): each photo's vector is blended with "
-                        "its product's views (engine.index.views; rows added later by --add/--update are their photos alone)")
-    p.add_argument("--views-weight", type=float, default=VIEWS_WEIGHT, help="with --views: the views' mean's weight in the blend, > 0")
+                        "its product's views (engine.index.views); with --add/--update, the views of those products "
+                        "(training.synthesize --only PRODUCTS.csv), else their rows are their photos alone")
+    p.add_argument("--views-weight", type=float, default=None,
+                   help=f"with --views: the views' mean's weight in the blend, > 0 (default: {VIEWS_WEIGHT}; for a delta, the weight the index blends at)")
     p.add_argument("--calibration", type=Path, default=None, metavar="FILE",
                    help="the model's match calibrator (python -m evaluation.evaluate --fit-calibration on development scenes): served "
                         "with the generation, each result then carries P(same product) and a weak best match is answered 'no close "
@@ -140,13 +146,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--ray-address and --threads-per-worker go with --runner ray")
     if args.workers < 1 or args.threads_per_worker < 0:
         parser.error("--workers must be at least 1 and --threads-per-worker at least 0")
-    if args.add or args.update or args.remove is not None or ((args.calibration or args.compact) and not args.model and not args.catalog):
-        if args.backend != "local" or args.runner != "local" or args.no_detector or args.detector_weights or args.views:
+    delta = args.add or args.update or args.remove is not None or ((args.calibration or args.compact) and not args.model and not args.catalog)
+    if delta:
+        if args.backend != "local" or args.runner != "local" or args.no_detector or args.detector_weights:
             parser.error("--add/--update/--remove change the current generation's products index: they go without --backend, "
-                         "--runner, --no-detector, --detector-weights and --views (the scenes index is carried over)")
-        return run_cli(lambda home: _run_delta(args), verbose=args.verbose, logger_name=logger.name)
-    if not args.views_weight > 0:
+                         "--runner, --no-detector and --detector-weights (the scenes index is carried over)")
+        if args.views and not (args.add or args.update):
+            parser.error("--views with a delta blends the views of the products --add/--update bring: give one of them")
+    if args.views_weight is not None and not args.views_weight > 0:
         parser.error(f"--views-weight must be > 0, got {args.views_weight}")
+    if args.views_weight is not None and not args.views:
+        parser.error("--views-weight goes with --views")
+    if delta:
+        return run_cli(lambda home: _run_delta(args), verbose=args.verbose, logger_name=logger.name)
     if not args.model or not args.catalog:
         parser.error("a full build needs --model and --catalog (or give --add/--update/--remove to change the current generation)")
     return run_cli(lambda home: _run(args), verbose=args.verbose, logger_name=logger.name)
@@ -174,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     backend = backend_spec(args)
     model = resolve_model(args.model)
     catalog = load_catalog(args.catalog)
-    views = synthetic_views(args.views, catalog, args.views_weight) if args.views else None  # checked before any embedding
+    views = synthetic_views(args.views, catalog, args.views_weight or VIEWS_WEIGHT) if args.views else None  # checked before any embedding
     open_detect = None
     classes = load_category_map().classes
     if not args.no_detector:
@@ -228,6 +240,7 @@ def _run_delta(args: argparse.Namespace) -> int:
     from engine.model.embedder import Embedder, model_fingerprint
     from serving.catalog_update import publish_delta
     from training.model_ref import resolve_model
+    from training.synthesis import delta_views
 
     t0 = time.perf_counter()
     if current_generation(args.out) is None:
@@ -238,7 +251,12 @@ def _run_delta(args: argparse.Namespace) -> int:
     def rows(csv: Path | None) -> tuple:  # validated as a catalog's rows: every photo found, decodable, hashed once
         return tuple(check_product_images(read_product_rows(csv, root)[0], csv)) if csv else ()
 
-    delta = CatalogDelta(add=rows(args.add), update=rows(args.update), remove=_removed_ids(args.remove))
+    add, update = rows(args.add), rows(args.update)
+    views = None
+    if args.views:  # checked before any embedding; at the weight the index blends at unless given
+        built = (read_manifest(current / "products").get("embedded_by") or {}).get("views")
+        views = delta_views(args.views, add + update, args.views_weight or (built["weight"] if built else VIEWS_WEIGHT))
+    delta = CatalogDelta(add=add, update=update, remove=_removed_ids(args.remove), views=views)
     generation, report = publish_delta(
         args.out, delta, lambda folder, model: Embedder.load(folder / "model.keras"),
         model=model_fingerprint(resolve_model(args.model).path) if args.model else None,
@@ -247,6 +265,8 @@ def _run_delta(args: argparse.Namespace) -> int:
         n_queries=min(200, args.tuning_queries), seed=args.seed, keep=args.keep)
     recall = f", recall@10 {report['recall']:.3f} on {report['recall_queries']} queries" if report["recall"] is not None else ""
     recall += f"; calibration {args.calibration}" if args.calibration else ""
+    recall += (f"; {report['views']['views']} in-room views of {report['views']['products']} products blended (weight "
+               f"{report['views']['weight']:g})") if report.get("views") else ""
     print(f"products: +{report['products_added']} ~{report['products_updated']} -{report['products_removed']} "
           f"({report['rows_before']} -> {report['rows_after']} rows); {report['embedded']} photos embedded, {report['reused']} reused; "
           f"{report['method']}{recall}")

@@ -39,7 +39,8 @@ from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted,
 from engine.index.generations import MODEL_FILE, PHOTOS, ServingFolderError, publish_generation, resolve_serving_folder
 from engine.index.segments import COMPACT_ABOVE, share_changed_of
 from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
-from engine.model.embedder import Embedder, model_fingerprint
+from engine.index.views import view_crops
+from engine.model.embedder import Embedder, model_fingerprint, read_ahead
 
 logger = logging.getLogger(__name__)
 MAX_API_ROWS = 100  # rows of --add / --update one POST /api/catalog may carry
@@ -66,9 +67,19 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path, 
             raise DeltaError(f"--model is not the model of {current.name}: a delta keeps the generation's model; "
                              "build a full index to serve another model")
 
+        loaded: list[Embedder] = []
+
+        def embedder() -> Embedder:  # loaded once, and only when something needs embedding
+            if not loaded:
+                loaded.append(embedder_for(current, fingerprint))
+            return loaded[0]
+
         def embed(paths) -> np.ndarray:
-            embedder = embedder_for(current, fingerprint)
-            return embedder(photo_images(paths, embedder.preprocessing))
+            return embedder()(photo_images(paths, embedder().preprocessing))
+
+        def embed_views(views) -> np.ndarray:  # as room crops, as a full build embeds them
+            prep = embedder().preprocessing
+            return embedder()(read_ahead(view_crops(views, prep.image_size, prep.crop_padding)))
 
         link_or_copy(current / MODEL_FILE, tmp / MODEL_FILE)
         if not delta and compact:  # the same products in one flat index
@@ -85,7 +96,8 @@ def publish_delta(out: Path, delta: CatalogDelta, embedder_for: Callable[[Path, 
             scenes = current / SCENES / "vectors.npy"
             rep = write_delta_folder(current / PRODUCTS, tmp / PRODUCTS, delta, embed, model_fingerprint=fingerprint,
                                      queries=(lambda: np.load(scenes)) if scenes.is_file() else None, target_recall=target_recall,
-                                     k=10, n_queries=n_queries, seed=seed, compact=compact, compact_above=compact_above)
+                                     k=10, n_queries=n_queries, seed=seed, compact=compact, compact_above=compact_above,
+                                     embed_views=embed_views)
             report.update(rep.as_dict())
         if (current / SCENES).is_dir():
             shutil.copytree(current / SCENES, tmp / SCENES, copy_function=link_or_copy)

@@ -24,7 +24,7 @@ import logging
 import multiprocessing
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,6 +149,36 @@ def synthetic_views(path: Path, catalog: Catalog, weight: float = VIEWS_WEIGHT) 
     return ProductViews(views, weight, str(path), file_sha256(path))
 
 
+def delta_views(path: Path, rows: Sequence[ProductImage], weight: float = VIEWS_WEIGHT) -> ProductViews:
+    """The views in the manifest at ``path`` of the products of ``rows`` (a catalog delta's added or
+    updated rows, their ``sha256`` filled) as ``ProductViews``, recorded like ``synthetic_views``'s.
+
+    Views of other products are left out (a whole catalog's manifest serves too). Raises
+    ``SyntheticManifestError`` when none is of these products, when a view's product has another
+    type than its row, or when a view was cut out of another photo than the product's first row
+    (the photo was replaced since: synthesize again)."""
+    manifest = load_synthetic_manifest(path)
+    first: dict[str, ProductImage] = {}
+    for p in rows:
+        first.setdefault(p.product_id, p)
+    kept = [v for v in manifest.views if v.product_id in first]
+    if not kept:
+        raise SyntheticManifestError(f"{path} has no view of the {len(first)} product(s) of this delta; make them with "
+                                     "python -m training.synthesize --only PRODUCTS.csv")
+    for v in kept:
+        row = first[v.product_id]
+        if v.type != row.type:
+            raise SyntheticManifestError(f"{path}: product {v.product_id!r} has type {v.type!r} in its views and {row.type!r} "
+                                         "in the delta: views of another product; synthesize them again")
+        made_from = v.params.get("photo_sha256")
+        if made_from and row.sha256 and made_from != row.sha256:
+            raise SyntheticManifestError(f"{path}: the views of {v.product_id!r} were cut out of another photo than {row.image}; "
+                                         "synthesize them again with python -m training.synthesize --only PRODUCTS.csv")
+    views = tuple(ProductView(v.product_id, manifest.image_path(v), tuple(v.box), v.background) for v in kept)
+    logger.info("%d views of %d of the delta's %d products from %s", len(views), len({v.product_id for v in kept}), len(first), path)
+    return ProductViews(views, weight, str(path), file_sha256(path))
+
+
 def placement_label(product_type: str, category_map: CategoryMap) -> str:
     """The key of a product's placement: its detector class, else its own type."""
     return category_map.class_for(product_type) or product_type
@@ -190,6 +220,7 @@ class _Job:
     image: Path
     label: str  # where it may sit: ``placement_label`` (the default placement when the prior has no boxes of it)
     index: int  # the product's position in the catalog: part of every view's seed
+    sha256: str = ""  # of the photo cut out (recorded with each view: a delta refuses views of a replaced photo)
 
 
 def iconic_products(catalog: Catalog, test: IconicTest, skipped: defaultdict) -> Iterator[tuple[int, ProductImage]]:
@@ -215,7 +246,8 @@ def plan_jobs(catalog: Catalog, category_map: CategoryMap, test: IconicTest) -> 
     """One job per product whose first image is readable and passes the white-background test;
     counts of the products skipped and why."""
     skipped: defaultdict = defaultdict(int)
-    jobs = [_Job(p.product_id, p.type, p.image, placement_label(p.type, category_map), i) for i, p in iconic_products(catalog, test, skipped)]
+    jobs = [_Job(p.product_id, p.type, p.image, placement_label(p.type, category_map), i, p.sha256 or file_sha256(p.image))
+            for i, p in iconic_products(catalog, test, skipped)]
     return jobs, dict(skipped)
 
 
@@ -269,7 +301,8 @@ class _Maker:
                 if not ok:
                     raise OSError(f"cannot encode {rel}")
                 tmp.write_bytes(buf.tobytes())
-            out.append(SyntheticView(job.product_id, job.type, name, rel, box, seed, {**made.params, "scene_box": list(made.box)}))
+            out.append(SyntheticView(job.product_id, job.type, name, rel, box, seed,
+                                     {**made.params, "scene_box": list(made.box), "photo_sha256": job.sha256}))
         return out, "" if out else "composite: every view failed"
 
 
@@ -297,18 +330,23 @@ def _run_job(job: _Job) -> tuple[list[SyntheticView], str]:
 
 
 def synthesize(catalog: Catalog, backgrounds: Sequence[str], prior: PlacementPrior, category_map: CategoryMap,
-               cfg: SynthesisConfig, out: Path, *, workers: int = 0,
+               cfg: SynthesisConfig, out: Path, *, workers: int = 0, only: Collection[str] | None = None,
                progress=None) -> tuple[list[SyntheticView], dict[str, Any]]:
-    """Make ``cfg.views_per_product`` views of every product into ``out/views/``; (views, stats).
+    """Make ``cfg.views_per_product`` views of every product (of ``only`` the products named, when
+    given) into ``out/views/``; (views, stats).
 
     backgrounds: the scene names views may be pasted into (the training scenes only). workers:
-    processes (0 = one per CPU). ``progress``: an optional wrapper of the job iterator (tqdm).
+    processes (0 = one per CPU). ``progress``: an optional wrapper of the job iterator (tqdm). Every
+    product may stand in front of a view as an occluder, named in ``only`` or not.
     """
     if not backgrounds:
         raise ValueError("synthesis needs at least one background scene")
     scene_images = {s.scene: str(s.image) for s in catalog.scenes if s.scene in set(backgrounds)}
     jobs, skipped = plan_jobs(catalog, category_map, cfg.iconic)
     maker = _Maker(scene_images, [str(j.image) for j in jobs], prior, cfg, Path(out))
+    if only is not None:
+        named = set(only)
+        jobs = [j for j in jobs if j.product_id in named]
     workers = workers or os.cpu_count() or 1
     views: list[SyntheticView] = []
     failed: dict[str, int] = defaultdict(int)
@@ -325,6 +363,6 @@ def synthesize(catalog: Catalog, backgrounds: Sequence[str], prior: PlacementPri
             for made, reason in (progress(results, total=len(jobs)) if progress else results):
                 views += made
                 failed[reason.split(":")[0]] += bool(reason)
-    stats = {"products": len(catalog.product_ids), "products_with_views": len({v.product_id for v in views}), "views": len(views),
+    stats = {"products": len(catalog.product_ids) if only is None else len(set(only)), "products_with_views": len({v.product_id for v in views}), "views": len(views),
              "skipped": skipped, "failed": {k: v for k, v in failed.items() if v}, "backgrounds": len(scene_images)}
     return views, stats

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from detectors.cache import DetectionCache
 from detectors.category_map import DEFAULT_MAP, CategoryMap, load_category_map, map_for_detector
 from detectors.yolo import YoloDetector, default_weights
-from engine.data.catalog import Catalog, load_catalog
+from engine.data.catalog import Catalog, check_product_images, load_catalog, read_product_rows
 from engine.config import DEFAULT_CROP_PADDING
 from engine.data.images import load_image, load_square, query_crop
 from engine.runtime import run_cli
@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triplets", type=Path, default=None, help="a mined manifest: the scenes it was mined without stay out of the backgrounds")
     p.add_argument("--holdout-scenes", type=Path, default=None, help="scene list (python -m evaluation.holdout) never used as a background")
     p.add_argument("--out", type=Path, default=None, help="folder for manifest.json and views/ (default: <state>/synthetic/<catalog>-<key>)")
+    p.add_argument("--only", type=Path, default=None, metavar="PRODUCTS.csv",
+                   help="views of these rows' products only (products.csv's format, image paths relative to --catalog; "
+                        "products new to the catalog too): for build_index --add/--update PRODUCTS.csv --views")
     p.add_argument("--views-per-product", type=int, default=d.views_per_product, help="composites made of each product")
     p.add_argument("--detector-weights", default=None, help="YOLO weights whose detections of each class in the backgrounds give where and how big a product of that class sits (default: $SHOWROOM_DETECTOR_WEIGHTS, else yolo11n.pt)")
     p.add_argument("--no-detector", action="store_true", help="place products only by the pairs.csv boxes (and the floor-standing default), without detections")
@@ -83,17 +86,22 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         raise ValueError("pass --catalog (or --triplets, whose catalog is used)")
     catalog = load_catalog(catalog_dir)
     backgrounds = sorted(s.scene for s in restrict_scenes(catalog, drop=holdout).scenes)
+    only = None
+    if args.only:
+        catalog, only = with_rows(catalog, args.only)
     cfg = SynthesisConfig(views_per_product=args.views_per_product, seed=args.seed)
     detector = None if args.no_detector else YoloDetector(args.detector_weights or default_weights(), conf=cfg.min_confidence)
     # where products sit: the detections of the class their type maps to, in the map of this detector's classes
     cmap = (map_for_detector(detector.class_names, args.category_map) if detector is not None
             else load_category_map(args.category_map or DEFAULT_MAP))
     detector_id = detector.fingerprint if detector is not None else "none"
-    key = hashlib.sha256(json.dumps([catalog.fingerprint, cfg.describe(), backgrounds, detector_id, cmap.version]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([catalog.fingerprint, cfg.describe(), backgrounds, detector_id, cmap.version]
+                                    + ([[(p.product_id, p.type, p.sha256) for p in catalog.products if p.product_id in only]] if only else [])
+                                    ).encode()).hexdigest()[:12]
     out = args.out or home / "synthetic" / f"{catalog.root.name}-{key}"
     manifest = _cached(out / "manifest.json", key)
     if manifest is None:
-        manifest = _make(catalog, backgrounds, sorted(holdout), detector, cmap, cfg, out, key, args.workers, home)
+        manifest = _make(catalog, backgrounds, sorted(holdout), detector, cmap, cfg, out, key, args.workers, home, only, args.only)
     st = manifest.stats
     line = (f"{st['views']} synthetic views of {st['products_with_views']}/{st['products']} products in {len(backgrounds)} background scenes "
             f"({len(holdout)} held out); skipped {st['skipped']}, failed {st['failed']} -> {out / 'manifest.json'}")
@@ -114,17 +122,30 @@ def _cached(path: Path, key: str) -> SyntheticManifest | None:
     return manifest
 
 
+def with_rows(catalog: Catalog, products_csv: Path) -> tuple[Catalog, list[str]]:
+    """``catalog`` with the rows of ``products_csv`` (products.csv's format, paths relative to the
+    catalog's root; each photo checked) in place of any rows of the same products, and those
+    products' ids: what ``--only`` makes views of. The fingerprint stays the catalog folder's."""
+    rows = check_product_images(read_product_rows(products_csv, catalog.root)[0], products_csv)
+    ids = list(dict.fromkeys(p.product_id for p in rows))
+    kept = tuple(p for p in catalog.products if p.product_id not in set(ids))
+    types = {**{p.product_id: p.type for p in kept}, **{p.product_id: p.type for p in rows}}
+    return Catalog(catalog.root, kept + tuple(rows), catalog.scenes, catalog.pairs, catalog.fingerprint, types), ids
+
+
 def _make(catalog: Catalog, backgrounds: list[str], holdout: list[str], detector: YoloDetector | None, cmap: CategoryMap,
-          cfg: SynthesisConfig, out: Path, key: str, workers: int, home: Path) -> SyntheticManifest:
+          cfg: SynthesisConfig, out: Path, key: str, workers: int, home: Path, only: list[str] | None = None,
+          only_file: Path | None = None) -> SyntheticManifest:
     detect = DetectionCache(detector, home / "cache" / "detections").detect if detector is not None else None
     prior = placement_prior(catalog, backgrounds, detect, cfg.min_confidence, cmap)
-    views, stats = synthesize(catalog, backgrounds, prior, cmap, cfg, out, workers=workers,
+    views, stats = synthesize(catalog, backgrounds, prior, cmap, cfg, out, workers=workers, only=only,
                               progress=lambda it, total: tqdm(it, total=total, desc="synthesizing", unit="product"))
     stats["placement_boxes"] = {k: len(v) for k, v in sorted(prior.boxes.items())}
     manifest = SyntheticManifest(
         catalog=str(catalog.root), catalog_fingerprint=catalog.fingerprint, views=views,
         producer={"tool": "training.synthesize", "key": key, "config": cfg.describe(), "detector": detector.fingerprint if detector else "none",
-                  "category_map_version": cmap.version, "background_scenes": backgrounds, "holdout_scenes": holdout},
+                  "category_map_version": cmap.version, "background_scenes": backgrounds, "holdout_scenes": holdout,
+                  **({"only": {"file": str(only_file), "products": len(only)}} if only is not None else {})},
         stats=stats, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), folder=out,
     )
     save_synthetic_manifest(manifest, out / "manifest.json")

@@ -6,6 +6,10 @@
 - the rows of added and updated products come, each photo embedded only when no row of the current
   index already holds a photo with the same bytes (vectors are keyed by the photo's sha256, and an
   index belongs to one model, so a reused vector is this model's vector of that photo);
+- when the delta brings in-room views of its products (``CatalogDelta.views``, e.g. made by
+  ``training.synthesize --only``), their rows' photos are embedded afresh (a stored vector may
+  already be blended) and blended with them as a full build blends (``engine.index.views``), at the
+  index's own weight;
 - the ANN index is changed in place when its backend can (ScaNN's own delete / upsert, which keeps
   the trained tree and codebooks), else rebuilt from the stored vectors (exact search); then its
   recall@k against exact search is measured on the index's tuning queries, and an index that fell
@@ -47,11 +51,14 @@ from engine.index.catalog_index import (FORMAT, CatalogIndex, IndexFolderError, 
 from engine.index.milvus import MilvusIndex, split_collection, unique_collection
 from engine.index.scann_backend import ScannIndex
 from engine.index.tuning import recall_at_k
+from engine.index.views import ProductView, ProductViews, fuse_views
 
 logger = logging.getLogger(__name__)
 
 # photo files -> float32 (N, D), their embeddings by the index's model, in order
 EmbedPaths = Callable[[Sequence[Path]], np.ndarray]
+# in-room views -> float32 (V, D), each embedded as a room crop by the index's model, in order
+EmbedViews = Callable[[Sequence[ProductView]], np.ndarray]
 
 
 class DeltaError(ValueError):
@@ -62,11 +69,13 @@ class DeltaError(ValueError):
 class CatalogDelta:
     """What changes: ``add`` rows of new products, ``update`` rows replacing every row of existing
     products (a new photo, name, type or fields), ``remove`` product ids (products.csv's format and
-    meaning: one row per product photo)."""
+    meaning: one row per product photo); ``views``: in-room views of added or updated products,
+    blended into their photos' vectors (products without one keep their photos alone)."""
 
     add: tuple[ProductImage, ...] = ()
     update: tuple[ProductImage, ...] = ()
     remove: tuple[str, ...] = ()
+    views: ProductViews | None = None
 
     def __bool__(self) -> bool:
         return bool(self.add or self.update or self.remove)
@@ -74,8 +83,9 @@ class CatalogDelta:
 
 @dataclass
 class DeltaReport:
-    """What a delta did: products and rows added, updated, removed; photos embedded vs reused; how
-    the ANN index was changed, its recall@k against exact search after, and the seconds it took."""
+    """What a delta did: products and rows added, updated, removed; photos embedded vs reused; the
+    in-room views blended (``ProductViews.record``); how the ANN index was changed, its recall@k
+    against exact search after, and the seconds it took."""
 
     products_added: int = 0
     products_updated: int = 0
@@ -87,6 +97,7 @@ class DeltaReport:
     method: str = ""
     recall: float | None = None
     recall_queries: int = 0
+    views: dict | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -105,7 +116,8 @@ def photo_hashes(index: CatalogIndex, root: str | Path | None = None) -> list[st
 def check_delta(index: CatalogIndex | set[str], delta: CatalogDelta) -> None:
     """Raise ``DeltaError`` when ``delta`` does not fit ``index`` (or the set of its product ids): nothing
     to do, an added product that exists, an updated or removed one that does not, a product in two
-    lists, every product removed."""
+    lists, every product removed, views of a product the delta neither adds nor updates, views at
+    another weight than the index blends."""
     if not delta:
         raise DeltaError("the delta is empty: give products to add, update or remove")
     known = index if isinstance(index, set) else set(index.items.column("product_id"))
@@ -124,11 +136,53 @@ def check_delta(index: CatalogIndex | set[str], delta: CatalogDelta) -> None:
         raise DeltaError(f"{len(both)} product(s) appear in two of --add, --update, --remove, e.g. {sorted(both)[:5]}; give each once")
     if not known - removed - updated and not delta.add and not delta.update:
         raise DeltaError("the delta removes every product: build a new index instead")
+    if delta.views is not None:
+        stray = {v.product_id for v in delta.views.views} - added - updated
+        if stray:
+            raise DeltaError(f"in-room views of {len(stray)} product(s) this delta neither adds nor updates, e.g. {sorted(stray)[:5]}: "
+                             "give only the views of its products (ProductViews.for_products)")
+
+
+def check_views_weight(embedded_by: dict, delta: CatalogDelta) -> None:
+    """Raise ``DeltaError`` when ``delta``'s views would be blended at another weight than the index
+    (its manifest's ``embedded_by``) blended its own: one index, one blend."""
+    built = (embedded_by or {}).get("views")
+    if delta.views is not None and built and not math.isclose(float(built["weight"]), delta.views.weight):
+        raise DeltaError(f"the index blends its products' views at weight {built['weight']}, this delta's at {delta.views.weight}: "
+                         f"give --views-weight {built['weight']} (or build a full index at the new weight)")
+
+
+def _fresh_photos(rows: Sequence[ProductImage], hashes: Sequence[str], stored: Callable[[str], bool],
+                  delta: CatalogDelta) -> list[tuple[str, Path]]:
+    """(sha256, path) of each photo of ``rows`` to embed, once each, sorted: those no row stores
+    (``stored``), and every photo of a product with views (a stored vector may be another blend)."""
+    viewed = {v.product_id for v in delta.views.views} if delta.views is not None else set()
+    return sorted({h: p.image for p, h in zip(rows, hashes) if not stored(h) or p.product_id in viewed}.items())
+
+
+def _blend_views(vectors: np.ndarray, rows: Sequence[ProductImage], delta: CatalogDelta, embed_views: EmbedViews | None,
+                 report: DeltaReport) -> np.ndarray:
+    """float32 (R, D) vectors of ``rows`` blended with ``delta``'s views of their products (unchanged without views)."""
+    if delta.views is None:
+        return vectors
+    if embed_views is None:
+        raise DeltaError("the delta has in-room views but no function to embed them (embed_views)")
+    t = time.perf_counter()
+    views = delta.views.views
+    vv = np.asarray(embed_views(views), np.float32)
+    if vv.shape != (len(views), vectors.shape[1]):
+        raise DeltaError(f"the model gave vectors of shape {vv.shape} for {len(views)} views; the index holds "
+                         f"{vectors.shape[1]}-dim vectors: was it built with another model?")
+    report.views = delta.views.record()
+    report.seconds["views"] = time.perf_counter() - t
+    logger.info("%d in-room views of %d products blended into their photos' vectors (weight %g)", len(views),
+                report.views["products"], delta.views.weight)
+    return fuse_views(vectors, [p.product_id for p in rows], vv, [v.product_id for v in views], delta.views.weight)
 
 
 def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPaths, *, root: str | Path | None = None,
                 queries: np.ndarray | None = None, target_recall: float = 0.95, k: int = 10, n_queries: int = 200,
-                seed: int = 0) -> tuple[CatalogIndex, DeltaReport]:
+                seed: int = 0, embed_views: EmbedViews | None = None) -> tuple[CatalogIndex, DeltaReport]:
     """The next products index: ``index`` with ``delta`` applied (see the module docstring).
 
     ``embed_paths`` embeds photo files with the index's model (called once, with only the photos no
@@ -137,9 +191,11 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     measured on after the change (a seeded sample of at most ``n_queries`` of them; None: of the new
     vectors; 200 queries x 10 neighbours measure a recall near 0.95 within about ±0.01, and exact
     search over 1M vectors for them costs seconds, not the half minute of 1,000);
-    an ANN index below ``target_recall`` after the change is rebuilt from the vectors.
+    an ANN index below ``target_recall`` after the change is rebuilt from the vectors;
+    ``embed_views`` embeds ``delta.views`` (required with them).
     """
     check_delta(index, delta)
+    check_views_weight(index.embedded_by, delta)
     t0 = time.perf_counter()
     if isinstance(index.index, segments.SegmentedIndex):
         if isinstance(index.index.base, MilvusIndex):
@@ -154,7 +210,7 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     new_rows = list(delta.add) + list(delta.update)
     new_hashes = [p.sha256 or file_sha256(p.image) for p in new_rows]
     have = {h: i for i, h in enumerate(hashes)}
-    need = sorted({h: p.image for p, h in zip(new_rows, new_hashes) if h not in have}.items())
+    need = _fresh_photos(new_rows, new_hashes, have.__contains__, delta)
     report.seconds["hash"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     fresh: dict[str, np.ndarray] = {}
@@ -164,10 +220,11 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
             raise DeltaError(f"the model gave vectors of shape {vecs.shape} for {len(need)} photos; the index holds "
                              f"{index.vectors.shape[1]}-dim vectors: was it built with another model?")
         fresh = {h: v for (h, _), v in zip(need, vecs)}
-    report.embedded, report.reused = len(need), len(new_rows) - sum(h not in have for h in new_hashes)
+    report.embedded, report.reused = len(need), sum(h not in fresh for h in new_hashes)
     report.seconds["embed"] = time.perf_counter() - t1
     add_vectors = np.stack([fresh[h] if h in fresh else index.vectors[have[h]] for h in new_hashes]) if new_rows else \
         np.zeros((0, index.vectors.shape[1]), np.float32)
+    add_vectors = _blend_views(add_vectors, new_rows, delta, embed_views, report)
     add_items = _new_items(index, new_rows)
 
     t2 = time.perf_counter()
@@ -288,7 +345,7 @@ def rebuilt_like(index: CatalogIndex, like: SearchIndex | None) -> CatalogIndex:
 def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths: EmbedPaths, *, model_fingerprint: str | None = None,
                        queries: np.ndarray | Callable[[], np.ndarray] | None = None, target_recall: float = 0.95, k: int = 10,
                        n_queries: int = 200, seed: int = 0, compact: bool = False,
-                       compact_above: float = segments.COMPACT_ABOVE) -> DeltaReport:
+                       compact_above: float = segments.COMPACT_ABOVE, embed_views: EmbedViews | None = None) -> DeltaReport:
     """Write into ``out`` the products index folder ``source`` changed by ``delta`` (see the module docstring).
 
     Segmented when it can be: ``source``'s base hard-linked, never loaded; its photo hashes read only
@@ -299,7 +356,7 @@ def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths
     pass ``compact_above`` of the base's rows, or when the base cannot be a segment (no photo hashes).
     A Milvus base is never changed: a segment searches its collection as it is, and compaction fills
     a new collection. ``queries`` (or a function loading them, called only when it compacts) …
-    ``seed`` are then ``apply_delta``'s.
+    ``seed`` and ``embed_views`` are then ``apply_delta``'s.
     """
     source, out = Path(source), Path(out)
     t0 = time.perf_counter()
@@ -307,7 +364,7 @@ def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths
     check_model(source, manifest, model_fingerprint)
     state = None if compact else _segments_of(source, manifest)
     if state is not None:
-        report = _segmented_delta(state, delta, embed_paths, out, compact_above, t0)
+        report = _segmented_delta(state, delta, embed_paths, out, compact_above, t0, embed_views)
         if report is not None:
             return report
     index = CatalogIndex.load(source, model_fingerprint=model_fingerprint)
@@ -316,7 +373,7 @@ def write_delta_folder(source: Path, out: Path, delta: CatalogDelta, embed_paths
     if isinstance(like, MilvusIndex):  # a collection is never changed in place (an earlier generation searches it): exact, then a new one
         index = rebuilt_like(index, None)
     updated, report = apply_delta(index, delta, embed_paths, queries=queries, target_recall=target_recall,
-                                  k=k, n_queries=n_queries, seed=seed)
+                                  k=k, n_queries=n_queries, seed=seed, embed_views=embed_views)
     if isinstance(like, MilvusIndex):
         updated = rebuilt_like(updated, like)
         report.method += f"; a new Milvus collection {updated.index.settings.collection} of the {len(updated)} rows"
@@ -378,7 +435,7 @@ def _segments_of(source: Path, manifest: dict) -> _Segments | None:
 
 
 def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPaths, out: Path, compact_above: float,
-                     t0: float) -> DeltaReport | None:
+                     t0: float, embed_views: EmbedViews | None = None) -> DeltaReport | None:
     """The delta written as a segmented folder, or None (logged) when it should compact instead."""
     base_ids: list[str] = state.base_manifest["item_ids"]
     n_base = len(base_ids)
@@ -387,6 +444,7 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
     dead[state.removed] = True
     known = {p for p, d in zip(base_products, dead.tolist()) if not d} | {r["product_id"] for r in state.delta_items}
     check_delta(known, delta)
+    check_views_weight(state.base_manifest.get("embedded_by"), delta)
     report = DeltaReport(len({p.product_id for p in delta.add}), len({p.product_id for p in delta.update}), len(set(delta.remove)),
                          rows_before=int(n_base - dead.sum() + len(state.delta_items)))
     changed = set(delta.remove) | {p.product_id for p in delta.update}
@@ -409,7 +467,7 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
     if new_rows and any(h not in have_delta for h in new_hashes):
         verify_checksums(state.base, state.base_manifest, only={"photos.json"})
         base_hashes = {h: i for i, h in enumerate(json.loads((state.base / "photos.json").read_text()))}
-    need = sorted({h: p.image for p, h in zip(new_rows, new_hashes) if h not in have_delta and h not in base_hashes}.items())
+    need = _fresh_photos(new_rows, new_hashes, lambda h: h in have_delta or h in base_hashes, delta)
     dim = int(state.base_manifest["dim"])
     fresh: dict[str, np.ndarray] = {}
     if need:
@@ -419,20 +477,21 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
                              f"{dim}-dim vectors: was it built with another model?")
         fresh = dict(zip((h for h, _ in need), vecs))
     base_vectors = None
-    if any(h in base_hashes and h not in have_delta for h in new_hashes):
+    if any(h in base_hashes and h not in have_delta and h not in fresh for h in new_hashes):
         verify_checksums(state.base, state.base_manifest, only={"vectors.npy"})
         base_vectors = np.load(state.base / "vectors.npy", mmap_mode="r")
-    report.embedded, report.reused = len(need), len(new_rows) - len(need)
+    report.embedded, report.reused = len(need), sum(h not in fresh for h in new_hashes)
     add = [fresh[h] if h in fresh else state.delta_vectors[have_delta[h]] if h in have_delta else np.asarray(base_vectors[base_hashes[h]])
            for h in new_hashes]
     report.seconds["embed"] = time.perf_counter() - t1
+    add = _blend_views(np.asarray(add, np.float32).reshape(-1, dim), new_rows, delta, embed_views, report)
 
     t2 = time.perf_counter()
     start = state.manifest.get("next_item_number")
     if start is None:
         start = _next_item_number(base_ids + [r["item_id"] for r in state.delta_items])
     new_items = _items_for(new_rows, state.base_manifest.get("catalog_root", ""), start)
-    vectors = np.concatenate([state.delta_vectors[keep], np.asarray(add, np.float32).reshape(-1, dim)])
+    vectors = np.concatenate([state.delta_vectors[keep], add])
     items = [state.delta_items[j] for j in keep] + [it.to_dict() for it in new_items]
     hashes = [state.delta_hashes[j] for j in keep] + new_hashes
     report.rows_after = n_base - len(removed) + len(items)

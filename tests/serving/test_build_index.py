@@ -199,15 +199,66 @@ def test_add_update_remove_change_the_current_generation_and_refuse_what_does_no
     assert "fitted on model another" in err
 
 
-def test_views_go_with_a_full_build_only_and_a_positive_weight(capsys):
+def test_views_go_with_the_products_a_build_embeds_and_a_positive_weight(capsys):
     from serving.build_index import main
 
     with pytest.raises(SystemExit) as exc:
-        main(["--out", "o", "--add", "new.csv", "--views", "m.json"])  # a delta embeds new photos alone: refused, not ignored
-    assert exc.value.code == 2 and "--views" in capsys.readouterr().err
+        main(["--out", "o", "--remove", "A", "--views", "m.json"])  # a removal embeds nothing to blend: refused, not ignored
+    assert exc.value.code == 2 and "--views with a delta" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["--model", "m.keras", "--catalog", "c", "--out", "o", "--views", "m.json", "--views-weight", "0"])
     assert exc.value.code == 2 and "--views-weight must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "m.keras", "--catalog", "c", "--out", "o", "--views-weight", "0.5"])
+    assert exc.value.code == 2 and "--views-weight goes with --views" in capsys.readouterr().err
+
+
+def test_a_delta_blends_the_views_made_for_its_new_products(index_folder: Path, tiny_catalog: Path, tmp_path: Path, capsys):
+    import json
+    import shutil
+
+    import numpy as np
+
+    from engine.data.catalog import load_catalog
+    from engine.index.catalog_index import CatalogIndex
+    from engine.index.serving_folder import photo_images
+    from engine.index.views import fuse_views, view_crops
+    from engine.model.embedder import Embedder
+    from serving import build_index
+    from training import synthesize
+    from training.synthesis import load_synthetic_manifest
+
+    out = tmp_path / "served"
+    assert build_index.main(["--model", str(index_folder / "model.keras"), "--catalog", str(tiny_catalog), "--out", str(out),
+                             "--no-detector", "--target-recall", "0"]) == 0
+    new = tmp_path / "new"
+    new.mkdir()
+    source = load_catalog(tiny_catalog).products[4]
+    shutil.copyfile(source.image, new / "lamp.png")  # a white-background photo: one synthesis can cut out
+    (new / "add.csv").write_text(f"product_id,name,type,image\nNEW-1,New,{source.type},{new / 'lamp.png'}\n")
+    assert synthesize.main(["--catalog", str(tiny_catalog), "--only", str(new / "add.csv"), "--out", str(tmp_path / "views"),
+                            "--no-detector", "--no-mlflow", "--workers", "1", "--views-per-product", "2"]) == 0
+    capsys.readouterr()
+    assert build_index.main(["--out", str(out), "--add", str(new / "add.csv"), "--views", str(tmp_path / "views" / "manifest.json")]) == 0
+    assert "2 in-room views of 1 products blended (weight 0.25)" in capsys.readouterr().out
+    generation = resolve_serving_folder(out)
+    products = CatalogIndex.load(generation / "products")
+    assert json.loads((generation / "products" / "manifest.json").read_text())["tuning"]["updates"][-1]["views"]["views"] == 2
+    embedder = Embedder.load(generation / "model.keras")
+    prep = embedder.preprocessing
+    manifest = load_synthetic_manifest(tmp_path / "views" / "manifest.json")
+    raw = embedder(photo_images([new / "lamp.png"], prep))
+    views = embedder(view_crops([_view(manifest, v) for v in manifest.views], prep.image_size, prep.crop_padding))
+    (row,) = [i for i, it in enumerate(products.items) if it.product_id == "NEW-1"]
+    expected = fuse_views(raw, ["NEW-1"], views, ["NEW-1", "NEW-1"], 0.25)[0]
+    np.testing.assert_allclose(np.asarray(products.vectors)[row], expected, atol=1e-5)
+    assert float(np.dot(expected, raw[0]) / np.linalg.norm(raw[0]) ** 2) < 0.9999  # moved, not the photo alone
+
+
+def _view(manifest, v):
+    from engine.index.views import ProductView
+
+    return ProductView(v.product_id, manifest.image_path(v), tuple(v.box), v.background)
 
 
 @pytest.mark.slow

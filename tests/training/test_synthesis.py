@@ -26,6 +26,7 @@ from training.synthesis import (
     SyntheticManifestError,
     load_synthetic_manifest,
     save_synthetic_manifest,
+    delta_views,
     synthesize as make_views,
     synthetic_views,
 )
@@ -81,6 +82,35 @@ def test_a_manifests_views_to_blend_into_the_index_are_recorded_and_checked(tiny
     other = SyntheticManifest(str(catalog.root), "another-catalog", views, {}, stats)
     with pytest.raises(SyntheticManifestError, match="synthesize them again"):
         synthetic_views(save_synthetic_manifest(other, tmp_path / "other.json"), catalog)
+
+
+def test_views_made_for_a_deltas_products_only_and_checked_against_its_rows(tiny_catalog: Path, tmp_path: Path, capsys):
+    import shutil
+
+    from engine.data.catalog import ProductImage, check_product_images, read_product_rows
+
+    catalog = load_catalog(tiny_catalog)
+    first = catalog.products[0]
+    new_photo = shutil.copy(catalog.products[3].image, tmp_path / "new.png")  # a product the catalog does not hold yet
+    csv = tmp_path / "new.csv"
+    csv.write_text(f"product_id,name,type,image\nnew-1,New one,{first.type},{new_photo}\n")
+    out = tmp_path / "views"
+    assert synthesize.main(["--catalog", str(tiny_catalog), "--only", str(csv), "--out", str(out), "--no-detector", "--no-mlflow",
+                            "--workers", "1", "--views-per-product", "2"]) == 0
+    assert "2 synthetic views of 1/1 products" in capsys.readouterr().out
+    manifest = load_synthetic_manifest(out / "manifest.json")
+    assert {v.product_id for v in manifest.views} == {"new-1"} and len(manifest.views) == 2
+    assert manifest.producer["only"] == {"file": str(csv), "products": 1}
+    assert all(v.params["photo_sha256"] == file_sha256(new_photo) for v in manifest.views)
+    rows = check_product_images(read_product_rows(csv, tiny_catalog)[0], csv)
+    got = delta_views(out / "manifest.json", rows + [ProductImage("other", "o", first.type, first.image, 2, sha256=first.sha256)], 0.25)
+    assert [v.product_id for v in got.views] == ["new-1", "new-1"] and got.record()["sha256"] == file_sha256(out / "manifest.json")
+    with pytest.raises(SyntheticManifestError, match="no view of the 1 product"):
+        delta_views(out / "manifest.json", [ProductImage("other", "o", first.type, first.image, 2)])
+    with pytest.raises(SyntheticManifestError, match="has type"):
+        delta_views(out / "manifest.json", [ProductImage("new-1", "n", "Sofa-not", new_photo, 2, sha256=rows[0].sha256)])
+    with pytest.raises(SyntheticManifestError, match="cut out of another photo"):  # the photo was replaced after the views were made
+        delta_views(out / "manifest.json", [ProductImage("new-1", "n", first.type, first.image, 2, sha256=first.sha256)])
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """A products index changed in place: added products found, removed ones never returned, unchanged
-photos not embedded again, ScaNN mutated with its rows kept in step, bad deltas refused."""
+photos not embedded again, ScaNN mutated with its rows kept in step, bad deltas refused, the
+in-room views of a delta's products blended into their vectors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from engine.index.brute_force import BruteForceIndex
 from engine.index.catalog_index import CatalogIndex, Item
 from engine.index.delta import CatalogDelta, DeltaError, ann_recall, apply_delta
 from engine.index.scann_backend import ScannIndex, ScannParams
+from engine.index.views import ProductView, ProductViews
 from tests.engine.index.conftest import ColourEmbed, photo
 
 
@@ -120,3 +122,54 @@ def test_an_index_below_its_recall_target_after_the_change_is_rebuilt(small, tmp
     updated, report = apply_delta(index, CatalogDelta(remove=("p1", "p2")), lambda paths: np.zeros((0, 8), np.float32),
                                   target_recall=0.999)
     assert "rebuilt from the vectors" in report.method and updated.index is not index.index and len(updated) == 1998
+
+
+def _views(pid: str, root: Path, n: int = 2, weight: float = 0.5) -> ProductViews:
+    return ProductViews(tuple(ProductView(pid, root / f"{pid}-view{i}.jpg", (0, 0, 4, 4)) for i in range(n)), weight, "views.json", "abc")
+
+
+class ViewEmbed:
+    """Embeds each view as a fixed unit vector and records the views it embeds."""
+
+    def __init__(self, vector=(0.0, 0.0, 0.0, 1.0)) -> None:
+        self.vector, self.views = np.asarray(vector, np.float32), []
+
+    def __call__(self, views) -> np.ndarray:
+        self.views += list(views)
+        return np.tile(self.vector, (len(views), 1))
+
+
+def test_the_views_of_added_and_updated_products_are_blended_into_their_photos_embedded_afresh(small):
+    index, root, embed = small
+    yellow = photo(root, "yellow", (240, 240, 10))
+    views = ProductViews(_views("yellow", root).views + _views("green", root, 1).views, 0.5, "views.json", "abc")
+    embed_views = ViewEmbed()
+    delta = CatalogDelta(add=(_row("yellow", yellow), _row("plain", photo(root, "plain", (90, 90, 90)))),
+                         update=(_row("green", root / "green.png", name="Green lamp"),), views=views)
+    updated, report = apply_delta(index, delta, embed, embed_views=embed_views)
+    # green's photo is stored, but as a vector that may already be a blend: embedded again, raw
+    assert sorted(embed.paths) == sorted([yellow, root / "plain.png", root / "green.png"]) and report.embedded == 3
+    assert embed_views.views == list(views.views) and report.views == views.record()
+    raw = dict(zip(["yellow", "plain", "green"], ColourEmbed()([yellow, root / "plain.png", root / "green.png"])))
+    got = {it.product_id: v for it, v in zip(updated.items, updated.vectors)}
+    for pid in ("yellow", "green"):  # v' = |v| (v + w m) / |v + w m|, m the mean of its views
+        blend = raw[pid] + 0.5 * embed_views.vector
+        np.testing.assert_allclose(got[pid], blend / np.linalg.norm(blend), atol=1e-6)
+    np.testing.assert_allclose(got["plain"], raw["plain"], atol=1e-7)  # no view: its photo alone
+    np.testing.assert_array_equal(got["blue"], index.vectors[2])  # the rows the delta does not touch are as they were
+    assert updated.tuning["updates"][-1]["views"]["views"] == 3
+
+
+def test_views_that_do_not_fit_the_delta_or_the_index_are_refused(small):
+    index, root, embed = small
+    yellow = _row("yellow", photo(root, "yellow", (240, 240, 10)))
+    with pytest.raises(DeltaError, match="neither adds nor updates.*blue"):
+        apply_delta(index, CatalogDelta(add=(yellow,), views=_views("blue", root)), embed, embed_views=ViewEmbed())
+    with pytest.raises(DeltaError, match="no function to embed them"):
+        apply_delta(index, CatalogDelta(add=(yellow,), views=_views("yellow", root)), embed)
+    index.embedded_by = {"runner": "local", "views": {"views": 6, "products": 3, "weight": 0.25, "source": "v.json", "sha256": "x"}}
+    with pytest.raises(DeltaError, match="blends its products' views at weight 0.25.*--views-weight 0.25"):
+        apply_delta(index, CatalogDelta(add=(yellow,), views=_views("yellow", root, weight=0.5)), embed, embed_views=ViewEmbed())
+    with pytest.raises(DeltaError, match="another model"):
+        apply_delta(index, CatalogDelta(add=(yellow,), views=_views("yellow", root, weight=0.25)), embed,
+                    embed_views=lambda views: np.zeros((len(views), 7), np.float32))

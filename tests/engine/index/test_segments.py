@@ -360,3 +360,28 @@ def test_a_file_rewritten_in_place_at_its_size_is_read_and_refused_not_reused(fo
     for name in ("g1", "g2"):  # g2's base is the same file (a hard link)
         with pytest.raises(IndexFolderError, match="vectors.npy is missing or damaged"):
             CatalogIndex.load(tmp / name, reuse=g1)
+
+
+def test_a_segmented_delta_blends_its_products_views_as_the_rewritten_index_does(folder):
+    from engine.index.views import ProductView, ProductViews
+
+    tmp, root, embed = folder
+    new = photo(root, "new", (3, 200, 90))
+    views = ProductViews(tuple(ProductView(pid, root / f"{pid}.jpg", (0, 0, 4, 4)) for pid in ("new", "new", "p5")), 0.25, "v.json", "d")
+
+    def embed_views(vs):
+        return np.tile(np.asarray([0.0, 1.0, 0.0, 0.0], np.float32), (len(vs), 1))
+
+    delta = CatalogDelta(add=(_row("new", new),), update=(_row("p5", root / "p5.png", name="renamed"),), remove=("p3",), views=views)
+    report = write_delta_folder(tmp / "g1", tmp / "g2", delta, embed, embed_views=embed_views)
+    manifest = json.loads((tmp / "g2" / "manifest.json").read_text())
+    assert manifest["layout"] == "segmented" and manifest["tuning"]["updates"][-1]["views"]["views"] == 3
+    assert report.embedded == 2 and set(embed.paths) == {new, root / "p5.png"}  # p5's stored vector is not reused under views
+    flat, _ = apply_delta(CatalogIndex.load(tmp / "g1"), delta, ColourEmbed(), embed_views=embed_views)
+    assert _rows(CatalogIndex.load(tmp / "g2")) == _rows(flat)
+    assert _rows(flat)["p5"][1] != _rows(CatalogIndex.load(tmp / "g1"))["p5"][1]  # moved toward its view
+    built = json.loads((tmp / "g1" / "manifest.json").read_text())
+    built["embedded_by"] = {"views": {"weight": 0.5}}
+    (tmp / "g1" / "manifest.json").write_text(json.dumps(built))
+    with pytest.raises(DeltaError, match="at weight 0.5"):
+        write_delta_folder(tmp / "g1", tmp / "g3", delta, embed, embed_views=embed_views)
