@@ -5,7 +5,9 @@
 - the rows of removed and updated products go;
 - the rows of added and updated products come, each photo embedded only when no row of the current
   index already holds a photo with the same bytes (vectors are keyed by the photo's sha256, and an
-  index belongs to one model, so a reused vector is this model's vector of that photo);
+  index belongs to one model, so a reused vector is this model's vector of that photo; in an index
+  that blends its products' views, by the photo's sha256 and the product, since another product's
+  row holds another blend);
 - when the delta brings in-room views of its products (``CatalogDelta.views``, e.g. made by
   ``training.synthesize --only``), their rows' photos are embedded afresh (a stored vector may
   already be blended) and blended with them as a full build blends (``engine.index.views``), at the
@@ -152,12 +154,20 @@ def check_views_weight(embedded_by: dict, delta: CatalogDelta) -> None:
                          f"give --views-weight {built['weight']} (or build a full index at the new weight)")
 
 
-def _fresh_photos(rows: Sequence[ProductImage], hashes: Sequence[str], stored: Callable[[str], bool],
-                  delta: CatalogDelta) -> list[tuple[str, Path]]:
-    """(sha256, path) of each photo of ``rows`` to embed, once each, sorted: those no row stores
-    (``stored``), and every photo of a product with views (a stored vector may be another blend)."""
+def _vector_key(blended: bool) -> Callable[[str, str], object]:
+    """What a stored vector is reused by: the photo's sha256; in an index that blends its products'
+    views, the photo's sha256 and the product's id (another product's row holds another blend)."""
+    return (lambda sha, product: (sha, product)) if blended else (lambda sha, product: sha)
+
+
+def _plan_rows(rows: Sequence[ProductImage], hashes: Sequence[str], stored: Callable[[str, str], object | None],
+               delta: CatalogDelta) -> tuple[list[object | None], list[tuple[str, Path]]]:
+    """For each of ``rows`` where its stored vector is (``stored(sha256, product)``; None: its photo is
+    embedded), and the (sha256, path) of the photos to embed, once each, sorted. A product with views
+    in ``delta`` is always embedded (a stored vector may be a blend with other views)."""
     viewed = {v.product_id for v in delta.views.views} if delta.views is not None else set()
-    return sorted({h: p.image for p, h in zip(rows, hashes) if not stored(h) or p.product_id in viewed}.items())
+    where = [None if p.product_id in viewed else stored(h, p.product_id) for p, h in zip(rows, hashes)]
+    return where, sorted({h: p.image for p, h, w in zip(rows, hashes, where) if w is None}.items())
 
 
 def _blend_views(vectors: np.ndarray, rows: Sequence[ProductImage], delta: CatalogDelta, embed_views: EmbedViews | None,
@@ -209,8 +219,9 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     remove_rows = np.array([i for i, p in enumerate(index.items.column("product_id")) if p in changed], np.int64)
     new_rows = list(delta.add) + list(delta.update)
     new_hashes = [p.sha256 or file_sha256(p.image) for p in new_rows]
-    have = {h: i for i, h in enumerate(hashes)}
-    need = _fresh_photos(new_rows, new_hashes, have.__contains__, delta)
+    key = _vector_key(bool((index.embedded_by or {}).get("views")))
+    have = {key(h, p): i for i, (h, p) in enumerate(zip(hashes, index.items.column("product_id")))}
+    where, need = _plan_rows(new_rows, new_hashes, lambda h, p: have.get(key(h, p)), delta)
     report.seconds["hash"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     fresh: dict[str, np.ndarray] = {}
@@ -220,9 +231,9 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
             raise DeltaError(f"the model gave vectors of shape {vecs.shape} for {len(need)} photos; the index holds "
                              f"{index.vectors.shape[1]}-dim vectors: was it built with another model?")
         fresh = {h: v for (h, _), v in zip(need, vecs)}
-    report.embedded, report.reused = len(need), sum(h not in fresh for h in new_hashes)
+    report.embedded, report.reused = len(need), sum(w is not None for w in where)
     report.seconds["embed"] = time.perf_counter() - t1
-    add_vectors = np.stack([fresh[h] if h in fresh else index.vectors[have[h]] for h in new_hashes]) if new_rows else \
+    add_vectors = np.stack([fresh[h] if w is None else index.vectors[w] for h, w in zip(new_hashes, where)]) if new_rows else \
         np.zeros((0, index.vectors.shape[1]), np.float32)
     add_vectors = _blend_views(add_vectors, new_rows, delta, embed_views, report)
     add_items = _new_items(index, new_rows)
@@ -462,12 +473,21 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
     report.seconds["read"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    have_delta = {state.delta_hashes[j]: j for j in keep}
-    base_hashes: dict[str, int] = {}
-    if new_rows and any(h not in have_delta for h in new_hashes):
+    key = _vector_key(bool((state.base_manifest.get("embedded_by") or {}).get("views")))
+    have_delta = {key(state.delta_hashes[j], state.delta_items[j]["product_id"]): j for j in keep}
+    have_base: dict = {}
+
+    def stored(sha: str, product: str) -> tuple[str, int] | None:
+        k = key(sha, product)
+        return ("delta", have_delta[k]) if k in have_delta else ("base", have_base[k]) if k in have_base else None
+
+    where, need = _plan_rows(new_rows, new_hashes, stored, delta)
+    viewed = {v.product_id for v in delta.views.views} if delta.views is not None else set()
+    if any(w is None and p.product_id not in viewed for w, p in zip(where, new_rows)):  # perhaps in the base: its hashes read, checked first
         verify_checksums(state.base, state.base_manifest, only={"photos.json"})
-        base_hashes = {h: i for i, h in enumerate(json.loads((state.base / "photos.json").read_text()))}
-    need = _fresh_photos(new_rows, new_hashes, lambda h: h in have_delta or h in base_hashes, delta)
+        base_hashes = json.loads((state.base / "photos.json").read_text())
+        have_base.update((key(h, p), i) for i, (h, p) in enumerate(zip(base_hashes, base_products)))
+        where, need = _plan_rows(new_rows, new_hashes, stored, delta)
     dim = int(state.base_manifest["dim"])
     fresh: dict[str, np.ndarray] = {}
     if need:
@@ -477,12 +497,12 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
                              f"{dim}-dim vectors: was it built with another model?")
         fresh = dict(zip((h for h, _ in need), vecs))
     base_vectors = None
-    if any(h in base_hashes and h not in have_delta and h not in fresh for h in new_hashes):
+    if any(w is not None and w[0] == "base" for w in where):
         verify_checksums(state.base, state.base_manifest, only={"vectors.npy"})
         base_vectors = np.load(state.base / "vectors.npy", mmap_mode="r")
-    report.embedded, report.reused = len(need), sum(h not in fresh for h in new_hashes)
-    add = [fresh[h] if h in fresh else state.delta_vectors[have_delta[h]] if h in have_delta else np.asarray(base_vectors[base_hashes[h]])
-           for h in new_hashes]
+    report.embedded, report.reused = len(need), sum(w is not None for w in where)
+    add = [fresh[h] if w is None else state.delta_vectors[w[1]] if w[0] == "delta" else np.asarray(base_vectors[w[1]])
+           for h, w in zip(new_hashes, where)]
     report.seconds["embed"] = time.perf_counter() - t1
     add = _blend_views(np.asarray(add, np.float32).reshape(-1, dim), new_rows, delta, embed_views, report)
 

@@ -173,3 +173,15 @@ def test_views_that_do_not_fit_the_delta_or_the_index_are_refused(small):
     with pytest.raises(DeltaError, match="another model"):
         apply_delta(index, CatalogDelta(add=(yellow,), views=_views("yellow", root, weight=0.25)), embed,
                     embed_views=lambda views: np.zeros((len(views), 7), np.float32))
+
+
+def test_in_an_index_that_blends_views_a_vector_is_reused_only_for_its_own_product(small):
+    index, root, embed = small
+    index.embedded_by = {"views": {"views": 6, "products": 3, "weight": 0.25, "source": "v.json", "sha256": "x"}}
+    twin = _row("twin", root / "blue.png")  # blue's photo bytes, but blue's row holds blue's blend, not this product's
+    renamed = _row("green", root / "green.png", name="renamed")  # its own row: its own blend, reused
+    updated, report = apply_delta(index, CatalogDelta(add=(twin,), update=(renamed,)), embed)
+    assert embed.paths == [root / "blue.png"] and (report.embedded, report.reused) == (1, 1)
+    got = {it.product_id: v for it, v in zip(updated.items, updated.vectors)}
+    np.testing.assert_array_equal(got["green"], index.vectors[1])
+    np.testing.assert_allclose(got["twin"], ColourEmbed()([root / "blue.png"])[0], atol=1e-7)  # the photo alone

@@ -385,3 +385,15 @@ def test_a_segmented_delta_blends_its_products_views_as_the_rewritten_index_does
     (tmp / "g1" / "manifest.json").write_text(json.dumps(built))
     with pytest.raises(DeltaError, match="at weight 0.5"):
         write_delta_folder(tmp / "g1", tmp / "g3", delta, embed, embed_views=embed_views)
+
+
+def test_a_segmented_delta_over_an_index_that_blends_views_reuses_only_a_products_own_vector(folder):
+    tmp, root, embed = folder
+    built = json.loads((tmp / "g1" / "manifest.json").read_text())
+    built["embedded_by"] = {"views": {"weight": 0.25}}
+    (tmp / "g1" / "manifest.json").write_text(json.dumps(built))
+    delta = CatalogDelta(add=(_row("twin", root / "p4.png"),), update=(_row("p6", root / "p6.png", name="renamed"),))
+    report = write_delta_folder(tmp / "g1", tmp / "g2", delta, embed)
+    assert embed.paths == [root / "p4.png"] and (report.embedded, report.reused) == (1, 1)
+    rows = _rows(CatalogIndex.load(tmp / "g2"))
+    assert rows["p6"][1] == _rows(CatalogIndex.load(tmp / "g1"))["p6"][1] and rows["p6"][0] == "renamed"
