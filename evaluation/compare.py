@@ -13,6 +13,10 @@ resampling whole scenes (the pairs of one photo are not independent): s2p recall
 product's group, room recall@k (the engine's own room list, no label), and product → scene
 recall@k (the product's photo searching the scenes' crops: the rank of the pair's scene).
 
+``--products FILE`` (a product list, e.g. ``evaluation.holdout --new-products``'s) keeps only the
+pairs of those products, ``--other-products FILE`` only the others: the new-products protocol's two
+halves, compared apart.
+
 When every fold of a side has the same number n ≥ 2 of seeds, that side's recall is also given with
 its seed spread: the j-th folder given for each fold makes seed run j (pass the folders of each
 seed in the same order on every fold), and the spread is the standard deviation (ddof 1) of the n
@@ -26,12 +30,13 @@ import csv
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from engine.data.splits import read_product_list
 from engine.files import write_json_atomic
 from engine.metrics import bootstrap_mean
 from engine.runtime import run_cli
@@ -106,11 +111,18 @@ def pair_up(a: Sequence[Evaluation], b: Sequence[Evaluation]) -> list[tuple[list
     return out
 
 
-def compare(a: Sequence[Evaluation], b: Sequence[Evaluation], ks: Sequence[int], *, n: int = 2000, seed: int = 0) -> dict:
+def compare(a: Sequence[Evaluation], b: Sequence[Evaluation], ks: Sequence[int], *, n: int = 2000, seed: int = 0,
+            products: Callable[[str], bool] | None = None) -> dict:
     """Recall of each side (seed means per pair, folds pooled) and A − B with its 95 % scene-bootstrap
     interval, for each measure of ``MEASURES`` and each k: ``{measure: {k: {"a", "b", "difference", "ci95"}}}``
-    plus ``pairs``, ``scenes``, ``folds`` and the seeds per fold of each side."""
+    plus ``pairs``, ``scenes``, ``folds`` and the seeds per fold of each side. ``products``: which
+    products' pairs count (None: every pair); ``CompareError`` when no pair is left."""
     folds = pair_up(a, b)
+    if products is not None:
+        folds = [([q for q in keys if products(q[0])], ea, eb) for keys, ea, eb in folds]
+        folds = [f for f in folds if f[0]]
+        if not folds:
+            raise CompareError("no pair of the products asked for in these evaluations")
     scenes = [s for keys, _, _ in folds for _, s in keys]
     if len(set(zip(scenes, [p for keys, _, _ in folds for p, _ in keys]))) != len(scenes):
         raise CompareError("two folds share a pair: give each fold once per seed")
@@ -171,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--a", type=Path, nargs="+", required=True, metavar="EVAL", help="evaluation folders of recipe A (every fold, every seed)")
     p.add_argument("--b", type=Path, nargs="+", required=True, metavar="EVAL", help="evaluation folders of recipe B, the same folds")
     p.add_argument("--ks", default="1,10,20,50", help="comma-separated k of recall@k")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--products", type=Path, default=None, metavar="FILE",
+                      help="a product list (e.g. python -m evaluation.holdout --new-products): only their pairs")
+    only.add_argument("--other-products", type=Path, default=None, metavar="FILE", help="a product list: only the pairs of the other products")
     p.add_argument("--bootstrap", type=int, default=2000, help="scene resamples of the intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the resampling")
     p.add_argument("--out", type=Path, default=None, help="also write the comparison as JSON here")
@@ -190,8 +206,16 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--ks {args.ks!r}: give whole numbers separated by commas, e.g. 1,10,50") from None
     if not ks or min(ks) < 1:
         raise ValueError(f"--ks {args.ks!r}: give at least one k >= 1")
-    result = compare([Evaluation.read(p) for p in args.a], [Evaluation.read(p) for p in args.b], ks, n=args.bootstrap, seed=args.seed)
+    listed = args.products or args.other_products
+    products = None
+    if listed is not None:
+        ids = frozenset(read_product_list(listed))
+        products = ids.__contains__ if args.products else (lambda p: p not in ids)
+    result = compare([Evaluation.read(p) for p in args.a], [Evaluation.read(p) for p in args.b], ks, n=args.bootstrap, seed=args.seed,
+                     products=products)
     result["a"], result["b"] = [str(p) for p in args.a], [str(p) for p in args.b]
+    if listed is not None:
+        result["products"] = {"file": str(listed), "only": "listed" if args.products else "others"}
     if args.out:
         write_json_atomic(args.out, result)
     print(table(result, ks))

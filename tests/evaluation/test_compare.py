@@ -58,6 +58,25 @@ def test_seeds_are_averaged_per_pair_and_folds_pooled(tmp_path: Path):
     assert compare.compare(a, a, [10], n=200)["s2p"][10]["ci95"] == [0.0, 0.0]
 
 
+def test_a_product_list_keeps_only_its_pairs_or_only_the_others(tmp_path: Path, capsys):
+    a0, a1 = _eval(tmp_path / "a0", "f0", _fold0([1, 3, 50, ""])), _eval(tmp_path / "a1", "f1", _fold1([5, 99]))
+    b0, b1 = _eval(tmp_path / "b0", "f0", _fold0([12, 4, 70, 80])), _eval(tmp_path / "b1", "f1", _fold1([10, 1]))
+    a, b = [compare.Evaluation.read(p) for p in (a0, a1)], [compare.Evaluation.read(p) for p in (b0, b1)]
+    listed = compare.compare(a, b, [10], n=200, products={"p1", "p2"}.__contains__)  # fold 1 has none of them: left out
+    assert (listed["pairs"], listed["folds"]) == (2, 1)
+    assert listed["s2p"][10]["a"] == pytest.approx(1.0) and listed["s2p"][10]["b"] == pytest.approx(0.5)
+    others = compare.compare(a, b, [10], n=200, products=lambda p: p not in {"p1", "p2"})
+    assert others["pairs"] == 4 and others["s2p"][10]["a"] == pytest.approx(1 / 4) and others["s2p"][10]["b"] == pytest.approx(2 / 4)
+    with pytest.raises(compare.CompareError, match="no pair of the products"):
+        compare.compare(a, b, [10], n=200, products={"nope"}.__contains__)
+    (tmp_path / "new.txt").write_text("# new products\np1\np2\n")
+    out = tmp_path / "cmp.json"
+    assert compare.main(["--a", str(a0), str(a1), "--b", str(b0), str(b1), "--ks", "10", "--other-products", str(tmp_path / "new.txt"),
+                         "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("4 pairs, 2 scenes, 2 folds")
+    assert json.loads(out.read_text())["products"] == {"file": str(tmp_path / "new.txt"), "only": "others"}
+
+
 def test_seed_spread_is_over_seed_runs_only_when_every_fold_has_them(tmp_path: Path):
     a0, a0s = (_eval(tmp_path / n, "f0", _fold0(r)) for n, r in (("a0", [1, 3, 50, ""]), ("a0s", [2, 30, 11, 10])))
     a1, a1s = (_eval(tmp_path / n, "f1", _fold1(r)) for n, r in (("a1", [5, 99]), ("a1s", [1, 9])))
