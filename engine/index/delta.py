@@ -118,8 +118,7 @@ def photo_hashes(index: CatalogIndex, root: str | Path | None = None) -> list[st
 def check_delta(index: CatalogIndex | set[str], delta: CatalogDelta) -> None:
     """Raise ``DeltaError`` when ``delta`` does not fit ``index`` (or the set of its product ids): nothing
     to do, an added product that exists, an updated or removed one that does not, a product in two
-    lists, every product removed, views of a product the delta neither adds nor updates, views at
-    another weight than the index blends."""
+    lists, every product removed, views of a product the delta neither adds nor updates."""
     if not delta:
         raise DeltaError("the delta is empty: give products to add, update or remove")
     known = index if isinstance(index, set) else set(index.items.column("product_id"))
