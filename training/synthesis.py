@@ -26,7 +26,7 @@ import os
 from collections import defaultdict
 from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +347,7 @@ def synthesize(catalog: Catalog, backgrounds: Sequence[str], prior: PlacementPri
     if only is not None:
         named = set(only)
         jobs = [j for j in jobs if j.product_id in named]
+        _, skipped = plan_jobs(replace(catalog, products=tuple(p for p in catalog.products if p.product_id in named)), category_map, cfg.iconic)
     workers = workers or os.cpu_count() or 1
     views: list[SyntheticView] = []
     failed: dict[str, int] = defaultdict(int)

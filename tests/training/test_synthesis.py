@@ -97,11 +97,21 @@ def test_views_made_for_a_deltas_products_only_and_checked_against_its_rows(tiny
     out = tmp_path / "views"
     assert synthesize.main(["--catalog", str(tiny_catalog), "--only", str(csv), "--out", str(out), "--no-detector", "--no-mlflow",
                             "--workers", "1", "--views-per-product", "2"]) == 0
-    assert "2 synthetic views of 1/1 products" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "2 synthetic views of 1/1 products" in printed and "skipped {}" in printed  # counted over its products alone
     manifest = load_synthetic_manifest(out / "manifest.json")
     assert {v.product_id for v in manifest.views} == {"new-1"} and len(manifest.views) == 2
     assert manifest.producer["only"] == {"file": str(csv), "products": 1}
     assert all(v.params["photo_sha256"] == file_sha256(new_photo) for v in manifest.views)
+    # a lifestyle photo elsewhere in the catalog is skipped by a whole synthesis, not counted against --only's products
+    (tmp_path / "two.csv").write_text(csv.read_text() + f"room-1,A room,{first.type},{catalog.scenes[0].image}\n")
+    widened, ids = synthesize.with_rows(catalog, tmp_path / "two.csv")
+    room = [s.scene for s in catalog.scenes[:2]]
+    _, whole = make_views(widened, room, PlacementPrior(), load_category_map(), SynthesisConfig(views_per_product=1), tmp_path / "w", workers=1)
+    _, named = make_views(widened, room, PlacementPrior(), load_category_map(), SynthesisConfig(views_per_product=1), tmp_path / "n", workers=1,
+                          only=["new-1"])
+    assert ids == ["new-1", "room-1"] and whole["skipped"] == {"not_white_background": 1} and named["skipped"] == {}
+    assert named["products"] == 1 and named["views"] == 1
     rows = check_product_images(read_product_rows(csv, tiny_catalog)[0], csv)
     got = delta_views(out / "manifest.json", rows + [ProductImage("other", "o", first.type, first.image, 2, sha256=first.sha256)], 0.25)
     assert [v.product_id for v in got.views] == ["new-1", "new-1"] and got.record()["sha256"] == file_sha256(out / "manifest.json")
