@@ -95,8 +95,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     cmap = (map_for_detector(detector.class_names, args.category_map) if detector is not None
             else load_category_map(args.category_map or DEFAULT_MAP))
     detector_id = detector.fingerprint if detector is not None else "none"
+    named = set(only or ())  # --only's rows are part of what the views are made of
     key = hashlib.sha256(json.dumps([catalog.fingerprint, cfg.describe(), backgrounds, detector_id, cmap.version]
-                                    + ([[(p.product_id, p.type, p.sha256) for p in catalog.products if p.product_id in only]] if only else [])
+                                    + ([[(p.product_id, p.type, p.sha256) for p in catalog.products if p.product_id in named]] if only else [])
                                     ).encode()).hexdigest()[:12]
     out = args.out or home / "synthetic" / f"{catalog.root.name}-{key}"
     manifest = _cached(out / "manifest.json", key)
@@ -128,7 +129,8 @@ def with_rows(catalog: Catalog, products_csv: Path) -> tuple[Catalog, list[str]]
     products' ids: what ``--only`` makes views of. The fingerprint stays the catalog folder's."""
     rows = check_product_images(read_product_rows(products_csv, catalog.root)[0], products_csv)
     ids = list(dict.fromkeys(p.product_id for p in rows))
-    kept = tuple(p for p in catalog.products if p.product_id not in set(ids))
+    named = set(ids)
+    kept = tuple(p for p in catalog.products if p.product_id not in named)
     types = {**{p.product_id: p.type for p in kept}, **{p.product_id: p.type for p in rows}}
     return Catalog(catalog.root, kept + tuple(rows), catalog.scenes, catalog.pairs, catalog.fingerprint, types), ids
 
