@@ -6,6 +6,7 @@ import hmac
 import logging
 import math
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,12 +352,16 @@ def catalog_update():
     """Products added, updated or removed, published as the serving folder's next generation and
     served (``serving.catalog_update``; the same as ``build_index --add/--update/--remove``). Multipart:
     ``add`` / ``update`` files in products.csv's format whose ``image`` column names uploaded ``photo``
-    files, ``remove`` comma-separated product ids."""
+    files, ``remove`` comma-separated product ids; optionally ``views``, the in-room views of those
+    products (``training.synthesize --only``'s manifest.json) with their ``view`` image files, blended
+    into their vectors at the weight the index blends at (``build_index --add --views``)."""
     from engine.data.catalog import CatalogError
     from engine.index.delta import CatalogDelta, DeltaError
-    from engine.index.generations import ServingFolderError
+    from engine.index.generations import ServingFolderError, resolve_serving_folder
     from engine.model.embedder import Embedder
-    from serving.catalog_update import BackgroundCompactor, publish_delta, stage_photos
+    from engine.index.catalog_index import read_manifest
+    from engine.index.views import DEFAULT_WEIGHT
+    from serving.catalog_update import BackgroundCompactor, publish_delta, stage_photos, stage_views
 
     _operator("updating the catalog")
     served = current_app.extensions["showroom"].served
@@ -373,21 +378,40 @@ def catalog_update():
     remove = tuple(dict.fromkeys(t.strip() for t in request.form.get("remove", "").split(",") if t.strip()))
     if not tables and not remove:
         raise ApiError(400, "nothing to change: send 'add' or 'update' (products.csv rows, with their 'photo' files) or 'remove' (ids)")
+    view_files: dict[str, bytes] = {}
+    for f in request.files.getlist("view"):
+        if f.filename in view_files:
+            raise ApiError(400, f"two uploaded view files are named {f.filename!r}")
+        view_files[f.filename or ""] = f.read()
+    manifest = request.files.get("views")
+    if (manifest is not None or view_files) and not tables:
+        raise ApiError(400, "in-room views ('views', 'view') blend the products 'add' or 'update' bring: send one of them")
+    if view_files and manifest is None:
+        raise ApiError(400, "'view' files without the 'views' manifest that names them (training.synthesize --only's manifest.json)")
+    limits = current_app.config["SHOWROOM_IMAGE_LIMITS"]
     try:
-        rows, added = stage_photos(folder, tables, photos, limits=current_app.config["SHOWROOM_IMAGE_LIMITS"])
+        rows, added = stage_photos(folder, tables, photos, limits=limits)
     except CatalogError as exc:
         raise ApiError(400, f"catalog not changed: {exc}") from None
     embedder = served.engine.embedder
-    try:
-        delta = CatalogDelta(add=rows.get("add", ()), update=rows.get("update", ()), remove=remove)
-        generation, report = publish_delta(  # never compacted here: a request's work is bounded by its own rows
-            folder, delta, lambda current, model: embedder if model == served.model_fingerprint else Embedder.load(current / "model.keras"),
-            compact_above=math.inf)
-    except (DeltaError, ServingFolderError) as exc:  # an id that does not fit, or another build writing the folder now
-        for path in added:  # nothing of a refused update is kept
-            path.unlink(missing_ok=True)
-        headers = {"Retry-After": "5"} if isinstance(exc, ServingFolderError) else None
-        raise ApiError(409, f"catalog not changed: {exc}", headers) from None
+    with tempfile.TemporaryDirectory(prefix="showroom-views-") as views_tmp:
+        try:
+            views = None
+            if manifest is not None:  # at the weight the index blends at (a full build's default when it blends none)
+                built = (read_manifest(resolve_serving_folder(folder) / "products").get("embedded_by") or {}).get("views")
+                views = stage_views(Path(views_tmp), manifest.read(), view_files, rows.get("add", ()) + rows.get("update", ()),
+                                    float(built["weight"]) if built else DEFAULT_WEIGHT, manifest_name=(manifest.filename or "views")[:100],
+                                    limits=limits)
+            delta = CatalogDelta(add=rows.get("add", ()), update=rows.get("update", ()), remove=remove, views=views)
+            generation, report = publish_delta(  # never compacted here: a request's work is bounded by its own rows
+                folder, delta, lambda current, model: embedder if model == served.model_fingerprint else Embedder.load(current / "model.keras"),
+                compact_above=math.inf)
+        except (CatalogError, DeltaError, ServingFolderError) as exc:  # bad views; an id that does not fit; another build writing now
+            for path in added:  # nothing of a refused update is kept
+                path.unlink(missing_ok=True)
+            status = 400 if isinstance(exc, CatalogError) else 409
+            headers = {"Retry-After": "5"} if isinstance(exc, ServingFolderError) else None
+            raise ApiError(status, f"catalog not changed: {exc}", headers) from None
     loaded = _reloaded()
     logger.info("catalog update: %s -> %s (+%d ~%d -%d products)", report["source"], generation.name, report["products_added"],
                 report["products_updated"], report["products_removed"])
@@ -397,7 +421,7 @@ def catalog_update():
         compactor = current_app.extensions["showroom_compactor"] = BackgroundCompactor(folder, state.reload)
     return jsonify(status="updated", generation=loaded.generation, products=len(loaded.engine.products), source=loaded.source,
                    report={k: report[k] for k in ("products_added", "products_updated", "products_removed", "rows_before", "rows_after",
-                                                  "embedded", "reused", "method", "recall")},
+                                                  "embedded", "reused", "method", "recall", "views", "without_views")},
                    compaction=compactor.request())
 
 

@@ -267,6 +267,8 @@ def _run_delta(args: argparse.Namespace) -> int:
     recall += f"; calibration {args.calibration}" if args.calibration else ""
     recall += (f"; {report['views']['views']} in-room views of {report['views']['products']} products blended (weight "
                f"{report['views']['weight']:g})") if report.get("views") else ""
+    recall += (f"; {report['without_views']} product(s) without views in an index that blends them: their photos alone "
+               "(--views MANIFEST from python -m training.synthesize --only PRODUCTS.csv blends them)") if report.get("without_views") else ""
     print(f"products: +{report['products_added']} ~{report['products_updated']} -{report['products_removed']} "
           f"({report['rows_before']} -> {report['rows_after']} rows); {report['embedded']} photos embedded, {report['reused']} reused; "
           f"{report['method']}{recall}")

@@ -7,6 +7,9 @@ over by hard link, the products index changed by ``engine.index.delta.write_delt
 ``stage_photos`` takes the API's uploaded rows and photos: each photo checked like an upload,
 then like a catalog's, and kept content-addressed under the serving folder's ``photos/`` (outside
 every generation, so pruning a generation never removes a photo a newer one shows).
+``stage_views`` takes the in-room views of those products (``training.synthesize --only``'s
+manifest and images) for the delta to blend, as ``build_index --add --views`` does; they are
+embedded from a temporary folder and not kept.
 ``BackgroundCompactor`` compacts the products index off the request path: an API delta is always
 written segmented (its cost bounded by its own rows), and once the segments pass ``COMPACT_ABOVE``
 of the base, one thread of the worker that published it makes the next generation flat and serves it.
@@ -23,27 +26,28 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from engine.calibration import FILE as CALIBRATION_FILE
 from engine.data.catalog import CatalogError, ProductImage, check_product_images, read_product_rows
 from engine.config import ImageLimits
-from engine.data.images import ImageError, check_limits, read_header
+from engine.data.images import ImageError, check_limits, load_image, read_header
 from engine.files import link_or_copy
 from engine.index.catalog_index import CatalogIndex, read_manifest
 from engine.index.delta import CatalogDelta, DeltaError, DeltaReport, compacted, write_delta_folder
 from engine.index.generations import MODEL_FILE, PHOTOS, ServingFolderError, publish_generation, resolve_serving_folder
 from engine.index.segments import COMPACT_ABOVE, share_changed_of
 from engine.index.serving_folder import PRODUCTS, SCENES, photo_images
-from engine.index.views import view_crops
+from engine.index.views import ProductViews, view_crops
 from engine.model.embedder import Embedder, model_fingerprint, read_ahead
 
 logger = logging.getLogger(__name__)
 MAX_API_ROWS = 100  # rows of --add / --update one POST /api/catalog may carry
+MAX_API_VIEWS = 8 * MAX_API_ROWS  # in-room views one POST /api/catalog may carry (training.synthesize makes 2 a product)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -244,6 +248,71 @@ def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, by
             staged[what] = tuple(kept)
     logger.info("catalog update: %d photos checked, %d new in %s", sum(len(r) for r in staged.values()), len(added), store)
     return staged, added
+
+
+def stage_views(tmp: Path, manifest: bytes, files: Mapping[str, bytes], rows: Sequence[ProductImage], weight: float, *,
+                manifest_name: str = "views", limits: ImageLimits = ImageLimits(), max_views: int = MAX_API_VIEWS) -> ProductViews:
+    """The in-room views of ``rows``' products (a delta's staged added and updated rows) from an uploaded
+    synthetic-views ``manifest`` (``training.synthesize``'s manifest.json) and its view images
+    (``files``: uploaded file name → bytes, each matched to a view by its image's file name), written
+    under ``tmp`` (the caller's folder, kept until the delta is published), as ``ProductViews`` at
+    ``weight`` recorded by the manifest's sha256. Views of other products in the manifest are left out,
+    as ``training.synthesis.delta_views`` leaves them. ``CatalogError`` when a view file's name, header
+    or pixels, a view's image path or box, or the manifest (none of these products, another type,
+    views of a replaced photo) does not fit, or a view file is named by none of the kept views."""
+    from training.synthesis import SyntheticManifestError, delta_views, load_synthetic_manifest
+
+    for name, data in files.items():
+        if not _SAFE_NAME.match(name) or Path(name).suffix.lower() not in _PHOTO_SUFFIXES:
+            raise CatalogError(f"view file name {name!r}: use letters, digits, '.', '_' or '-' and a "
+                               f"{'/'.join(sorted(_PHOTO_SUFFIXES))} suffix")
+        try:
+            check_limits(read_header(data, source=name), limits, source=name)
+        except ImageError as exc:
+            raise CatalogError(str(exc)) from None
+    tmp = Path(tmp)
+    path = tmp / "manifest.json"
+    path.write_bytes(manifest)
+    products = {p.product_id for p in rows}
+    try:
+        wanted = [v for v in load_synthetic_manifest(path).views if v.product_id in products]
+    except SyntheticManifestError as exc:
+        raise CatalogError(str(exc).replace(str(path), manifest_name)) from None
+    if len(wanted) > max_views:
+        raise CatalogError(f"{len(wanted)} in-room views of this delta's products in one request; at most {max_views}: send them in several")
+    named: dict[str, PurePosixPath] = {}
+    for v in wanted:
+        rel = PurePosixPath(v.image)
+        if rel.is_absolute() or ".." in rel.parts or not _SAFE_NAME.match(rel.name):
+            raise CatalogError(f"{manifest_name}: view image {v.image!r} of {v.product_id!r} is not a plain relative file name")
+        if rel.name not in files:
+            raise CatalogError(f"{manifest_name}: view image {rel.name!r} of {v.product_id!r} is not one of the uploaded view files "
+                               f"({', '.join(sorted(files)) or 'none'})")
+        named[rel.name] = rel
+    stray = sorted(set(files) - set(named))
+    if stray:
+        raise CatalogError(f"view file(s) {', '.join(stray[:5])} named by no view of this delta's products in {manifest_name}")
+    for name, rel in named.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(files[name])
+    try:
+        views = delta_views(path, rows, weight)
+    except SyntheticManifestError as exc:  # named as the client sent them, not by this server's paths
+        why = str(exc).replace(str(path), manifest_name)
+        for p in rows:
+            why = why.replace(str(p.image), f"the uploaded photo of {p.product_id!r}")
+        raise CatalogError(why) from None
+    for v in views.views:  # decoded now: a view that cannot be read is the client's error, before anything is embedded
+        try:
+            h, w = load_image(v.image).shape[:2]
+        except ImageError as exc:
+            raise CatalogError(f"view {v.image.name} of {v.product_id!r}: {exc}".replace(f"{tmp}{os.sep}", "")) from None
+        x1, y1, x2, y2 = v.box
+        if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+            raise CatalogError(f"view {v.image.name} of {v.product_id!r}: box {list(v.box)} is not inside its {w}x{h} image")
+    logger.info("catalog update: %d in-room views of %d products staged from %s", len(views.views),
+                len({v.product_id for v in views.views}), manifest_name)
+    return replace(views, source=f"uploaded {manifest_name}")
 
 
 def _image_names(table: bytes, what: str) -> list[str]:

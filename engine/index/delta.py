@@ -11,7 +11,9 @@
 - when the delta brings in-room views of its products (``CatalogDelta.views``, e.g. made by
   ``training.synthesize --only``), their rows' photos are embedded afresh (a stored vector may
   already be blended) and blended with them as a full build blends (``engine.index.views``), at the
-  index's own weight;
+  index's own weight; in such an index, products whose photos are embedded without views (none
+  given for them) are counted (``DeltaReport.without_views``) and logged: their rows are their
+  photos alone until views of them come with a later delta;
 - the ANN index is changed in place when its backend can (ScaNN's own delete / upsert, which keeps
   the trained tree and codebooks), else rebuilt from the stored vectors (exact search); then its
   recall@k against exact search is measured on the index's tuning queries, and an index that fell
@@ -100,6 +102,7 @@ class DeltaReport:
     recall: float | None = None
     recall_queries: int = 0
     views: dict | None = None
+    without_views: int = 0  # in an index that blends views: products whose photos were embedded with none
     seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -169,6 +172,21 @@ def _plan_rows(rows: Sequence[ProductImage], hashes: Sequence[str], stored: Call
     return where, sorted({h: p.image for p, h, w in zip(rows, hashes, where) if w is None}.items())
 
 
+def _count_unviewed(embedded_by: dict | None, rows: Sequence[ProductImage], where: Sequence[object | None],
+                    delta: CatalogDelta, report: DeltaReport) -> None:
+    """In an index that blends its products' views, ``report.without_views``: the products of ``rows``
+    whose photos this delta embeds (``where`` None) with no view of theirs in ``delta`` (logged)."""
+    if not (embedded_by or {}).get("views"):
+        return
+    viewed = {v.product_id for v in delta.views.views} if delta.views is not None else set()
+    bare = sorted({p.product_id for p, w in zip(rows, where) if w is None and p.product_id not in viewed})
+    report.without_views = len(bare)
+    if bare:
+        logger.warning("the index blends its products' in-room views, but %d product(s) of this delta have none (e.g. %s): "
+                       "their rows are their photos alone; give their views (training.synthesize --only) to blend them",
+                       len(bare), ", ".join(bare[:5]))
+
+
 def _blend_views(vectors: np.ndarray, rows: Sequence[ProductImage], delta: CatalogDelta, embed_views: EmbedViews | None,
                  report: DeltaReport) -> np.ndarray:
     """float32 (R, D) vectors of ``rows`` blended with ``delta``'s views of their products (unchanged without views)."""
@@ -221,6 +239,7 @@ def apply_delta(index: CatalogIndex, delta: CatalogDelta, embed_paths: EmbedPath
     key = _vector_key(bool((index.embedded_by or {}).get("views")))
     have = {key(h, p): i for i, (h, p) in enumerate(zip(hashes, index.items.column("product_id")))}
     where, need = _plan_rows(new_rows, new_hashes, lambda h, p: have.get(key(h, p)), delta)
+    _count_unviewed(index.embedded_by, new_rows, where, delta, report)
     report.seconds["hash"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     fresh: dict[str, np.ndarray] = {}
@@ -487,6 +506,7 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
         base_hashes = json.loads((state.base / "photos.json").read_text())
         have_base.update((key(h, p), i) for i, (h, p) in enumerate(zip(base_hashes, base_products)))
         where, need = _plan_rows(new_rows, new_hashes, stored, delta)
+    _count_unviewed(state.base_manifest.get("embedded_by"), new_rows, where, delta, report)
     dim = int(state.base_manifest["dim"])
     fresh: dict[str, np.ndarray] = {}
     if need:

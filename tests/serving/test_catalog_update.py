@@ -1,6 +1,7 @@
 """POST /api/catalog: products added, updated and removed through the API are published as the next
-generation and served at once; the operator's token, the uploaded photos' names and contents, the
-rows and the ids are checked first, and a refused update publishes nothing."""
+generation and served at once, with their in-room views blended when sent; the operator's token,
+the uploaded photos' and views' names and contents, the rows and the ids are checked first, and a
+refused update publishes nothing."""
 
 from __future__ import annotations
 
@@ -36,6 +37,10 @@ def _post(client, headers=AUTH, **fields):
     for key, value in fields.items():
         if key == "photos":
             data["photo"] = [(io.BytesIO(b), name) for name, b in value.items()]
+        elif key == "view_files":
+            data["view"] = [(io.BytesIO(b), name) for name, b in value.items()]
+        elif key == "views":
+            data[key] = (io.BytesIO(value), "manifest.json")
         elif isinstance(value, bytes):
             data[key] = (io.BytesIO(value), f"{key}.csv")
         else:
@@ -170,3 +175,105 @@ def test_a_photo_sent_again_is_kept_young_so_no_publish_collects_it_before_its_d
     r = _post(client, add=b"product_id,name,type,image\nNEW-2,Red lamp too,Lamp,red.png\n", photos=photo)
     assert r.status_code == 200 and r.get_json()["report"]["reused"] >= 1
     assert [p.name for p in (served / "photos").iterdir()] == [stored.name] and stored.stat().st_mtime > old + PHOTO_GRACE_SECONDS
+
+
+YELLOW = _png((10, 220, 240))
+
+
+def _room(colour: tuple[int, int, int], box: tuple[int, int, int, int]) -> bytes:
+    """A 96-px grey room with a ``colour`` product at ``box`` (x1, y1, x2, y2)."""
+    room = np.full((96, 96, 3), (120, 130, 140), np.uint8)
+    x1, y1, x2, y2 = box
+    room[y1:y2, x1:x2] = colour
+    return cv2.imencode(".png", room)[1].tobytes()
+
+
+def _views(tmp_path: Path, views: list[tuple[str, str, str, tuple]], photo: bytes = YELLOW) -> bytes:
+    """A synthetic-views manifest as ``training.synthesize`` writes it: (product, type, image, box) a
+    view, each cut out of ``photo``."""
+    import hashlib
+
+    from training.synthesis import SyntheticManifest, SyntheticView, save_synthetic_manifest
+
+    sha = hashlib.sha256(photo).hexdigest()
+    manifest = SyntheticManifest("api", "x", [SyntheticView(pid, type_, "scene-1", image, box, i, {"photo_sha256": sha})
+                                              for i, (pid, type_, image, box) in enumerate(views)])
+    return save_synthetic_manifest(manifest, tmp_path / "manifest.json").read_bytes()
+
+
+def test_the_in_room_views_sent_with_an_added_product_are_blended_into_its_vector(client, served: Path, tmp_path: Path):
+    from engine.index.serving_folder import photo_images
+    from engine.index.views import ProductView, fuse_views, view_crops
+
+    boxes = [(20, 30, 60, 80), (40, 10, 90, 50)]
+    rooms = {"v0.png": _room((10, 220, 240), boxes[0]), "v1.png": _room((10, 200, 230), boxes[1])}
+    manifest = _views(tmp_path, [("NEW-1", "Lamp", "views/v0.png", boxes[0]), ("NEW-1", "Lamp", "views/v1.png", boxes[1]),
+                                 ("ELSEWHERE", "Chair", "views/v9.png", (0, 0, 5, 5))])  # another product's: left out
+    add = b"product_id,name,type,image\nNEW-1,Yellow lamp,Lamp,yellow.png\nNEW-2,Plain lamp,Lamp,grey.png\n"
+    r = _post(client, add=add, photos={"yellow.png": YELLOW, "grey.png": _png((90, 90, 90))}, views=manifest, view_files=rooms)
+    assert r.status_code == 200, r.get_json()
+    report = r.get_json()["report"]
+    assert report["views"]["views"] == 2 and report["views"]["products"] == 1 and report["views"]["weight"] == 0.25
+    assert report["views"]["source"] == "uploaded manifest.json" and report["without_views"] == 0  # the index blends none
+    served_now = client.application.extensions["showroom"].served
+    embedder, products = served_now.engine.embedder, served_now.engine.products
+    prep = embedder.preprocessing
+    for name, data in {**rooms, "yellow.png": YELLOW}.items():
+        (tmp_path / name).write_bytes(data)
+    raw = embedder(photo_images([tmp_path / "yellow.png"], prep))
+    views = embedder(view_crops([ProductView("NEW-1", tmp_path / n, b) for n, b in zip(rooms, boxes)], prep.image_size,
+                                prep.crop_padding))
+    expected = fuse_views(raw, ["NEW-1"], views, ["NEW-1", "NEW-1"], 0.25)[0]
+    (row,) = [i for i, it in enumerate(products.items) if it.product_id == "NEW-1"]
+    np.testing.assert_allclose(products.vectors[row], expected, atol=1e-5)
+    assert np.abs(expected - raw[0]).max() > 1e-3  # the blend moved it: the check above can fail
+    (plain,) = [i for i, it in enumerate(products.items) if it.product_id == "NEW-2"]
+    (tmp_path / "grey.png").write_bytes(_png((90, 90, 90)))
+    np.testing.assert_allclose(products.vectors[plain], embedder(photo_images([tmp_path / "grey.png"], prep))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("another type", "has type 'Chair' in its views and 'Lamp' in the delta"),
+    ("box outside", "is not inside its 96x96 image"),
+    ("stray file", "v7.png named by no view"),
+    ("missing file", "'v1.png' of 'NEW-1' is not one of the uploaded view files"),
+    ("escaping path", "is not a plain relative file name"),
+    ("no manifest", "without the 'views' manifest"),
+    ("views without rows", "blend the products 'add' or 'update' bring"),
+    ("another photo", "cut out of another photo"),
+    ("not an image", "v0.png"),
+    ("not a manifest", "manifest.json"),
+])
+def test_views_that_do_not_fit_are_refused_and_nothing_is_published_or_kept(client, served: Path, tmp_path: Path, case, message):
+    box = (20, 30, 60, 80)
+    rooms = {"v0.png": _room((10, 220, 240), box), "v1.png": _room((10, 200, 230), box)}
+    views = [("NEW-1", "Lamp", "views/v0.png", box), ("NEW-1", "Lamp", "views/v1.png", box)]
+    fields = {"add": b"product_id,name,type,image\nNEW-1,Yellow lamp,Lamp,yellow.png\n", "photos": {"yellow.png": YELLOW}}
+    photo = YELLOW
+    if case == "another type":
+        views[1] = ("NEW-1", "Chair", "views/v1.png", box)
+    elif case == "box outside":
+        views[1] = ("NEW-1", "Lamp", "views/v1.png", (20, 30, 60, 120))
+    elif case == "stray file":
+        rooms["v7.png"] = rooms["v0.png"]
+    elif case == "missing file":
+        del rooms["v1.png"]
+    elif case == "escaping path":
+        views[1] = ("NEW-1", "Lamp", "../v1.png", box)
+    elif case == "another photo":
+        photo = _png((1, 2, 3))
+    elif case == "not an image":
+        rooms["v0.png"] = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+    manifest = b'{"format": "something else"}' if case == "not a manifest" else _views(tmp_path, views, photo)
+    fields.update(views=manifest, view_files=rooms)
+    if case == "no manifest":
+        del fields["views"]
+    if case == "views without rows":
+        fields = {"remove": client.application.extensions["showroom"].served.engine.products.items[0].product_id,
+                  "views": manifest, "view_files": rooms}
+    generation = current_generation(served)
+    r = _post(client, **fields)
+    assert r.status_code == 400 and message in r.get_json()["error"], r.get_json()
+    assert str(tmp_path) not in r.get_json()["error"] and "showroom-views-" not in r.get_json()["error"]
+    assert current_generation(served) == generation
+    assert not list((served / "photos").iterdir()) if (served / "photos").exists() else True  # the staged photo went with it

@@ -158,6 +158,7 @@ def test_the_views_of_added_and_updated_products_are_blended_into_their_photos_e
     np.testing.assert_allclose(got["plain"], raw["plain"], atol=1e-7)  # no view: its photo alone
     np.testing.assert_array_equal(got["blue"], index.vectors[2])  # the rows the delta does not touch are as they were
     assert updated.tuning["updates"][-1]["views"]["views"] == 3
+    assert report.without_views == 0  # the index blends no views: a product without any is as the index's others
 
 
 def test_views_that_do_not_fit_the_delta_or_the_index_are_refused(small):
@@ -185,3 +186,5 @@ def test_in_an_index_that_blends_views_a_vector_is_reused_only_for_its_own_produ
     got = {it.product_id: v for it, v in zip(updated.items, updated.vectors)}
     np.testing.assert_array_equal(got["green"], index.vectors[1])
     np.testing.assert_allclose(got["twin"], ColourEmbed()([root / "blue.png"])[0], atol=1e-7)  # the photo alone
+    # ... and counted: in an index that blends views, a product embedded with none is its photo alone
+    assert report.without_views == 1 and updated.tuning["updates"][-1]["without_views"] == 1

@@ -397,3 +397,5 @@ def test_a_segmented_delta_over_an_index_that_blends_views_reuses_only_a_product
     assert embed.paths == [root / "p4.png"] and (report.embedded, report.reused) == (1, 1)
     rows = _rows(CatalogIndex.load(tmp / "g2"))
     assert rows["p6"][1] == _rows(CatalogIndex.load(tmp / "g1"))["p6"][1] and rows["p6"][0] == "renamed"
+    assert report.without_views == 1  # twin: embedded with no view of its own in an index that blends them
+    assert json.loads((tmp / "g2" / "manifest.json").read_text())["tuning"]["updates"][-1]["without_views"] == 1
