@@ -241,15 +241,45 @@ class SearchEngine:
         return Room(tuple(objects), tuple(products))
 
     def scenes_of(self, product_id: str, k: int = 10) -> list[Match]:
-        """"Where is it used?": scene crops nearest to the product's images, best crop per scene."""
+        """"Where is it used?": the scenes whose crops are nearest to the product's images, best crop per
+        scene. Only the crops of the product's group count (a chair is looked for among the rooms'
+        seating, not their rugs; ``evaluation.room.scene_distances``); scenes with none of them come
+        after, nearest first, to fill ``k``. A product of no group, or of a group no crop has, is
+        looked for among every crop."""
         if self.scenes is None or not len(self.scenes):
             return []
         rows = self.products.rows_of(product_id)
         if not rows:
             return []
-        hits = self.scenes.search(self.products.vectors[rows], min(len(self.scenes), 5 * k))
-        best: dict[str, Match] = {}
-        for m in (m for per in hits for m in per):
-            if m.item.scene not in best or m.distance < best[m.item.scene].distance:
-                best[m.item.scene] = m
-        return sorted(best.values(), key=lambda m: m.distance)[:k]
+        queries = self.products.vectors[rows]
+        labels = self.labels_of_group(self.group_of_type(self.products.items[rows[0]].type))
+        listed = self._best_scenes(queries, k, labels) if labels else []
+        if len(listed) < k:
+            seen = {m.item.scene for m in listed}
+            listed += [m for m in self._best_scenes(queries, k + len(seen)) if m.item.scene not in seen][: k - len(listed)]
+        return listed
+
+    def _best_scenes(self, queries: np.ndarray, k: int, labels: Set[str] | None = None) -> list[Match]:
+        """The ``k`` scenes nearest to any of ``queries`` ``float32 (Q, D)`` by their nearest crop (of
+        ``labels`` only, when given), nearest first; crops fetched in rounds until k scenes are found."""
+        n, fetch = len(self.scenes), 5 * k
+        while True:
+            best: dict[str, Match] = {}
+            got = self.scenes.search(queries, min(n, fetch), labels)
+            for m in (m for per in got for m in per):
+                if m.item.scene not in best or m.distance < best[m.item.scene].distance:
+                    best[m.item.scene] = m
+            if len(best) >= k or fetch >= n or max(len(per) for per in got) < min(n, fetch):
+                return sorted(best.values(), key=lambda m: m.distance)[:k]
+            fetch *= 4
+
+    def group_of_type(self, product_type: str) -> str:
+        """The product group a catalog type falls in ('' = none)."""
+        return next((g for g, types in self.group_types.items() if product_type in types), "")
+
+    def labels_of_group(self, group: str) -> frozenset[str]:
+        """The scene-crop labels of ``group``: the detector classes proposed as it, and its catalog types
+        (a crop drawn in pairs.csv carries its product's type); empty for no group."""
+        if not group:
+            return frozenset()
+        return frozenset(label for label, g in self.label_groups.items() if g == group) | self.group_types.get(group, frozenset())

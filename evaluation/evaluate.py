@@ -37,8 +37,8 @@ from engine.data.proposals import catalog_proposals
 from engine.data.splits import read_product_list, read_scene_list, restrict_scenes
 from evaluation import plots
 from evaluation.detection import DetectionRecorder, RecordedDetections
-from evaluation.protocol import (CROP_CHOICES, EvalConfig, EvalInputs, EvalResult, choose_query_crops, flat_metrics, paired_difference,
-                                 prepare, score, table)
+from evaluation.protocol import (CROP_CHOICES, P2S_CROPS, EvalConfig, EvalInputs, EvalResult, choose_query_crops, flat_metrics,
+                                 paired_difference, prepare, score, table)
 from evaluation.room import RoomSpec, paired_room_difference
 from training.manifest import read_seen_products
 from training.tracking import download_artifact, git_commit, metric_key, mlflow_run, run_params, run_tags
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="> 0: rank products by distance minus this share of their room density, their mean distance to their "
                         "--hub-k nearest crops of the catalog's other room photos (engine.index.hubness; the service's "
                         "SHOWROOM_HUB_BETA); also scores the model without it, pair by pair")
+    p.add_argument("--p2s-crops", choices=P2S_CROPS, default="group",
+                   help="'where is it used?' (product -> scene) ranks scenes by their crops of the product's group, a scene with "
+                        "none after those with one, as the service answers it (default); 'every': by every crop, as before")
     p.add_argument("--hub-k", type=int, default=HUB_K, help="reference room crops averaged per product for its room density")
     p.add_argument("--hub-exclude", type=Path, default=None, metavar="SCENES",
                    help="scenes never used as reference room photos besides the evaluated ones (e.g. the README hold-out "
@@ -177,7 +180,8 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     eval_catalog, scenes_param = _scenes(catalog, args.scenes)
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
-                     new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
+                     new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k,
+                     p2s_crops=args.p2s_crops)
     views = _catalog_views(args, catalog, eval_catalog)
     reference = _reference_scenes(args, catalog, eval_catalog)
     recorders: list[DetectionRecorder] = []
@@ -505,7 +509,8 @@ def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target,
     call's detector minus it, pair by pair (for the model and for the baseline); ``reference``: the
     hub correction's room photos, as for this call's detector."""
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
-                     new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k)
+                     new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k,
+                     p2s_crops=args.p2s_crops)
     inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target, reference=reference)
     inputs, cfg = _with_views(inputs, cfg, _catalog_views(args, load_catalog(args.catalog), catalog))
     other = score(inputs, target.embedder, cfg)

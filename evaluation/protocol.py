@@ -56,7 +56,7 @@ from engine.metrics import bootstrap_recall, distance_accuracy, euclidean_distan
 from engine.data.proposals import Detect, SceneCrop, SceneProposals, catalog_proposals, windows
 from engine.index.hubness import DEFAULT_K, HubCorrection
 from engine.index.views import fuse_views
-from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
+from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary, scene_distances
 
 if TYPE_CHECKING:  # annotations only: importing the embedder loads TensorFlow
     from engine.model.embedder import Embed
@@ -82,6 +82,7 @@ class EvalConfig:
     hub_beta: float = 0.0  # > 0: products ranked by distance minus hub_beta x their room density (engine.index.hubness)
     hub_k: int = DEFAULT_K  # reference crops averaged per product for that density (EvalInputs.reference_images)
     views_weight: float = 0.0  # > 0: each catalog photo's vector blended with its product's views (EvalInputs.view_images)
+    p2s_crops: str = "group"  # "where is it used?" over the scene crops of the product's group (as served; with room), or "every"
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -90,6 +91,16 @@ class EvalConfig:
             raise ValueError(f"hub_beta must be >= 0 and hub_k >= 1, got {self.hub_beta} and {self.hub_k}")
         if not self.views_weight >= 0:
             raise ValueError(f"views_weight must be >= 0, got {self.views_weight}")
+        if self.p2s_crops not in P2S_CROPS:
+            raise ValueError(f"p2s_crops must be one of {', '.join(P2S_CROPS)}, got {self.p2s_crops!r}")
+
+    @property
+    def p2s_in_group(self) -> bool:
+        """Whether product -> scene ranks count only the crops of the product's group (needs ``room``)."""
+        return self.p2s_crops == "group" and self.room is not None
+
+
+P2S_CROPS = ("group", "every")  # EvalConfig.p2s_crops
 
 
 @dataclass(frozen=True)
@@ -367,7 +378,8 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     crop_emb = embed_batches(embed, inputs.crop_images, 0, 256)
     window_emb = embed_batches(embed, inputs.window_images, 0, 256)
     bias = _hub_bias(inputs, embed, image_emb, cfg) if cfg.hub_beta > 0 else None
-    results, top, crop_prod, crop_raw = _rank_pairs(inputs, image_emb, crop_emb, window_emb, bias)
+    results, top, crop_prod, crop_raw = _rank_pairs(inputs, image_emb, crop_emb, window_emb, bias,
+                                                    cfg.room if cfg.p2s_in_group else None)
     product_emb = image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb
     summary = _summary(inputs, results, crop_emb, product_emb, cfg)
     whole_room = _room(inputs, crop_prod, cfg) if cfg.room is not None else []
@@ -429,10 +441,11 @@ def _hub_bias(inputs: EvalInputs, embed: Embed, image_emb: np.ndarray, cfg: Eval
 
 
 def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray, window_emb: np.ndarray,
-                bias: np.ndarray | None = None) -> tuple[list[PairResult], np.ndarray, np.ndarray, np.ndarray]:
+                bias: np.ndarray | None = None, p2s_groups: RoomSpec | None = None) -> tuple[list[PairResult], np.ndarray, np.ndarray, np.ndarray]:
     """Every pair's ranks, the 5 nearest products of each crop (int (C, 5)), the crops' scores of each
     product (float (C, P): the distance to its nearest image, minus ``bias`` (P,) when given: the
-    hub correction) that rank them, and the distances themselves.
+    hub correction) that rank them, and the distances themselves. ``p2s_groups``: product → scene
+    ranks over the crops of the product's group (``scene_distances``); None: over every crop.
 
     image_emb: float32 (M, D), one row per catalog image; crop_emb: float32 (C, D); window_emb:
     float32 (W, D), the fixed windows of ``inputs.window_scenes``.
@@ -463,8 +476,13 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
     if query_products and len(crop_emb):
         q_index = {p: i for i, p in enumerate(query_products)}
         rows = [i for i, p in enumerate(inputs.image_products) if p in q_index]
-        d = group_min(euclidean_distances(image_emb[rows], crop_emb), crop_scene, len(inputs.scenes))  # (images, scenes)
-        per_product = group_min(d.T, np.array([q_index[inputs.image_products[r]] for r in rows]), len(query_products)).T
+        d = group_min(euclidean_distances(image_emb[rows], crop_emb).T, np.array([q_index[inputs.image_products[r]] for r in rows]),
+                      len(query_products)).T  # (products, crops): the product's nearest image
+        if p2s_groups is None:
+            per_product = group_min(d, crop_scene, len(inputs.scenes))
+        else:
+            per_product = scene_distances(d, crop_scene, len(inputs.scenes), crop_groups([c.label for c in inputs.crops], p2s_groups),
+                                          [p2s_groups.type_group.get(inputs.types[p], "") for p in query_products])
         prod_scene = {p: per_product[i] for i, p in enumerate(query_products)}
     results = []
     for case in inputs.cases:
@@ -513,6 +531,7 @@ def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray
             "crop_padding": inputs.preprocessing.crop_padding, "image_size": inputs.image_size, "detector": inputs.detector,
             "crop_choice": inputs.crop_choice,
             "chosen_among_several": sum(len(c.typed_crops) > 1 for c in inputs.cases if c.reachable),
+            "product_to_scene_crops": "the product's group" if cfg.p2s_in_group else "every crop",
         },
         "scene_to_product": {
             "recall": recall_curve(ranks, ks),

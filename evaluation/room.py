@@ -79,6 +79,36 @@ def crop_groups(labels: Sequence[str], spec: RoomSpec) -> list[str]:
     return [spec.label_group.get(label, spec.type_group.get(label, "")) for label in labels]
 
 
+def scene_distances(prod_crop: np.ndarray, crop_scene: np.ndarray, n_scenes: int, crop_group: Sequence[str],
+                    product_group: Sequence[str]) -> np.ndarray:
+    """float64 (Q, S): each product's distance to each scene for "where is it used?", over the crops of
+    its product group: a scene's distance is its nearest crop of that group; a scene with none of them
+    comes after every scene that has one (in the order of its nearest crop of any group). A product of
+    no group, or of a group no crop has, is ranked over every crop.
+
+    prod_crop: float (Q, C) each product's distance to each crop (its nearest photo's); crop_scene: int
+    (C,) each crop's scene in [0, n_scenes); crop_group: (C,) each crop's group ('' = none);
+    product_group: (Q,) each product's group ('' = none)."""
+    from engine.metrics import group_min
+
+    crop_scene = np.asarray(crop_scene, np.int64)
+    prod_crop = np.asarray(prod_crop, np.float64)
+    every = group_min(prod_crop, crop_scene, n_scenes)
+    finite = prod_crop[np.isfinite(prod_crop)]
+    after = (float(finite.max()) - min(0.0, float(finite.min())) + 1.0) if finite.size else 0.0  # past every finite distance
+    out = every.copy()
+    crop_group = np.asarray(crop_group, object)
+    product_group = np.asarray(product_group, object)
+    for g in sorted(set(product_group.tolist()) - {""}):
+        cols = np.flatnonzero(crop_group == g)
+        if not cols.size:
+            continue
+        rows = np.flatnonzero(product_group == g)
+        within = group_min(prod_crop[np.ix_(rows, cols)], crop_scene[cols], n_scenes)
+        out[rows] = np.where(np.isfinite(within), within, every[rows] + after)
+    return out
+
+
 def group_columns(product_types: Sequence[str], spec: RoomSpec) -> dict[str, np.ndarray]:
     """Each product group → int (n,) the columns (products) of its types; a group is searched over
     every product when it holds none (absent here)."""

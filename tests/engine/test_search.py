@@ -1,5 +1,6 @@
 """The room's one ranked list: each object's matches merged (in turns, by distance, or in turns weighted
-by the detector's confidence), each product once; the engine's warm-up."""
+by the detector's confidence), each product once; the engine's warm-up; "where is it used?" among
+the crops of the product's group."""
 
 from __future__ import annotations
 
@@ -70,3 +71,31 @@ def test_room_ranking_refuses_an_unknown_order_or_missing_distances():
         room_ranking([["a"], ["b"]], order="confidence", confidences=[0.9])
     with pytest.raises(ValueError, match="confidences must be in"):
         room_ranking([["a"], ["b"]], order="confidence", confidences=[0.9, -0.1])
+
+
+def _unit(*xs: float) -> np.ndarray:
+    v = np.array(xs, np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_where_is_it_used_looks_among_the_crops_of_the_products_group_first():
+    """A chair is looked for among the rooms' chairs: a rug crop nearer to its photo does not put its
+    room first; rooms with no seating crop come after, to fill k; a product of no group sees every crop."""
+    chair, vase = _unit(1, 0, 0), _unit(1, 0, 0.01)  # a vase photo that looks like the chair's
+    products = CatalogIndex.from_vectors(np.stack([chair, vase]), [Item("c#0", "c", "Chair", "Chair", "c.jpg"),
+                                                                   Item("v#0", "v", "Vase", "Vase", "v.jpg")], "m", BackendSpec("brute_force"))
+    crops = [("rug-room", "rug", _unit(1, 0.05, 0)),       # nearest to the chair's photo, but a rug
+             ("chair-room", "chair", _unit(1, 0.6, 0)),
+             ("far-chair-room", "chair", _unit(1, 1.5, 0)),
+             ("plain-room", "", _unit(1, 0.3, 0))]         # a crop of no class
+    scenes = CatalogIndex.from_vectors(np.stack([v for *_, v in crops]),
+                                       [Item(f"{s}#0", "", s, label, f"{s}.jpg", s, (0, 0, 9, 9), label) for s, label, _ in crops],
+                                       "m", BackendSpec("brute_force"))
+    engine = SearchEngine(None, products, scenes, label_groups={"chair": "seating", "rug": "rug"},
+                          group_types={"seating": frozenset({"Chair"})})
+    assert engine.group_of_type("Chair") == "seating" and engine.group_of_type("Vase") == ""
+    assert engine.labels_of_group("seating") == {"chair", "Chair"} and engine.labels_of_group("") == frozenset()
+    assert [m.item.scene for m in engine.scenes_of("c", k=2)] == ["chair-room", "far-chair-room"]
+    assert [m.item.scene for m in engine.scenes_of("c", k=4)] == ["chair-room", "far-chair-room", "rug-room", "plain-room"]
+    assert [m.item.scene for m in engine.scenes_of("v", k=4)] == ["rug-room", "plain-room", "chair-room", "far-chair-room"]
+    assert engine.scenes_of("nope") == []

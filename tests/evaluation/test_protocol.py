@@ -351,3 +351,21 @@ def test_views_blended_into_the_catalog_move_a_product_toward_them(tmp_path: Pat
     ids = catalog.product_ids
     assert c2.rank == 1 and ids[blended.top[c2.matched_crop][1]] == "C1"  # and a green crop finds it second, after C2 itself
     assert _by_pair(score(inputs, _embed, EvalConfig(ks=(1,), views_weight=0.0)))[("C1", "s1")].rank == 1  # weight 0: not blended
+
+
+def test_where_is_it_used_ranks_scenes_by_their_crops_of_the_products_group(tmp_path: Path, category_map):
+    from evaluation.room import RoomSpec
+
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25, fill_confidence=0.0), detector=BoxDetector(), category_map=category_map)
+    spec = RoomSpec(type_group={"Chair": "seating", "Table": "table"}, label_group={"chair": "seating", "dining table": "table"})
+    grouped = _by_pair(score(inputs, _embed, EvalConfig(ks=(1, 5), room=spec)))
+    every = _by_pair(score(inputs, _embed, EvalConfig(ks=(1, 5), room=spec, p2s_crops="every")))
+    # C2 is in s2 (detected only as a table) and s4 (as a chair): over every crop both scenes hold its exact
+    # colour and tie (rank 2 each); over seating crops s4 is first, then s1 (C1's chair), and s2, with no
+    # seating crop, comes after every scene that has one
+    assert every[("C2", "s2")].scene_rank == 2 and every[("C2", "s4")].scene_rank == 2
+    assert grouped[("C2", "s4")].scene_rank == 1 and grouped[("C2", "s2")].scene_rank == 3
+    assert grouped[("T1", "s1")].scene_rank == 1 and grouped[("C1", "s1")].scene_rank == 1
+    with pytest.raises(ValueError, match="p2s_crops"):
+        EvalConfig(p2s_crops="some")

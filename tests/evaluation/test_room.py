@@ -7,7 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from evaluation.room import RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary
+from evaluation.room import (RoomPair, RoomSpec, crop_groups, paired_room_difference, room_lists, room_pairs, room_summary,
+                             scene_distances)
 
 # Four products: two lamps, a rug, a chair. Types map to groups; the COCO detector reaches chairs only.
 PRODUCTS = ["lampA", "lampB", "rug", "chair"]
@@ -123,3 +124,21 @@ def test_a_chosen_query_crop_decides_the_rank_and_the_best_crop_stays_a_column()
     assert (first_box.rank, first_box.in_group_rank, first_box.best_rank) == (3.0, 2.0, 1.0)
     s = room_summary([first_box], TYPES, SPEC)
     assert s["s2p_recall"][1] == 0.0 and s["s2p_recall_best_box"][1] == 1.0
+
+
+def test_where_is_it_used_over_the_crops_of_the_products_group():
+    # crops: scene 0 has a lamp crop (0.9) and a rug crop (0.1); scene 1 a lamp crop (0.5); scene 2 a rug crop (0.2) only
+    prod_crop = np.array([[0.9, 0.1, 0.5, 0.2],    # a lamp
+                          [0.9, 0.1, 0.5, 0.2],    # a product of no group: every crop counts
+                          [0.9, 0.1, 0.5, 0.2]])   # a sofa: no crop of its group anywhere, every crop counts
+    crop_scene, groups = np.array([0, 0, 1, 2]), ["lamp", "rug", "lamp", "rug"]
+    every = np.array([0.1, 0.5, 0.2])
+    got = scene_distances(prod_crop, crop_scene, 3, groups, ["lamp", "", "sofa"])
+    np.testing.assert_allclose(got[1], every)
+    np.testing.assert_allclose(got[2], every)
+    # the lamp: scene 1 (its lamp crop at 0.5) before scene 0 (0.9); scene 2, with no lamp crop, after both
+    assert got[0, 1] == 0.5 and got[0, 0] == 0.9 and got[0, 2] > 0.9
+    assert np.argsort(got[0]).tolist() == [1, 0, 2]
+    assert got[0, 2] == pytest.approx(0.2 + 0.9 + 1.0)  # its nearest crop, moved past every finite distance
+    empty = scene_distances(prod_crop, crop_scene, 4, groups, ["lamp", "", "sofa"])  # a scene with no crop stays unreachable
+    assert np.isinf(empty[:, 3]).all()
