@@ -40,6 +40,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +84,11 @@ class CatalogDelta:
 
     def __bool__(self) -> bool:
         return bool(self.add or self.update or self.remove)
+
+    @cached_property
+    def viewed(self) -> frozenset[str]:
+        """The products ``views`` holds views of (computed once)."""
+        return frozenset(v.product_id for v in self.views.views) if self.views is not None else frozenset()
 
 
 @dataclass
@@ -141,7 +147,7 @@ def check_delta(index: CatalogIndex | set[str], delta: CatalogDelta) -> None:
     if not known - removed - updated and not delta.add and not delta.update:
         raise DeltaError("the delta removes every product: build a new index instead")
     if delta.views is not None:
-        stray = {v.product_id for v in delta.views.views} - added - updated
+        stray = delta.viewed - added - updated
         if stray:
             raise DeltaError(f"in-room views of {len(stray)} product(s) this delta neither adds nor updates, e.g. {sorted(stray)[:5]}: "
                              "give only the views of its products (ProductViews.for_products)")
@@ -167,8 +173,7 @@ def _plan_rows(rows: Sequence[ProductImage], hashes: Sequence[str], stored: Call
     """For each of ``rows`` where its stored vector is (``stored(sha256, product)``; None: its photo is
     embedded), and the (sha256, path) of the photos to embed, once each, sorted. A product with views
     in ``delta`` is always embedded (a stored vector may be a blend with other views)."""
-    viewed = {v.product_id for v in delta.views.views} if delta.views is not None else set()
-    where = [None if p.product_id in viewed else stored(h, p.product_id) for p, h in zip(rows, hashes)]
+    where = [None if p.product_id in delta.viewed else stored(h, p.product_id) for p, h in zip(rows, hashes)]
     return where, sorted({h: p.image for p, h, w in zip(rows, hashes, where) if w is None}.items())
 
 
@@ -178,8 +183,7 @@ def _count_unviewed(embedded_by: dict | None, rows: Sequence[ProductImage], wher
     whose photos this delta embeds (``where`` None) with no view of theirs in ``delta`` (logged)."""
     if not (embedded_by or {}).get("views"):
         return
-    viewed = {v.product_id for v in delta.views.views} if delta.views is not None else set()
-    bare = sorted({p.product_id for p, w in zip(rows, where) if w is None and p.product_id not in viewed})
+    bare = sorted({p.product_id for p, w in zip(rows, where) if w is None and p.product_id not in delta.viewed})
     report.without_views = len(bare)
     if bare:
         logger.warning("the index blends its products' in-room views, but %d product(s) of this delta have none (e.g. %s): "
@@ -500,8 +504,7 @@ def _segmented_delta(state: _Segments, delta: CatalogDelta, embed_paths: EmbedPa
         return ("delta", have_delta[k]) if k in have_delta else ("base", have_base[k]) if k in have_base else None
 
     where, need = _plan_rows(new_rows, new_hashes, stored, delta)
-    viewed = {v.product_id for v in delta.views.views} if delta.views is not None else set()
-    if any(w is None and p.product_id not in viewed for w, p in zip(where, new_rows)):  # perhaps in the base: its hashes read, checked first
+    if any(w is None and p.product_id not in delta.viewed for w, p in zip(where, new_rows)):  # perhaps in the base: its hashes read, checked first
         verify_checksums(state.base, state.base_manifest, only={"photos.json"})
         base_hashes = json.loads((state.base / "photos.json").read_text())
         have_base.update((key(h, p), i) for i, (h, p) in enumerate(zip(base_hashes, base_products)))
