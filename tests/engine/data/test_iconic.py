@@ -48,3 +48,13 @@ def test_config_validation():
         IconicTest(border=0)
     with pytest.raises(ValueError):
         IconicTest(min_white_share=1.5)
+
+
+def test_white_share_counts_the_border_strip_by_hand():
+    image = np.full((10, 12, 3), 255, np.uint8)  # border 0.04 x 10 rounds to 0: a strip 1 px wide, 2 x 12 + 2 x 8 = 40 pixels
+    image[0, :4] = (250, 250, 250)               # near white: still white
+    image[9, :5] = (255, 220, 255)               # one channel under 225: not white (5 pixels)
+    image[3:6, 0] = (255, 255, 228)              # every channel >= 225 but spread 27 > 25: not white (3 pixels)
+    image[2:8, 2:10] = 0                         # the product, inside the strip: never counted
+    assert IconicTest().white_share(image) == pytest.approx(32 / 40)
+    assert IconicTest(max_spread=30).white_share(image) == pytest.approx(35 / 40)
