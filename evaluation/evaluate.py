@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p2s-crops", choices=P2S_CROPS, default="group",
                    help="'where is it used?' (product -> scene) ranks scenes by their crops of the product's group, a scene with "
                         "none after those with one, as the service answers it (default); 'every': by every crop, as before")
+    p.add_argument("--p2s-windows", action=argparse.BooleanOptionalAction, default=True,
+                   help="'where is it used?' also over each scene's 14 fixed windows, as crops of no group, as the service's "
+                        "scenes index holds them (default); --no-p2s-windows: the proposed crops alone, as before")
     p.add_argument("--hub-k", type=int, default=HUB_K, help="reference room crops averaged per product for its room density")
     p.add_argument("--hub-exclude", type=Path, default=None, metavar="SCENES",
                    help="scenes never used as reference room photos besides the evaluated ones (e.g. the README hold-out "
@@ -181,7 +184,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     target = _target(args)
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k,
-                     p2s_crops=args.p2s_crops)
+                     p2s_crops=args.p2s_crops, p2s_windows=args.p2s_windows)
     views = _catalog_views(args, catalog, eval_catalog)
     reference = _reference_scenes(args, catalog, eval_catalog)
     recorders: list[DetectionRecorder] = []
@@ -510,7 +513,7 @@ def _versus_detector(args: argparse.Namespace, catalog: Catalog, target: Target,
     hub correction's room photos, as for this call's detector."""
     cfg = EvalConfig(ks=_parse_ks(args.ks), seen_products=_seen_products(args.seen_products, target.run_id, home),
                      new_products=_new_products(args.new_products, catalog), hub_beta=args.hub_beta, hub_k=args.hub_k,
-                     p2s_crops=args.p2s_crops)
+                     p2s_crops=args.p2s_crops, p2s_windows=args.p2s_windows)
     inputs, cfg = _prepare(args, catalog, target.embedder.preprocessing, home, cfg, args.versus_detector, target, reference=reference)
     inputs, cfg = _with_views(inputs, cfg, _catalog_views(args, load_catalog(args.catalog), catalog))
     other = score(inputs, target.embedder, cfg)

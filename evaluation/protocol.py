@@ -83,6 +83,7 @@ class EvalConfig:
     hub_k: int = DEFAULT_K  # reference crops averaged per product for that density (EvalInputs.reference_images)
     views_weight: float = 0.0  # > 0: each catalog photo's vector blended with its product's views (EvalInputs.view_images)
     p2s_crops: str = "group"  # "where is it used?" over the scene crops of the product's group (as served; with room), or "every"
+    p2s_windows: bool = True  # "where is it used?" also over each scene's 14 fixed windows (crops of no group), as served
 
     def __post_init__(self) -> None:
         if not self.ks or min(self.ks) < 1:
@@ -379,7 +380,7 @@ def score(inputs: EvalInputs, embed: Embed, cfg: EvalConfig = EvalConfig(), *, c
     window_emb = embed_batches(embed, inputs.window_images, 0, 256)
     bias = _hub_bias(inputs, embed, image_emb, cfg) if cfg.hub_beta > 0 else None
     results, top, crop_prod, crop_raw = _rank_pairs(inputs, image_emb, crop_emb, window_emb, bias,
-                                                    cfg.room if cfg.p2s_in_group else None)
+                                                    cfg.room if cfg.p2s_in_group else None, cfg.p2s_windows)
     product_emb = image_emb[[inputs.first_image[p] for p in inputs.product_ids]] if len(image_emb) else image_emb
     summary = _summary(inputs, results, crop_emb, product_emb, cfg)
     whole_room = _room(inputs, crop_prod, cfg) if cfg.room is not None else []
@@ -441,7 +442,8 @@ def _hub_bias(inputs: EvalInputs, embed: Embed, image_emb: np.ndarray, cfg: Eval
 
 
 def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray, window_emb: np.ndarray,
-                bias: np.ndarray | None = None, p2s_groups: RoomSpec | None = None) -> tuple[list[PairResult], np.ndarray, np.ndarray, np.ndarray]:
+                bias: np.ndarray | None = None, p2s_groups: RoomSpec | None = None,
+                p2s_windows: bool = False) -> tuple[list[PairResult], np.ndarray, np.ndarray, np.ndarray]:
     """Every pair's ranks, the 5 nearest products of each crop (int (C, 5)), the crops' scores of each
     product (float (C, P): the distance to its nearest image, minus ``bias`` (P,) when given: the
     hub correction) that rank them, and the distances themselves. ``p2s_groups``: product → scene
@@ -476,12 +478,17 @@ def _rank_pairs(inputs: EvalInputs, image_emb: np.ndarray, crop_emb: np.ndarray,
     if query_products and len(crop_emb):
         q_index = {p: i for i, p in enumerate(query_products)}
         rows = [i for i, p in enumerate(inputs.image_products) if p in q_index]
-        d = group_min(euclidean_distances(image_emb[rows], crop_emb).T, np.array([q_index[inputs.image_products[r]] for r in rows]),
+        where, where_scene, where_label = crop_emb, crop_scene, [c.label for c in inputs.crops]
+        if p2s_windows and len(window_emb):  # the windows too, as crops of no group
+            where = np.concatenate([crop_emb, window_emb])
+            where_scene = np.concatenate([crop_scene, np.array([scene_col[s] for s in inputs.window_scenes], np.int64)])
+            where_label = where_label + [""] * len(window_emb)
+        d = group_min(euclidean_distances(image_emb[rows], where).T, np.array([q_index[inputs.image_products[r]] for r in rows]),
                       len(query_products)).T  # (products, crops): the product's nearest image
         if p2s_groups is None:
-            per_product = group_min(d, crop_scene, len(inputs.scenes))
+            per_product = group_min(d, where_scene, len(inputs.scenes))
         else:
-            per_product = scene_distances(d, crop_scene, len(inputs.scenes), crop_groups([c.label for c in inputs.crops], p2s_groups),
+            per_product = scene_distances(d, where_scene, len(inputs.scenes), crop_groups(where_label, p2s_groups),
                                           [p2s_groups.type_group.get(inputs.types[p], "") for p in query_products])
         prod_scene = {p: per_product[i] for i, p in enumerate(query_products)}
     results = []
@@ -531,7 +538,8 @@ def _summary(inputs: EvalInputs, results: list[PairResult], crop_emb: np.ndarray
             "crop_padding": inputs.preprocessing.crop_padding, "image_size": inputs.image_size, "detector": inputs.detector,
             "crop_choice": inputs.crop_choice,
             "chosen_among_several": sum(len(c.typed_crops) > 1 for c in inputs.cases if c.reachable),
-            "product_to_scene_crops": "the product's group" if cfg.p2s_in_group else "every crop",
+            "product_to_scene_crops": ("the product's group" if cfg.p2s_in_group else "every crop")
+            + (", and 14 fixed windows a scene" if cfg.p2s_windows else ""),
         },
         "scene_to_product": {
             "recall": recall_curve(ranks, ks),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, render_template, request, send_file, url_for
 
+from engine.data.proposals import WINDOW
 from serving.errors import ApiError
 from serving.records import current_engine, health, product_record, read_index, scene_title, scenes_json
 
@@ -32,7 +33,7 @@ def _example_scenes(n: int = EXAMPLES) -> list[dict]:
     labels: dict[str, set[str]] = {}
     room: dict[str, str] = {}
     for it in scenes.items:
-        if it.scene:
+        if it.scene and it.label != WINDOW:  # the fixed windows: every room has the same
             labels.setdefault(it.scene, set()).add(it.label)
             room[it.scene] = it.room_type
     by_room: dict[str, list[str]] = {}

@@ -23,6 +23,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from detectors.category_map import CategoryMap, group_types, label_groups
 from engine.index.serving_folder import PRODUCTS, SCENES
 from engine.calibration import FILE as CALIBRATION_FILE, MatchCalibrator
@@ -31,6 +33,7 @@ from engine.model.embedder import Embedder
 from engine.files import write_json_atomic
 from engine.index.generations import MODEL_FILE
 from engine.index.catalog_index import CatalogIndex
+from engine.data.proposals import WINDOW
 from engine.index.hubness import DEFAULT_K, HubCorrection
 from engine.search import ROOM_ORDER, ROOM_ORDERS, SearchEngine
 
@@ -132,8 +135,9 @@ def _hubness(products: CatalogIndex, scenes: CatalogIndex | None, previous: Load
     if old is not None and old.hubness is not None and old.products is products and old.scenes is scenes:
         return old.hubness.with_beta(beta)
     t = time.perf_counter()
-    hub = HubCorrection.fit(products.vectors, products.items.column("product_id"), scenes.vectors, k=DEFAULT_K, beta=beta,
-                            reference_name=f"scenes index: {len(scenes)} crops")
+    crops = np.array([label != WINDOW for label in scenes.items.column("label")], bool)  # proposed objects, not the fixed windows
+    hub = HubCorrection.fit(products.vectors, products.items.column("product_id"), scenes.vectors[crops], k=DEFAULT_K, beta=beta,
+                            reference_name=f"scenes index: {int(crops.sum())} crops")
     logger.info("hub correction (beta %.2f, k %d) of %d products against %s in %.2f s", beta, hub.k, len(hub.density), hub.reference,
                 time.perf_counter() - t)
     return hub

@@ -101,6 +101,9 @@ def page_boxes(detections: Sequence[Detection], min_confidence: float, labels: C
     return kept
 
 
+WINDOW = "window"  # the label of a fixed window in the scenes index ("where is it used?" beyond the proposed objects)
+
+
 def windows(width: int, height: int, grids: Sequence[int] = (1, 2, 3), overlap: float = 0.2) -> list[Box]:
     """Class-agnostic windows: for each n of ``grids`` an n x n grid of boxes overlapping by
     ``overlap`` of their side, covering the ``width`` x ``height`` photo (n = 1: the whole photo)."""

@@ -106,7 +106,7 @@ def _by_pair(result):
 
 def test_detected_crops_give_the_hand_computed_ranks(tmp_path: Path, category_map):
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
-    cfg = EvalConfig(ks=(1, 5, 50), seen_products=frozenset({"C1", "T1"}))
+    cfg = EvalConfig(ks=(1, 5, 50), seen_products=frozenset({"C1", "T1"}), p2s_windows=False)  # windows: the next test
     inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25, fill_confidence=0.0), detector=BoxDetector(), category_map=category_map)
     result = score(inputs, _embed, cfg)
     pairs = _by_pair(result)
@@ -136,6 +136,7 @@ def test_detected_crops_give_the_hand_computed_ranks(tmp_path: Path, category_ma
     for key in (("C1", "s1"), ("T1", "s1"), ("C3", "s4")):
         assert pairs[key].scene_rank == 1, key
     assert pairs[("C2", "s2")].scene_rank == 2 and pairs[("C2", "s4")].scene_rank == 2
+    assert pairs[("L1", "s2")].scene_rank == 3  # the lamp: no crop holds it
     # distance accuracy on the matched crops: Chair has 3 products among its queries, all nearest
     assert s["distance_accuracy"] == 1.0 and s["distance_accuracy_top_3"] == 1.0
     assert set(s["distance_accuracy_per_type"]) == {"Chair"}
@@ -359,8 +360,8 @@ def test_where_is_it_used_ranks_scenes_by_their_crops_of_the_products_group(tmp_
     catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
     inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25, fill_confidence=0.0), detector=BoxDetector(), category_map=category_map)
     spec = RoomSpec(type_group={"Chair": "seating", "Table": "table"}, label_group={"chair": "seating", "dining table": "table"})
-    grouped = _by_pair(score(inputs, _embed, EvalConfig(ks=(1, 5), room=spec)))
-    every = _by_pair(score(inputs, _embed, EvalConfig(ks=(1, 5), room=spec, p2s_crops="every")))
+    grouped = _by_pair(score(inputs, _embed, EvalConfig(ks=(1, 5), room=spec, p2s_windows=False)))
+    every = _by_pair(score(inputs, _embed, EvalConfig(ks=(1, 5), room=spec, p2s_crops="every", p2s_windows=False)))
     # C2 is in s2 (detected only as a table) and s4 (as a chair): over every crop both scenes hold its exact
     # colour and tie (rank 2 each); over seating crops s4 is first, then s1 (C1's chair), and s2, with no
     # seating crop, comes after every scene that has one
@@ -369,3 +370,17 @@ def test_where_is_it_used_ranks_scenes_by_their_crops_of_the_products_group(tmp_
     assert grouped[("T1", "s1")].scene_rank == 1 and grouped[("C1", "s1")].scene_rank == 1
     with pytest.raises(ValueError, match="p2s_crops"):
         EvalConfig(p2s_crops="some")
+
+
+
+def test_where_is_it_used_finds_through_the_fixed_windows_what_no_crop_holds(tmp_path: Path, category_map):
+    catalog = load_catalog(_write_catalog(tmp_path / "cat", with_boxes=False))
+    inputs = prepare(catalog, Preprocessing(48, min_confidence=0.25, fill_confidence=0.0), detector=BoxDetector(), category_map=category_map)
+    result = score(inputs, _embed, EvalConfig(ks=(1, 5)))  # the windows are on by default, as the service's scenes index has them
+    pairs = _by_pair(result)
+    # the lamp in s2 has no detector class and no crop (rank 3 without windows): a window's centre holds its colour
+    assert pairs[("L1", "s2")].scene_rank == 1
+    # C3 is in s3 undetected and in s4 detected: a window of s3 now holds its colour too, and the two scenes tie
+    assert pairs[("C3", "s4")].scene_rank == 2 and pairs[("C3", "s3")].scene_rank == 2
+    assert pairs[("C1", "s1")].scene_rank == 1 and pairs[("T1", "s1")].scene_rank == 1
+    assert result.summary["protocol"]["product_to_scene_crops"] == "every crop, and 14 fixed windows a scene"

@@ -149,6 +149,10 @@ def test_products_and_scenes(client, tiny_catalog: Path):
     assert 1 <= len(scenes) <= 3 and all(s["box"] for s in scenes)
     assert len({s["scene"] for s in scenes}) == len(scenes)  # best crop per scene
     assert client.get(scenes[0]["image_url"]).status_code == 200
+    index = client.application.extensions["showroom"].served.engine.scenes  # each room's 14 fixed windows beside its crops
+    rooms = {it.scene for it in index.items}
+    assert [it.label for it in index.items].count("window") == 14 * len(rooms)
+    assert all(it.type == "" for it in index.items if it.label == "window")  # of no product group: never a group's crop
     for url in ("/api/products/nope", "/api/products/nope/scenes", "/products/nope", "/images/products/nope", "/images/scenes/nope"):
         r = client.get(url)
         assert r.status_code == 404 and "unknown" in r.get_json()["error"], url
