@@ -135,6 +135,15 @@ def scene_index(catalog: Catalog, embedder: Embedder, detect: Detect | None, bac
     return CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend, asdict(embedder.preprocessing), str(catalog.root), tuning)
 
 
+def _proposed_crops(scenes: CatalogIndex | None) -> np.ndarray | None:
+    """float32 (C, D): the scenes index's proposed crops (its fixed windows left out), the products
+    index's real queries; None when it holds none."""
+    if scenes is None or not len(scenes):
+        return None
+    crops = np.array([label != WINDOW for label in scenes.items.column("label")], bool)
+    return scenes.vectors[crops] if crops.any() else None
+
+
 def _relative(image: Path, root: Path) -> str:
     """An image path as the index stores it: relative to the catalog root (POSIX), so the index
     serves on another machine or after the catalog moves; absolute only if outside the root."""
@@ -147,7 +156,7 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
                           open_detect: Callable[[], Detect] | None = None, views: ProductViews | None = None) -> dict[str, CatalogIndex]:
     """Build and save ``out/products`` and ``out/scenes`` with ``backend``; ``embedder`` must be saved (it has a fingerprint).
 
-    The scene crops are embedded first: with ``tuning`` they are the products index's tuning queries
+    The scene crops are embedded first: with ``tuning`` the proposed ones (not the fixed windows) are the products index's tuning queries
     (the scenes index is tuned on a sample of its own vectors), and a backend measuring its own
     recall measures the products index's on them (Milvus, whose vectors go into collections
     ``<collection>_products`` and ``_scenes``). An empty scenes index gets the default backend
@@ -171,7 +180,7 @@ def build_catalog_indexes(catalog: Catalog, embedder: Embedder, out: Path, detec
             vectors, items = runner.embed_scenes(catalog, Path(model_path), open_detect, classes)
         scenes = CatalogIndex.from_vectors(vectors, items, embedder.fingerprint, backend.named(SCENES) if len(items) else BackendSpec(),
                                            asdict(embedder.preprocessing), str(catalog.root), tuning)
-    queries = scenes.vectors if scenes is not None and len(scenes) else None
+    queries = _proposed_crops(scenes)
     built = {PRODUCTS: product_index(catalog, embedder, backend.named(PRODUCTS), tuning, queries, embed_photos, views)}
     embedded_by = {"runner": "local"} if runner is None else runner.describe()
     built[PRODUCTS].embedded_by = {**embedded_by, **({"views": views.for_products(catalog.product_ids).record()} if views else {})}
