@@ -45,7 +45,9 @@ def test_fit_logs_run_metrics_and_artifacts(trained_run, tiny_catalog: Path, tmp
     assert embedder.size == 48 and embedder.preprocessing.crop_padding == 0.0625
     products = CatalogIndex.load(folder / "products", model_fingerprint=embedder.fingerprint)
     assert len(products) == 18 and products.preprocessing["image_size"] == 48
-    assert len(CatalogIndex.load(folder / "scenes")) == len(load_catalog(tiny_catalog).pairs)
+    scenes, catalog = CatalogIndex.load(folder / "scenes"), load_catalog(tiny_catalog)
+    labels = [it.label for it in scenes.items]  # a crop per pair's box, then each room's 14 fixed windows
+    assert len(labels) - labels.count("window") == len(catalog.pairs) and labels.count("window") == 14 * len(catalog.scenes)
     assert load_preprocessing(trained_run.out).image_size == 48
     assert run.info.run_id in trained_run.stdout
     assert not checkpoint.run_folder(state_dir(), run.info.run_id).exists()  # a finished run leaves no checkpoint
