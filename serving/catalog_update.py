@@ -203,14 +203,7 @@ def stage_photos(out: Path, tables: Mapping[str, bytes], photos: Mapping[str, by
     ``limits``, then decoded and hashed as a catalog's photo) and stored as ``out/photos/<sha256><suffix>``,
     which the rows then name; and the files this call added to the store (for the caller to remove if
     the update is then refused). ``CatalogError`` (nothing kept) for a bad table, name, photo or count."""
-    for name in photos:
-        if not _SAFE_NAME.match(name) or Path(name).suffix.lower() not in _PHOTO_SUFFIXES:
-            raise CatalogError(f"photo file name {name!r}: use letters, digits, '.', '_' or '-' and a "
-                               f"{'/'.join(sorted(_PHOTO_SUFFIXES))} suffix")
-        try:
-            check_limits(read_header(photos[name], source=name), limits, source=name)
-        except ImageError as exc:
-            raise CatalogError(str(exc)) from None
+    _check_uploads(photos, limits, "photo")
     store = Path(out) / PHOTOS
     store.mkdir(parents=True, exist_ok=True)
     staged: dict[str, tuple[ProductImage, ...]] = {}
@@ -262,14 +255,7 @@ def stage_views(tmp: Path, manifest: bytes, files: Mapping[str, bytes], rows: Se
     views of a replaced photo) does not fit, or a view file is named by none of the kept views."""
     from training.synthesis import SyntheticManifestError, delta_views, load_synthetic_manifest
 
-    for name, data in files.items():
-        if not _SAFE_NAME.match(name) or Path(name).suffix.lower() not in _PHOTO_SUFFIXES:
-            raise CatalogError(f"view file name {name!r}: use letters, digits, '.', '_' or '-' and a "
-                               f"{'/'.join(sorted(_PHOTO_SUFFIXES))} suffix")
-        try:
-            check_limits(read_header(data, source=name), limits, source=name)
-        except ImageError as exc:
-            raise CatalogError(str(exc)) from None
+    _check_uploads(files, limits, "view")
     tmp = Path(tmp)
     path = tmp / "manifest.json"
     path.write_bytes(manifest)
@@ -288,7 +274,8 @@ def stage_views(tmp: Path, manifest: bytes, files: Mapping[str, bytes], rows: Se
         if rel.name not in files:
             raise CatalogError(f"{manifest_name}: view image {rel.name!r} of {v.product_id!r} is not one of the uploaded view files "
                                f"({', '.join(sorted(files)) or 'none'})")
-        named[rel.name] = rel
+        if named.setdefault(rel.name, rel) != rel:
+            raise CatalogError(f"{manifest_name}: two views' images are named {rel.name!r} ({named[rel.name]}, {rel})")
     stray = sorted(set(files) - set(named))
     if stray:
         raise CatalogError(f"view file(s) {', '.join(stray[:5])} named by no view of this delta's products in {manifest_name}")
@@ -313,6 +300,19 @@ def stage_views(tmp: Path, manifest: bytes, files: Mapping[str, bytes], rows: Se
     logger.info("catalog update: %d in-room views of %d products staged from %s", len(views.views),
                 len({v.product_id for v in views.views}), manifest_name)
     return replace(views, source=f"uploaded {manifest_name}")
+
+
+def _check_uploads(files: Mapping[str, bytes], limits: ImageLimits, what: str) -> None:
+    """``CatalogError`` for an uploaded image (file name → bytes) with an unsafe name or suffix, or a
+    header outside ``limits`` (nothing is decoded here)."""
+    for name, data in files.items():
+        if not _SAFE_NAME.match(name) or Path(name).suffix.lower() not in _PHOTO_SUFFIXES:
+            raise CatalogError(f"{what} file name {name!r}: use letters, digits, '.', '_' or '-' and a "
+                               f"{'/'.join(sorted(_PHOTO_SUFFIXES))} suffix")
+        try:
+            check_limits(read_header(data, source=name), limits, source=name)
+        except ImageError as exc:
+            raise CatalogError(str(exc)) from None
 
 
 def _image_names(table: bytes, what: str) -> list[str]:

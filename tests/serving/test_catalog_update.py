@@ -243,6 +243,7 @@ def test_the_in_room_views_sent_with_an_added_product_are_blended_into_its_vecto
     ("another photo", "cut out of another photo"),
     ("not an image", "v0.png"),
     ("not a manifest", "manifest.json"),
+    ("one name twice", "two views' images are named 'v0.png'"),
 ])
 def test_views_that_do_not_fit_are_refused_and_nothing_is_published_or_kept(client, served: Path, tmp_path: Path, case, message):
     box = (20, 30, 60, 80)
@@ -262,6 +263,9 @@ def test_views_that_do_not_fit_are_refused_and_nothing_is_published_or_kept(clie
         views[1] = ("NEW-1", "Lamp", "../v1.png", box)
     elif case == "another photo":
         photo = _png((1, 2, 3))
+    elif case == "one name twice":
+        views[1] = ("NEW-1", "Lamp", "other/v0.png", box)
+        del rooms["v1.png"]
     elif case == "not an image":
         rooms["v0.png"] = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
     manifest = b'{"format": "something else"}' if case == "not a manifest" else _views(tmp_path, views, photo)
